@@ -1,0 +1,80 @@
+// swift-tools-version:6.0
+import PackageDescription
+
+/// One set of Swift settings for every target (style.md #12).
+let swiftSettings: [SwiftSetting] = [
+    .swiftLanguageMode(.v6),
+    .enableUpcomingFeature("ExistentialAny"),
+    .enableUpcomingFeature("InternalImportsByDefault"),
+]
+
+let package = Package(
+    name: "EdgeFleet",
+    platforms: [.macOS(.v15)],
+    products: [
+        .executable(name: "edgefleet-agent", targets: ["edgefleet-agent"]),
+        .executable(name: "edgefleet-aggregator", targets: ["edgefleet-aggregator"]),
+        .executable(name: "edgefleet", targets: ["edgefleet"]),
+        .library(name: "MQTT", targets: ["MQTT"]),
+        .library(name: "FleetCore", targets: ["FleetCore"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
+        .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
+    ],
+    targets: [
+        // The C surface: libmosquitto through pkg-config; never a product.
+        .systemLibrary(
+            name: "CMosquitto",
+            pkgConfig: "libmosquitto",
+            providers: [.apt(["libmosquitto-dev"]), .brew(["mosquitto"])]
+        ),
+        .target(
+            name: "MQTT",
+            dependencies: [
+                "CMosquitto",
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+        .target(name: "FleetCore", swiftSettings: swiftSettings),
+        .executableTarget(
+            name: "edgefleet-agent",
+            dependencies: ["FleetCore", "MQTT", .product(name: "ArgumentParser", package: "swift-argument-parser")],
+            swiftSettings: swiftSettings
+        ),
+        .executableTarget(
+            name: "edgefleet-aggregator",
+            dependencies: ["FleetCore", "MQTT", .product(name: "ArgumentParser", package: "swift-argument-parser")],
+            swiftSettings: swiftSettings
+        ),
+        .executableTarget(
+            name: "edgefleet",
+            dependencies: ["FleetCore", "MQTT", .product(name: "ArgumentParser", package: "swift-argument-parser")],
+            swiftSettings: swiftSettings
+        ),
+        .executableTarget(
+            name: "edgefleet-bench",
+            dependencies: [
+                "MQTT",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ],
+            path: "Benchmarks/edgefleet-bench",
+            swiftSettings: swiftSettings
+        ),
+        // Helpers the integration tests share: a real mosquitto on a free port,
+        // a cuttable TCP proxy, openssl-made certificates, subprocesses.
+        .target(
+            name: "TestSupport",
+            dependencies: ["MQTT"],
+            path: "Tests/TestSupport",
+            swiftSettings: swiftSettings
+        ),
+        .testTarget(name: "FleetCoreTests", dependencies: ["FleetCore"], swiftSettings: swiftSettings),
+        .testTarget(
+            name: "MQTTIntegrationTests",
+            dependencies: ["MQTT", "TestSupport", "FleetCore"],
+            swiftSettings: swiftSettings
+        ),
+    ]
+)

@@ -1,0 +1,325 @@
+import Dispatch
+import Logging
+import Synchronization
+
+/// The client's shared state: connection state, subscriptions, operations
+/// waiting for an acknowledgement, and the streams. It is the sink of
+/// libmosquitto's callbacks, which only record into it and return.
+///
+/// Locking rule: the mutex is never held while calling libmosquitto, and no
+/// continuation is finished while it is held (an `onTermination` handler could
+/// need it again).
+final class ClientCore: MosquittoEventSink, Sendable {
+    enum AcknowledgementKind: Sendable { case publish, subscribe, unsubscribe }
+
+    private struct Waiter {
+        var kind: AcknowledgementKind
+        /// `nil`: nobody waits (QoS 0, restored subscriptions): drop the acknowledgement.
+        var continuation: CheckedContinuation<Void, any Error>?
+    }
+
+    enum StopRequest { case notStarted, running, alreadyStopping }
+
+    private struct State {
+        var connection: MQTTConnectionState = .idle
+        var started = false
+        var stopRequested = false
+        var finished = false
+        /// Topic filters in subscription order, restored after every connect.
+        var subscriptions: [(filter: String, qos: MQTTQoS)] = []
+        var resubscribeRequested = false
+        /// Per connection: whether CONNACK accepted it, and the refusal if it did not.
+        var connectedThisConnection = false
+        var refusal: MQTTError?
+        var disconnectReason: MQTTError?
+        var lastError: MQTTError?
+        var waiters: [Int32: Waiter] = [:]
+        /// Acknowledgements that arrived before the caller registered for them.
+        var early: [Int32: Result<Void, MQTTError>] = [:]
+        var nextObserverID = 0
+        var stateObservers: [Int: AsyncStream<MQTTConnectionState>.Continuation] = [:]
+        var connectWaiters: [Int: CheckedContinuation<Void, any Error>] = [:]
+        var finishWaiters: [CheckedContinuation<Void, Never>] = []
+    }
+
+    let configuration: MQTTConfiguration
+    let logger: Logger
+    private let state = Mutex(State())
+    private let messageContinuation: AsyncStream<MQTTMessage>.Continuation
+    /// Wakes the loop thread from its backoff sleep when a stop is requested.
+    private let wakeup = DispatchSemaphore(value: 0)
+
+    init(configuration: MQTTConfiguration, logger: Logger, messages: AsyncStream<MQTTMessage>.Continuation) {
+        self.configuration = configuration
+        var logger = logger
+        logger[metadataKey: "mqtt.client"] = "\(configuration.clientID.isEmpty ? "-" : configuration.clientID)"
+        logger[metadataKey: "mqtt.broker"] = "\(configuration.broker)"
+        self.logger = logger
+        self.messageContinuation = messages
+    }
+
+    // MARK: Lifecycle
+
+    var currentState: MQTTConnectionState { state.withLock { $0.connection } }
+    var stopRequested: Bool { state.withLock { $0.stopRequested } }
+
+    /// Returns true the first time, when the loop thread should be started.
+    func markStarted() -> Bool {
+        state.withLock { s in
+            guard !s.started, !s.stopRequested else { return false }
+            s.started = true
+            return true
+        }
+    }
+
+    func requestStop() -> StopRequest {
+        state.withLock { s in
+            if s.stopRequested { return .alreadyStopping }
+            s.stopRequested = true
+            return s.started ? .running : .notStarted
+        }
+    }
+
+    func wakeLoop() { wakeup.signal() }
+
+    func sleepUnlessWoken(_ delay: Duration) {
+        let nanoseconds = Int(delay.components.seconds) * 1_000_000_000 + Int(delay.components.attoseconds / 1_000_000_000)
+        _ = wakeup.wait(timeout: .now() + .nanoseconds(nanoseconds))
+    }
+
+    /// The last step of the shutdown: everything waiting fails or finishes.
+    func finish() {
+        let (waiters, connectWaiters, observers, finishWaiters) = state.withLock { s in
+            s.finished = true
+            s.stopRequested = true
+            s.connection = .stopped
+            let result = (Array(s.waiters.values), Array(s.connectWaiters.values), Array(s.stateObservers.values), s.finishWaiters)
+            s.waiters = [:]
+            s.early = [:]
+            s.connectWaiters = [:]
+            s.stateObservers = [:]
+            s.finishWaiters = []
+            return result
+        }
+        for waiter in waiters { waiter.continuation?.resume(throwing: MQTTError.shutdown) }
+        for waiter in connectWaiters { waiter.resume(throwing: MQTTError.shutdown) }
+        for observer in observers {
+            observer.yield(.stopped)
+            observer.finish()
+        }
+        messageContinuation.finish()
+        for waiter in finishWaiters { waiter.resume() }
+        logger.debug("MQTT client stopped")
+    }
+
+    func waitUntilFinished() async {
+        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+            let done = state.withLock { s in
+                if s.finished { return true }
+                s.finishWaiters.append(continuation)
+                return false
+            }
+            if done { continuation.resume() }
+        }
+    }
+
+    // MARK: Connection state
+
+    /// Sets the state and tells every observer (outside the lock, in order: all
+    /// state changes happen on the loop thread).
+    func setState(_ new: MQTTConnectionState) {
+        let observers = state.withLock { s -> [AsyncStream<MQTTConnectionState>.Continuation] in
+            guard !s.finished, s.connection != new else { return [] }
+            s.connection = new
+            if case .connecting = new {
+                s.connectedThisConnection = false
+                s.refusal = nil
+                s.disconnectReason = nil
+            }
+            return Array(s.stateObservers.values)
+        }
+        for observer in observers { observer.yield(new) }
+    }
+
+    func makeStateStream() -> AsyncStream<MQTTConnectionState> {
+        let (stream, continuation) = AsyncStream<MQTTConnectionState>.makeStream(bufferingPolicy: .unbounded)
+        let registered = state.withLock { s -> Bool in
+            continuation.yield(s.connection)
+            guard !s.finished else { return false }
+            let id = s.nextObserverID
+            s.nextObserverID += 1
+            s.stateObservers[id] = continuation
+            continuation.onTermination = { [weak self] _ in
+                self?.state.withLock { _ = $0.stateObservers.removeValue(forKey: id) }
+            }
+            return true
+        }
+        if !registered { continuation.finish() }
+        return stream
+    }
+
+    /// Waits for the first successful CONNACK; fails fast on a refusal that
+    /// retrying will not fix, and with the last error at the timeout.
+    func waitUntilConnected(timeout: Duration) async throws {
+        let id = state.withLock { s -> Int in
+            s.nextObserverID += 1
+            return s.nextObserverID
+        }
+        let timer = Task { [weak self] in
+            try? await Task.sleep(for: timeout)
+            guard !Task.isCancelled, let self else { return }
+            let waiter = self.state.withLock { s in
+                (s.connectWaiters.removeValue(forKey: id), s.lastError)
+            }
+            waiter.0?.resume(throwing: waiter.1 ?? MQTTError.timeout("no connection to the broker within \(timeout)"))
+        }
+        defer { timer.cancel() }
+        try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Void, any Error>) in
+            let immediate = state.withLock { s -> Result<Void, MQTTError>? in
+                if s.finished || s.stopRequested { return .failure(.shutdown) }
+                if s.connection.isConnected { return .success(()) }
+                s.connectWaiters[id] = continuation
+                return nil
+            }
+            if let immediate { continuation.resume(with: immediate) }
+        }
+    }
+
+    /// A connection attempt failed or an established connection ended.
+    func attemptFailed(_ error: MQTTError) {
+        let waiters = state.withLock { s -> [CheckedContinuation<Void, any Error>] in
+            s.lastError = error
+            guard !error.isTransient else { return [] }
+            defer { s.connectWaiters = [:] }
+            return Array(s.connectWaiters.values)
+        }
+        logger.info("MQTT connection attempt failed", metadata: ["error": "\(error)"])
+        setState(.disconnected(reason: error))
+        for waiter in waiters { waiter.resume(throwing: error) }
+    }
+
+    /// Called by the loop thread when `mosquitto_loop` reports the connection gone.
+    func connectionEnded() -> (wasConnected: Bool, refusal: MQTTError?, reason: MQTTError?) {
+        state.withLock { s in (s.connectedThisConnection, s.refusal, s.disconnectReason) }
+    }
+
+    func checkCanSend() throws(MQTTError) {
+        let connection = state.withLock { s -> MQTTConnectionState? in
+            s.stopRequested ? nil : s.connection
+        }
+        guard let connection else { throw .shutdown }
+        guard connection.isConnected else { throw .noConnection }
+    }
+
+    // MARK: Subscriptions
+
+    /// Records a subscription; returns whether it should be sent now (connected).
+    func recordSubscription(filter: String, qos: MQTTQoS) throws(MQTTError) -> Bool {
+        try state.withLock { s throws(MQTTError) -> Bool in
+            if s.stopRequested { throw .shutdown }
+            if let index = s.subscriptions.firstIndex(where: { $0.filter == filter }) {
+                s.subscriptions[index].qos = qos
+            } else {
+                s.subscriptions.append((filter, qos))
+            }
+            return s.connection.isConnected
+        }
+    }
+
+    func forgetSubscription(filter: String) {
+        state.withLock { s in s.subscriptions.removeAll { $0.filter == filter } }
+    }
+
+    func forgetSubscriptionIfConnected(filter: String) throws(MQTTError) -> Bool {
+        try state.withLock { s throws(MQTTError) -> Bool in
+            if s.stopRequested { throw .shutdown }
+            s.subscriptions.removeAll { $0.filter == filter }
+            return s.connection.isConnected
+        }
+    }
+
+    func takeResubscribeRequest() -> [(filter: String, qos: MQTTQoS)]? {
+        state.withLock { s in
+            guard s.resubscribeRequested else { return nil }
+            s.resubscribeRequested = false
+            return s.subscriptions
+        }
+    }
+
+    // MARK: Acknowledgements
+
+    /// Waits for the PUBACK/SUBACK/UNSUBACK of `mid` (which may already have come).
+    func acknowledgement(mid: Int32, kind: AcknowledgementKind) async throws {
+        try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Void, any Error>) in
+            let immediate = state.withLock { s -> Result<Void, MQTTError>? in
+                if let result = s.early.removeValue(forKey: mid) { return result }
+                if s.finished { return .failure(.shutdown) }
+                s.waiters[mid] = Waiter(kind: kind, continuation: continuation)
+                return nil
+            }
+            if let immediate { continuation.resume(with: immediate) }
+        }
+    }
+
+    /// Nobody waits for this `mid`: drop its acknowledgement (now or when it comes).
+    func ignoreAcknowledgement(mid: Int32) {
+        state.withLock { s in
+            if s.early.removeValue(forKey: mid) == nil {
+                s.waiters[mid] = Waiter(kind: .publish, continuation: nil)
+            }
+        }
+    }
+
+    // MARK: MosquittoEventSink (loop thread, inside libmosquitto's callback lock)
+
+    func mosquittoConnected(sessionPresent: Bool) {
+        state.withLock { s in
+            s.connectedThisConnection = true
+            s.resubscribeRequested = !s.subscriptions.isEmpty
+            s.lastError = nil
+        }
+        logger.info("MQTT connected", metadata: ["sessionPresent": "\(sessionPresent)"])
+        setState(.connected(sessionPresent: sessionPresent))
+        let waiters = state.withLock { s in
+            defer { s.connectWaiters = [:] }
+            return Array(s.connectWaiters.values)
+        }
+        for waiter in waiters { waiter.resume() }
+    }
+
+    func mosquittoConnectRefused(_ error: MQTTError) {
+        state.withLock { s in s.refusal = error }
+    }
+
+    func mosquittoDisconnected(_ reason: MQTTError?) {
+        // Subscribe/unsubscribe requests in flight are not resent by the library:
+        // their waiters are released (subscriptions are restored on reconnect).
+        // QoS 1 publishes stay pending: libmosquitto resends them after reconnecting.
+        let released = state.withLock { s -> [CheckedContinuation<Void, any Error>] in
+            s.disconnectReason = reason
+            var released: [CheckedContinuation<Void, any Error>] = []
+            for (mid, waiter) in s.waiters where waiter.kind != .publish || waiter.continuation == nil {
+                s.waiters.removeValue(forKey: mid)
+                if let continuation = waiter.continuation { released.append(continuation) }
+            }
+            return released
+        }
+        for continuation in released { continuation.resume() }
+        setState(.disconnected(reason: reason))
+    }
+
+    func mosquittoAcknowledged(mid: Int32, result: Result<Void, MQTTError>) {
+        let continuation = state.withLock { s -> CheckedContinuation<Void, any Error>?? in
+            if let waiter = s.waiters.removeValue(forKey: mid) { return .some(waiter.continuation) }
+            s.early[mid] = result
+            return nil
+        }
+        if case .some(.some(let continuation)) = continuation {
+            continuation.resume(with: result.mapError { $0 as any Error })
+        }
+    }
+
+    func mosquittoMessage(_ message: MQTTMessage) {
+        messageContinuation.yield(message)
+    }
+}

@@ -1,0 +1,304 @@
+public import Logging
+import Dispatch
+import Synchronization
+
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
+/// An MQTT client over libmosquitto 2.0.
+///
+/// One client owns one libmosquitto handle and one loop thread of its own. The
+/// loop thread connects, services the socket, restores subscriptions after every
+/// (re)connect and reconnects with capped exponential backoff after any failure,
+/// including a v5 CONNACK refusal (which would end libmosquitto's own loop thread).
+///
+/// ```swift
+/// try await MQTTClient.withConnection(configuration, logger: logger) { client in
+///     try await client.subscribe(to: "edgefleet/v1/fleet/#")
+///     try await client.publish("edgefleet/v1/sites/a/status", payload: bytes, qos: .atLeastOnce, retain: true)
+///     for await message in client.messages { ... }
+/// }
+/// ```
+///
+/// Publishing while disconnected throws `MQTTError.noConnection` and queues
+/// nothing: callers that must not lose data keep their own spool. All methods may
+/// be called from any task. `shutdown()` must be called once the client is no
+/// longer needed (`withConnection` does it).
+public final class MQTTClient: Sendable {
+    public let configuration: MQTTConfiguration
+    /// Every message received on the client's subscriptions, in arrival order.
+    /// Meant for one consumer; it finishes when the client shuts down.
+    public let messages: AsyncStream<MQTTMessage>
+
+    private let core: ClientCore
+    private let handle: MosquittoHandle
+
+    /// Creates a client; nothing touches the network until `start()` or `connect()`.
+    public init(configuration: MQTTConfiguration, logger: Logger) throws(MQTTError) {
+        let (stream, continuation) = AsyncStream<MQTTMessage>.makeStream()
+        let core = ClientCore(configuration: configuration, logger: logger, messages: continuation)
+        self.handle = try MosquittoHandle.make(configuration: configuration, sink: core)
+        self.core = core
+        self.messages = stream
+        self.configuration = configuration
+    }
+
+    /// The version of libmosquitto in use, e.g. "2.0.11".
+    public static var libraryVersion: String { MosquittoHandle.libraryVersion }
+
+    /// The current state of the link to the broker.
+    public var state: MQTTConnectionState { core.currentState }
+
+    /// A stream of connection states, starting with the current one. Each call
+    /// returns a new stream; it finishes when the client stops.
+    public func stateUpdates() -> AsyncStream<MQTTConnectionState> { core.makeStateStream() }
+
+    /// Starts the loop thread, which connects and stays connected until `shutdown()`.
+    /// Calling it again does nothing.
+    public func start() {
+        guard core.markStarted() else { return }
+        let handle = self.handle
+        let core = self.core
+        startThread(name: "mqtt-loop") { LoopDriver(handle: handle, core: core).run() }
+    }
+
+    /// Starts the client if needed and waits until the broker accepts the connection.
+    ///
+    /// Throws at once when the broker refuses (`notAuthorized`, `tls`, ...), and
+    /// `timeout` (or the last transient error) when `timeout` passes first. The
+    /// client keeps trying in the background either way until `shutdown()`.
+    public func connect(timeout: Duration = .seconds(10)) async throws {
+        start()
+        try await core.waitUntilConnected(timeout: timeout)
+    }
+
+    /// Publishes a message. With QoS 0 it returns once the library has it; with
+    /// QoS 1 once the broker acknowledged it (PUBACK), and throws the broker's
+    /// refusal (for example `notAuthorized` from an ACL) if it refuses.
+    ///
+    /// Throws `noConnection` without queueing anything when the client is not
+    /// connected. If the link drops after the message was handed over, the
+    /// library resends it on reconnect and this call returns when it is acknowledged.
+    public func publish(
+        _ topic: String, payload: [UInt8], qos: MQTTQoS = .atMostOnce, retain: Bool = false,
+        properties: MQTTPublishProperties = MQTTPublishProperties()
+    ) async throws {
+        guard qos != .exactlyOnce else { throw MQTTError.notSupported("QoS 2 is not used by EdgeFleet") }
+        if let error = MosquittoHandle.checkTopicName(topic) { throw error }
+        try core.checkCanSend()
+        let (mid, error) = payload.withUnsafeBytes {
+            handle.publish(topic: topic, payload: $0, qos: qos, retain: retain, properties: properties)
+        }
+        if qos == .atMostOnce {
+            if mid != 0 { core.ignoreAcknowledgement(mid: mid) }
+            if let error { throw error }
+            return
+        }
+        switch error {
+        case nil: break
+        case .noConnection? where mid != 0:
+            // Lost the race with a disconnect: libmosquitto queued it and resends it after reconnecting.
+            break
+        case let error?: throw error
+        }
+        try await core.acknowledgement(mid: mid, kind: .publish)
+    }
+
+    /// Publishes a UTF-8 string.
+    public func publish(
+        _ topic: String, string: String, qos: MQTTQoS = .atMostOnce, retain: Bool = false,
+        properties: MQTTPublishProperties = MQTTPublishProperties()
+    ) async throws {
+        try await publish(topic, payload: Array(string.utf8), qos: qos, retain: retain, properties: properties)
+    }
+
+    /// Subscribes to a topic filter. The subscription is remembered and restored
+    /// after every reconnect. When connected, returns once the broker granted it
+    /// (and throws its refusal); when not connected, returns at once and the
+    /// subscription is made on the next connect.
+    public func subscribe(to filter: String, qos: MQTTQoS = .atLeastOnce) async throws {
+        if let error = MosquittoHandle.checkFilter(filter) { throw error }
+        guard try core.recordSubscription(filter: filter, qos: qos) else { return }
+        let (mid, error) = handle.subscribe(filter: filter, qos: qos)
+        switch error {
+        case nil: break
+        case .noConnection?: return  // made on the next connect
+        case let error?:
+            core.forgetSubscription(filter: filter)
+            throw error
+        }
+        do {
+            try await core.acknowledgement(mid: mid, kind: .subscribe)
+        } catch {
+            core.forgetSubscription(filter: filter)
+            throw error
+        }
+    }
+
+    /// Removes a subscription; it is not restored again.
+    public func unsubscribe(from filter: String) async throws {
+        if let error = MosquittoHandle.checkFilter(filter) { throw error }
+        guard try core.forgetSubscriptionIfConnected(filter: filter) else { return }
+        let (mid, error) = handle.unsubscribe(filter: filter)
+        switch error {
+        case nil: try await core.acknowledgement(mid: mid, kind: .unsubscribe)
+        case .noConnection?: return
+        case let error?: throw error
+        }
+    }
+
+    /// Disconnects cleanly (the broker drops the Last Will), stops the loop
+    /// thread, destroys the handle and then frees the callback context. Pending
+    /// operations fail with `MQTTError.shutdown`; `messages` and the state streams
+    /// finish. Safe to call more than once and when the broker is gone.
+    public func shutdown() async {
+        switch core.requestStop() {
+        case .notStarted:
+            handle.destroy()
+            core.finish()
+        case .running:
+            // Wakes mosquitto_loop through its internal socket pair when connected;
+            // the loop thread notices the stop request and finishes the sequence.
+            _ = handle.disconnect()
+            core.wakeLoop()
+            await core.waitUntilFinished()
+        case .alreadyStopping:
+            await core.waitUntilFinished()
+        }
+    }
+
+    /// Connects, runs `body` with the connected client, and shuts the client down
+    /// when `body` returns or throws.
+    public static func withConnection<Result>(
+        _ configuration: MQTTConfiguration,
+        logger: Logger,
+        timeout: Duration = .seconds(10),
+        isolation: isolated (any Actor)? = #isolation,
+        _ body: (MQTTClient) async throws -> Result
+    ) async throws -> Result {
+        let client = try MQTTClient(configuration: configuration, logger: logger)
+        do {
+            try await client.connect(timeout: timeout)
+            let result = try await body(client)
+            await client.shutdown()
+            return result
+        } catch {
+            await client.shutdown()
+            throw error
+        }
+    }
+}
+
+// MARK: - The loop thread
+
+/// Runs on the client's own thread: connect, service, back off, reconnect; and
+/// at the end the ordered shutdown (disconnect, stop, destroy, free context).
+private struct LoopDriver {
+    let handle: MosquittoHandle
+    let core: ClientCore
+
+    /// How long one `mosquitto_loop` call may wait for traffic. Publishes from
+    /// other threads wake it at once; this only bounds how late a stop request
+    /// is noticed while no connection is up.
+    static let pollMilliseconds: Int32 = 500
+
+    func run() {
+        var firstAttempt = true
+        var failures = 0
+        while !core.stopRequested {
+            core.setState(.connecting)
+            let connectError = firstAttempt ? handle.connect() : handle.reconnect()
+            firstAttempt = false
+            if let connectError {
+                failures += 1
+                core.attemptFailed(connectError)
+                backOff(failures: failures)
+                continue
+            }
+            var loopError: MQTTError?
+            while !core.stopRequested {
+                let error = handle.loop(timeoutMilliseconds: Self.pollMilliseconds)
+                restoreSubscriptionsIfAsked()
+                if let error {
+                    loopError = error
+                    break
+                }
+            }
+            if core.stopRequested { break }
+            let outcome = core.connectionEnded()
+            failures = outcome.wasConnected ? 1 : failures + 1
+            core.attemptFailed(outcome.refusal ?? outcome.reason ?? loopError ?? .connectionLost("socket closed"))
+            backOff(failures: failures)
+        }
+        finishShutdown()
+    }
+
+    /// Subscriptions are restored here, after `mosquitto_loop` returned, never
+    /// from inside the connect callback.
+    private func restoreSubscriptionsIfAsked() {
+        guard let subscriptions = core.takeResubscribeRequest() else { return }
+        for (filter, qos) in subscriptions {
+            let (mid, error) = handle.subscribe(filter: filter, qos: qos)
+            if let error {
+                core.logger.warning("could not restore subscription", metadata: ["filter": "\(filter)", "error": "\(error)"])
+            } else {
+                core.ignoreAcknowledgement(mid: mid)
+            }
+        }
+        if !subscriptions.isEmpty {
+            core.logger.debug("restored subscriptions", metadata: ["count": "\(subscriptions.count)"])
+        }
+    }
+
+    private func backOff(failures: Int) {
+        guard !core.stopRequested else { return }
+        let delay = core.configuration.reconnect.delay(afterFailures: failures, random: Double.random(in: 0..<1))
+        core.logger.debug("reconnecting after backoff", metadata: ["delay": "\(delay)", "failures": "\(failures)"])
+        core.sleepUnlessWoken(delay)
+    }
+
+    private func finishShutdown() {
+        if core.currentState.isConnected {
+            _ = handle.disconnect()
+            // Let the loop write the DISCONNECT; libmosquitto closes the socket after it.
+            for _ in 0..<20 where core.currentState.isConnected {
+                if handle.loop(timeoutMilliseconds: 100) != nil { break }
+            }
+        }
+        handle.destroy()
+        core.finish()
+    }
+}
+
+/// Starts a detached POSIX thread running `body`. (Foundation's `Thread` would
+/// pull full Foundation into the agent; this keeps the MQTT module lean.)
+private func startThread(name _: String, _ body: @escaping @Sendable () -> Void) {
+    final class Box: Sendable {
+        let body: @Sendable () -> Void
+        init(_ body: @escaping @Sendable () -> Void) { self.body = body }
+    }
+    let box = Unmanaged.passRetained(Box(body)).toOpaque()
+    #if canImport(Darwin)
+    var thread: pthread_t?
+    #else
+    var thread = pthread_t()
+    #endif
+    let rc = pthread_create(
+        &thread, nil,
+        { argument in
+            let box = Unmanaged<Box>.fromOpaque(argument!).takeRetainedValue()
+            box.body()
+            return nil
+        }, box)
+    precondition(rc == 0, "pthread_create failed: \(rc)")
+    #if canImport(Darwin)
+    pthread_detach(thread!)
+    #else
+    pthread_detach(thread)
+    #endif
+}

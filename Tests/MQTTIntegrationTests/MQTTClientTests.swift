@@ -1,0 +1,361 @@
+import Foundation
+import Logging
+import MQTT
+import TestSupport
+import Testing
+
+let testLogger: Logger = {
+    var logger = Logger(label: "edgefleet.test.mqtt")
+    logger.logLevel = ProcessInfo.processInfo.environment["EDGEFLEET_TEST_LOG"] != nil ? .debug : .critical
+    return logger
+}()
+
+/// A configuration for the test broker with fast reconnects.
+func testConfiguration(_ url: String, clientID: String = "", _ adjust: (inout MQTTConfiguration) -> Void = { _ in }) throws
+    -> MQTTConfiguration
+{
+    var configuration = MQTTConfiguration(
+        broker: try BrokerURL(parsing: url), clientID: clientID,
+        reconnect: ReconnectPolicy(initialDelay: .milliseconds(50), maximumDelay: .milliseconds(300)))
+    adjust(&configuration)
+    return configuration
+}
+
+func uniqueTopic(_ name: String = #function) -> String {
+    "test/\(name.filter { $0.isLetter || $0.isNumber })/\(UUID().uuidString.prefix(8))"
+}
+
+@Suite("MQTT client against a real mosquitto", .timeLimit(.minutes(2)))
+struct MQTTClientTests {
+    @Test("publish/subscribe round trip at QoS 0 and QoS 1", arguments: [MQTTQoS.atMostOnce, .atLeastOnce])
+    func roundTrip(qos: MQTTQoS) async throws {
+        let broker = try MosquittoBroker()
+        defer { broker.stop() }
+        let topic = uniqueTopic()
+        try await MQTTClient.withConnection(try testConfiguration(broker.url, clientID: "sub"), logger: testLogger) { subscriber in
+            let collector = MessageCollector(subscriber)
+            try await subscriber.subscribe(to: "\(topic)/#", qos: qos)
+            try await MQTTClient.withConnection(try testConfiguration(broker.url, clientID: "pub"), logger: testLogger) { publisher in
+                for i in 0..<50 {
+                    try await publisher.publish("\(topic)/\(i)", payload: Array("message \(i)".utf8), qos: qos)
+                }
+            }
+            let received = try await collector.next(50, "the 50 published messages")
+            #expect(received.map(\.topic) == (0..<50).map { "\(topic)/\($0)" })
+            #expect(received.map(\.payloadString) == (0..<50).map { "message \($0)" })
+            #expect(received.allSatisfy { $0.qos == qos && !$0.retain })
+        }
+    }
+
+    @Test("v5 message properties (user properties, expiry, content type) arrive at the subscriber")
+    func publishProperties() async throws {
+        let broker = try MosquittoBroker()
+        defer { broker.stop() }
+        let topic = uniqueTopic()
+        try await MQTTClient.withConnection(try testConfiguration(broker.url), logger: testLogger) { client in
+            let collector = MessageCollector(client)
+            try await client.subscribe(to: topic, qos: .atLeastOnce)
+            let properties = MQTTPublishProperties(
+                messageExpiry: .seconds(3600), userProperties: [.init("site", "store-0042"), .init("site", "again")],
+                contentType: "application/json", correlationData: [1, 2, 3])
+            try await client.publish(topic, payload: [0, 255, 7], qos: .atLeastOnce, properties: properties)
+            let message = try await collector.next()
+            #expect(message.payload == [0, 255, 7])
+            #expect(message.properties.userProperties == properties.userProperties)
+            #expect(message.properties.contentType == "application/json")
+            #expect(message.properties.correlationData == [1, 2, 3])
+            let expiry = try #require(message.properties.messageExpiry)
+            #expect(expiry <= .seconds(3600) && expiry >= .seconds(3590))
+        }
+    }
+
+    @Test("a retained message is delivered to a late subscriber, flagged as retained")
+    func retainedToLateSubscriber() async throws {
+        let broker = try MosquittoBroker()
+        defer { broker.stop() }
+        let topic = uniqueTopic()
+        try await MQTTClient.withConnection(try testConfiguration(broker.url), logger: testLogger) { publisher in
+            try await publisher.publish(topic, string: "kept", qos: .atLeastOnce, retain: true)
+        }
+        try await MQTTClient.withConnection(try testConfiguration(broker.url), logger: testLogger) { late in
+            let collector = MessageCollector(late)
+            try await late.subscribe(to: topic)
+            let message = try await collector.next(timeout: .seconds(5), "the retained message")
+            #expect(message.payloadString == "kept")
+            #expect(message.retain)
+        }
+    }
+
+    @Test("the Last Will is published when the connection is cut, and not after a clean shutdown")
+    func lastWillOnCutConnection() async throws {
+        let broker = try MosquittoBroker()
+        defer { broker.stop() }
+        let proxy = try TCPProxy(upstreamPort: broker.port)
+        defer { proxy.stop() }
+        let topic = uniqueTopic()
+        let will = LastWill(topic: "\(topic)/presence", payload: Array(#"{"state":"offline","reason":"lost"}"#.utf8), qos: .atLeastOnce, retain: true)
+
+        try await MQTTClient.withConnection(try testConfiguration(broker.url, clientID: "observer"), logger: testLogger) { observer in
+            let collector = MessageCollector(observer)
+            try await observer.subscribe(to: "\(topic)/#")
+
+            // A clean shutdown must not trigger the will: publish a marker after it and expect only the marker.
+            let polite = try MQTTClient(configuration: try testConfiguration(proxy.url, clientID: "polite") { $0.will = will }, logger: testLogger)
+            try await polite.connect()
+            await polite.shutdown()
+            try await observer.publish("\(topic)/marker", string: "after clean shutdown", qos: .atLeastOnce)
+            let first = try await collector.next("the marker")
+            #expect(first.topic == "\(topic)/marker", "a clean disconnect published the will")
+
+            // Cutting the TCP connection (no DISCONNECT) must.
+            let victim = try MQTTClient(
+                configuration: try testConfiguration(proxy.url, clientID: "victim") {
+                    $0.will = will
+                    $0.reconnect = ReconnectPolicy(initialDelay: .seconds(30), maximumDelay: .seconds(30))
+                }, logger: testLogger)
+            try await victim.connect()
+            proxy.cutAll()
+            let message = try await collector.next("the Last Will") { $0.topic == "\(topic)/presence" }
+            #expect(message.payloadString == #"{"state":"offline","reason":"lost"}"#)
+            #expect(message.qos == .atLeastOnce)
+            await victim.shutdown()
+        }
+    }
+
+    @Test("after the broker restarts the client reconnects and its subscriptions are restored")
+    func reconnectAndResubscribe() async throws {
+        let broker = try MosquittoBroker()
+        defer { broker.stop() }
+        let topic = uniqueTopic()
+        let client = try MQTTClient(configuration: try testConfiguration(broker.url, clientID: "survivor"), logger: testLogger)
+        let collector = MessageCollector(client)
+        try await client.connect()
+        try await client.subscribe(to: "\(topic)/#", qos: .atLeastOnce)
+
+        let states = Task {
+            var seen: [MQTTConnectionState] = []
+            for await state in client.stateUpdates() {
+                seen.append(state)
+                if seen.count > 1, state.isConnected { break }
+            }
+            return seen
+        }
+        broker.stop()
+        try await waitForState(client, "the client to notice the broker is gone") { !$0.isConnected }
+        await #expect(throws: MQTTError.noConnection) {
+            try await client.publish("\(topic)/while-down", string: "x")
+        }
+        try broker.restart()
+        try await waitForState(client, "the client to reconnect") { $0.isConnected }
+        let seen = await states.value
+        #expect(seen.contains { if case .disconnected(let reason) = $0 { reason != nil } else { false } })
+        #expect(seen.contains(.connecting))
+
+        // The broker lost every session (persistence off): only a restored subscription delivers this.
+        try await MQTTClient.withConnection(try testConfiguration(broker.url, clientID: "publisher"), logger: testLogger) { publisher in
+            try await publisher.publish("\(topic)/after", string: "back", qos: .atLeastOnce)
+        }
+        let message = try await collector.next("a message on the restored subscription") { $0.topic == "\(topic)/after" }
+        #expect(message.payloadString == "back")
+        await client.shutdown()
+        #expect(client.state == .stopped)
+    }
+
+    @Test("a client started while the broker is down connects once it comes up")
+    func connectsWhenBrokerAppears() async throws {
+        let broker = try MosquittoBroker()
+        broker.stop()
+        defer { broker.stop() }
+        let client = try MQTTClient(configuration: try testConfiguration(broker.url), logger: testLogger)
+        client.start()
+        try await waitForState(client, "a failed attempt") {
+            if case .disconnected(let reason?) = $0 { reason.isTransient } else { false }
+        }
+        try broker.restart()
+        try await client.connect(timeout: .seconds(10))
+        #expect(client.state.isConnected)
+        await client.shutdown()
+    }
+
+    @Test("a persistent session keeps QoS 1 messages published while the client was away")
+    func persistentSession() async throws {
+        let broker = try MosquittoBroker()
+        defer { broker.stop() }
+        let topic = uniqueTopic()
+        let configuration = try testConfiguration(broker.url, clientID: "durable") { $0.session = .persistent(expiry: .seconds(300)) }
+        try await MQTTClient.withConnection(configuration, logger: testLogger) { client in
+            try await client.subscribe(to: topic, qos: .atLeastOnce)
+        }
+        try await MQTTClient.withConnection(try testConfiguration(broker.url), logger: testLogger) { publisher in
+            try await publisher.publish(topic, string: "while you were away", qos: .atLeastOnce)
+        }
+        let client = try MQTTClient(configuration: configuration, logger: testLogger)
+        let collector = MessageCollector(client)
+        try await client.connect()
+        #expect(client.state == .connected(sessionPresent: true))
+        let message = try await collector.next("the message queued in the session")
+        #expect(message.payloadString == "while you were away")
+        await client.shutdown()
+    }
+
+    @Test("a wrong password gives the typed not-authorised error", arguments: [MQTTProtocolVersion.v5, .v311])
+    func wrongPassword(version: MQTTProtocolVersion) async throws {
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("edgefleet-pw-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: directory) }
+        let passwordFile = directory.appendingPathComponent("passwords").path
+        let tool = try executable("mosquitto_passwd", extraDirectories: ["/usr/sbin"])
+        let made = try run(tool, ["-b", "-c", passwordFile, "store-0042", "right-secret"])
+        try #require(made.status == 0, "mosquitto_passwd failed: \(made.stderr)")
+        let broker = try MosquittoBroker(overrides: [("allow_anonymous", "false"), ("password_file", passwordFile)])
+        defer { broker.stop() }
+
+        let wrong = try MQTTClient(
+            configuration: try testConfiguration(broker.url) {
+                $0.protocolVersion = version
+                $0.username = "store-0042"
+                $0.password = "wrong-secret"
+            }, logger: testLogger)
+        await #expect {
+            try await wrong.connect(timeout: .seconds(10))
+        } throws: { error in
+            guard case MQTTError.notAuthorized = error else { return false }
+            return true
+        }
+        // The loop keeps retrying with backoff (the v5 refusal did not end it) and reports each refusal.
+        try await waitForState(wrong, "a second refusal") {
+            if case .disconnected(.notAuthorized?) = $0 { true } else { false }
+        }
+        await wrong.shutdown()
+
+        let right = try MQTTClient(
+            configuration: try testConfiguration(broker.url) {
+                $0.protocolVersion = version
+                $0.username = "store-0042"
+                $0.password = "right-secret"
+            }, logger: testLogger)
+        try await right.connect()
+        #expect(right.state.isConnected)
+        await right.shutdown()
+    }
+
+    @Test("TLS with test-made certificates works; a client without the CA gets a TLS error")
+    func tls() async throws {
+        let pki = try TestPKI()
+        defer { pki.remove() }
+        let tlsPort = try freeLoopbackPort()
+        let broker = try MosquittoBroker(extraLines: [
+            "listener \(tlsPort) 127.0.0.1",
+            "cafile \(pki.caCertificate)",
+            "certfile \(pki.serverCertificate)",
+            "keyfile \(pki.serverKey)",
+            "require_certificate true",
+        ])
+        defer { broker.stop() }
+        let url = "mqtts://127.0.0.1:\(tlsPort)"
+        let topic = uniqueTopic()
+
+        let trusted = try testConfiguration(url) {
+            $0.tls = MQTTTLSConfiguration(caFile: pki.caCertificate, certificateFile: pki.clientCertificate, keyFile: pki.clientKey)
+        }
+        try await MQTTClient.withConnection(trusted, logger: testLogger) { client in
+            let collector = MessageCollector(client)
+            try await client.subscribe(to: topic)
+            try await client.publish(topic, string: "over TLS", qos: .atLeastOnce)
+            #expect(try await collector.next().payloadString == "over TLS")
+        }
+
+        for (name, tls) in [
+            ("system CAs only", MQTTTLSConfiguration(certificateFile: pki.clientCertificate, keyFile: pki.clientKey)),
+            ("an unrelated CA", MQTTTLSConfiguration(caFile: pki.otherCACertificate, certificateFile: pki.clientCertificate, keyFile: pki.clientKey)),
+        ] {
+            let client = try MQTTClient(configuration: try testConfiguration(url) { $0.tls = tls }, logger: testLogger)
+            await #expect("a client trusting \(name) must be refused") {
+                try await client.connect(timeout: .seconds(10))
+            } throws: { error in
+                guard case MQTTError.tls = error else { return false }
+                return true
+            }
+            await client.shutdown()
+        }
+    }
+
+    @Test("shutdown completes when the broker is gone, and fails whatever was waiting")
+    func shutdownWithBrokerGone() async throws {
+        let broker = try MosquittoBroker()
+        defer { broker.stop() }
+        let client = try MQTTClient(configuration: try testConfiguration(broker.url), logger: testLogger)
+        try await client.connect()
+        let updates = client.stateUpdates()
+        broker.kill()
+        try await waitForState(client, "the lost connection") { !$0.isConnected }
+        await client.shutdown()
+        #expect(client.state == .stopped)
+        var last: MQTTConnectionState?
+        for await state in updates { last = state }
+        #expect(last == .stopped, "the state stream must finish with .stopped")
+        await #expect(throws: MQTTError.shutdown) { try await client.publish("a/b", string: "x") }
+        await #expect(throws: MQTTError.shutdown) { try await client.connect() }
+        await client.shutdown()  // twice is fine
+    }
+
+    @Test("invalid topics and filters are refused with a typed error before reaching the broker")
+    func invalidArguments() async throws {
+        let broker = try MosquittoBroker()
+        defer { broker.stop() }
+        try await MQTTClient.withConnection(try testConfiguration(broker.url), logger: testLogger) { client in
+            for topic in ["a/+/b", "a/#", ""] {
+                await #expect(throws: MQTTError.self) { try await client.publish(topic, string: "x") }
+            }
+            for filter in ["a/#/b", "a+/b", ""] {
+                await #expect(throws: MQTTError.self) { try await client.subscribe(to: filter) }
+            }
+            #expect(client.state.isConnected, "a refused argument must not disturb the connection")
+        }
+    }
+
+    @Test("broker URLs parse, and bad ones are refused with a message")
+    func brokerURLs() throws {
+        #expect(try BrokerURL(parsing: "mqtt://broker.local") == BrokerURL(host: "broker.local", port: 1883, usesTLS: false))
+        #expect(try BrokerURL(parsing: "mqtts://10.0.0.1") == BrokerURL(host: "10.0.0.1", port: 8883, usesTLS: true))
+        #expect(try BrokerURL(parsing: "mqtt://[::1]:1884") == BrokerURL(host: "::1", port: 1884, usesTLS: false))
+        #expect(try BrokerURL(parsing: "mqtt://[::1]:1884").description == "mqtt://[::1]:1884")
+        for bad in ["http://x", "mqtt://", "mqtt://host:0", "mqtt://host:70000", "mqtt://host/path", "mqtt://u@host", "mqtt://[::1"] {
+            #expect(throws: MQTTError.self, "\(bad)") { try BrokerURL(parsing: bad) }
+        }
+    }
+
+    @Test("configurations that cannot work are refused at creation")
+    func invalidConfigurations() throws {
+        let url = try BrokerURL(parsing: "mqtt://127.0.0.1:1")
+        let bad: [MQTTConfiguration] = [
+            MQTTConfiguration(broker: url, session: .persistent(expiry: .seconds(60))),  // no client id
+            MQTTConfiguration(broker: url, clientID: "x", session: .persistent(expiry: .zero)),
+            MQTTConfiguration(broker: url, password: "secret"),
+            MQTTConfiguration(broker: url, tls: MQTTTLSConfiguration(caFile: "/etc/hostname")),  // TLS on mqtt://
+            MQTTConfiguration(broker: url, keepAlive: .seconds(1)),
+            MQTTConfiguration(broker: url, will: LastWill(topic: "a/#", payload: [])),
+        ]
+        for configuration in bad {
+            #expect(throws: MQTTError.self) { _ = try MQTTClient(configuration: configuration, logger: testLogger) }
+        }
+        let missingCA = MQTTConfiguration(broker: try BrokerURL(parsing: "mqtts://127.0.0.1:1"), tls: MQTTTLSConfiguration(caFile: "/nonexistent/ca.crt"))
+        #expect {
+            _ = try MQTTClient(configuration: missingCA, logger: testLogger)
+        } throws: { error in
+            guard case MQTTError.tls(let message) = error else { return false }
+            return message.contains("/nonexistent/ca.crt")
+        }
+    }
+
+    @Test("reconnect delays grow exponentially to the cap, with bounded jitter")
+    func reconnectBackoff() {
+        let policy = ReconnectPolicy(initialDelay: .milliseconds(100), maximumDelay: .seconds(2), jitter: 0.2)
+        #expect((1...7).map { policy.baseDelay(afterFailures: $0) } == [
+            .milliseconds(100), .milliseconds(200), .milliseconds(400), .milliseconds(800), .milliseconds(1600), .seconds(2), .seconds(2),
+        ])
+        #expect(policy.delay(afterFailures: 1, random: 0) == .milliseconds(80))
+        #expect(policy.delay(afterFailures: 1, random: 1) == .milliseconds(120))
+        #expect(policy.delay(afterFailures: 100, random: 1) == .seconds(2), "jitter never exceeds the cap")
+    }
+}

@@ -1,0 +1,121 @@
+import Foundation
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// A loopback TCP proxy in front of a broker, so that a test can cut a client's
+/// connection the way a network failure or a killed process would: no
+/// DISCONNECT packet, just a dead socket.
+public final class TCPProxy: @unchecked Sendable {
+    public let port: Int
+    private let upstreamPort: Int
+    private let listener: Int32
+    private let lock = NSLock()
+    private var sockets: Set<Int32> = []
+    private var stopped = false
+
+    public init(upstreamPort: Int) throws {
+        self.upstreamPort = upstreamPort
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        guard fd >= 0 else { throw TestSupportError("socket() failed") }
+        var one: Int32 = 1
+        setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, socklen_t(MemoryLayout<Int32>.size))
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_addr.s_addr = inet_addr("127.0.0.1")
+        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+        let ok = withUnsafeMutablePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                bind(fd, $0, length) == 0 && listen(fd, 64) == 0 && getsockname(fd, $0, &length) == 0
+            }
+        }
+        guard ok else {
+            close(fd)
+            throw TestSupportError("could not listen for the proxy")
+        }
+        self.listener = fd
+        self.port = Int(UInt16(bigEndian: address.sin_port))
+        let thread = Thread { [weak self] in self?.acceptLoop() }
+        thread.start()
+    }
+
+    public var url: String { "mqtt://127.0.0.1:\(port)" }
+
+    /// How many client connections are open through the proxy.
+    public var openConnections: Int { lock.withLock { sockets.count / 2 } }
+
+    private func acceptLoop() {
+        while true {
+            let client = accept(listener, nil, nil)
+            if client < 0 {
+                if errno == EINTR { continue }
+                return
+            }
+            let upstream = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+            var address = sockaddr_in()
+            address.sin_family = sa_family_t(AF_INET)
+            address.sin_port = UInt16(upstreamPort).bigEndian
+            address.sin_addr.s_addr = inet_addr("127.0.0.1")
+            let connected = withUnsafePointer(to: &address) {
+                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                    Glibc.connect(upstream, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) == 0
+                }
+            }
+            let accepted = lock.withLock { () -> Bool in
+                guard !stopped, connected else { return false }
+                sockets.insert(client)
+                sockets.insert(upstream)
+                return true
+            }
+            guard accepted else {
+                close(client)
+                close(upstream)
+                continue
+            }
+            Thread { [weak self] in self?.pump(from: client, to: upstream) }.start()
+            Thread { [weak self] in self?.pump(from: upstream, to: client) }.start()
+        }
+    }
+
+    private func pump(from source: Int32, to destination: Int32) {
+        var buffer = [UInt8](repeating: 0, count: 64 * 1024)
+        while true {
+            let n = buffer.withUnsafeMutableBytes { recv(source, $0.baseAddress, $0.count, 0) }
+            if n <= 0 { break }
+            var sent = 0
+            while sent < n {
+                let m = buffer.withUnsafeBytes { send(destination, $0.baseAddress! + sent, n - sent, Int32(MSG_NOSIGNAL)) }
+                if m <= 0 { break }
+                sent += m
+            }
+            if sent < n { break }
+        }
+        shutdown(source, Int32(SHUT_RDWR))
+        shutdown(destination, Int32(SHUT_RDWR))
+        lock.withLock {
+            if sockets.remove(source) != nil { close(source) }
+            if sockets.remove(destination) != nil { close(destination) }
+        }
+    }
+
+    /// Cuts every open connection at once, without any MQTT goodbye; new
+    /// connections are still accepted.
+    public func cutAll() {
+        let open = lock.withLock { sockets }
+        for fd in open { shutdown(fd, Int32(SHUT_RDWR)) }
+    }
+
+    /// Cuts everything and stops listening.
+    public func stop() {
+        let open = lock.withLock { () -> Set<Int32> in
+            stopped = true
+            return sockets
+        }
+        for fd in open { shutdown(fd, Int32(SHUT_RDWR)) }
+        shutdown(listener, Int32(SHUT_RDWR))
+        close(listener)
+    }
+
+    deinit { if !stopped { stop() } }
+}
