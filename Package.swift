@@ -38,19 +38,25 @@ let package = Package(
             swiftSettings: swiftSettings
         ),
         .target(name: "FleetCore", swiftSettings: swiftSettings),
+        // What the three executables share: EdgeFleet's exit codes around ArgumentParser.
+        .target(
+            name: "CommandSupport",
+            dependencies: [.product(name: "ArgumentParser", package: "swift-argument-parser")],
+            swiftSettings: swiftSettings
+        ),
         .executableTarget(
             name: "edgefleet-agent",
-            dependencies: ["FleetCore", "MQTT", .product(name: "ArgumentParser", package: "swift-argument-parser")],
+            dependencies: ["FleetCore", "MQTT", "CommandSupport", .product(name: "ArgumentParser", package: "swift-argument-parser")],
             swiftSettings: swiftSettings
         ),
         .executableTarget(
             name: "edgefleet-aggregator",
-            dependencies: ["FleetCore", "MQTT", .product(name: "ArgumentParser", package: "swift-argument-parser")],
+            dependencies: ["FleetCore", "MQTT", "CommandSupport", .product(name: "ArgumentParser", package: "swift-argument-parser")],
             swiftSettings: swiftSettings
         ),
         .executableTarget(
             name: "edgefleet",
-            dependencies: ["FleetCore", "MQTT", .product(name: "ArgumentParser", package: "swift-argument-parser")],
+            dependencies: ["FleetCore", "MQTT", "CommandSupport", .product(name: "ArgumentParser", package: "swift-argument-parser")],
             swiftSettings: swiftSettings
         ),
         .executableTarget(
@@ -71,6 +77,7 @@ let package = Package(
             swiftSettings: swiftSettings
         ),
         .testTarget(name: "FleetCoreTests", dependencies: ["FleetCore"], swiftSettings: swiftSettings),
+        .testTarget(name: "CommandLineTests", dependencies: ["TestSupport"], swiftSettings: swiftSettings),
         .testTarget(
             name: "MQTTIntegrationTests",
             dependencies: ["MQTT", "TestSupport", "FleetCore"],

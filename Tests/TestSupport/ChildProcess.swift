@@ -113,3 +113,17 @@ public func run(_ executablePath: URL, _ arguments: [String], environment: [Stri
     let stderr = (try? String(contentsOfFile: err, encoding: .utf8)) ?? ""
     return (status, stdout, stderr)
 }
+
+/// An executable this package builds (`edgefleet`, `edgefleet-agent`, ...), from
+/// the build directory the running test binary lives in.
+public func builtProduct(_ name: String) throws -> URL {
+    let testBinary = URL(fileURLWithPath: CommandLine.arguments[0]).resolvingSymlinksInPath()
+    var directory = testBinary.deletingLastPathComponent()
+    // On Linux the test binary is build/debug/X.xctest; elsewhere it may sit inside a bundle.
+    for _ in 0..<4 {
+        let candidate = directory.appendingPathComponent(name)
+        if FileManager.default.isExecutableFile(atPath: candidate.path) { return candidate }
+        directory = directory.deletingLastPathComponent()
+    }
+    throw TestSupportError("\(name) is not built next to \(testBinary.path); run `swift build` first")
+}

@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Installs the Debian packages EdgeFleet needs to build, test and run, if any is missing.
+# Safe to run again: it does nothing when everything is there.
+set -euo pipefail
+
+packages=(mosquitto mosquitto-clients libmosquitto-dev libsqlite3-dev openssl pkg-config python3)
+missing=()
+for p in "${packages[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]} == 0)); then
+    exit 0
+fi
+
+echo "installing: ${missing[*]}" >&2
+sudo=""
+if [[ $(id -u) -ne 0 ]]; then
+    command -v sudo >/dev/null || { echo "need root (or sudo) to install ${missing[*]}" >&2; exit 1; }
+    sudo="sudo"
+fi
+export DEBIAN_FRONTEND=noninteractive
+$sudo apt-get update -qq
+$sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" </dev/null
+# Debian's package starts a system broker where systemd runs; EdgeFleet's tests and demo
+# start their own on free ports and do not need it.
