@@ -88,3 +88,42 @@ public enum MQTTConnectionState: Sendable, Hashable, CustomStringConvertible {
         }
     }
 }
+
+/// The messages a client receives, in arrival order: an `AsyncSequence` of
+/// `MQTTMessage`. The loop thread hands them over in batches (one per socket
+/// read pass), which this sequence unpacks. One consumer; it ends when the
+/// client shuts down.
+public struct MQTTMessages: AsyncSequence, Sendable {
+    public typealias Element = MQTTMessage
+    let batches: AsyncStream<[MQTTMessage]>
+
+    public struct AsyncIterator: AsyncIteratorProtocol {
+        var batches: AsyncStream<[MQTTMessage]>.AsyncIterator
+        var current: [MQTTMessage] = []
+        var index = 0
+
+        public mutating func next() async -> MQTTMessage? {
+            while index == current.count {
+                guard let batch = await batches.next() else { return nil }
+                current = batch
+                index = 0
+            }
+            defer { index += 1 }
+            return current[index]
+        }
+
+        public mutating func next(isolation actor: isolated (any Actor)?) async -> MQTTMessage? {
+            while index == current.count {
+                guard let batch = await batches.next(isolation: actor) else { return nil }
+                current = batch
+                index = 0
+            }
+            defer { index += 1 }
+            return current[index]
+        }
+    }
+
+    public func makeAsyncIterator() -> AsyncIterator {
+        AsyncIterator(batches: batches.makeAsyncIterator())
+    }
+}

@@ -181,7 +181,24 @@ final class MosquittoHandle: @unchecked Sendable {
     /// (a publish from another thread wakes it at once), reads, writes, keepalive.
     /// Callbacks run inside this call.
     func loop(timeoutMilliseconds: Int32) -> MQTTError? {
-        withLive { code(mosquitto_loop($0, timeoutMilliseconds, 1)) } ?? .shutdown
+        withLive { mosq in
+            // libmosquitto sends each queued packet with its own send(); with
+            // TCP_NODELAY that is one TCP segment per message. Corking the socket
+            // for the duration of one loop pass lets the kernel pack the packets
+            // written in that pass into full segments; uncorking flushes them at
+            // once, so no packet waits longer than the pass that wrote it.
+            let socket = mosquitto_socket(mosq)
+            if socket >= 0 { setCork(socket, true) }
+            let error = code(mosquitto_loop(mosq, timeoutMilliseconds, 1))
+            if socket >= 0, mosquitto_socket(mosq) == socket { setCork(socket, false) }
+            return error
+        } ?? .shutdown
+    }
+
+    /// Reads one more incoming packet if one is waiting, without a select
+    /// (`mosquitto_loop_read`; a socket with nothing to read is not an error).
+    func readOnce() -> MQTTError? {
+        withLive { code(mosquitto_loop_read($0, 1)) } ?? .shutdown
     }
 
     /// Sends DISCONNECT (reason 0: the broker discards the Last Will).
@@ -297,6 +314,13 @@ final class MosquittoHandle: @unchecked Sendable {
 }
 
 private func prop(_ identifier: mqtt5_property) -> Int32 { Int32(identifier.rawValue) }
+
+private func setCork(_ socket: Int32, _ on: Bool) {
+    #if os(Linux)
+    var value: Int32 = on ? 1 : 0
+    _ = setsockopt(socket, Int32(IPPROTO_TCP), TCP_CORK, &value, socklen_t(MemoryLayout<Int32>.size))
+    #endif
+}
 
 /// `nil` for success, else the typed error.
 private func code(_ rc: Int32) -> MQTTError? {
