@@ -10,7 +10,11 @@ import Synchronization
 /// continuation is finished while it is held (an `onTermination` handler could
 /// need it again).
 final class ClientCore: MosquittoEventSink, Sendable {
-    enum AcknowledgementKind: Sendable { case publish, subscribe, unsubscribe }
+    enum AcknowledgementKind: Sendable { case publish, unsentQoS0, subscribe, unsubscribe }
+
+    /// How many QoS 0 messages may wait in libmosquitto's memory, not yet written
+    /// to the socket, before `publish` waits for the loop thread to catch up.
+    static let unsentQoS0Limit = 1000
 
     private struct Waiter {
         var kind: AcknowledgementKind
@@ -40,6 +44,9 @@ final class ClientCore: MosquittoEventSink, Sendable {
         var stateObservers: [Int: AsyncStream<MQTTConnectionState>.Continuation] = [:]
         var connectWaiters: [Int: CheckedContinuation<Void, any Error>] = [:]
         var finishWaiters: [CheckedContinuation<Void, Never>] = []
+        /// QoS 0 messages handed to libmosquitto and not yet written.
+        var unsentQoS0 = 0
+        var roomWaiters: [CheckedContinuation<Void, Never>] = []
     }
 
     let configuration: MQTTConfiguration
@@ -91,16 +98,21 @@ final class ClientCore: MosquittoEventSink, Sendable {
 
     /// The last step of the shutdown: everything waiting fails or finishes.
     func finish() {
-        let (waiters, connectWaiters, observers, finishWaiters) = state.withLock { s in
+        let (waiters, connectWaiters, observers, finishWaiters, roomWaiters) = state.withLock { s in
             s.finished = true
             s.stopRequested = true
             s.connection = .stopped
-            let result = (Array(s.waiters.values), Array(s.connectWaiters.values), Array(s.stateObservers.values), s.finishWaiters)
+            let result = (
+                Array(s.waiters.values), Array(s.connectWaiters.values), Array(s.stateObservers.values), s.finishWaiters,
+                s.roomWaiters
+            )
             s.waiters = [:]
             s.early = [:]
             s.connectWaiters = [:]
             s.stateObservers = [:]
             s.finishWaiters = []
+            s.roomWaiters = []
+            s.unsentQoS0 = 0
             return result
         }
         for waiter in waiters { waiter.continuation?.resume(throwing: MQTTError.shutdown) }
@@ -111,6 +123,7 @@ final class ClientCore: MosquittoEventSink, Sendable {
         }
         deliverMessages()
         messageContinuation.finish()
+        for waiter in roomWaiters { waiter.resume() }
         for waiter in finishWaiters { waiter.resume() }
         logger.debug("MQTT client stopped")
     }
@@ -264,6 +277,31 @@ final class ClientCore: MosquittoEventSink, Sendable {
         }
     }
 
+    /// Records a QoS 0 message handed to libmosquitto; its "acknowledgement" is the
+    /// library's callback once the message is written to the socket. Returns
+    /// whether the publisher should wait for room (too many still unwritten).
+    func recordUnsentQoS0(mid: Int32) -> Bool {
+        state.withLock { s in
+            guard s.early.removeValue(forKey: mid) == nil else { return false }
+            s.waiters[mid] = Waiter(kind: .unsentQoS0, continuation: nil)
+            s.unsentQoS0 += 1
+            return s.unsentQoS0 > Self.unsentQoS0Limit
+        }
+    }
+
+    /// Waits until the loop thread has written enough QoS 0 messages: bounded
+    /// memory, and a publisher that cannot outrun the socket and starve the broker.
+    func waitForRoom() async {
+        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+            let ready = state.withLock { s -> Bool in
+                if s.finished || s.unsentQoS0 <= Self.unsentQoS0Limit / 2 { return true }
+                s.roomWaiters.append(continuation)
+                return false
+            }
+            if ready { continuation.resume() }
+        }
+    }
+
     /// Nobody waits for this `mid`: drop its acknowledgement (now or when it comes).
     func ignoreAcknowledgement(mid: Int32) {
         state.withLock { s in
@@ -298,26 +336,41 @@ final class ClientCore: MosquittoEventSink, Sendable {
         // Subscribe/unsubscribe requests in flight are not resent by the library:
         // their waiters are released (subscriptions are restored on reconnect).
         // QoS 1 publishes stay pending: libmosquitto resends them after reconnecting.
-        let released = state.withLock { s -> [CheckedContinuation<Void, any Error>] in
+        let released = state.withLock { s -> ([CheckedContinuation<Void, any Error>], [CheckedContinuation<Void, Never>]) in
             s.disconnectReason = reason
             var released: [CheckedContinuation<Void, any Error>] = []
             for (mid, waiter) in s.waiters where waiter.kind != .publish || waiter.continuation == nil {
                 s.waiters.removeValue(forKey: mid)
                 if let continuation = waiter.continuation { released.append(continuation) }
             }
-            return released
+            s.unsentQoS0 = 0  // libmosquitto drops unwritten QoS 0 messages with the connection
+            let room = s.roomWaiters
+            s.roomWaiters = []
+            return (released, room)
         }
-        for continuation in released { continuation.resume() }
+        for continuation in released.0 { continuation.resume() }
+        for continuation in released.1 { continuation.resume() }
         setState(.disconnected(reason: reason))
     }
 
     func mosquittoAcknowledged(mid: Int32, result: Result<Void, MQTTError>) {
         inbox.events &+= 1
+        var room: [CheckedContinuation<Void, Never>] = []
         let continuation = state.withLock { s -> CheckedContinuation<Void, any Error>?? in
-            if let waiter = s.waiters.removeValue(forKey: mid) { return .some(waiter.continuation) }
+            if let waiter = s.waiters.removeValue(forKey: mid) {
+                if waiter.kind == .unsentQoS0 {
+                    s.unsentQoS0 -= 1
+                    if !s.roomWaiters.isEmpty, s.unsentQoS0 <= Self.unsentQoS0Limit / 2 {
+                        room = s.roomWaiters
+                        s.roomWaiters = []
+                    }
+                }
+                return .some(waiter.continuation)
+            }
             s.early[mid] = result
             return nil
         }
+        for waiter in room { waiter.resume() }
         if case .some(.some(let continuation)) = continuation {
             continuation.resume(with: result.mapError { $0 as any Error })
         }
@@ -334,6 +387,9 @@ final class ClientCore: MosquittoEventSink, Sendable {
 
     /// Batches handed to the consumer so far (read racily; for benchmarks).
     var deliveredBatches: Int { inbox.batches }
+
+    /// Messages received and not yet handed on (loop thread only).
+    var pendingMessageCount: Int { inbox.messages.count }
 
     /// Hands the messages of one loop iteration on as one batch (loop thread only).
     /// Batching spares the consumer a wake-up per message under load.

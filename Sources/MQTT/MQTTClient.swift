@@ -99,8 +99,8 @@ public final class MQTTClient: Sendable {
             handle.publish(topic: topic, payload: $0, qos: qos, retain: retain, properties: properties)
         }
         if qos == .atMostOnce {
-            if mid != 0 { core.ignoreAcknowledgement(mid: mid) }
             if let error { throw error }
+            if mid != 0, core.recordUnsentQoS0(mid: mid) { await core.waitForRoom() }
             return
         }
         switch error {
@@ -214,6 +214,7 @@ private struct LoopDriver {
     func run() {
         var firstAttempt = true
         var failures = 0
+        var streaming = false
         while !core.stopRequested {
             core.setState(.connecting)
             let connectError = firstAttempt ? handle.connect() : handle.reconnect()
@@ -228,6 +229,21 @@ private struct LoopDriver {
             while !core.stopRequested {
                 var error = handle.loop(timeoutMilliseconds: Self.pollMilliseconds)
                 if error == nil { error = drain() }
+                // While messages stream in (the previous pass had some too), gather
+                // for up to a millisecond before waking the consumer: a task wake-up
+                // and its context switches cost more than handling a message, and on
+                // a small machine they take CPU from the broker. A lone message is
+                // handed on at once.
+                let gathered = core.pendingMessageCount
+                if streaming, gathered > 0 {
+                    var waits = 0
+                    while error == nil, waits < Self.gatherWaits, core.pendingMessageCount < Self.gatherBatch {
+                        usleep(Self.gatherMicroseconds)
+                        error = drain()
+                        waits += 1
+                    }
+                }
+                streaming = gathered > 0
                 core.deliverMessages()
                 restoreSubscriptionsIfAsked()
                 if let error {
@@ -243,6 +259,12 @@ private struct LoopDriver {
         }
         finishShutdown()
     }
+
+    /// Gathering a batch while messages stream: at most `gatherWaits` pauses of
+    /// `gatherMicroseconds`, stopping once `gatherBatch` messages are waiting.
+    static let gatherWaits = 4
+    static let gatherMicroseconds: UInt32 = 250
+    static let gatherBatch = 256
 
     /// How many extra packets one pass may read after `mosquitto_loop`.
     static let maximumDrain = 512

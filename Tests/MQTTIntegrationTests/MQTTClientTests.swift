@@ -47,6 +47,25 @@ struct MQTTClientTests {
         }
     }
 
+    @Test("a burst of QoS 0 messages far over the unwritten-message limit all arrive, in order")
+    func qos0Burst() async throws {
+        let broker = try MosquittoBroker()
+        defer { broker.stop() }
+        let topic = uniqueTopic()
+        let count = 20_000
+        try await MQTTClient.withConnection(try testConfiguration(broker.url, clientID: "burst-sub"), logger: testLogger) { subscriber in
+            let collector = MessageCollector(subscriber)
+            try await subscriber.subscribe(to: topic, qos: .atMostOnce)
+            try await MQTTClient.withConnection(try testConfiguration(broker.url, clientID: "burst-pub"), logger: testLogger) { publisher in
+                for i in 0..<count {
+                    try await publisher.publish(topic, payload: Array(String(i).utf8), qos: .atMostOnce)
+                }
+            }
+            let received = try await collector.next(count, timeout: .seconds(30), "the burst")
+            #expect(received.map(\.payloadString) == (0..<count).map(String.init))
+        }
+    }
+
     @Test("v5 message properties (user properties, expiry, content type) arrive at the subscriber")
     func publishProperties() async throws {
         let broker = try MosquittoBroker()
