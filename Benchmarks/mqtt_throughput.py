@@ -67,6 +67,12 @@ def start_broker(directory):
     sys.exit("mosquitto did not start: " + open(log).read())
 
 
+def cpu_seconds(pid):
+    """User + system CPU seconds a process has used so far (from /proc)."""
+    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def run_edgefleet(bench, port, qos, messages, extra):
     out = subprocess.run(
         [bench, "mqtt-throughput", "--broker", f"mqtt://127.0.0.1:{port}", "--messages", str(messages), "--qos", str(qos)] + extra,
@@ -164,18 +170,26 @@ def main():
                 for qos in (0, 1):
                     for name, extras in variants:
                         if qos in extras:
+                            cpu0, wall0 = cpu_seconds(broker.pid), time.time()
                             r = run_edgefleet(bench, port, qos, args.messages, extras[qos])
+                            busy = (cpu_seconds(broker.pid) - cpu0) / (time.time() - wall0)
                             results.setdefault((name, qos), []).append(r["messagesPerSecond"])
-                            print(f"round {round_no + 1} qos {qos} {name}: {r['messagesPerSecond']:,.0f} msg/s", flush=True)
+                            results.setdefault(("broker", name, qos), []).append(busy)
+                            print(f"round {round_no + 1} qos {qos} {name}: {r['messagesPerSecond']:,.0f} msg/s"
+                                  f" (broker {busy:.0%} of a core)", flush=True)
                     for mode in ("lines", "repeat"):
+                        cpu0, wall0 = cpu_seconds(broker.pid), time.time()
                         b = run_baseline(port, qos, args.messages, lines_file, log, directory, round_no, mode)
+                        busy = (cpu_seconds(broker.pid) - cpu0) / (time.time() - wall0)
                         lost = b["messages"] - b["received"]
                         label = BASELINES[mode]
                         if lost:
                             results.setdefault(("lost", label, qos), []).append(lost)
                         else:
                             results.setdefault((label, qos), []).append(b["messagesPerSecond"])
+                            results.setdefault(("broker", label, qos), []).append(busy)
                         print(f"round {round_no + 1} qos {qos} {label}: {b['messagesPerSecond']:,.0f} msg/s"
+                              f" (broker {busy:.0%} of a core)"
                               + (f" (lost {lost} messages: not counted)" if lost else ""), flush=True)
         finally:
             broker.terminate()
@@ -187,19 +201,24 @@ def main():
         best_label = max(baselines, key=baselines.get)
         base = baselines[best_label]
         for key, values in results.items():
-            if key[0] == "lost" or key[1] != qos:
+            if key[0] in ("lost", "broker") or key[1] != qos:
                 continue
             name = key[0]
             median = statistics.median(values)
             ratio = median / base
+            # Paired: each round's figure against the faster baseline's figure of the same round,
+            # so that load from other tenants of the machine affects both sides of a ratio alike.
+            paired = statistics.median(v / b for v, b in zip(values, results[(best_label, qos)]))
+            broker_busy = statistics.median(results[("broker", name, qos)])
             if name == "EdgeFleet client":
-                met = "met" if median >= TARGETS[qos] and ratio >= 1 else "NOT met"
-                target = f"≥ {TARGETS[qos]:,} msg/s and ≥ 1.0× the faster baseline: **{met}**"
+                met = "met" if median >= TARGETS[qos] and paired >= 1 else "NOT met"
+                target = f"≥ {TARGETS[qos]:,} msg/s and paired ratio ≥ 1.0: **{met}**"
             elif name == best_label:
                 target = "(the faster baseline)"
             else:
                 target = ""
-            rows.append(f"| {qos} | {name} | {median:,.0f} | {', '.join(f'{v:,.0f}' for v in values)} | {ratio:.2f}× | {target} |")
+            rows.append(f"| {qos} | {name} | {median:,.0f} | {', '.join(f'{v:,.0f}' for v in values)} | {ratio:.2f}× | "
+                        f"{paired:.2f}× | {broker_busy:.0%} | {target} |")
     lost = {k: v for k, v in results.items() if k[0] == "lost"}
     lost_note = ""
     if lost:
@@ -207,13 +226,13 @@ def main():
                      "before its last QoS 1 messages are sent or acknowledged): "
                      + "; ".join(f"{label}, QoS {q}: lost {v}" for (_, label, q), v in lost.items()) + ".")
     table = "\n".join([
-        "| QoS | client | median msg/s | rounds | vs faster baseline | target |",
-        "| --- | --- | ---: | --- | ---: | --- |",
+        "| QoS | client | median msg/s | rounds | median ÷ faster baseline's | paired ratio (median per round) | broker CPU (of one core) | target |",
+        "| --- | --- | ---: | --- | ---: | ---: | ---: | --- |",
     ] + rows)
     section = f"""<!-- mqtt-throughput:begin -->
 ## MQTT client throughput (issue 2)
 
-One publisher and one subscriber through a local mosquitto ({args.messages:,} messages of 200 bytes, {args.rounds} rounds, median),
+One publisher and one subscriber through a local mosquitto ({args.messages:,} messages of 200 bytes, {args.rounds} rounds),
 EdgeFleet's client next to the mosquitto command-line tools doing the same in the same run: `mosquitto_sub -C N`
 with `mosquitto_pub -l` (every stdin line a message, pipelined) and with `mosquitto_pub -m … --repeat N`.
 
@@ -227,9 +246,14 @@ QoS 1 throughput is bounded by how many messages may be in flight: the publisher
 maximum on the client, `max_inflight_messages` and the receive maximum on the broker (`broker-config/dev/mosquitto.conf`
 sets 1000), and the subscriber's receive maximum. The second EdgeFleet row keeps libmosquitto's default of 20 in flight
 to show the difference; the baseline tools run with their defaults. The baseline's time includes starting
-`mosquitto_pub` and its connection (a few ms), EdgeFleet's does not. Both are bounded by the single-threaded
-broker on the same 2 cores: the client's job is to leave it as much CPU as possible (TCP_CORK per loop pass,
-batched delivery to the consumer).{lost_note}
+`mosquitto_pub` and its connection (a few ms), EdgeFleet's does not.
+
+"No slower than the command-line tools" is judged by the paired ratio: in each round EdgeFleet's figure is divided
+by the faster baseline's figure of the same round, and the median of those ratios must be at least 1.0. On this
+shared machine another tenant's load moves whole rounds up or down; pairing cancels that. At QoS 0 both clients
+push the single-threaded broker to about a full core (the broker CPU column), so the broker, not the client,
+sets the ceiling: the client's job is to reach it while leaving the broker its core (see
+`docs/design-notes.md`).{lost_note}
 <!-- mqtt-throughput:end -->"""
     print("\n" + section)
     if args.write:

@@ -57,9 +57,12 @@ final class ClientCore: MosquittoEventSink, Sendable {
     private let inbox = LoopThreadInbox()
     /// Wakes the loop thread from its backoff sleep when a stop is requested.
     private let wakeup = DispatchSemaphore(value: 0)
+    /// Wakes the loop thread out of `poll` when a packet was queued or a stop requested.
+    let loopWake: LoopWake
 
-    init(configuration: MQTTConfiguration, logger: Logger, messages: AsyncStream<[MQTTMessage]>.Continuation) {
+    init(configuration: MQTTConfiguration, logger: Logger, messages: AsyncStream<[MQTTMessage]>.Continuation) throws(MQTTError) {
         self.configuration = configuration
+        self.loopWake = try LoopWake()
         var logger = logger
         logger[metadataKey: "mqtt.client"] = "\(configuration.clientID.isEmpty ? "-" : configuration.clientID)"
         logger[metadataKey: "mqtt.broker"] = "\(configuration.broker)"
@@ -89,7 +92,10 @@ final class ClientCore: MosquittoEventSink, Sendable {
         }
     }
 
-    func wakeLoop() { wakeup.signal() }
+    func wakeLoop() {
+        wakeup.signal()
+        loopWake.force()
+    }
 
     func sleepUnlessWoken(_ delay: Duration) {
         let nanoseconds = Int(delay.components.seconds) * 1_000_000_000 + Int(delay.components.attoseconds / 1_000_000_000)

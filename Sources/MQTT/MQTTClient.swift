@@ -41,7 +41,7 @@ public final class MQTTClient: Sendable {
     /// Creates a client; nothing touches the network until `start()` or `connect()`.
     public init(configuration: MQTTConfiguration, logger: Logger) throws(MQTTError) {
         let (stream, continuation) = AsyncStream<[MQTTMessage]>.makeStream()
-        let core = ClientCore(configuration: configuration, logger: logger, messages: continuation)
+        let core = try ClientCore(configuration: configuration, logger: logger, messages: continuation)
         self.handle = try MosquittoHandle.make(configuration: configuration, sink: core)
         self.core = core
         self.messages = MQTTMessages(batches: stream)
@@ -98,6 +98,7 @@ public final class MQTTClient: Sendable {
         let (mid, error) = payload.withUnsafeBytes {
             handle.publish(topic: topic, payload: $0, qos: qos, retain: retain, properties: properties)
         }
+        core.loopWake.wake()
         if qos == .atMostOnce {
             if let error { throw error }
             if mid != 0, core.recordUnsentQoS0(mid: mid) { await core.waitForRoom() }
@@ -129,6 +130,7 @@ public final class MQTTClient: Sendable {
         if let error = MosquittoHandle.checkFilter(filter) { throw error }
         guard try core.recordSubscription(filter: filter, qos: qos) else { return }
         let (mid, error) = handle.subscribe(filter: filter, qos: qos)
+        core.loopWake.wake()
         switch error {
         case nil: break
         case .noConnection?: return  // made on the next connect
@@ -149,6 +151,7 @@ public final class MQTTClient: Sendable {
         if let error = MosquittoHandle.checkFilter(filter) { throw error }
         guard try core.forgetSubscriptionIfConnected(filter: filter) else { return }
         let (mid, error) = handle.unsubscribe(filter: filter)
+        core.loopWake.wake()
         switch error {
         case nil: try await core.acknowledgement(mid: mid, kind: .unsubscribe)
         case .noConnection?: return
@@ -168,7 +171,6 @@ public final class MQTTClient: Sendable {
         case .running:
             // Wakes mosquitto_loop through its internal socket pair when connected;
             // the loop thread notices the stop request and finishes the sequence.
-            _ = handle.disconnect()
             core.wakeLoop()
             await core.waitUntilFinished()
         case .alreadyStopping:
@@ -227,7 +229,7 @@ private struct LoopDriver {
             }
             var loopError: MQTTError?
             while !core.stopRequested {
-                var error = handle.loop(timeoutMilliseconds: Self.pollMilliseconds)
+                var error = handle.loop(timeoutMilliseconds: Self.pollMilliseconds, wake: core.loopWake)
                 if error == nil { error = drain() }
                 // While messages stream in (the previous pass had some too), gather
                 // for up to a millisecond before waking the consumer: a task wake-up
@@ -314,7 +316,7 @@ private struct LoopDriver {
             _ = handle.disconnect()
             // Let the loop write the DISCONNECT; libmosquitto closes the socket after it.
             for _ in 0..<20 where core.currentState.isConnected {
-                let error = handle.loop(timeoutMilliseconds: 100)
+                let error = handle.loop(timeoutMilliseconds: 100, wake: core.loopWake)
                 core.deliverMessages()
                 if error != nil { break }
             }

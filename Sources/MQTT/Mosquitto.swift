@@ -4,6 +4,7 @@
 // to a sink; they never call `mosquitto_*` and are never actor-isolated.
 
 internal import CMosquitto
+import Synchronization
 
 #if canImport(Glibc)
 import Glibc
@@ -180,18 +181,40 @@ final class MosquittoHandle: @unchecked Sendable {
     /// Services the socket once: waits up to `timeoutMilliseconds` for traffic
     /// (a publish from another thread wakes it at once), reads, writes, keepalive.
     /// Callbacks run inside this call.
-    func loop(timeoutMilliseconds: Int32) -> MQTTError? {
+    func loop(timeoutMilliseconds: Int32, wake: LoopWake) -> MQTTError? {
         withLive { mosq in
-            // libmosquitto sends each queued packet with its own send(); with
-            // TCP_NODELAY that is one TCP segment per message. Corking the socket
-            // for the duration of one loop pass lets the kernel pack the packets
-            // written in that pass into full segments; uncorking flushes them at
-            // once, so no packet waits longer than the pass that wrote it.
+            // The client's own loop over libmosquitto's external-loop API, instead
+            // of mosquitto_loop: libmosquitto wakes mosquitto_loop through an
+            // internal socket pair with one byte per queued packet and reads one
+            // byte per pass, so a fast publisher costs a select, a read and a recv
+            // per message on the loop thread. Here publishers wake the loop through
+            // `wake`, at most once per sleep, and one pass writes everything queued.
             let socket = mosquitto_socket(mosq)
-            if socket >= 0 { setCork(socket, true) }
-            let error = code(mosquitto_loop(mosq, timeoutMilliseconds, 1))
-            if socket >= 0, mosquitto_socket(mosq) == socket { setCork(socket, false) }
-            return error
+            guard socket >= 0 else { return .noConnection }
+            wake.willSleep()
+            var descriptors = [
+                pollfd(fd: socket, events: Int16(POLLIN) | (mosquitto_want_write(mosq) ? Int16(POLLOUT) : 0), revents: 0),
+                pollfd(fd: wake.readDescriptor, events: Int16(POLLIN), revents: 0),
+            ]
+            let ready = poll(&descriptors, 2, timeoutMilliseconds)
+            wake.didWake()
+            if ready < 0 && errno != EINTR {
+                return MQTTError.system(errno: errno, String(cString: strerror(errno)))
+            }
+            if descriptors[1].revents != 0 { wake.drain() }
+            if descriptors[0].revents & Int16(POLLIN | POLLERR | POLLHUP) != 0 {
+                if let error = code(mosquitto_loop_read(mosq, 1)) { return error }
+            }
+            if mosquitto_want_write(mosq), mosquitto_socket(mosq) == socket {
+                // libmosquitto sends each queued packet with its own send(); with
+                // TCP_NODELAY that is one segment per message. Corking the socket for
+                // the write lets the kernel pack them; uncorking flushes at once.
+                setCork(socket, true)
+                let error = code(mosquitto_loop_write(mosq, 1))
+                if mosquitto_socket(mosq) == socket { setCork(socket, false) }
+                if let error { return error }
+            }
+            return code(mosquitto_loop_misc(mosq))
         } ?? .shutdown
     }
 
@@ -314,6 +337,51 @@ final class MosquittoHandle: @unchecked Sendable {
 }
 
 private func prop(_ identifier: mqtt5_property) -> Int32 { Int32(identifier.rawValue) }
+
+/// Lets other threads wake the loop thread out of `poll`, at most once per
+/// sleep: a non-blocking pipe and a flag saying whether the loop is (about to be)
+/// asleep. The loop sets the flag before it looks at what to poll for, and a
+/// waker checks it after queueing its packet, so no wake-up is lost.
+final class LoopWake: @unchecked Sendable {
+    let readDescriptor: Int32
+    private let writeDescriptor: Int32
+    private let sleeping = Atomic<Bool>(false)
+
+    init() throws(MQTTError) {
+        var descriptors: [Int32] = [-1, -1]
+        guard pipe(&descriptors) == 0 else { throw .system(errno: errno, "pipe: \(String(cString: strerror(errno)))") }
+        for descriptor in descriptors {
+            _ = fcntl(descriptor, F_SETFL, fcntl(descriptor, F_GETFL) | O_NONBLOCK)
+            _ = fcntl(descriptor, F_SETFD, FD_CLOEXEC)
+        }
+        readDescriptor = descriptors[0]
+        writeDescriptor = descriptors[1]
+    }
+
+    deinit {
+        close(readDescriptor)
+        close(writeDescriptor)
+    }
+
+    func willSleep() { sleeping.store(true, ordering: .sequentiallyConsistent) }
+    func didWake() { sleeping.store(false, ordering: .sequentiallyConsistent) }
+
+    /// Wakes the loop if it sleeps (or is about to).
+    func wake() {
+        if sleeping.exchange(false, ordering: .sequentiallyConsistent) { force() }
+    }
+
+    /// Wakes the loop whatever it is doing (for stop requests).
+    func force() {
+        var byte: UInt8 = 1
+        _ = write(writeDescriptor, &byte, 1)
+    }
+
+    func drain() {
+        var buffer = [UInt8](repeating: 0, count: 64)
+        while buffer.withUnsafeMutableBytes({ read(readDescriptor, $0.baseAddress, $0.count) }) > 0 {}
+    }
+}
 
 private func setCork(_ socket: Int32, _ on: Bool) {
     #if os(Linux)
