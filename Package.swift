@@ -38,6 +38,8 @@ let package = Package(
             swiftSettings: swiftSettings
         ),
         .target(name: "FleetCore", swiftSettings: swiftSettings),
+        // The site agent's parts: durable state, probes, checks, certificates, spool, the service.
+        .target(name: "FleetAgent", dependencies: ["FleetCore", "MQTT"], swiftSettings: swiftSettings),
         // What the three executables share: EdgeFleet's exit codes around ArgumentParser.
         .target(
             name: "CommandSupport",
@@ -77,6 +79,7 @@ let package = Package(
             swiftSettings: swiftSettings
         ),
         .testTarget(name: "FleetCoreTests", dependencies: ["FleetCore"], swiftSettings: swiftSettings),
+        .testTarget(name: "FleetAgentTests", dependencies: ["FleetAgent", "TestSupport"], swiftSettings: swiftSettings),
         .testTarget(name: "CommandLineTests", dependencies: ["TestSupport"], swiftSettings: swiftSettings),
         .testTarget(
             name: "MQTTIntegrationTests",
