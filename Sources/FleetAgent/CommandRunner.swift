@@ -1,0 +1,171 @@
+import Dispatch
+public import FleetCore
+
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#endif
+
+/// The outcome of running a command to completion or to its timeout.
+public struct CommandOutcome: Sendable, Hashable {
+    /// The exit status, when the command exited by itself.
+    public var exitCode: Int32?
+    /// The signal that ended it, when one did (SIGKILL after a timeout).
+    public var signal: Int32?
+    /// The command ran past its timeout and its process group was killed.
+    public var timedOut: Bool
+    /// The first line of standard output and error together, at most `outputLimit` characters.
+    public var firstLine: String
+    public var duration: Duration
+
+    /// Nagios-style reading: exit 0 pass, 1 warn, 2 fail; anything else, a
+    /// signal or a timeout is unknown.
+    public var checkState: CheckState {
+        guard !timedOut, signal == nil, let exitCode else { return .unknown }
+        return CheckState(exitCode: exitCode)
+    }
+}
+
+/// Runs commands for probes and local checks: never through a shell, in a
+/// process group of their own that is killed whole at the timeout, with their
+/// output read continuously (so a chatty command cannot block) but only the
+/// first line kept.
+public enum CommandRunner {
+    /// Runs `arguments` (the first is the program, looked up on PATH when it has no `/`).
+    /// Throws only when the command could not be started at all.
+    public static func run(
+        _ arguments: [String], timeout: Duration, outputLimit: Int = 256, environment: [String: String]? = nil
+    ) async throws(StateError) -> CommandOutcome {
+        guard let program = arguments.first, !program.isEmpty else { throw StateError("empty command") }
+        let result: Result<CommandOutcome, StateError> = await withCheckedContinuation { continuation in
+            // Blocking waits (poll, waitpid) run on a thread of their own, not on the cooperative pool.
+            DispatchQueue.global().async {
+                continuation.resume(returning: runBlocking(arguments, timeout: timeout, outputLimit: outputLimit, environment: environment))
+            }
+        }
+        return try result.get()
+    }
+
+    static func runBlocking(
+        _ arguments: [String], timeout: Duration, outputLimit: Int, environment: [String: String]?
+    ) -> Result<CommandOutcome, StateError> {
+        let start = ContinuousClock.now
+        var pipeFDs: [Int32] = [-1, -1]
+        guard pipe(&pipeFDs) == 0 else { return .failure(StateError("pipe: \(String(cString: strerror(errno)))")) }
+        _ = fcntl(pipeFDs[0], F_SETFD, FD_CLOEXEC)
+        _ = fcntl(pipeFDs[1], F_SETFD, FD_CLOEXEC)
+
+        var actions = posix_spawn_file_actions_t()
+        posix_spawn_file_actions_init(&actions)
+        defer { posix_spawn_file_actions_destroy(&actions) }
+        posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
+        posix_spawn_file_actions_adddup2(&actions, pipeFDs[1], 1)
+        posix_spawn_file_actions_adddup2(&actions, pipeFDs[1], 2)
+
+        var attributes = posix_spawnattr_t()
+        posix_spawnattr_init(&attributes)
+        defer { posix_spawnattr_destroy(&attributes) }
+        // A process group of its own (so the timeout kills the command and its
+        // children), an empty signal mask and default handlers (the spawning thread
+        // may block signals the command needs).
+        posix_spawnattr_setpgroup(&attributes, 0)
+        var noSignals = sigset_t()
+        sigemptyset(&noSignals)
+        posix_spawnattr_setsigmask(&attributes, &noSignals)
+        var defaults = sigset_t()
+        sigemptyset(&defaults)
+        for s in [SIGTERM, SIGINT, SIGHUP, SIGPIPE, SIGQUIT, SIGCHLD, SIGUSR1, SIGUSR2] { sigaddset(&defaults, s) }
+        posix_spawnattr_setsigdefault(&attributes, &defaults)
+        posix_spawnattr_setflags(&attributes, Int16(POSIX_SPAWN_SETPGROUP | POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF))
+
+        let argv = arguments.map { strdup($0) } + [nil]
+        defer { argv.forEach { free($0) } }
+        var pid: pid_t = 0
+        let rc: Int32
+        if let environment {
+            let envp = environment.map { strdup("\($0.key)=\($0.value)") } + [nil]
+            defer { envp.forEach { free($0) } }
+            rc = posix_spawnp(&pid, arguments[0], &actions, &attributes, argv, envp)
+        } else {
+            rc = posix_spawnp(&pid, arguments[0], &actions, &attributes, argv, environ)
+        }
+        close(pipeFDs[1])
+        guard rc == 0 else {
+            close(pipeFDs[0])
+            return .failure(StateError("cannot run '\(arguments[0])': \(String(cString: strerror(rc)))"))
+        }
+
+        // Read until EOF (every holder of the pipe exited) or the deadline.
+        let deadline = start + timeout
+        var kept: [UInt8] = []
+        var sawNewline = false
+        var timedOut = false
+        var buffer = [UInt8](repeating: 0, count: 4096)
+        let readFD = pipeFDs[0]
+        while true {
+            let remaining = deadline - ContinuousClock.now
+            if remaining <= .zero {
+                timedOut = true
+                break
+            }
+            let c = remaining.components
+            let milliseconds = Int32(clamping: c.seconds * 1000 + c.attoseconds / 1_000_000_000_000_000 + 1)
+            var descriptor = pollfd(fd: readFD, events: Int16(POLLIN), revents: 0)
+            let ready = poll(&descriptor, 1, milliseconds)
+            if ready < 0 {
+                if errno == EINTR { continue }
+                break
+            }
+            if ready == 0 { continue }
+            let n = buffer.withUnsafeMutableBytes { read(readFD, $0.baseAddress, $0.count) }
+            if n < 0 && errno == EINTR { continue }
+            if n <= 0 { break }
+            if !sawNewline {
+                for byte in buffer[0..<n] {
+                    if byte == UInt8(ascii: "\n") {
+                        sawNewline = true
+                        break
+                    }
+                    if kept.count < outputLimit * 4 { kept.append(byte) }
+                }
+            }
+        }
+        close(readFD)
+        // Wait for the command itself to exit, still within the deadline, without
+        // reaping it: while it is a zombie its pid (and so its group id) cannot be
+        // reused, so killing the group below can only hit its own leftovers.
+        while !timedOut {
+            var info = siginfo_t()
+            if waitid(P_PID, id_t(pid), &info, WEXITED | WNOHANG | WNOWAIT) == 0, info.si_signo == SIGCHLD { break }
+            if ContinuousClock.now >= deadline {
+                timedOut = true
+                break
+            }
+            usleep(2_000)
+        }
+        // At the timeout the whole group goes; after a normal exit, whatever the
+        // command left running in its group goes too (no stray processes).
+        kill(-pid, SIGKILL)
+        var status: Int32 = 0
+        while waitpid(pid, &status, 0) < 0 && errno == EINTR {}
+        let signalled = status & 0x7f
+        var line = String(decoding: kept, as: UTF8.self)
+        if line.count > outputLimit { line = String(line.prefix(outputLimit)) + "…" }
+        return .success(
+            CommandOutcome(
+                exitCode: signalled == 0 ? (status >> 8) & 0xff : nil,
+                signal: signalled == 0 ? nil : signalled,
+                timedOut: timedOut,
+                firstLine: line.trimmingTrailingWhitespace,
+                duration: ContinuousClock.now - start))
+    }
+}
+
+extension String {
+    var trimmingTrailingWhitespace: String {
+        var s = Substring(self)
+        while let last = s.last, last.isWhitespace { s = s.dropLast() }
+        return String(s)
+    }
+}

@@ -1,0 +1,74 @@
+import FleetAgent
+import FleetCore
+import Foundation
+import Testing
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+@Suite("running probe and check commands")
+struct CommandRunnerTests {
+    @Test("exit codes map to check states as Nagios plugins do", arguments: [(0, CheckState.pass), (1, .warn), (2, .fail), (3, .unknown), (42, .unknown)] as [(Int32, CheckState)])
+    func exitCodes(_ code: Int32, _ state: CheckState) async throws {
+        let outcome = try await CommandRunner.run(["/bin/sh", "-c", "echo 'status line'; echo second; exit \(code)"], timeout: .seconds(10))
+        #expect(outcome.exitCode == code)
+        #expect(outcome.checkState == state)
+        #expect(outcome.firstLine == "status line")
+        #expect(!outcome.timedOut)
+    }
+
+    @Test("arguments reach the program as they are, never through a shell")
+    func noShell() async throws {
+        let outcome = try await CommandRunner.run(["printf", "%s|", "a b", "$(id)", "; exit 3"], timeout: .seconds(10))
+        #expect(outcome.exitCode == 0)
+        #expect(outcome.firstLine == "a b|$(id)|; exit 3|")
+    }
+
+    @Test("a command that hangs is killed with its whole process group at the timeout")
+    func timeoutKillsGroup() async throws {
+        let directory = try temporaryDirectory()
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let pidFile = directory + "/child.pid"
+        let started = ContinuousClock.now
+        let outcome = try await CommandRunner.run(
+            ["/bin/sh", "-c", "sleep 300 & echo $! > \(pidFile); echo waiting; wait"], timeout: .milliseconds(500))
+        let elapsed = ContinuousClock.now - started
+        #expect(outcome.timedOut)
+        #expect(outcome.checkState == .unknown)
+        #expect(outcome.signal == SIGKILL)
+        #expect(outcome.firstLine == "waiting")
+        #expect(elapsed < .seconds(5))
+        let child = try #require(pid_t(try String(contentsOfFile: pidFile, encoding: .utf8).trimmingCharacters(in: .whitespacesAndNewlines)))
+        // The background child was in the same group: it must be gone (or a zombie reaped by init shortly).
+        var alive = kill(child, 0) == 0
+        for _ in 0..<100 where alive {
+            try await Task.sleep(for: .milliseconds(20))
+            alive = kill(child, 0) == 0 && !isZombie(child)
+        }
+        #expect(!alive, "the hung command's child \(child) survived the timeout")
+    }
+
+    @Test("a command that prints a lot is read to the end; only a bounded first line is kept")
+    func chatty() async throws {
+        let outcome = try await CommandRunner.run(
+            ["/bin/sh", "-c", "head -c 300000 /dev/zero | tr '\\000' x; echo; seq 1 100000"], timeout: .seconds(20), outputLimit: 40)
+        #expect(outcome.exitCode == 0)
+        #expect(outcome.firstLine == String(repeating: "x", count: 40) + "…")
+    }
+
+    @Test("a program that does not exist is an error, not a crash")
+    func missing() async {
+        await #expect(throws: StateError.self) {
+            _ = try await CommandRunner.run(["/nonexistent/edgefleet-check"], timeout: .seconds(5))
+        }
+    }
+}
+
+/// Whether `pid` is a zombie (exited, not yet reaped by its parent).
+func isZombie(_ pid: pid_t) -> Bool {
+    guard let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
+        let close = stat.lastIndex(of: ")")
+    else { return true }
+    return stat[stat.index(close, offsetBy: 2)] == "Z"
+}
