@@ -21,6 +21,7 @@ let package = Package(
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
         .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
+        .package(url: "https://github.com/jpsim/Yams", from: "6.2.2"),
     ],
     targets: [
         // The C surface: libmosquitto through pkg-config; never a product.
@@ -39,16 +40,20 @@ let package = Package(
         ),
         .target(name: "FleetCore", swiftSettings: swiftSettings),
         // The site agent's parts: durable state, probes, checks, certificates, spool, the service.
-        .target(name: "FleetAgent", dependencies: ["FleetCore", "MQTT"], swiftSettings: swiftSettings),
+        .target(name: "FleetAgent", dependencies: ["FleetCore", "MQTT", "CommandSupport"], swiftSettings: swiftSettings),
         // What the three executables share: EdgeFleet's exit codes around ArgumentParser.
         .target(
             name: "CommandSupport",
-            dependencies: [.product(name: "ArgumentParser", package: "swift-argument-parser")],
+            dependencies: [
+                "FleetCore",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Yams", package: "Yams"),
+            ],
             swiftSettings: swiftSettings
         ),
         .executableTarget(
             name: "edgefleet-agent",
-            dependencies: ["FleetCore", "MQTT", "CommandSupport", .product(name: "ArgumentParser", package: "swift-argument-parser")],
+            dependencies: ["FleetCore", "MQTT", "CommandSupport", "FleetAgent", .product(name: "ArgumentParser", package: "swift-argument-parser")],
             swiftSettings: swiftSettings
         ),
         .executableTarget(
@@ -79,7 +84,8 @@ let package = Package(
             swiftSettings: swiftSettings
         ),
         .testTarget(name: "FleetCoreTests", dependencies: ["FleetCore"], swiftSettings: swiftSettings),
-        .testTarget(name: "FleetAgentTests", dependencies: ["FleetAgent", "TestSupport"], swiftSettings: swiftSettings),
+        .testTarget(
+            name: "FleetAgentTests", dependencies: ["FleetAgent", "CommandSupport", "TestSupport"], swiftSettings: swiftSettings),
         .testTarget(name: "CommandLineTests", dependencies: ["TestSupport"], swiftSettings: swiftSettings),
         .testTarget(
             name: "MQTTIntegrationTests",

@@ -1,21 +1,92 @@
 import ArgumentParser
 import CommandSupport
+import FleetAgent
 import FleetCore
 
-/// The site agent. This build only answers `--help` and `--version`: the
-/// service itself (probes, checks, spool, publishing) arrives with the agent issue.
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// The site agent. This build loads and validates its configuration
+/// (`--check-config`); the service itself (probing, checks, publishing) is
+/// still being built under the agent issue.
 struct AgentCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "edgefleet-agent",
         abstract: "Publishes an Azure Local site's presence, heartbeats and local status to the EdgeFleet broker.",
         discussion: """
-            Runs at every AKS on Azure Local site. Not implemented in this build yet: \
-            only --help and --version work.
+            Every setting of the config file is also a flag (heartbeatInterval: --heartbeat-interval) and an \
+            environment variable (EDGEFLEET_HEARTBEAT_INTERVAL); flags win over the environment, which wins over \
+            the file. See deploy/agent.example.yaml. This build validates the configuration \
+            (--check-config); the agent service itself is not part of it yet.
             """,
         version: EdgeFleetVersion.current)
 
+    @Option(help: "YAML configuration file.") var config: String?
+    @Flag(help: "Validate the configuration, print it and exit.") var checkConfig = false
+    @Option(help: "This site's id.") var site: String?
+    @Option(help: "Broker URL, mqtt:// or mqtts://.") var broker: String?
+    @Option(help: "Broker username.") var username: String?
+    @Option(help: "File holding the broker password.") var passwordFile: String?
+    @Option(help: "CA certificate (PEM) for mqtts://.") var caFile: String?
+    @Option(help: "Client certificate (PEM).") var certFile: String?
+    @Option(help: "Client key (PEM).") var keyFile: String?
+    @Option(help: "Topic root (default edgefleet/v1).") var topicRoot: String?
+    @Option(help: "Heartbeat interval (default 10s).") var heartbeatInterval: String?
+    @Option(help: "Azure probe interval (default 60s).") var probeInterval: String?
+    @Option(help: "Status refresh (default 5m).") var statusRefresh: String?
+    @Option(help: "State directory.") var stateDir: String?
+    @Option(help: "Azure endpoints to probe, HOST:PORT,...") var probeEndpoints: String?
+    @Option(help: "Azure region, for the default endpoints.") var region: String?
+    @Option(help: "Command whose exit 0 means Azure is reachable (words separated by spaces).") var probeCommand: String?
+    @Option(help: "Probe timeout (default 10s).") var probeTimeout: String?
+    @Option(help: "Checks run at once (default 2).") var checkConcurrency: String?
+    @Option(help: "A PEM certificate whose expiry counts (repeatable).") var certificate: [String] = []
+    @Option(help: "A kubeconfig whose client certificate's expiry counts.") var kubeconfig: String?
+    @Option(help: "Cluster name.") var clusterName: String?
+    @Option(help: "Resource group.") var resourceGroup: String?
+    @Option(help: "Subscription id.") var subscription: String?
+    @Option(help: "Custom location.") var customLocation: String?
+    @Option(help: "Kubernetes version.") var kubernetesVersion: String?
+
+    var flagSettings: [String: Settings.Value] {
+        var flags: [String: Settings.Value] = [:]
+        let scalars: [(String, String?)] = [
+            ("site", site), ("broker", broker), ("username", username), ("passwordFile", passwordFile), ("caFile", caFile),
+            ("certFile", certFile), ("keyFile", keyFile), ("topicRoot", topicRoot), ("heartbeatInterval", heartbeatInterval),
+            ("probeInterval", probeInterval), ("statusRefresh", statusRefresh), ("stateDir", stateDir),
+            ("probeEndpoints", probeEndpoints), ("region", region), ("probeCommand", probeCommand), ("probeTimeout", probeTimeout),
+            ("checkConcurrency", checkConcurrency), ("kubeconfig", kubeconfig), ("clusterName", clusterName),
+            ("resourceGroup", resourceGroup), ("subscription", subscription), ("customLocation", customLocation),
+            ("kubernetesVersion", kubernetesVersion),
+        ]
+        for case let (key, value?) in scalars { flags[key] = .text(value) }
+        if !certificate.isEmpty { flags["certificate"] = .list(certificate) }
+        return flags
+    }
+
     func run() async throws {
-        throw ValidationError("the agent service is not part of this build yet; only --help and --version work")
+        var environment: [String: String] = [:]
+        var pointer = environ
+        while let entry = pointer.pointee {
+            let text = String(cString: entry)
+            if let equals = text.firstIndex(of: "=") {
+                environment[String(text[..<equals])] = String(text[text.index(after: equals)...])
+            }
+            pointer += 1
+        }
+        let configuration: AgentConfiguration
+        do {
+            var settings = try Settings.load(configFile: config, environment: environment, flags: flagSettings)
+            configuration = try AgentConfiguration.load(&settings)
+        } catch {
+            throw ValidationError(error.description)
+        }
+        if checkConfig {
+            print(configuration.summary)
+            return
+        }
+        throw ValidationError("the configuration is valid, but the agent service is not part of this build yet; use --check-config")
     }
 }
 

@@ -28,10 +28,25 @@ struct ExecutableTests {
         #expect(result.stderr.contains("--no-such-flag"))
     }
 
-    @Test("running the stubs says plainly that the service is not built yet", arguments: names)
+    @Test("running the stubs says plainly that the service is not built yet", arguments: ["edgefleet-aggregator", "edgefleet"])
     func stub(_ name: String) throws {
         let result = try run(try builtProduct(name), [])
         #expect(result.status == 2)
         #expect(result.stderr.contains("not part of this build yet"))
+    }
+
+    @Test("the agent validates its configuration: a bad setting exits 2 naming the key; --check-config prints it")
+    func agentConfiguration() throws {
+        let agent = try builtProduct("edgefleet-agent")
+        let missing = try run(agent, [], environment: [:])
+        #expect(missing.status == 2)
+        #expect(missing.stderr.contains("'site'"))
+        let bad = try run(agent, ["--site", "s1", "--heartbeat-interval", "soon"], environment: [:])
+        #expect(bad.status == 2)
+        #expect(bad.stderr.contains("heartbeatInterval") && bad.stderr.contains("--heartbeat-interval"))
+        let fromEnvironment = try run(agent, ["--check-config", "--probe-interval", "2m"], environment: ["EDGEFLEET_SITE": "store-7", "EDGEFLEET_PROBE_INTERVAL": "5m"])
+        #expect(fromEnvironment.status == 0)
+        #expect(fromEnvironment.stdout.contains("site: store-7"))
+        #expect(fromEnvironment.stdout.contains("probeInterval: 2m"))
     }
 }

@@ -1,0 +1,267 @@
+public import CommandSupport
+public import FleetCore
+public import MQTT
+
+#if canImport(FoundationEssentials)
+import FoundationEssentials
+#else
+import Foundation
+#endif
+
+/// How the agent decides whether the site reaches Azure.
+public enum AzureProbeConfiguration: Sendable, Hashable {
+    /// TCP connect plus TLS handshake to every endpoint; reachable when all answer.
+    case endpoints([Endpoint], timeout: Duration)
+    /// Run a command; exit 0 means reachable.
+    case command([String], timeout: Duration)
+
+    public struct Endpoint: Sendable, Hashable, CustomStringConvertible {
+        public var host: String
+        public var port: Int
+        public init(host: String, port: Int) {
+            self.host = host
+            self.port = port
+        }
+        public var description: String { "\(host):\(port)" }
+
+        /// Parses `host:port` (`[v6]:port` for IPv6).
+        public init(parsing text: String) throws(IdentifierError) {
+            guard let colon = text.lastIndex(of: ":"), let port = Int(text[text.index(after: colon)...]), (1...65535).contains(port) else {
+                throw IdentifierError("'\(text)' is not host:port")
+            }
+            var host = String(text[..<colon])
+            if host.hasPrefix("["), host.hasSuffix("]") { host = String(host.dropFirst().dropLast()) }
+            guard !host.isEmpty, !host.contains(" ") else { throw IdentifierError("'\(text)' has no host") }
+            self.init(host: host, port: port)
+        }
+    }
+
+    /// The endpoints Azure Arc-enabled Kubernetes needs, for a region.
+    public static func arcEndpoints(region: String?) -> [Endpoint] {
+        var endpoints = [
+            Endpoint(host: "management.azure.com", port: 443),
+            Endpoint(host: "login.microsoftonline.com", port: 443),
+            Endpoint(host: "gbl.his.arc.azure.com", port: 443),
+        ]
+        if let region { endpoints.insert(Endpoint(host: "\(region).dp.kubernetesconfiguration.azure.com", port: 443), at: 2) }
+        return endpoints
+    }
+}
+
+/// One local check: a command run every `interval`, killed at `timeout`.
+public struct CheckConfiguration: Sendable, Hashable, Decodable {
+    public var name: String
+    public var command: [String]
+    public var interval: Duration
+    public var timeout: Duration
+    /// A capability this check reports (true when it passes), e.g. `clusterAutoscaler`.
+    public var capability: String?
+
+    enum CodingKeys: String, CodingKey { case name, command, interval, timeout, capability }
+
+    public init(name: String, command: [String], interval: Duration, timeout: Duration, capability: String? = nil) {
+        self.name = name
+        self.command = command
+        self.interval = interval
+        self.timeout = timeout
+        self.capability = capability
+    }
+
+    public init(from decoder: any Decoder) throws {
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        name = try c.decode(String.self, forKey: .name)
+        guard !name.isEmpty, name.count <= 63, name.allSatisfy({ $0.isASCII && ($0.isLetter || $0.isNumber || $0 == "-" || $0 == "_") }) else {
+            throw ConfigurationError(key: "name", origin: nil, "'\(name)' must be 1-63 letters, digits, '-' or '_'")
+        }
+        command = try c.decode([String].self, forKey: .command)
+        guard !command.isEmpty, !command[0].isEmpty else { throw ConfigurationError(key: "command", origin: nil, "must not be empty") }
+        func duration(_ key: CodingKeys, _ fallback: Duration) throws -> Duration {
+            guard let text = try c.decodeIfPresent(String.self, forKey: key) else { return fallback }
+            do {
+                let value = try DurationFormat.parse(text)
+                guard value > .zero else { throw ConfigurationError(key: key.rawValue, origin: nil, "must be longer than zero") }
+                return value
+            } catch let error as DurationFormat.ParseError {
+                throw ConfigurationError(key: key.rawValue, origin: nil, error.description)
+            }
+        }
+        interval = try duration(.interval, .seconds(60))
+        timeout = try duration(.timeout, .seconds(10))
+        capability = try c.decodeIfPresent(String.self, forKey: .capability)
+    }
+}
+
+/// Everything the agent needs, validated: the result of a config file, the
+/// environment and the flags (see `Settings`).
+public struct AgentConfiguration: Sendable {
+    public var site: SiteID
+    public var mqtt: MQTTConfiguration
+    public var topics: FleetTopics
+    public var heartbeatInterval: Duration
+    public var probeInterval: Duration
+    public var statusRefresh: Duration
+    public var stateDirectory: String
+    public var probe: AzureProbeConfiguration
+    public var checks: [CheckConfiguration]
+    public var checkConcurrency: Int
+    public var certificateFiles: [String]
+    public var kubeconfig: String?
+    public var cluster: ClusterInfo
+
+    /// Builds and validates the configuration; every error names its key and source.
+    public static func load(_ settings: inout Settings) throws(ConfigurationError) -> AgentConfiguration {
+        guard let siteText = try settings.string("site") else {
+            throw ConfigurationError(key: "site", origin: nil, "is required (--site, EDGEFLEET_SITE or 'site:' in the config file)")
+        }
+        let site: SiteID
+        do {
+            site = try SiteID(siteText)
+        } catch {
+            throw ConfigurationError(key: "site", origin: settings.raw("site")?.1, error.description)
+        }
+
+        let brokerText = try settings.string("broker", default: "mqtt://127.0.0.1:1883")
+        let broker: BrokerURL
+        do {
+            broker = try BrokerURL(parsing: brokerText)
+        } catch {
+            throw ConfigurationError(key: "broker", origin: settings.raw("broker")?.1, error.description)
+        }
+        var password: String?
+        if let passwordFile = try settings.string("passwordFile") {
+            guard let text = try? String(contentsOfFile: passwordFile, encoding: .utf8) else {
+                throw ConfigurationError(key: "passwordFile", origin: settings.raw("passwordFile")?.1, "cannot read '\(passwordFile)'")
+            }
+            password = text.trimmingCharacters(in: .newlines)
+        }
+        let username = try settings.string("username")
+        if password != nil && username == nil {
+            throw ConfigurationError(key: "username", origin: nil, "is required when a password file is given")
+        }
+        var tls: MQTTTLSConfiguration?
+        let caFile = try settings.string("caFile")
+        let certFile = try settings.string("certFile")
+        let keyFile = try settings.string("keyFile")
+        for (key, path) in [("caFile", caFile), ("certFile", certFile), ("keyFile", keyFile)] {
+            if let path, !FileManager.default.isReadableFile(atPath: path) {
+                throw ConfigurationError(key: key, origin: settings.raw(key)?.1, "cannot read '\(path)'")
+            }
+        }
+        if caFile != nil || certFile != nil || keyFile != nil {
+            guard broker.usesTLS else {
+                throw ConfigurationError(key: "broker", origin: settings.raw("broker")?.1, "TLS files are set, so the broker URL must be mqtts://")
+            }
+            if (certFile == nil) != (keyFile == nil) {
+                throw ConfigurationError(key: certFile == nil ? "certFile" : "keyFile", origin: nil, "a client certificate needs both certFile and keyFile")
+            }
+            tls = MQTTTLSConfiguration(caFile: caFile, certificateFile: certFile, keyFile: keyFile)
+        }
+
+        let rootText = try settings.string("topicRoot", default: TopicRoot.default.rawValue)
+        let root: TopicRoot
+        do {
+            root = try TopicRoot(rootText)
+        } catch {
+            throw ConfigurationError(key: "topicRoot", origin: settings.raw("topicRoot")?.1, error.description)
+        }
+
+        let heartbeatInterval = try settings.duration("heartbeatInterval", default: .seconds(10))
+        let probeInterval = try settings.duration("probeInterval", default: .seconds(60))
+        let statusRefresh = try settings.duration("statusRefresh", default: .seconds(300))
+        let stateDirectory = try settings.string("stateDir", default: "/var/lib/edgefleet-agent")
+        let probeTimeout = try settings.duration("probeTimeout", default: .seconds(10))
+
+        let probe: AzureProbeConfiguration
+        // A list in the file; on a flag or in the environment, words separated by
+        // spaces (never a shell command line).
+        var probeCommand: [String] = []
+        if let (value, origin) = settings.raw("probeCommand") {
+            switch value {
+            case .list(let items): probeCommand = items
+            case .text(let text): probeCommand = text.split(separator: " ").map(String.init)
+            case .structured: throw ConfigurationError(key: "probeCommand", origin: origin, "expected a command as a list of words")
+            }
+        }
+        let endpointTexts = try settings.list("probeEndpoints")
+        let region = try settings.string("region")
+        if !probeCommand.isEmpty {
+            if !endpointTexts.isEmpty {
+                throw ConfigurationError(key: "probeCommand", origin: settings.raw("probeCommand")?.1, "set either probeCommand or probeEndpoints, not both")
+            }
+            probe = .command(probeCommand, timeout: probeTimeout)
+        } else if !endpointTexts.isEmpty {
+            var endpoints: [AzureProbeConfiguration.Endpoint] = []
+            for text in endpointTexts {
+                do {
+                    endpoints.append(try AzureProbeConfiguration.Endpoint(parsing: text))
+                } catch {
+                    throw ConfigurationError(key: "probeEndpoints", origin: settings.raw("probeEndpoints")?.1, error.description)
+                }
+            }
+            probe = .endpoints(endpoints, timeout: probeTimeout)
+        } else {
+            probe = .endpoints(AzureProbeConfiguration.arcEndpoints(region: region), timeout: probeTimeout)
+        }
+
+        let checks = try settings.decode([CheckConfiguration].self, "checks") ?? []
+        if let duplicate = Dictionary(grouping: checks, by: \.name).first(where: { $0.value.count > 1 })?.key {
+            throw ConfigurationError(key: "checks", origin: settings.raw("checks")?.1, "two checks are named '\(duplicate)'")
+        }
+        let checkConcurrency = try settings.integer("checkConcurrency", default: 2, range: 1...16)
+        let certificateFiles = try settings.list("certificate")
+        let kubeconfig = try settings.string("kubeconfig")
+        let cluster = ClusterInfo(
+            name: try settings.string("clusterName"), resourceGroup: try settings.string("resourceGroup"),
+            subscription: try settings.string("subscription"), customLocation: try settings.string("customLocation"),
+            kubernetesVersion: try settings.string("kubernetesVersion"))
+        try settings.rejectUnknownFileKeys()
+
+        let topics = FleetTopics(root: root)
+        var mqtt = MQTTConfiguration(
+            broker: broker, clientID: "edgefleet-agent-\(site.rawValue)", username: username, password: password, tls: tls,
+            keepAlive: .seconds(max(30, Int64(heartbeatInterval.secondsValue * 3))))
+        mqtt.reconnect = ReconnectPolicy(initialDelay: .milliseconds(500), maximumDelay: .seconds(60))
+        do {
+            try mqtt.validate()
+        } catch {
+            throw ConfigurationError(key: "broker", origin: nil, error.description)
+        }
+        return AgentConfiguration(
+            site: site, mqtt: mqtt, topics: topics, heartbeatInterval: heartbeatInterval, probeInterval: probeInterval,
+            statusRefresh: statusRefresh, stateDirectory: stateDirectory, probe: probe, checks: checks,
+            checkConcurrency: checkConcurrency, certificateFiles: certificateFiles, kubeconfig: kubeconfig, cluster: cluster)
+    }
+
+    /// Every file key the agent understands, for documentation and `--help`.
+    public static let fileKeys = [
+        "site", "broker", "username", "passwordFile", "caFile", "certFile", "keyFile", "topicRoot", "heartbeatInterval",
+        "probeInterval", "statusRefresh", "stateDir", "probeEndpoints", "region", "probeCommand", "probeTimeout", "checks",
+        "checkConcurrency", "certificate", "kubeconfig", "clusterName", "resourceGroup", "subscription", "customLocation",
+        "kubernetesVersion",
+    ]
+}
+
+extension AgentConfiguration {
+    /// The effective configuration in words (secrets left out), for `--check-config`.
+    public var summary: String {
+        var lines = [
+            "site: \(site)",
+            "broker: \(mqtt.broker)\(mqtt.username.map { " as \($0)" } ?? "")\(mqtt.password != nil ? " (password set)" : "")",
+            "topicRoot: \(topics.root)",
+            "heartbeatInterval: \(DurationFormat.format(heartbeatInterval))",
+            "probeInterval: \(DurationFormat.format(probeInterval))",
+            "statusRefresh: \(DurationFormat.format(statusRefresh))",
+            "stateDir: \(stateDirectory)",
+        ]
+        switch probe {
+        case .endpoints(let endpoints, let timeout):
+            lines.append("probe: endpoints \(endpoints.map(\.description).joined(separator: ", ")) (timeout \(DurationFormat.format(timeout)))")
+        case .command(let command, let timeout):
+            lines.append("probe: command \(command.joined(separator: " ")) (timeout \(DurationFormat.format(timeout)))")
+        }
+        lines.append("checks: \(checks.isEmpty ? "none" : checks.map(\.name).joined(separator: ", ")) (at most \(checkConcurrency) at once)")
+        lines.append("certificates: \(certificateFiles.isEmpty ? "none" : certificateFiles.joined(separator: ", "))\(kubeconfig.map { "; kubeconfig \($0)" } ?? "")")
+        lines.append("cluster: \(cluster.name ?? "-") in \(cluster.resourceGroup ?? "-")")
+        return lines.joined(separator: "\n")
+    }
+}
