@@ -39,8 +39,11 @@ let package = Package(
             swiftSettings: swiftSettings
         ),
         .target(name: "FleetCore", swiftSettings: swiftSettings),
+        // The agent's Azure probe: TCP connect + TLS handshake with a deadline (OpenSSL, already
+        // loaded through libmosquitto).
+        .target(name: "CTLSProbe", linkerSettings: [.linkedLibrary("ssl"), .linkedLibrary("crypto")]),
         // The site agent's parts: durable state, probes, checks, certificates, spool, the service.
-        .target(name: "FleetAgent", dependencies: ["FleetCore", "MQTT", "CommandSupport"], swiftSettings: swiftSettings),
+        .target(name: "FleetAgent", dependencies: ["FleetCore", "MQTT", "CommandSupport", "CTLSProbe"], swiftSettings: swiftSettings),
         // What the three executables share: EdgeFleet's exit codes around ArgumentParser.
         .target(
             name: "CommandSupport",

@@ -102,6 +102,8 @@ public struct AgentConfiguration: Sendable {
     public var statusRefresh: Duration
     public var stateDirectory: String
     public var probe: AzureProbeConfiguration
+    /// An extra CA (PEM) the endpoint probe trusts besides the system's, e.g. a TLS-inspecting proxy's.
+    public var probeCAFile: String?
     public var checks: [CheckConfiguration]
     public var checkConcurrency: Int
     public var certificateFiles: [String]
@@ -170,6 +172,10 @@ public struct AgentConfiguration: Sendable {
         let statusRefresh = try settings.duration("statusRefresh", default: .seconds(300))
         let stateDirectory = try settings.string("stateDir", default: "/var/lib/edgefleet-agent")
         let probeTimeout = try settings.duration("probeTimeout", default: .seconds(10))
+        let probeCAFile = try settings.string("probeCaFile")
+        if let probeCAFile, !FileManager.default.isReadableFile(atPath: probeCAFile) {
+            throw ConfigurationError(key: "probeCaFile", origin: settings.raw("probeCaFile")?.1, "cannot read '\(probeCAFile)'")
+        }
 
         let probe: AzureProbeConfiguration
         // A list in the file; on a flag or in the environment, words separated by
@@ -228,14 +234,14 @@ public struct AgentConfiguration: Sendable {
         }
         return AgentConfiguration(
             site: site, mqtt: mqtt, topics: topics, heartbeatInterval: heartbeatInterval, probeInterval: probeInterval,
-            statusRefresh: statusRefresh, stateDirectory: stateDirectory, probe: probe, checks: checks,
+            statusRefresh: statusRefresh, stateDirectory: stateDirectory, probe: probe, probeCAFile: probeCAFile, checks: checks,
             checkConcurrency: checkConcurrency, certificateFiles: certificateFiles, kubeconfig: kubeconfig, cluster: cluster)
     }
 
     /// Every file key the agent understands, for documentation and `--help`.
     public static let fileKeys = [
         "site", "broker", "username", "passwordFile", "caFile", "certFile", "keyFile", "topicRoot", "heartbeatInterval",
-        "probeInterval", "statusRefresh", "stateDir", "probeEndpoints", "region", "probeCommand", "probeTimeout", "checks",
+        "probeInterval", "statusRefresh", "stateDir", "probeEndpoints", "region", "probeCommand", "probeTimeout", "probeCaFile", "checks",
         "checkConcurrency", "certificate", "kubeconfig", "clusterName", "resourceGroup", "subscription", "customLocation",
         "kubernetesVersion",
     ]

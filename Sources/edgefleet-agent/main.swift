@@ -40,6 +40,7 @@ struct AgentCommand: AsyncParsableCommand {
     @Option(help: "Azure region, for the default endpoints.") var region: String?
     @Option(help: "Command whose exit 0 means Azure is reachable (words separated by spaces).") var probeCommand: String?
     @Option(help: "Probe timeout (default 10s).") var probeTimeout: String?
+    @Option(help: "Extra CA (PEM) the endpoint probe trusts.") var probeCaFile: String?
     @Option(help: "Checks run at once (default 2).") var checkConcurrency: String?
     @Option(help: "A PEM certificate whose expiry counts (repeatable).") var certificate: [String] = []
     @Option(help: "A kubeconfig whose client certificate's expiry counts.") var kubeconfig: String?
@@ -56,6 +57,7 @@ struct AgentCommand: AsyncParsableCommand {
             ("certFile", certFile), ("keyFile", keyFile), ("topicRoot", topicRoot), ("heartbeatInterval", heartbeatInterval),
             ("probeInterval", probeInterval), ("statusRefresh", statusRefresh), ("stateDir", stateDir),
             ("probeEndpoints", probeEndpoints), ("region", region), ("probeCommand", probeCommand), ("probeTimeout", probeTimeout),
+            ("probeCaFile", probeCaFile),
             ("checkConcurrency", checkConcurrency), ("kubeconfig", kubeconfig), ("clusterName", clusterName),
             ("resourceGroup", resourceGroup), ("subscription", subscription), ("customLocation", customLocation),
             ("kubernetesVersion", kubernetesVersion),

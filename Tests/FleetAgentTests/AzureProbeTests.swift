@@ -1,0 +1,135 @@
+import FleetAgent
+import Foundation
+import TestSupport
+import Testing
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// A stand-in for an Azure endpoint: `openssl s_server` on a free loopback port
+/// with a certificate for localhost from a test PKI.
+final class StandInEndpoint {
+    let port: Int
+    let pki: TestPKI
+    private var server: ChildProcess?
+
+    init(pki: TestPKI) throws {
+        self.pki = pki
+        self.port = try freeLoopbackPort()
+        try start()
+    }
+
+    func start() throws {
+        let openssl = try executable("openssl")
+        server = try ChildProcess(
+            openssl.path, ["s_server", "-accept", "127.0.0.1:\(port)", "-cert", pki.serverCertificate, "-key", pki.serverKey, "-www", "-quiet"])
+        let deadline = ContinuousClock.now + .seconds(10)
+        while !canConnect(port: port) {
+            guard ContinuousClock.now < deadline, server?.isRunning == true else { throw TestSupportError("openssl s_server did not start") }
+            usleep(10_000)
+        }
+    }
+
+    func stop() {
+        server?.signal(SIGTERM)
+        server?.wait()
+        server = nil
+    }
+
+    var endpoint: AzureProbeConfiguration.Endpoint { .init(host: "localhost", port: port) }
+
+    deinit { stop() }
+}
+
+/// A listener that accepts TCP connections (in the kernel's backlog) and never says a word.
+final class SilentListener {
+    let fd: Int32
+    let port: Int
+    init() throws {
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        self.fd = fd
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_addr.s_addr = inet_addr("127.0.0.1")
+        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+        let ok = withUnsafeMutablePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, length) == 0 && listen(fd, 16) == 0 && getsockname(fd, $0, &length) == 0 }
+        }
+        self.port = ok ? Int(UInt16(bigEndian: address.sin_port)) : 0
+        guard ok else { throw TestSupportError("cannot listen") }
+    }
+    deinit { close(fd) }
+}
+
+@Suite("the Azure reachability probe", .timeLimit(.minutes(2)))
+struct AzureProbeTests {
+    @Test("a stand-in endpoint turned off and on flips reachable")
+    func standInOffAndOn() async throws {
+        let pki = try TestPKI()
+        defer { pki.remove() }
+        let azure = try StandInEndpoint(pki: pki)
+        let probe = AzureProbeConfiguration.endpoints([azure.endpoint], timeout: .seconds(5))
+
+        let up = await AzureProbe.run(probe, caFile: pki.caCertificate)
+        #expect(up.reachable, "\(up.detail)")
+        #expect(up.probe == "endpoints")
+
+        azure.stop()
+        let down = await AzureProbe.run(probe, caFile: pki.caCertificate)
+        #expect(!down.reachable)
+        #expect(down.detail.contains("cannot connect"), "\(down.detail)")
+
+        try azure.start()
+        let back = await AzureProbe.run(probe, caFile: pki.caCertificate)
+        #expect(back.reachable, "\(back.detail)")
+    }
+
+    @Test("a certificate the agent does not trust is not Azure (an intercepting proxy, a captive portal)")
+    func untrusted() async throws {
+        let pki = try TestPKI()
+        defer { pki.remove() }
+        let azure = try StandInEndpoint(pki: pki)
+        let result = await AzureProbe.run(.endpoints([azure.endpoint], timeout: .seconds(5)), caFile: nil)
+        #expect(!result.reachable)
+        #expect(result.detail.contains("certificate"), "\(result.detail)")
+    }
+
+    @Test("a listener that never answers the handshake is unreachable, within the timeout")
+    func silent() async throws {
+        let listener = try SilentListener()
+        let started = ContinuousClock.now
+        let result = await AzureProbe.run(.endpoints([.init(host: "127.0.0.1", port: listener.port)], timeout: .milliseconds(700)))
+        #expect(!result.reachable)
+        #expect(result.detail.contains("timed out"), "\(result.detail)")
+        #expect(ContinuousClock.now - started < .seconds(5))
+    }
+
+    @Test("every endpoint must answer: one down makes the site unreachable, and is named")
+    func allRequired() async throws {
+        let pki = try TestPKI()
+        defer { pki.remove() }
+        let azure = try StandInEndpoint(pki: pki)
+        let closed = try freeLoopbackPort()
+        let result = await AzureProbe.run(
+            .endpoints([azure.endpoint, .init(host: "localhost", port: closed)], timeout: .seconds(5)), caFile: pki.caCertificate)
+        #expect(!result.reachable)
+        #expect(result.detail.contains(":\(closed)"), "\(result.detail)")
+        let unresolvable = await AzureProbe.run(.endpoints([.init(host: "no-such-host.invalid", port: 443)], timeout: .seconds(5)))
+        #expect(!unresolvable.reachable)
+        #expect(unresolvable.detail.contains("resolve"), "\(unresolvable.detail)")
+    }
+
+    @Test("the command probe: exit 0 is reachable, anything else is not, with the reason")
+    func commandProbe() async {
+        let ok = await AzureProbe.run(.command(["/bin/sh", "-c", "echo connected"], timeout: .seconds(5)))
+        #expect(ok.reachable && ok.probe == "command")
+        let offline = await AzureProbe.run(.command(["/bin/sh", "-c", "echo Offline; exit 3"], timeout: .seconds(5)))
+        #expect(!offline.reachable)
+        #expect(offline.detail == "exit 3: Offline")
+        let hung = await AzureProbe.run(.command(["sleep", "30"], timeout: .milliseconds(300)))
+        #expect(!hung.reachable && hung.detail.contains("timed out"))
+        let missing = await AzureProbe.run(.command(["/nonexistent/az"], timeout: .seconds(5)))
+        #expect(!missing.reachable && missing.detail.contains("cannot run"))
+    }
+}
