@@ -43,7 +43,11 @@ let package = Package(
         // loaded through libmosquitto).
         .target(name: "CTLSProbe", linkerSettings: [.linkedLibrary("ssl"), .linkedLibrary("crypto")]),
         // The site agent's parts: durable state, probes, checks, certificates, spool, the service.
-        .target(name: "FleetAgent", dependencies: ["FleetCore", "MQTT", "CommandSupport", "CTLSProbe"], swiftSettings: swiftSettings),
+        .target(
+            name: "FleetAgent",
+            dependencies: ["FleetCore", "MQTT", "CommandSupport", "CTLSProbe", .product(name: "Yams", package: "Yams")],
+            swiftSettings: swiftSettings
+        ),
         // What the three executables share: EdgeFleet's exit codes around ArgumentParser.
         .target(
             name: "CommandSupport",
