@@ -219,6 +219,9 @@ private struct LoopDriver {
         var streaming = false
         while !core.stopRequested {
             core.setState(.connecting)
+            if let provider = core.configuration.willProvider, let error = handle.replaceWill(provider()) {
+                core.logger.error("could not set the Last Will for this connection", metadata: ["error": "\(error)"])
+            }
             let connectError = firstAttempt ? handle.connect() : handle.reconnect()
             firstAttempt = false
             if let connectError {

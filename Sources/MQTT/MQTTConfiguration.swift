@@ -189,6 +189,10 @@ public struct MQTTConfiguration: Sendable {
     public var tls: MQTTTLSConfiguration?
     public var keepAlive: Duration
     public var will: LastWill?
+    /// Called on the loop thread before every connection attempt; its Last Will
+    /// replaces `will` for that connection. For wills that change per connection,
+    /// such as the agent's presence carrying the session counter.
+    public var willProvider: (@Sendable () -> LastWill?)?
     public var session: MQTTSessionMode
     public var reconnect: ReconnectPolicy
     /// v5 receive maximum announced to the broker: how many QoS 1/2 messages it
@@ -223,6 +227,7 @@ public struct MQTTConfiguration: Sendable {
         self.tls = tls
         self.keepAlive = keepAlive
         self.will = will
+        self.willProvider = nil
         self.session = session
         self.reconnect = reconnect
         self.receiveMaximum = receiveMaximum

@@ -135,8 +135,26 @@ final class MosquittoHandle: @unchecked Sendable {
         mosquitto_message_v5_callback_set(mosq, onMessage)
     }
 
+    /// Replaces the Last Will for the next connection (loop thread, between connections).
+    func replaceWill(_ will: LastWill?) -> MQTTError? {
+        let result: MQTTError?? = withLive { (mosq: OpaquePointer) -> MQTTError? in
+            guard let will else { return code(mosquitto_will_clear(mosq)) }
+            do throws(MQTTError) {
+                try setWill(will, on: mosq)
+                return nil
+            } catch {
+                return error
+            }
+        }
+        return result ?? .shutdown
+    }
+
     private func setWill(_ will: LastWill) throws(MQTTError) {
         guard let mosq = pointer else { throw .shutdown }
+        try setWill(will, on: mosq)
+    }
+
+    private func setWill(_ will: LastWill, on mosq: OpaquePointer) throws(MQTTError) {
         guard will.payload.count <= 268_435_455 else { throw .payloadTooLarge }
         var properties: OpaquePointer? = nil
         if protocolVersion == .v5, let delay = will.delayInterval {

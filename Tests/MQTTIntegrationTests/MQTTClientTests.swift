@@ -141,6 +141,36 @@ struct MQTTClientTests {
         }
     }
 
+    @Test("a will provider sets a fresh Last Will for every connection (the agent's session counter)")
+    func willPerConnection() async throws {
+        let broker = try MosquittoBroker()
+        defer { broker.stop() }
+        let proxy = try TCPProxy(upstreamPort: broker.port)
+        defer { proxy.stop() }
+        let topic = uniqueTopic()
+        final class Counter: @unchecked Sendable {
+            let lock = NSLock()
+            var value = 0
+            func next() -> Int { lock.withLock { value += 1; return value } }
+        }
+        let counter = Counter()
+        try await MQTTClient.withConnection(try testConfiguration(broker.url), logger: testLogger) { observer in
+            let collector = MessageCollector(observer)
+            try await observer.subscribe(to: topic)
+            let client = try MQTTClient(
+                configuration: try testConfiguration(proxy.url, clientID: "sessions") {
+                    $0.willProvider = { LastWill(topic: topic, payload: Array("session \(counter.next())".utf8)) }
+                }, logger: testLogger)
+            try await client.connect()
+            proxy.cutAll()
+            #expect(try await collector.next("the first will").payloadString == "session 1")
+            try await waitForState(client, "the reconnect") { $0.isConnected }
+            proxy.cutAll()
+            #expect(try await collector.next("the second will").payloadString == "session 2")
+            await client.shutdown()
+        }
+    }
+
     @Test("after the broker restarts the client reconnects and its subscriptions are restored")
     func reconnectAndResubscribe() async throws {
         let broker = try MosquittoBroker()
