@@ -10,7 +10,7 @@ import Synchronization
 /// continuation is finished while it is held (an `onTermination` handler could
 /// need it again).
 final class ClientCore: MosquittoEventSink, Sendable {
-    enum AcknowledgementKind: Sendable { case publish, unsentQoS0, subscribe, unsubscribe }
+    enum AcknowledgementKind: Sendable { case publish, subscribe, unsubscribe }
 
     /// How many QoS 0 messages may wait in libmosquitto's memory, not yet written
     /// to the socket, before `publish` waits for the loop thread to catch up.
@@ -18,8 +18,7 @@ final class ClientCore: MosquittoEventSink, Sendable {
 
     private struct Waiter {
         var kind: AcknowledgementKind
-        /// `nil`: nobody waits (QoS 0, restored subscriptions): drop the acknowledgement.
-        var continuation: CheckedContinuation<Void, any Error>?
+        var continuation: CheckedContinuation<Void, any Error>
     }
 
     enum StopRequest { case notStarted, running, alreadyStopping }
@@ -37,9 +36,18 @@ final class ClientCore: MosquittoEventSink, Sendable {
         var refusal: MQTTError?
         var disconnectReason: MQTTError?
         var lastError: MQTTError?
-        var waiters: [Int32: Waiter] = [:]
+        /// Callers waiting for an acknowledgement, by message id. libmosquitto hands
+        /// out ids from one 16-bit counter for every publish (QoS 0 too), subscribe
+        /// and unsubscribe without checking which are still in use, so an id can
+        /// repeat while an older operation waits: never overwrite, queue.
+        var waiters: [Int32: [Waiter]] = [:]
+        /// Callbacks that nobody waits for, by id: QoS 0 messages not yet written
+        /// (libmosquitto's publish callback fires once one is) and restored subscriptions.
+        var unwaited: [Int32: Int] = [:]
         /// Acknowledgements that arrived before the caller registered for them.
         var early: [Int32: Result<Void, MQTTError>] = [:]
+        /// Goes up at every disconnect: a record made for an older connection is dropped.
+        var connectionEpoch = 0
         var nextObserverID = 0
         var stateObservers: [Int: AsyncStream<MQTTConnectionState>.Continuation] = [:]
         var connectWaiters: [Int: CheckedContinuation<Void, any Error>] = [:]
@@ -109,10 +117,11 @@ final class ClientCore: MosquittoEventSink, Sendable {
             s.stopRequested = true
             s.connection = .stopped
             let result = (
-                Array(s.waiters.values), Array(s.connectWaiters.values), Array(s.stateObservers.values), s.finishWaiters,
+                s.waiters.values.flatMap { $0 }, Array(s.connectWaiters.values), Array(s.stateObservers.values), s.finishWaiters,
                 s.roomWaiters
             )
             s.waiters = [:]
+            s.unwaited = [:]
             s.early = [:]
             s.connectWaiters = [:]
             s.stateObservers = [:]
@@ -121,7 +130,7 @@ final class ClientCore: MosquittoEventSink, Sendable {
             s.unsentQoS0 = 0
             return result
         }
-        for waiter in waiters { waiter.continuation?.resume(throwing: MQTTError.shutdown) }
+        for waiter in waiters { waiter.continuation.resume(throwing: MQTTError.shutdown) }
         for waiter in connectWaiters { waiter.resume(throwing: MQTTError.shutdown) }
         for observer in observers {
             observer.yield(.stopped)
@@ -187,15 +196,8 @@ final class ClientCore: MosquittoEventSink, Sendable {
             s.nextObserverID += 1
             return s.nextObserverID
         }
-        let timer = Task { [weak self] in
-            try? await Task.sleep(for: timeout)
-            guard !Task.isCancelled, let self else { return }
-            let waiter = self.state.withLock { s in
-                (s.connectWaiters.removeValue(forKey: id), s.lastError)
-            }
-            waiter.0?.resume(throwing: waiter.1 ?? MQTTError.timeout("no connection to the broker within \(timeout)"))
-        }
-        defer { timer.cancel() }
+        let timer = Mutex<Task<Void, Never>?>(nil)
+        defer { timer.withLock { $0?.cancel() } }
         try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Void, any Error>) in
             let immediate = state.withLock { s -> Result<Void, MQTTError>? in
                 if s.finished || s.stopRequested { return .failure(.shutdown) }
@@ -203,7 +205,21 @@ final class ClientCore: MosquittoEventSink, Sendable {
                 s.connectWaiters[id] = continuation
                 return nil
             }
-            if let immediate { continuation.resume(with: immediate) }
+            if let immediate {
+                continuation.resume(with: immediate)
+                return
+            }
+            // Armed only once the waiter is registered, so a short timeout cannot miss it.
+            timer.withLock {
+                $0 = Task { [weak self] in
+                    try? await Task.sleep(for: timeout)
+                    guard !Task.isCancelled, let self else { return }
+                    let (waiter, lastError) = self.state.withLock { s in
+                        (s.connectWaiters.removeValue(forKey: id), s.lastError)
+                    }
+                    waiter?.resume(throwing: lastError ?? MQTTError.timeout("no connection to the broker within \(timeout)"))
+                }
+            }
         }
     }
 
@@ -244,7 +260,13 @@ final class ClientCore: MosquittoEventSink, Sendable {
             } else {
                 s.subscriptions.append((filter, qos))
             }
-            return s.connection.isConnected
+            guard s.connection.isConnected else {
+                // The loop thread makes it right after the next CONNACK (or this one,
+                // if CONNACK is being handled right now).
+                s.resubscribeRequested = true
+                return false
+            }
+            return true
         }
     }
 
@@ -262,7 +284,7 @@ final class ClientCore: MosquittoEventSink, Sendable {
 
     func takeResubscribeRequest() -> [(filter: String, qos: MQTTQoS)]? {
         state.withLock { s in
-            guard s.resubscribeRequested else { return nil }
+            guard s.resubscribeRequested, s.connection.isConnected else { return nil }
             s.resubscribeRequested = false
             return s.subscriptions
         }
@@ -270,26 +292,31 @@ final class ClientCore: MosquittoEventSink, Sendable {
 
     // MARK: Acknowledgements
 
+    /// The current connection epoch; read before handing a packet to libmosquitto.
+    var connectionEpoch: Int { state.withLock { $0.connectionEpoch } }
+
     /// Waits for the PUBACK/SUBACK/UNSUBACK of `mid` (which may already have come).
     func acknowledgement(mid: Int32, kind: AcknowledgementKind) async throws {
         try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Void, any Error>) in
             let immediate = state.withLock { s -> Result<Void, MQTTError>? in
                 if let result = s.early.removeValue(forKey: mid) { return result }
                 if s.finished { return .failure(.shutdown) }
-                s.waiters[mid] = Waiter(kind: kind, continuation: continuation)
+                s.waiters[mid, default: []].append(Waiter(kind: kind, continuation: continuation))
                 return nil
             }
             if let immediate { continuation.resume(with: immediate) }
         }
     }
 
-    /// Records a QoS 0 message handed to libmosquitto; its "acknowledgement" is the
-    /// library's callback once the message is written to the socket. Returns
-    /// whether the publisher should wait for room (too many still unwritten).
-    func recordUnsentQoS0(mid: Int32) -> Bool {
+    /// Records a QoS 0 message handed to libmosquitto during connection `epoch`;
+    /// libmosquitto's publish callback releases it once written. Returns whether
+    /// the publisher should wait for room (too many still unwritten).
+    func recordUnsentQoS0(mid: Int32, epoch: Int) -> Bool {
         state.withLock { s in
             guard s.early.removeValue(forKey: mid) == nil else { return false }
-            s.waiters[mid] = Waiter(kind: .unsentQoS0, continuation: nil)
+            // The connection it was queued on is gone: libmosquitto dropped it unsent.
+            guard epoch == s.connectionEpoch else { return false }
+            s.unwaited[mid, default: 0] += 1
             s.unsentQoS0 += 1
             return s.unsentQoS0 > Self.unsentQoS0Limit
         }
@@ -308,11 +335,11 @@ final class ClientCore: MosquittoEventSink, Sendable {
         }
     }
 
-    /// Nobody waits for this `mid`: drop its acknowledgement (now or when it comes).
+    /// Nobody waits for this `mid` (a restored subscription): drop its acknowledgement.
     func ignoreAcknowledgement(mid: Int32) {
         state.withLock { s in
             if s.early.removeValue(forKey: mid) == nil {
-                s.waiters[mid] = Waiter(kind: .publish, continuation: nil)
+                s.unwaited[mid, default: 0] += 1
             }
         }
     }
@@ -322,7 +349,7 @@ final class ClientCore: MosquittoEventSink, Sendable {
     func mosquittoConnected(sessionPresent: Bool) {
         state.withLock { s in
             s.connectedThisConnection = true
-            s.resubscribeRequested = !s.subscriptions.isEmpty
+            s.resubscribeRequested = s.resubscribeRequested || !s.subscriptions.isEmpty
             s.lastError = nil
         }
         logger.info("MQTT connected", metadata: ["sessionPresent": "\(sessionPresent)"])
@@ -342,44 +369,56 @@ final class ClientCore: MosquittoEventSink, Sendable {
         // Subscribe/unsubscribe requests in flight are not resent by the library:
         // their waiters are released (subscriptions are restored on reconnect).
         // QoS 1 publishes stay pending: libmosquitto resends them after reconnecting.
-        let released = state.withLock { s -> ([CheckedContinuation<Void, any Error>], [CheckedContinuation<Void, Never>]) in
-            s.disconnectReason = reason
+        let (released, room, effective) = state.withLock {
+            s -> ([CheckedContinuation<Void, any Error>], [CheckedContinuation<Void, Never>], MQTTError??) in
+            // libmosquitto may report one connection's end twice (a broker DISCONNECT,
+            // then a read on the closed socket): the first report, or the CONNACK
+            // refusal, is the reason.
+            let first = s.connection.isConnected || s.connection == .connecting
+            if first { s.disconnectReason = s.refusal ?? reason }
+            s.connectionEpoch &+= 1
             var released: [CheckedContinuation<Void, any Error>] = []
-            for (mid, waiter) in s.waiters where waiter.kind != .publish || waiter.continuation == nil {
-                s.waiters.removeValue(forKey: mid)
-                if let continuation = waiter.continuation { released.append(continuation) }
+            for (mid, queue) in s.waiters {
+                let keep = queue.filter { $0.kind == .publish }
+                released += queue.filter { $0.kind != .publish }.map(\.continuation)
+                s.waiters[mid] = keep.isEmpty ? nil : keep
             }
+            s.unwaited = [:]
             s.unsentQoS0 = 0  // libmosquitto drops unwritten QoS 0 messages with the connection
             let room = s.roomWaiters
             s.roomWaiters = []
-            return (released, room)
+            return (released, room, first ? .some(s.disconnectReason) : nil)
         }
-        for continuation in released.0 { continuation.resume() }
-        for continuation in released.1 { continuation.resume() }
-        setState(.disconnected(reason: reason))
+        for continuation in released { continuation.resume() }
+        for continuation in room { continuation.resume() }
+        if let effective { setState(.disconnected(reason: effective)) }
     }
 
     func mosquittoAcknowledged(mid: Int32, result: Result<Void, MQTTError>) {
         inbox.events &+= 1
         var room: [CheckedContinuation<Void, Never>] = []
-        let continuation = state.withLock { s -> CheckedContinuation<Void, any Error>?? in
-            if let waiter = s.waiters.removeValue(forKey: mid) {
-                if waiter.kind == .unsentQoS0 {
-                    s.unsentQoS0 -= 1
-                    if !s.roomWaiters.isEmpty, s.unsentQoS0 <= Self.unsentQoS0Limit / 2 {
-                        room = s.roomWaiters
-                        s.roomWaiters = []
-                    }
+        let continuation = state.withLock { s -> CheckedContinuation<Void, any Error>? in
+            // An id shared with an unwritten QoS 0 message: that message's write
+            // callback comes promptly, so it takes this one first.
+            if let count = s.unwaited[mid] {
+                s.unwaited[mid] = count > 1 ? count - 1 : nil
+                if s.unsentQoS0 > 0 { s.unsentQoS0 -= 1 }
+                if !s.roomWaiters.isEmpty, s.unsentQoS0 <= Self.unsentQoS0Limit / 2 {
+                    room = s.roomWaiters
+                    s.roomWaiters = []
                 }
-                return .some(waiter.continuation)
+                return nil
+            }
+            if var queue = s.waiters[mid], !queue.isEmpty {
+                let waiter = queue.removeFirst()
+                s.waiters[mid] = queue.isEmpty ? nil : queue
+                return waiter.continuation
             }
             s.early[mid] = result
             return nil
         }
         for waiter in room { waiter.resume() }
-        if case .some(.some(let continuation)) = continuation {
-            continuation.resume(with: result.mapError { $0 as any Error })
-        }
+        continuation?.resume(with: result.mapError { $0 as any Error })
     }
 
     func mosquittoMessage(_ message: MQTTMessage) {

@@ -95,13 +95,14 @@ public final class MQTTClient: Sendable {
         guard qos != .exactlyOnce else { throw MQTTError.notSupported("QoS 2 is not used by EdgeFleet") }
         if let error = MosquittoHandle.checkTopicName(topic) { throw error }
         try core.checkCanSend()
+        let epoch = core.connectionEpoch
         let (mid, error) = payload.withUnsafeBytes {
             handle.publish(topic: topic, payload: $0, qos: qos, retain: retain, properties: properties)
         }
         core.loopWake.wake()
         if qos == .atMostOnce {
             if let error { throw error }
-            if mid != 0, core.recordUnsentQoS0(mid: mid) { await core.waitForRoom() }
+            if mid != 0, core.recordUnsentQoS0(mid: mid, epoch: epoch) { await core.waitForRoom() }
             return
         }
         switch error {
@@ -222,6 +223,7 @@ private struct LoopDriver {
             if let provider = core.configuration.willProvider, let error = handle.replaceWill(provider()) {
                 core.logger.error("could not set the Last Will for this connection", metadata: ["error": "\(error)"])
             }
+            let attemptStarted = ContinuousClock.now
             let connectError = firstAttempt ? handle.connect() : handle.reconnect()
             firstAttempt = false
             if let connectError {
@@ -232,7 +234,8 @@ private struct LoopDriver {
             }
             var loopError: MQTTError?
             while !core.stopRequested {
-                var error = handle.loop(timeoutMilliseconds: Self.pollMilliseconds, wake: core.loopWake)
+                var error = handle.loop(
+                    timeoutMilliseconds: Self.pollMilliseconds, wake: core.loopWake, handshaking: !core.currentState.isConnected)
                 if error == nil { error = drain() }
                 // While messages stream in (the previous pass had some too), gather
                 // for up to a millisecond before waking the consumer: a task wake-up
@@ -258,7 +261,11 @@ private struct LoopDriver {
             }
             if core.stopRequested { break }
             let outcome = core.connectionEnded()
-            failures = outcome.wasConnected ? 1 : failures + 1
+            // Only a connection that lasted resets the backoff: a broker that drops the
+            // client right after CONNACK (a duplicate client id) must not see a reconnect
+            // every few hundred milliseconds.
+            let lasted = ContinuousClock.now - attemptStarted >= Self.stableConnection
+            failures = outcome.wasConnected && lasted ? 1 : failures + 1
             core.attemptFailed(outcome.refusal ?? outcome.reason ?? loopError ?? .connectionLost("socket closed"))
             backOff(failures: failures)
         }
@@ -270,6 +277,9 @@ private struct LoopDriver {
     static let gatherWaits = 4
     static let gatherMicroseconds: UInt32 = 250
     static let gatherBatch = 256
+
+    /// A connection that stayed up this long resets the reconnect backoff.
+    static let stableConnection: Duration = .seconds(10)
 
     /// How many extra packets one pass may read after `mosquitto_loop`.
     static let maximumDrain = 512
@@ -319,7 +329,7 @@ private struct LoopDriver {
             _ = handle.disconnect()
             // Let the loop write the DISCONNECT; libmosquitto closes the socket after it.
             for _ in 0..<20 where core.currentState.isConnected {
-                let error = handle.loop(timeoutMilliseconds: 100, wake: core.loopWake)
+                let error = handle.loop(timeoutMilliseconds: 100, wake: core.loopWake, handshaking: false)
                 core.deliverMessages()
                 if error != nil { break }
             }

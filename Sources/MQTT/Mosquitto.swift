@@ -199,7 +199,7 @@ final class MosquittoHandle: @unchecked Sendable {
     /// Services the socket once: waits up to `timeoutMilliseconds` for traffic
     /// (a publish from another thread wakes it at once), reads, writes, keepalive.
     /// Callbacks run inside this call.
-    func loop(timeoutMilliseconds: Int32, wake: LoopWake) -> MQTTError? {
+    func loop(timeoutMilliseconds: Int32, wake: LoopWake, handshaking: Bool) -> MQTTError? {
         withLive { mosq in
             // The client's own loop over libmosquitto's external-loop API, instead
             // of mosquitto_loop: libmosquitto wakes mosquitto_loop through an
@@ -220,7 +220,11 @@ final class MosquittoHandle: @unchecked Sendable {
                 return MQTTError.system(errno: errno, String(cString: strerror(errno)))
             }
             if descriptors[1].revents != 0 { wake.drain() }
-            if descriptors[0].revents & Int16(POLLIN | POLLERR | POLLHUP) != 0 {
+            // Before CONNACK a writable socket may be a TLS handshake that wants to
+            // write: mosquitto_loop_read is what advances libmosquitto's handshake.
+            let readable = descriptors[0].revents & Int16(POLLIN | POLLERR | POLLHUP) != 0
+            let handshakeStep = handshaking && descriptors[0].revents & Int16(POLLOUT) != 0
+            if readable || handshakeStep {
                 if let error = code(mosquitto_loop_read(mosq, 1)) { return error }
             }
             if mosquitto_want_write(mosq), mosquitto_socket(mosq) == socket {
@@ -381,7 +385,11 @@ final class LoopWake: @unchecked Sendable {
         close(writeDescriptor)
     }
 
-    func willSleep() { sleeping.store(true, ordering: .sequentiallyConsistent) }
+    func willSleep() {
+        sleeping.store(true, ordering: .sequentiallyConsistent)
+        // libmosquitto reads its queue without our atomics: keep that read after the store (weak memory models).
+        atomicMemoryFence(ordering: .sequentiallyConsistent)
+    }
     func didWake() { sleeping.store(false, ordering: .sequentiallyConsistent) }
 
     /// Wakes the loop if it sleeps (or is about to).

@@ -226,6 +226,28 @@ struct MQTTClientTests {
         await client.shutdown()
     }
 
+    @Test("a subscription made while the broker is down is made on the first connect")
+    func subscribeBeforeConnected() async throws {
+        let broker = try MosquittoBroker()
+        broker.stop()
+        defer { broker.stop() }
+        let topic = uniqueTopic()
+        let client = try MQTTClient(configuration: try testConfiguration(broker.url, clientID: "early-bird"), logger: testLogger)
+        let collector = MessageCollector(client)
+        client.start()
+        try await client.subscribe(to: topic, qos: .atLeastOnce)  // not connected: recorded, returns at once
+        #expect(!client.state.isConnected)
+        try broker.restart()
+        try await client.connect(timeout: .seconds(10))
+        // The subscription is made by the loop thread after CONNACK; a retained
+        // message proves it without guessing when that happened.
+        try await MQTTClient.withConnection(try testConfiguration(broker.url), logger: testLogger) { publisher in
+            try await publisher.publish(topic, string: "hello", qos: .atLeastOnce, retain: true)
+        }
+        #expect(try await collector.next("the message on the early subscription").payloadString == "hello")
+        await client.shutdown()
+    }
+
     @Test("a persistent session keeps QoS 1 messages published while the client was away")
     func persistentSession() async throws {
         let broker = try MosquittoBroker()
