@@ -14,6 +14,12 @@ public struct CertificateReading: Sendable, Hashable {
     public var source: String?
     /// One line per source that could not be read; reported as a failed check.
     public var problems: [String]
+
+    public init(earliestNotAfter: Date?, source: String?, problems: [String]) {
+        self.earliestNotAfter = earliestNotAfter
+        self.source = source
+        self.problems = problems
+    }
 }
 
 /// Reads X.509 expiry dates from PEM files and from a kubeconfig's client
