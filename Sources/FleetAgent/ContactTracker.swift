@@ -1,0 +1,65 @@
+import Synchronization
+
+/// The agent's memory of when the site last reached Azure, and of its MQTT
+/// session counter, kept in the state directory so that neither a restart, a
+/// crash nor a power loss resets the 30-day clock.
+///
+/// Thread-safe: the MQTT loop thread asks for the next session (through the
+/// will provider) while the probe loop records contacts.
+public final class ContactTracker: Sendable {
+    private let store: AgentStateStore
+    private let clocks: SystemClocks
+    private let state: Mutex<AgentState>
+
+    /// Loads the saved state. A corrupt state file is moved aside and reported
+    /// through `onProblem`; the agent then starts as "never in contact" (the safe side).
+    public init(store: AgentStateStore, clocks: SystemClocks = .system, onProblem: (StateError) -> Void = { _ in }) {
+        self.store = store
+        self.clocks = clocks
+        let loaded: AgentState
+        do {
+            loaded = try store.load()
+        } catch {
+            onProblem(error)
+            loaded = AgentState()
+        }
+        self.state = Mutex(loaded)
+    }
+
+    /// Records a successful Azure contact now and saves it durably before returning.
+    public func recordContact() throws(StateError) {
+        let reading = clocks.read()
+        let record = ContactRecord(wallClock: reading.wallClock, bootID: reading.bootID, bootTimeNanoseconds: reading.bootTimeNanoseconds)
+        let snapshot = state.withLock { s -> AgentState in
+            s.lastContact = record
+            return s
+        }
+        try store.save(snapshot)
+    }
+
+    /// The age in seconds of the last successful contact, or `nil` if there has never been one.
+    public var lastContactAge: Double? {
+        let record = state.withLock { $0.lastContact }
+        return record?.age(now: clocks.read())
+    }
+
+    /// The session counter for the next connection: one more than the last,
+    /// saved before it is used. If saving fails the counter still goes up in
+    /// memory (a repeated session number after a crash would be worse than a gap).
+    @discardableResult
+    public func nextSession() -> (session: UInt64, problem: StateError?) {
+        let snapshot = state.withLock { s -> AgentState in
+            s.session &+= 1
+            return s
+        }
+        do {
+            try store.save(snapshot)
+            return (snapshot.session, nil)
+        } catch {
+            return (snapshot.session, error)
+        }
+    }
+
+    /// The session of the current (last started) connection.
+    public var currentSession: UInt64 { state.withLock { $0.session } }
+}
