@@ -60,7 +60,11 @@ let package = Package(
         ),
         .executableTarget(
             name: "edgefleet-agent",
-            dependencies: ["FleetCore", "MQTT", "CommandSupport", "FleetAgent", .product(name: "ArgumentParser", package: "swift-argument-parser")],
+            dependencies: [
+                "FleetCore", "MQTT", "CommandSupport", "FleetAgent",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ],
             swiftSettings: swiftSettings
         ),
         .executableTarget(
@@ -92,7 +96,12 @@ let package = Package(
         ),
         .testTarget(name: "FleetCoreTests", dependencies: ["FleetCore"], swiftSettings: swiftSettings),
         .testTarget(
-            name: "FleetAgentTests", dependencies: ["FleetAgent", "CommandSupport", "TestSupport"], swiftSettings: swiftSettings),
+            name: "FleetAgentTests",
+            dependencies: [
+                "FleetAgent", "CommandSupport", "TestSupport", "MQTT", "FleetCore", .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: swiftSettings
+        ),
         .testTarget(name: "CommandLineTests", dependencies: ["TestSupport"], swiftSettings: swiftSettings),
         .testTarget(
             name: "MQTTIntegrationTests",

@@ -30,11 +30,11 @@ public final class ContactTracker: Sendable {
     public func recordContact() throws(StateError) {
         let reading = clocks.read()
         let record = ContactRecord(wallClock: reading.wallClock, bootID: reading.bootID, bootTimeNanoseconds: reading.bootTimeNanoseconds)
-        let snapshot = state.withLock { s -> AgentState in
+        // Saved under the lock: saves never interleave, and the file always holds the newest state.
+        try state.withLock { s throws(StateError) in
             s.lastContact = record
-            return s
+            try store.save(s)
         }
-        try store.save(snapshot)
     }
 
     /// The age in seconds of the last successful contact, or `nil` if there has never been one.
@@ -48,15 +48,14 @@ public final class ContactTracker: Sendable {
     /// memory (a repeated session number after a crash would be worse than a gap).
     @discardableResult
     public func nextSession() -> (session: UInt64, problem: StateError?) {
-        let snapshot = state.withLock { s -> AgentState in
+        state.withLock { s in
             s.session &+= 1
-            return s
-        }
-        do {
-            try store.save(snapshot)
-            return (snapshot.session, nil)
-        } catch {
-            return (snapshot.session, error)
+            do throws(StateError) {
+                try store.save(s)
+                return (s.session, nil)
+            } catch {
+                return (s.session, error)
+            }
         }
     }
 

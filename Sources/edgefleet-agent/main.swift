@@ -1,15 +1,17 @@
 import ArgumentParser
 import CommandSupport
+import Dispatch
 import FleetAgent
 import FleetCore
+import Logging
 
 #if canImport(Glibc)
 import Glibc
 #endif
 
-/// The site agent. This build loads and validates its configuration
-/// (`--check-config`); the service itself (probing, checks, publishing) is
-/// still being built under the agent issue.
+/// The site agent: loads and validates its configuration, then probes Azure,
+/// runs the local checks and publishes presence, heartbeats and status until
+/// SIGTERM or SIGINT, when it publishes a clean offline presence and disconnects.
 struct AgentCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "edgefleet-agent",
@@ -17,13 +19,13 @@ struct AgentCommand: AsyncParsableCommand {
         discussion: """
             Every setting of the config file is also a flag (heartbeatInterval: --heartbeat-interval) and an \
             environment variable (EDGEFLEET_HEARTBEAT_INTERVAL); flags win over the environment, which wins over \
-            the file. See deploy/agent.example.yaml. This build validates the configuration \
-            (--check-config); the agent service itself is not part of it yet.
+            the file. See deploy/agent.example.yaml; --check-config validates a configuration and prints it.
             """,
         version: EdgeFleetVersion.current)
 
     @Option(help: "YAML configuration file.") var config: String?
     @Flag(help: "Validate the configuration, print it and exit.") var checkConfig = false
+    @Option(help: "Log level: trace, debug, info, notice, warning, error, critical.") var logLevel: String = "info"
     @Option(help: "This site's id.") var site: String?
     @Option(help: "Broker URL, mqtt:// or mqtts://.") var broker: String?
     @Option(help: "Broker username.") var username: String?
@@ -88,7 +90,26 @@ struct AgentCommand: AsyncParsableCommand {
             print(configuration.summary)
             return
         }
-        throw ValidationError("the configuration is valid, but the agent service is not part of this build yet; use --check-config")
+        guard let level = Logger.Level(rawValue: logLevel) else { throw ValidationError("--log-level: unknown level '\(logLevel)'") }
+        LoggingSystem.bootstrap { label in
+            var handler = StreamLogHandler.standardError(label: label)
+            handler.logLevel = level
+            return handler
+        }
+        let logger = Logger(label: "edgefleet.agent")
+        let service = try AgentService(configuration: configuration, logger: logger)
+        let task = Task { try await service.run() }
+        // SIGTERM and SIGINT end the service cleanly (offline presence, then disconnect).
+        var sources: [any DispatchSourceSignal] = []
+        for signalNumber in [SIGTERM, SIGINT] {
+            signal(signalNumber, SIG_IGN)
+            let source = DispatchSource.makeSignalSource(signal: signalNumber, queue: .global())
+            source.setEventHandler { task.cancel() }
+            source.resume()
+            sources.append(source)
+        }
+        try await task.value
+        _ = sources
     }
 }
 

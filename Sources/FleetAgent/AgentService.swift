@@ -1,0 +1,245 @@
+public import Logging
+import FleetCore
+import MQTT
+import Synchronization
+
+#if canImport(FoundationEssentials)
+import FoundationEssentials
+#else
+import Foundation
+#endif
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// The site agent: probes Azure, runs the local checks, reads certificate
+/// expiry, and publishes presence (with a Last Will), heartbeats and status.
+///
+/// Not yet done (agent issue, still open): the on-disk spool of status changes
+/// made while the broker is unreachable (today the current status is published
+/// again after every reconnect, so the latest state arrives but intermediate
+/// changes do not), and running under swift-service-lifecycle.
+public final class AgentService: Sendable {
+    public let configuration: AgentConfiguration
+    private let logger: Logger
+    private let tracker: ContactTracker
+    private let now: @Sendable () -> Date
+    private let status: Mutex<StatusState>
+
+    struct StatusState {
+        var checks: [CheckResult] = []
+        var certificates = CertificateReading(earliestNotAfter: nil, source: nil, problems: [])
+        var lastProbe: ProbeResult?
+        var heartbeatSeq: UInt64 = 0
+        var heartbeatSession: UInt64 = 0
+    }
+
+    public init(configuration: AgentConfiguration, logger: Logger, clocks: SystemClocks = .system) throws(StateError) {
+        self.configuration = configuration
+        self.logger = logger
+        let store = try AgentStateStore(directory: configuration.stateDirectory)
+        self.tracker = ContactTracker(store: store, clocks: clocks) { problem in
+            logger.error("agent state unreadable; starting as never in contact", metadata: ["problem": "\(problem)"])
+        }
+        self.now = { clocks.read().wallClock }
+        self.status = Mutex(StatusState())
+    }
+
+    private var agentInfo: AgentInfo {
+        var name = [CChar](repeating: 0, count: 256)
+        gethostname(&name, name.count)
+        return AgentInfo(version: EdgeFleetVersion.current, host: String(decoding: name.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self))
+    }
+
+    private func presence(_ state: PresenceState, reason: OfflineReason?, session: UInt64) -> [UInt8] {
+        let presence = Presence(
+            site: configuration.site, state: state, reason: reason, session: session, agent: agentInfo,
+            heartbeatIntervalS: configuration.heartbeatInterval.secondsValue, at: now())
+        return (try? FleetJSON.encode(presence)) ?? []
+    }
+
+    /// Runs until the surrounding task is cancelled, then publishes an offline
+    /// presence (`shutdown`) and disconnects cleanly.
+    public func run() async throws {
+        let topics = configuration.topics
+        let site = configuration.site
+        var mqtt = configuration.mqtt
+        let tracker = self.tracker
+        let presenceTopic = topics.name(.site(site, .presence))
+        // A fresh session number and Last Will for every connection.
+        mqtt.willProvider = { [self] in
+            let (session, problem) = tracker.nextSession()
+            if let problem { self.logger.error("cannot save the session counter", metadata: ["problem": "\(problem)"]) }
+            return LastWill(topic: presenceTopic, payload: self.presence(.offline, reason: .lost, session: session), qos: .atLeastOnce, retain: true)
+        }
+        let client = try MQTTClient(configuration: mqtt, logger: logger)
+        client.start()
+        logger.info("agent started", metadata: ["site": "\(site)", "broker": "\(mqtt.broker)"])
+        refreshCertificates()
+
+        await withTaskGroup(of: Void.self) { group in
+            group.addTask { await self.announceOnEveryConnection(client) }
+            group.addTask { await self.heartbeats(client) }
+            group.addTask { await self.probes() }
+            group.addTask { await self.checks(client) }
+            group.addTask { await self.statusRefresh(client) }
+            await group.waitForAll()
+        }
+
+        // Cancelled: say goodbye ourselves (the broker drops the will on a clean disconnect).
+        if client.state.isConnected {
+            let payload = presence(.offline, reason: .shutdown, session: tracker.currentSession)
+            _ = try? await withTimeoutOrNil(.seconds(3)) {
+                try await client.publish(presenceTopic, payload: payload, qos: .atLeastOnce, retain: true)
+            }
+        }
+        await client.shutdown()
+        logger.info("agent stopped")
+    }
+
+    // MARK: Loops
+
+    private func announceOnEveryConnection(_ client: MQTTClient) async {
+        for await state in client.stateUpdates() {
+            guard case .connected = state else { continue }
+            let session = tracker.currentSession
+            do {
+                try await client.publish(
+                    configuration.topics.name(.site(configuration.site, .presence)),
+                    payload: presence(.online, reason: nil, session: session), qos: .atLeastOnce, retain: true)
+                try await publishStatus(client)
+                logger.info("online", metadata: ["session": "\(session)"])
+            } catch {
+                logger.warning("could not announce the connection", metadata: ["error": "\(error)"])
+            }
+        }
+    }
+
+    private func heartbeats(_ client: MQTTClient) async {
+        while !Task.isCancelled {
+            if client.state.isConnected {
+                let session = tracker.currentSession
+                let (seq, probe, certificates) = status.withLock { s -> (UInt64, ProbeResult?, CertificateReading) in
+                    if s.heartbeatSession != session {
+                        s.heartbeatSession = session
+                        s.heartbeatSeq = 0
+                    }
+                    s.heartbeatSeq += 1
+                    return (s.heartbeatSeq, s.lastProbe, s.certificates)
+                }
+                let heartbeat = Heartbeat(
+                    site: configuration.site, session: session, seq: seq, sentAt: now(),
+                    azure: AzureReport(reachable: probe?.reachable ?? false, lastContactAgeS: tracker.lastContactAge, probe: probeKind),
+                    certificates: CertificateReport(
+                        earliestNotAfter: certificates.earliestNotAfter, source: certificates.source,
+                        error: certificates.problems.isEmpty ? nil : certificates.problems.joined(separator: "; ")))
+                if let payload = try? FleetJSON.encode(heartbeat) {
+                    // Heartbeats missed while offline are not replayed: a failed one is dropped.
+                    try? await client.publish(configuration.topics.name(.site(configuration.site, .heartbeat)), payload: payload, qos: .atMostOnce)
+                }
+            }
+            try? await Task.sleep(for: configuration.heartbeatInterval)
+        }
+    }
+
+    private var probeKind: String {
+        if case .command = configuration.probe { return "command" }
+        return "endpoints"
+    }
+
+    private func probes() async {
+        while !Task.isCancelled {
+            let result = await AzureProbe.run(configuration.probe, caFile: configuration.probeCAFile)
+            let previous = status.withLock { s -> Bool? in
+                defer { s.lastProbe = result }
+                return s.lastProbe?.reachable
+            }
+            if result.reachable {
+                do {
+                    try tracker.recordContact()
+                } catch {
+                    logger.error("cannot save the last Azure contact", metadata: ["problem": "\(error)"])
+                }
+            }
+            if previous != result.reachable {
+                logger.info("Azure \(result.reachable ? "reachable" : "unreachable")", metadata: ["detail": "\(result.detail)"])
+            }
+            try? await Task.sleep(for: configuration.probeInterval)
+        }
+    }
+
+    private func checks(_ client: MQTTClient) async {
+        let checks = configuration.checks
+        guard !checks.isEmpty else { return }
+        var due = [ContinuousClock.Instant](repeating: .now, count: checks.count)
+        while !Task.isCancelled {
+            let now = ContinuousClock.now
+            let indices = checks.indices.filter { due[$0] <= now }
+            if !indices.isEmpty {
+                let results = await LocalChecks.run(indices.map { checks[$0] }, concurrency: configuration.checkConcurrency, now: self.now)
+                for index in indices { due[index] = ContinuousClock.now + checks[index].interval }
+                let changed = status.withLock { s -> Bool in
+                    var merged = s.checks
+                    var changed = false
+                    for result in results {
+                        if let i = merged.firstIndex(where: { $0.name == result.name }) {
+                            if merged[i].state != result.state || merged[i].output != result.output { changed = true }
+                            merged[i] = result
+                        } else {
+                            merged.append(result)
+                            changed = true
+                        }
+                    }
+                    s.checks = merged
+                    return changed
+                }
+                if changed { try? await publishStatus(client) }
+            }
+            guard let next = due.min() else { return }
+            try? await Task.sleep(until: next, clock: .continuous)
+        }
+    }
+
+    private func statusRefresh(_ client: MQTTClient) async {
+        while !Task.isCancelled {
+            try? await Task.sleep(for: configuration.statusRefresh)
+            guard !Task.isCancelled else { return }
+            refreshCertificates()
+            try? await publishStatus(client)
+        }
+    }
+
+    private func refreshCertificates() {
+        let reading = CertificateReader.read(files: configuration.certificateFiles, kubeconfig: configuration.kubeconfig)
+        status.withLock { $0.certificates = reading }
+    }
+
+    private func publishStatus(_ client: MQTTClient) async throws {
+        guard client.state.isConnected else { return }
+        let (checks, certificates) = status.withLock { ($0.checks, $0.certificates) }
+        var all = checks
+        if !configuration.certificateFiles.isEmpty || configuration.kubeconfig != nil {
+            all.append(LocalChecks.certificateCheck(certificates, observedAt: now()))
+        }
+        let status = SiteStatus(
+            site: configuration.site, session: tracker.currentSession, at: now(), cluster: configuration.cluster, checks: all,
+            capabilities: LocalChecks.capabilities(configuration.checks, results: checks))
+        let payload = try FleetJSON.encode(status)
+        try await client.publish(
+            configuration.topics.name(.site(configuration.site, .status)), payload: payload, qos: .atLeastOnce, retain: true)
+    }
+}
+
+/// Runs `operation`; `nil` if it did not finish within `limit`.
+func withTimeoutOrNil<T: Sendable>(_ limit: Duration, _ operation: @escaping @Sendable () async throws -> T) async throws -> T? {
+    try await withThrowingTaskGroup(of: T?.self) { group in
+        group.addTask { try await operation() }
+        group.addTask {
+            try? await Task.sleep(for: limit)
+            return nil
+        }
+        defer { group.cancelAll() }
+        return try await group.next() ?? nil
+    }
+}

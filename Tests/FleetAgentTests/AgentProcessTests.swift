@@ -1,0 +1,125 @@
+import FleetCore
+import Foundation
+import Logging
+import MQTT
+import TestSupport
+import Testing
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// The real `edgefleet-agent` binary as a subprocess, against a real broker.
+final class AgentProcess {
+    let process: ChildProcess
+    let log: String
+
+    init(site: String, broker: MosquittoBroker, stateDir: String, probe: [String] = ["--probe-command", "true"], extra: [String] = []) throws {
+        log = stateDir + "/agent-\(UUID().uuidString.prefix(6)).log"
+        process = try ChildProcess(
+            try builtProduct("edgefleet-agent").path,
+            ["--site", site, "--broker", broker.url, "--state-dir", stateDir, "--heartbeat-interval", "1s", "--probe-interval", "1s",
+             "--log-level", "debug"] + probe + extra,
+            outputPath: log)
+    }
+
+    func terminate() -> Int32 {
+        process.signal(SIGTERM)
+        return process.wait(timeout: .seconds(10)) ?? { process.signal(SIGKILL); return process.wait() }()
+    }
+
+    func kill() {
+        process.signal(SIGKILL)
+        process.wait()
+    }
+
+    var output: String { (try? String(contentsOfFile: log, encoding: .utf8)) ?? "" }
+}
+
+@Suite("the agent process against a real broker", .timeLimit(.minutes(2)))
+struct AgentProcessTests {
+    func observer(_ broker: MosquittoBroker) async throws -> (MQTTClient, MessageCollector) {
+        var logger = Logger(label: "test")
+        logger.logLevel = .critical
+        let client = try MQTTClient(configuration: MQTTConfiguration(broker: try BrokerURL(parsing: broker.url)), logger: logger)
+        let collector = MessageCollector(client)
+        try await client.connect()
+        try await client.subscribe(to: "edgefleet/v1/sites/#", qos: .atLeastOnce)
+        return (client, collector)
+    }
+
+    @Test("presence, heartbeats and status match the contract; SIGTERM publishes a clean offline presence")
+    func publishesTheContract() async throws {
+        let broker = try MosquittoBroker()
+        defer { broker.stop() }
+        let stateDir = try temporaryDirectory()
+        defer { try? FileManager.default.removeItem(atPath: stateDir) }
+        let (client, messages) = try await observer(broker)
+        let agent = try AgentProcess(
+            site: "store-0042", broker: broker, stateDir: stateDir,
+            extra: ["--cluster-name", "aks-store-42", "--resource-group", "rg-stores"])
+
+        let online = try FleetJSON.decode(Presence.self, from: try await messages.next("online presence") { $0.topic.hasSuffix("/presence") }.payload)
+        #expect(online.site.rawValue == "store-0042" && online.state == .online && online.session == 1)
+        #expect(online.heartbeatIntervalS == 1)
+        let statusMessage = try await messages.next("status") { $0.topic == "edgefleet/v1/sites/store-0042/status" }
+        #expect(statusMessage.retain == false || statusMessage.qos == .atLeastOnce)
+        let status = try FleetJSON.decode(SiteStatus.self, from: statusMessage.payload)
+        #expect(status.cluster?.name == "aks-store-42" && status.session == 1)
+        let beats = try await messages.next(2, "two heartbeats") { $0.topic.hasSuffix("/heartbeat") }
+            .map { try FleetJSON.decode(Heartbeat.self, from: $0.payload) }
+        #expect(beats.map(\.seq) == [beats[0].seq, beats[0].seq + 1])
+        #expect(beats.allSatisfy { $0.session == 1 && $0.azure.probe == "command" })
+        #expect(beats.last?.azure.reachable == true)
+        #expect((beats.last?.azure.lastContactAgeS ?? 99) < 5)
+
+        #expect(agent.terminate() == 0, "\(agent.output)")
+        let offline = try FleetJSON.decode(Presence.self, from: try await messages.next("offline presence") { $0.topic.hasSuffix("/presence") }.payload)
+        #expect(offline.state == .offline && offline.reason == .shutdown && offline.session == 1)
+        await client.shutdown()
+    }
+
+    @Test("SIGKILL: the broker publishes the Last Will with the same session")
+    func lastWillOnKill() async throws {
+        let broker = try MosquittoBroker()
+        defer { broker.stop() }
+        let stateDir = try temporaryDirectory()
+        defer { try? FileManager.default.removeItem(atPath: stateDir) }
+        let (client, messages) = try await observer(broker)
+        let agent = try AgentProcess(site: "s-kill", broker: broker, stateDir: stateDir)
+        let online = try FleetJSON.decode(Presence.self, from: try await messages.next("online presence") { $0.topic.hasSuffix("/presence") }.payload)
+        agent.kill()
+        let will = try FleetJSON.decode(Presence.self, from: try await messages.next("the Last Will") { $0.topic.hasSuffix("/presence") }.payload)
+        #expect(will.state == .offline && will.reason == .lost && will.session == online.session)
+        await client.shutdown()
+    }
+
+    @Test("the last-contact age survives a restart and keeps growing; a new process is a new session")
+    func contactSurvivesRestart() async throws {
+        let broker = try MosquittoBroker()
+        defer { broker.stop() }
+        let stateDir = try temporaryDirectory()
+        defer { try? FileManager.default.removeItem(atPath: stateDir) }
+        let (client, messages) = try await observer(broker)
+
+        // Azure reachable: the heartbeat shows a fresh contact.
+        let first = try AgentProcess(site: "s-restart", broker: broker, stateDir: stateDir)
+        let reached = try FleetJSON.decode(Heartbeat.self, from: try await messages.next("a reachable heartbeat") {
+            $0.topic.hasSuffix("/heartbeat") && $0.payloadString.contains(#""reachable":true"#)
+        }.payload)
+        #expect(first.terminate() == 0)
+        let before = try #require(reached.azure.lastContactAgeS)
+
+        // Restarted with Azure unreachable: the age continues from the saved contact.
+        let second = try AgentProcess(site: "s-restart", broker: broker, stateDir: stateDir, probe: ["--probe-command", "false"])
+        let beats = try await messages.next(2, "heartbeats after the restart") {
+            $0.topic.hasSuffix("/heartbeat") && $0.payloadString.contains(#""session":2"#)
+        }.map { try FleetJSON.decode(Heartbeat.self, from: $0.payload) }
+        #expect(second.terminate() == 0)
+        let ages = beats.compactMap(\.azure.lastContactAgeS)
+        #expect(ages.count == 2, "the restart lost the last contact: \(beats)")
+        #expect(ages[0] >= before && ages[1] > ages[0])
+        #expect(beats.allSatisfy { !$0.azure.reachable })
+        await client.shutdown()
+    }
+}
