@@ -122,4 +122,78 @@ struct AgentProcessTests {
         #expect(beats.allSatisfy { !$0.azure.reachable })
         await client.shutdown()
     }
+
+    @Test("a stand-in Azure endpoint turned off and on flips reachable, freezes the contact, then resets the age")
+    func probeFlips() async throws {
+        let broker = try MosquittoBroker()
+        defer { broker.stop() }
+        let stateDir = try temporaryDirectory()
+        defer { try? FileManager.default.removeItem(atPath: stateDir) }
+        let pki = try TestPKI()
+        defer { pki.remove() }
+        let azure = try StandInEndpoint(pki: pki)
+        let (client, messages) = try await observer(broker)
+        let agent = try AgentProcess(
+            site: "s-flip", broker: broker, stateDir: stateDir,
+            probe: ["--probe-endpoints", "localhost:\(azure.port)", "--probe-ca-file", pki.caCertificate, "--probe-timeout", "2s"])
+        func heartbeat(_ what: String, _ predicate: @escaping @Sendable (Heartbeat) -> Bool) async throws -> Heartbeat {
+            let message = try await messages.next(timeout: .seconds(15), what) {
+                $0.topic.hasSuffix("/heartbeat") && (try? FleetJSON.decode(Heartbeat.self, from: $0.payload)).map(predicate) == true
+            }
+            return try FleetJSON.decode(Heartbeat.self, from: message.payload)
+        }
+        let up = try await heartbeat("reachable") { $0.azure.reachable }
+        #expect(up.azure.probe == "endpoints" && (up.azure.lastContactAgeS ?? 99) < 3)
+
+        azure.stop()
+        let down = try await heartbeat("unreachable") { !$0.azure.reachable }
+        let later = try await heartbeat("a later unreachable heartbeat") { !$0.azure.reachable && $0.seq > down.seq + 1 }
+        #expect(try #require(later.azure.lastContactAgeS) > (try #require(down.azure.lastContactAgeS)), "the contact must freeze while Azure is unreachable")
+
+        try azure.start()
+        let back = try await heartbeat("reachable again") { $0.azure.reachable && $0.seq > later.seq }
+        let fresh = try await heartbeat("a fresh contact") { $0.azure.reachable && $0.seq > back.seq }
+        #expect(try #require(fresh.azure.lastContactAgeS) < (try #require(later.azure.lastContactAgeS)))
+        #expect(agent.terminate() == 0)
+        await client.shutdown()
+    }
+
+    @Test("a malformed certificate and a hung check become failed/unknown checks while the agent keeps running")
+    func badInputsBecomeChecks() async throws {
+        let broker = try MosquittoBroker()
+        defer { broker.stop() }
+        let stateDir = try temporaryDirectory()
+        defer { try? FileManager.default.removeItem(atPath: stateDir) }
+        let malformed = stateDir + "/malformed.pem"
+        try "-----BEGIN CERTIFICATE-----\nbm90IGEgY2VydA==\n-----END CERTIFICATE-----\n".write(toFile: malformed, atomically: true, encoding: .utf8)
+        let config = stateDir + "/agent.yaml"
+        try """
+            checks:
+              - name: hangs
+                command: [sleep, "30"]
+                interval: 1s
+                timeout: 300ms
+              - name: fine
+                command: [sh, -c, "echo fine"]
+                interval: 1s
+                capability: clusterAutoscaler
+            """.write(toFile: config, atomically: true, encoding: .utf8)
+        let (client, messages) = try await observer(broker)
+        let agent = try AgentProcess(site: "s-bad", broker: broker, stateDir: stateDir, extra: ["--config", config, "--certificate", malformed])
+        let message = try await messages.next(timeout: .seconds(15), "a status with both checks") {
+            $0.topic.hasSuffix("/status") && $0.payloadString.contains(#""name":"hangs""#)
+        }
+        let status = try FleetJSON.decode(SiteStatus.self, from: message.payload)
+        let byName = Dictionary(uniqueKeysWithValues: status.checks.map { ($0.name, $0) })
+        #expect(byName["hangs"]?.state == .unknown && byName["hangs"]?.output.contains("timed out") == true)
+        #expect(byName["fine"]?.state == .pass)
+        #expect(byName["certificates"]?.state == .fail && byName["certificates"]?.output.contains("malformed.pem") == true)
+        #expect(status.capabilities["clusterAutoscaler"] == true)
+        // Still alive and beating after all that.
+        let beat = try await messages.next(timeout: .seconds(10), "a heartbeat after the bad inputs") { $0.topic.hasSuffix("/heartbeat") }
+        #expect(try FleetJSON.decode(Heartbeat.self, from: beat.payload).certificates?.error?.contains("malformed.pem") == true)
+        #expect(agent.process.isRunning)
+        #expect(agent.terminate() == 0)
+        await client.shutdown()
+    }
 }
