@@ -106,6 +106,8 @@ public struct AgentConfiguration: Sendable {
     public var probeCAFile: String?
     public var checks: [CheckConfiguration]
     public var checkConcurrency: Int
+    /// How many status changes the offline spool keeps (oldest dropped first).
+    public var spoolCapacity: Int
     public var certificateFiles: [String]
     public var kubeconfig: String?
     public var cluster: ClusterInfo
@@ -214,6 +216,7 @@ public struct AgentConfiguration: Sendable {
             throw ConfigurationError(key: "checks", origin: settings.raw("checks")?.1, "two checks are named '\(duplicate)'")
         }
         let checkConcurrency = try settings.integer("checkConcurrency", default: 2, range: 1...16)
+        let spoolCapacity = try settings.integer("spoolCapacity", default: 10_000, range: 1...1_000_000)
         let certificateFiles = try settings.list("certificate")
         let kubeconfig = try settings.string("kubeconfig")
         let cluster = ClusterInfo(
@@ -235,14 +238,14 @@ public struct AgentConfiguration: Sendable {
         return AgentConfiguration(
             site: site, mqtt: mqtt, topics: topics, heartbeatInterval: heartbeatInterval, probeInterval: probeInterval,
             statusRefresh: statusRefresh, stateDirectory: stateDirectory, probe: probe, probeCAFile: probeCAFile, checks: checks,
-            checkConcurrency: checkConcurrency, certificateFiles: certificateFiles, kubeconfig: kubeconfig, cluster: cluster)
+            checkConcurrency: checkConcurrency, spoolCapacity: spoolCapacity, certificateFiles: certificateFiles, kubeconfig: kubeconfig, cluster: cluster)
     }
 
     /// Every file key the agent understands, for documentation and `--help`.
     public static let fileKeys = [
         "site", "broker", "username", "passwordFile", "caFile", "certFile", "keyFile", "topicRoot", "heartbeatInterval",
         "probeInterval", "statusRefresh", "stateDir", "probeEndpoints", "region", "probeCommand", "probeTimeout", "probeCaFile", "checks",
-        "checkConcurrency", "certificate", "kubeconfig", "clusterName", "resourceGroup", "subscription", "customLocation",
+        "checkConcurrency", "spoolCapacity", "certificate", "kubeconfig", "clusterName", "resourceGroup", "subscription", "customLocation",
         "kubernetesVersion",
     ]
 }

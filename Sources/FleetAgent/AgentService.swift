@@ -16,16 +16,15 @@ import Glibc
 /// The site agent: probes Azure, runs the local checks, reads certificate
 /// expiry, and publishes presence (with a Last Will), heartbeats and status.
 ///
-/// Not yet done (agent issue, still open): the on-disk spool of status changes
-/// made while the broker is unreachable (today the current status is published
-/// again after every reconnect, so the latest state arrives but intermediate
-/// changes do not), and running under swift-service-lifecycle.
+/// Status changes made while the broker is unreachable go to a bounded spool on
+/// disk and are delivered in order, each once, after reconnecting.
 public final class AgentService: Sendable {
     public let configuration: AgentConfiguration
     private let logger: Logger
     private let tracker: ContactTracker
     private let now: @Sendable () -> Date
     private let status: Mutex<StatusState>
+    private let outbox: StatusOutbox
 
     struct StatusState {
         var checks: [CheckResult] = []
@@ -44,6 +43,9 @@ public final class AgentService: Sendable {
         }
         self.now = { clocks.read().wallClock }
         self.status = Mutex(StatusState())
+        self.outbox = StatusOutbox(
+            spool: try StatusSpool(directory: configuration.stateDirectory + "/spool", capacity: configuration.spoolCapacity),
+            topic: configuration.topics.name(.site(configuration.site, .status)), logger: logger)
     }
 
     private var agentInfo: AgentInfo {
@@ -108,7 +110,7 @@ public final class AgentService: Sendable {
                 try await client.publish(
                     configuration.topics.name(.site(configuration.site, .presence)),
                     payload: presence(.online, reason: nil, session: session), qos: .atLeastOnce, retain: true)
-                try await publishStatus(client)
+                await outbox.connected(client, current: currentStatus())
                 logger.info("online", metadata: ["session": "\(session)"])
             } catch {
                 logger.warning("could not announce the connection", metadata: ["error": "\(error)"])
@@ -194,7 +196,7 @@ public final class AgentService: Sendable {
                     s.checks = merged
                     return changed
                 }
-                if changed { try? await publishStatus(client) }
+                if changed { await outbox.submit(currentStatus(), client: client) }
             }
             guard let next = due.min() else { return }
             try? await Task.sleep(until: next, clock: .continuous)
@@ -206,7 +208,7 @@ public final class AgentService: Sendable {
             try? await Task.sleep(for: configuration.statusRefresh)
             guard !Task.isCancelled else { return }
             refreshCertificates()
-            try? await publishStatus(client)
+            await outbox.submit(currentStatus(), client: client)
         }
     }
 
@@ -215,19 +217,73 @@ public final class AgentService: Sendable {
         status.withLock { $0.certificates = reading }
     }
 
-    private func publishStatus(_ client: MQTTClient) async throws {
-        guard client.state.isConnected else { return }
+    private func currentStatus() -> SiteStatus {
         let (checks, certificates) = status.withLock { ($0.checks, $0.certificates) }
         var all = checks
         if !configuration.certificateFiles.isEmpty || configuration.kubeconfig != nil {
             all.append(LocalChecks.certificateCheck(certificates, observedAt: now()))
         }
-        let status = SiteStatus(
+        return SiteStatus(
             site: configuration.site, session: tracker.currentSession, at: now(), cluster: configuration.cluster, checks: all,
             capabilities: LocalChecks.capabilities(configuration.checks, results: checks))
-        let payload = try FleetJSON.encode(status)
-        try await client.publish(
-            configuration.topics.name(.site(configuration.site, .status)), payload: payload, qos: .atLeastOnce, retain: true)
+    }
+}
+
+/// Publishes status messages in order: straight to the broker when it is
+/// reachable and nothing older waits, else into the spool, which is delivered
+/// first after the next connect. One message at a time, so order holds.
+actor StatusOutbox {
+    let spool: StatusSpool
+    let topic: String
+    let logger: Logger
+
+    init(spool: StatusSpool, topic: String, logger: Logger) {
+        self.spool = spool
+        self.topic = topic
+        self.logger = logger
+    }
+
+    /// A new status: published now if possible, else spooled.
+    func submit(_ status: SiteStatus, client: MQTTClient) async {
+        var status = status
+        if spool.dropped > 0 { status.spoolDropped = spool.dropped }
+        guard let payload = try? FleetJSON.encode(status) else { return }
+        if spool.isEmpty, client.state.isConnected {
+            do {
+                try await client.publish(topic, payload: payload, qos: .atLeastOnce, retain: true)
+                if status.spoolDropped != nil { spool.dropsReported() }
+                return
+            } catch {
+                logger.info("status spooled: the broker is not reachable", metadata: ["error": "\(error)"])
+            }
+        }
+        do {
+            try spool.append(payload)
+        } catch {
+            logger.error("cannot spool a status change", metadata: ["problem": "\(error)"])
+        }
+    }
+
+    /// After a connect: deliver the spool in order, then the current status if
+    /// nothing was spooled (the last spooled message is the newest status otherwise).
+    func connected(_ client: MQTTClient, current: SiteStatus) async {
+        var delivered = 0
+        while let payload = spool.first() {
+            do {
+                try await client.publish(topic, payload: payload, qos: .atLeastOnce, retain: true)
+                spool.removeFirst()
+                delivered += 1
+            } catch {
+                logger.info("spool delivery interrupted", metadata: ["left": "\(spool.count)", "error": "\(error)"])
+                return
+            }
+        }
+        if delivered > 0 {
+            logger.info("delivered spooled status changes", metadata: ["count": "\(delivered)"])
+        }
+        if delivered == 0 || spool.dropped > 0 {
+            await submit(current, client: client)
+        }
     }
 }
 

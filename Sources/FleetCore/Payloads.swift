@@ -251,11 +251,15 @@ public struct SiteStatus: Codable, Sendable, Hashable, SchemaIdentified {
     public var cluster: ClusterInfo?
     public var checks: [CheckResult]
     public var capabilities: [String: Bool]
+    /// Status changes the agent dropped from its offline spool (oldest first) since
+    /// the last status that reached the broker; absent when none were.
+    public var spoolDropped: Int?
 
     public init(
         site: SiteID, session: UInt64, at: Date, cluster: ClusterInfo? = nil, checks: [CheckResult] = [],
-        capabilities: [String: Bool] = [:]
+        capabilities: [String: Bool] = [:], spoolDropped: Int? = nil
     ) {
+        self.spoolDropped = spoolDropped
         self.site = site
         self.session = session
         self.at = at

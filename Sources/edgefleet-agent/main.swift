@@ -44,6 +44,7 @@ struct AgentCommand: AsyncParsableCommand {
     @Option(help: "Probe timeout (default 10s).") var probeTimeout: String?
     @Option(help: "Extra CA (PEM) the endpoint probe trusts.") var probeCaFile: String?
     @Option(help: "Checks run at once (default 2).") var checkConcurrency: String?
+    @Option(help: "Status changes kept while the broker is unreachable (default 10000).") var spoolCapacity: String?
     @Option(help: "A PEM certificate whose expiry counts (repeatable).") var certificate: [String] = []
     @Option(help: "A kubeconfig whose client certificate's expiry counts.") var kubeconfig: String?
     @Option(help: "Cluster name.") var clusterName: String?
@@ -60,7 +61,7 @@ struct AgentCommand: AsyncParsableCommand {
             ("probeInterval", probeInterval), ("statusRefresh", statusRefresh), ("stateDir", stateDir),
             ("probeEndpoints", probeEndpoints), ("region", region), ("probeCommand", probeCommand), ("probeTimeout", probeTimeout),
             ("probeCaFile", probeCaFile),
-            ("checkConcurrency", checkConcurrency), ("kubeconfig", kubeconfig), ("clusterName", clusterName),
+            ("checkConcurrency", checkConcurrency), ("spoolCapacity", spoolCapacity), ("kubeconfig", kubeconfig), ("clusterName", clusterName),
             ("resourceGroup", resourceGroup), ("subscription", subscription), ("customLocation", customLocation),
             ("kubernetesVersion", kubernetesVersion),
         ]

@@ -196,4 +196,55 @@ struct AgentProcessTests {
         #expect(agent.terminate() == 0)
         await client.shutdown()
     }
+
+    @Test("status changes made during a broker outage arrive in order after it, none lost, none duplicated")
+    func outageSpool() async throws {
+        let broker = try MosquittoBroker()
+        defer { broker.stop() }
+        let proxy = try TCPProxy(upstreamPort: broker.port)
+        defer { proxy.stop() }
+        let stateDir = try temporaryDirectory()
+        defer { try? FileManager.default.removeItem(atPath: stateDir) }
+        let counter = stateDir + "/counter"
+        let config = stateDir + "/agent.yaml"
+        // A check whose output changes on every run: every run is a status change.
+        try """
+            checks:
+              - name: counter
+                command: [sh, -c, "n=$(cat \(counter) 2>/dev/null || echo 0); n=$((n+1)); echo $n > \(counter); echo $n"]
+                interval: 300ms
+            """.write(toFile: config, atomically: true, encoding: .utf8)
+        let (client, messages) = try await observer(broker)  // straight to the broker, never cut
+        let agent = try AgentProcess(
+            site: "s-outage", broker: broker, stateDir: stateDir, extra: ["--config", config, "--broker", proxy.url])
+        @Sendable func counterValue(_ m: MQTTMessage) -> Int? {
+            (try? FleetJSON.decode(SiteStatus.self, from: m.payload))?.checks.first { $0.name == "counter" }.flatMap { Int($0.output) }
+        }
+        _ = try await messages.next(timeout: .seconds(15), "a first status") { $0.topic.hasSuffix("/status") && counterValue($0) != nil }
+
+        proxy.takeDown()  // the site's link to the broker is down; the check keeps running
+        let spool = stateDir + "/spool"
+        let deadline = ContinuousClock.now + .seconds(15)
+        while ((try? FileManager.default.contentsOfDirectory(atPath: spool))?.filter { $0.hasSuffix(".json") }.count ?? 0) < 4 {
+            #expect(ContinuousClock.now < deadline, "no status changes were spooled during the outage")
+            if ContinuousClock.now >= deadline { break }
+            try await Task.sleep(for: .milliseconds(50))
+        }
+        proxy.restore()
+        // After the reconnect the spool drains; wait until a status newer than the outage arrives.
+        let spooledMax = try String(contentsOfFile: counter, encoding: .utf8).trimmingCharacters(in: .whitespacesAndNewlines)
+        _ = try await messages.next(timeout: .seconds(30), "a status after the outage") {
+            $0.topic.hasSuffix("/status") && (counterValue($0) ?? 0) > (Int(spooledMax) ?? .max)
+        }
+        #expect(agent.terminate() == 0)
+        let values = messages.received.filter { $0.topic.hasSuffix("/status") }.compactMap(counterValue)
+        // The reconnect may announce the latest status once more: collapse repeats, then
+        // every value must appear, in order, once.
+        var collapsed: [Int] = []
+        for v in values where collapsed.last != v { collapsed.append(v) }
+        #expect(collapsed == Array(collapsed[0]...collapsed[collapsed.count - 1]), "statuses lost, duplicated or out of order: \(values)")
+        #expect(Set(values).count == collapsed.count)
+        #expect(values.count >= 6)
+        await client.shutdown()
+    }
 }

@@ -14,6 +14,7 @@ public final class TCPProxy: @unchecked Sendable {
     private let lock = NSLock()
     private var sockets: Set<Int32> = []
     private var stopped = false
+    private var refusing = false
 
     public init(upstreamPort: Int) throws {
         self.upstreamPort = upstreamPort
@@ -63,7 +64,7 @@ public final class TCPProxy: @unchecked Sendable {
                 }
             }
             let accepted = lock.withLock { () -> Bool in
-                guard !stopped, connected else { return false }
+                guard !stopped, !refusing, connected else { return false }
                 sockets.insert(client)
                 sockets.insert(upstream)
                 return true
@@ -104,6 +105,17 @@ public final class TCPProxy: @unchecked Sendable {
     public func cutAll() {
         let open = lock.withLock { sockets }
         for fd in open { shutdown(fd, Int32(SHUT_RDWR)) }
+    }
+
+    /// Cuts every connection and closes new ones at once, like a link that is down;
+    /// `restore()` lets connections through again.
+    public func takeDown() {
+        lock.withLock { refusing = true }
+        cutAll()
+    }
+
+    public func restore() {
+        lock.withLock { refusing = false }
     }
 
     /// Cuts everything and stops listening.
