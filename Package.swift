@@ -22,6 +22,7 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
         .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
         .package(url: "https://github.com/jpsim/Yams", from: "6.2.2"),
+        .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.13.0"),
     ],
     targets: [
         // The C surface: libmosquitto through pkg-config; never a product.
@@ -45,7 +46,10 @@ let package = Package(
         // The site agent's parts: durable state, probes, checks, certificates, spool, the service.
         .target(
             name: "FleetAgent",
-            dependencies: ["FleetCore", "MQTT", "CommandSupport", "CTLSProbe", .product(name: "Yams", package: "Yams")],
+            dependencies: [
+                "FleetCore", "MQTT", "CommandSupport", "CTLSProbe", .product(name: "Yams", package: "Yams"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ],
             swiftSettings: swiftSettings
         ),
         // What the three executables share: EdgeFleet's exit codes around ArgumentParser.
@@ -63,6 +67,7 @@ let package = Package(
             dependencies: [
                 "FleetCore", "MQTT", "CommandSupport", "FleetAgent",
                 .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             swiftSettings: swiftSettings

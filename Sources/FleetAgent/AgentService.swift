@@ -1,4 +1,5 @@
 public import Logging
+public import ServiceLifecycle
 import FleetCore
 import MQTT
 import Synchronization
@@ -18,7 +19,7 @@ import Glibc
 ///
 /// Status changes made while the broker is unreachable go to a bounded spool on
 /// disk and are delivered in order, each once, after reconnecting.
-public final class AgentService: Sendable {
+public final class AgentService: Service, Sendable {
     public let configuration: AgentConfiguration
     private let logger: Logger
     private let tracker: ContactTracker
@@ -61,8 +62,8 @@ public final class AgentService: Sendable {
         return (try? FleetJSON.encode(presence)) ?? []
     }
 
-    /// Runs until the surrounding task is cancelled, then publishes an offline
-    /// presence (`shutdown`) and disconnects cleanly.
+    /// Runs until a graceful shutdown (SIGTERM/SIGINT in a `ServiceGroup`) or
+    /// cancellation, then publishes an offline presence (`shutdown`) and disconnects cleanly.
     public func run() async throws {
         let topics = configuration.topics
         let site = configuration.site
@@ -80,13 +81,15 @@ public final class AgentService: Sendable {
         logger.info("agent started", metadata: ["site": "\(site)", "broker": "\(mqtt.broker)"])
         refreshCertificates()
 
-        await withTaskGroup(of: Void.self) { group in
-            group.addTask { await self.announceOnEveryConnection(client) }
-            group.addTask { await self.heartbeats(client) }
-            group.addTask { await self.probes() }
-            group.addTask { await self.checks(client) }
-            group.addTask { await self.statusRefresh(client) }
-            await group.waitForAll()
+        await cancelWhenGracefulShutdown {
+            await withTaskGroup(of: Void.self) { group in
+                group.addTask { await self.announceOnEveryConnection(client) }
+                group.addTask { await self.heartbeats(client) }
+                group.addTask { await self.probes() }
+                group.addTask { await self.checks(client) }
+                group.addTask { await self.statusRefresh(client) }
+                await group.waitForAll()
+            }
         }
 
         // Cancelled: say goodbye ourselves (the broker drops the will on a clean disconnect).

@@ -1,9 +1,9 @@
 import ArgumentParser
 import CommandSupport
-import Dispatch
 import FleetAgent
 import FleetCore
 import Logging
+import ServiceLifecycle
 
 #if canImport(Glibc)
 import Glibc
@@ -99,18 +99,9 @@ struct AgentCommand: AsyncParsableCommand {
         }
         let logger = Logger(label: "edgefleet.agent")
         let service = try AgentService(configuration: configuration, logger: logger)
-        let task = Task { try await service.run() }
-        // SIGTERM and SIGINT end the service cleanly (offline presence, then disconnect).
-        var sources: [any DispatchSourceSignal] = []
-        for signalNumber in [SIGTERM, SIGINT] {
-            signal(signalNumber, SIG_IGN)
-            let source = DispatchSource.makeSignalSource(signal: signalNumber, queue: .global())
-            source.setEventHandler { task.cancel() }
-            source.resume()
-            sources.append(source)
-        }
-        try await task.value
-        _ = sources
+        // SIGTERM and SIGINT shut the service down gracefully (offline presence, then disconnect).
+        let group = ServiceGroup(services: [service], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger)
+        try await group.run()
     }
 }
 
