@@ -38,7 +38,7 @@ public struct ContactRecord: Codable, Sendable, Hashable {
     }
 
     /// The age of this contact now, in seconds (never negative).
-    public func age(now: SystemClocks.Reading) -> Double {
+    public func age(now: ContactRecord) -> Double {
         if let bootID, let then = bootTimeNanoseconds, bootID == now.bootID, let current = now.bootTimeNanoseconds,
             current >= then
         {
@@ -65,16 +65,9 @@ public struct AgentState: Codable, Sendable, Hashable, SchemaIdentified {
 
 /// Reads of the clocks the agent uses; a value so that tests can supply their own.
 public struct SystemClocks: Sendable {
-    public struct Reading: Sendable, Hashable {
-        public var wallClock: Date
-        public var bootID: String?
-        public var bootTimeNanoseconds: UInt64?
-        public init(wallClock: Date, bootID: String?, bootTimeNanoseconds: UInt64?) {
-            self.wallClock = wallClock
-            self.bootID = bootID
-            self.bootTimeNanoseconds = bootTimeNanoseconds
-        }
-    }
+    /// A reading of the clocks has the same three parts as a contact record: a
+    /// contact is recorded as the reading taken when it happened.
+    public typealias Reading = ContactRecord
 
     public var read: @Sendable () -> Reading
 
@@ -139,19 +132,11 @@ public struct AgentStateStore: Sendable {
     /// site then reports "never in contact" until the next successful probe,
     /// which is the safe side: never "connected" by mistake).
     public func load() throws(StateError) -> AgentState {
-        guard let file = fopen(path, "r") else {
-            if errno == ENOENT { return AgentState() }
+        guard access(path, F_OK) == 0 else { return AgentState() }
+        guard let data = FileManager.default.contents(atPath: path) else {
             throw StateError("cannot read '\(path)': \(String(cString: strerror(errno)))")
         }
-        var bytes: [UInt8] = []
-        var buffer = [UInt8](repeating: 0, count: 4096)
-        while true {
-            let n = fread(&buffer, 1, buffer.count, file)
-            if n > 0 { bytes.append(contentsOf: buffer[0..<n]) }
-            if n < buffer.count { break }
-            if bytes.count > 1_000_000 { break }
-        }
-        fclose(file)
+        let bytes = Array(data)
         do {
             return try FleetJSON.decode(AgentState.self, from: bytes)
         } catch {
@@ -169,37 +154,44 @@ public struct AgentStateStore: Sendable {
         } catch {
             throw StateError("cannot encode the agent state: \(error)")
         }
-        let temporary = path + ".tmp"
-        let fd = open(temporary, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
-        guard fd >= 0 else { throw StateError("cannot write '\(temporary)': \(String(cString: strerror(errno)))") }
-        var written = 0
-        while written < bytes.count {
-            let n = bytes.withUnsafeBytes { write(fd, $0.baseAddress! + written, bytes.count - written) }
-            if n < 0 {
-                if errno == EINTR { continue }
-                let message = String(cString: strerror(errno))
-                close(fd)
-                unlink(temporary)
-                throw StateError("cannot write '\(temporary)': \(message)")
-            }
-            written += n
-        }
-        guard fsync(fd) == 0 else {
+        try writeFileDurably(bytes, to: path, directory: directory)
+    }
+}
+
+/// Writes `bytes` to `path` so that a crash at any point leaves either the old
+/// or the new content, never a torn file: a temporary file beside it, fsync,
+/// rename over the old one, fsync of `directory`. Mode 0600.
+func writeFileDurably(_ bytes: [UInt8], to path: String, directory: String) throws(StateError) {
+    let temporary = path + ".tmp"
+    let fd = open(temporary, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
+    guard fd >= 0 else { throw StateError("cannot write '\(temporary)': \(String(cString: strerror(errno)))") }
+    var written = 0
+    while written < bytes.count {
+        let n = bytes.withUnsafeBytes { write(fd, $0.baseAddress! + written, bytes.count - written) }
+        if n < 0 {
+            if errno == EINTR { continue }
             let message = String(cString: strerror(errno))
             close(fd)
             unlink(temporary)
-            throw StateError("cannot fsync '\(temporary)': \(message)")
+            throw StateError("cannot write '\(temporary)': \(message)")
         }
+        written += n
+    }
+    guard fsync(fd) == 0 else {
+        let message = String(cString: strerror(errno))
         close(fd)
-        guard rename(temporary, path) == 0 else {
-            let message = String(cString: strerror(errno))
-            unlink(temporary)
-            throw StateError("cannot replace '\(path)': \(message)")
-        }
-        let directoryFD = open(directory, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
-        if directoryFD >= 0 {
-            _ = fsync(directoryFD)
-            close(directoryFD)
-        }
+        unlink(temporary)
+        throw StateError("cannot fsync '\(temporary)': \(message)")
+    }
+    close(fd)
+    guard rename(temporary, path) == 0 else {
+        let message = String(cString: strerror(errno))
+        unlink(temporary)
+        throw StateError("cannot replace '\(path)': \(message)")
+    }
+    let directoryFD = open(directory, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+    if directoryFD >= 0 {
+        _ = fsync(directoryFD)
+        close(directoryFD)
     }
 }

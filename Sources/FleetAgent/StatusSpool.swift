@@ -53,10 +53,10 @@ public final class StatusSpool: @unchecked Sendable {
             unlink(path(oldest))
             dropped += 1
         }
-        try writeAtomically(payload, to: path(next))
+        try writeFileDurably(payload, to: path(next), directory: directory)
         sequence.append(next)
         next += 1
-        try writeAtomically(Array(String(dropped).utf8), to: directory + "/dropped")
+        try writeFileDurably(Array(String(dropped).utf8), to: directory + "/dropped", directory: directory)
     }
 
     /// The oldest message, if any.
@@ -75,18 +75,4 @@ public final class StatusSpool: @unchecked Sendable {
     public func dropsReported() {
         dropped = 0
         unlink(directory + "/dropped")
-    }
-
-    private func writeAtomically(_ bytes: [UInt8], to target: String) throws(StateError) {
-        let temporary = target + ".tmp"
-        let fd = open(temporary, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
-        guard fd >= 0 else { throw StateError("cannot write '\(temporary)': \(String(cString: strerror(errno)))") }
-        let written = bytes.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
-        let synced = fsync(fd) == 0
-        close(fd)
-        guard written == bytes.count, synced, rename(temporary, target) == 0 else {
-            unlink(temporary)
-            throw StateError("cannot write '\(target)': \(String(cString: strerror(errno)))")
-        }
-    }
-}
+    }}

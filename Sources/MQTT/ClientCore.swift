@@ -241,12 +241,14 @@ final class ClientCore: MosquittoEventSink, Sendable {
         state.withLock { s in (s.connectedThisConnection, s.refusal, s.disconnectReason) }
     }
 
-    func checkCanSend() throws(MQTTError) {
-        let connection = state.withLock { s -> MQTTConnectionState? in
-            s.stopRequested ? nil : s.connection
+    /// Throws unless connected; returns the connection epoch the caller's packet belongs to.
+    func checkCanSend() throws(MQTTError) -> Int {
+        let (connection, epoch) = state.withLock { s -> (MQTTConnectionState?, Int) in
+            (s.stopRequested ? nil : s.connection, s.connectionEpoch)
         }
         guard let connection else { throw .shutdown }
         guard connection.isConnected else { throw .noConnection }
+        return epoch
     }
 
     // MARK: Subscriptions
@@ -291,9 +293,6 @@ final class ClientCore: MosquittoEventSink, Sendable {
     }
 
     // MARK: Acknowledgements
-
-    /// The current connection epoch; read before handing a packet to libmosquitto.
-    var connectionEpoch: Int { state.withLock { $0.connectionEpoch } }
 
     /// Waits for the PUBACK/SUBACK/UNSUBACK of `mid` (which may already have come).
     func acknowledgement(mid: Int32, kind: AcknowledgementKind) async throws {

@@ -94,8 +94,7 @@ public final class MQTTClient: Sendable {
     ) async throws {
         guard qos != .exactlyOnce else { throw MQTTError.notSupported("QoS 2 is not used by EdgeFleet") }
         if let error = MosquittoHandle.checkTopicName(topic) { throw error }
-        try core.checkCanSend()
-        let epoch = core.connectionEpoch
+        let epoch = try core.checkCanSend()
         let (mid, error) = payload.withUnsafeBytes {
             handle.publish(topic: topic, payload: $0, qos: qos, retain: retain, properties: properties)
         }
