@@ -21,7 +21,6 @@ let package = Package(
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
         .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
-        .package(url: "https://github.com/jpsim/Yams", from: "6.2.2"),
         .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.13.0"),
     ],
     targets: [
@@ -40,6 +39,10 @@ let package = Package(
             swiftSettings: swiftSettings
         ),
         .target(name: "FleetCore", swiftSettings: swiftSettings),
+        // YAML for configuration files and kubeconfigs: libyaml through pkg-config and a
+        // small composer and Decoder, so the agent never loads Foundation and ICU (Yams does).
+        .systemLibrary(name: "CYAML", pkgConfig: "yaml-0.1", providers: [.apt(["libyaml-dev"]), .brew(["libyaml"])]),
+        .target(name: "YAMLReader", dependencies: ["CYAML"], swiftSettings: swiftSettings),
         // The agent's Azure probe: TCP connect + TLS handshake with a deadline (OpenSSL, already
         // loaded through libmosquitto).
         .target(name: "CTLSProbe", linkerSettings: [.linkedLibrary("ssl"), .linkedLibrary("crypto")]),
@@ -47,7 +50,7 @@ let package = Package(
         .target(
             name: "FleetAgent",
             dependencies: [
-                "FleetCore", "MQTT", "CommandSupport", "CTLSProbe", .product(name: "Yams", package: "Yams"),
+                "FleetCore", "MQTT", "CommandSupport", "CTLSProbe", "YAMLReader",
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ],
             swiftSettings: swiftSettings
@@ -57,8 +60,8 @@ let package = Package(
             name: "CommandSupport",
             dependencies: [
                 "FleetCore",
+                "YAMLReader",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
-                .product(name: "Yams", package: "Yams"),
             ],
             swiftSettings: swiftSettings
         ),
@@ -100,6 +103,7 @@ let package = Package(
             swiftSettings: swiftSettings
         ),
         .testTarget(name: "FleetCoreTests", dependencies: ["FleetCore"], swiftSettings: swiftSettings),
+        .testTarget(name: "YAMLReaderTests", dependencies: ["YAMLReader"], swiftSettings: swiftSettings),
         .testTarget(
             name: "FleetAgentTests",
             dependencies: [

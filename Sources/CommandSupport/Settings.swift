@@ -1,5 +1,5 @@
 import FleetCore
-import Yams
+public import YAMLReader
 
 #if canImport(FoundationEssentials)
 import FoundationEssentials
@@ -48,7 +48,7 @@ public struct Settings: Sendable {
     public enum Value: Sendable, Hashable {
         case text(String)
         case list([String])
-        case structured(String)  // YAML of a mapping or a list of mappings, decoded by the caller
+        case structured(YAMLNode)  // a mapping or a list of mappings from the file, decoded by the caller
     }
 
     private var file: [String: Value]
@@ -67,27 +67,29 @@ public struct Settings: Sendable {
         self.environment = environment
         self.flags = flags
         self.file = [:]
-        guard let yaml, !yaml.trimmingCharacters(in: .whitespacesAndNewlines).isEmpty else { return }
-        let node: Node?
+        guard let yaml else { return }
+        let node: YAMLNode?
         do {
-            node = try Yams.compose(yaml: yaml)
+            node = try YAMLNode.parse(yaml)
         } catch {
             throw ConfigurationError(key: "(file)", origin: filePath.map { .file($0) }, "not valid YAML: \(error)")
         }
-        guard let mapping = node?.mapping else {
+        guard let node else { return }  // only comments
+        guard let mapping = node.mapping else {
             throw ConfigurationError(key: "(file)", origin: filePath.map { .file($0) }, "the top level must be a mapping of settings")
         }
-        for (keyNode, valueNode) in mapping {
-            guard let key = keyNode.string else {
-                throw ConfigurationError(key: "(file)", origin: filePath.map { .file($0) }, "every key must be a string")
+        for pair in mapping {
+            guard let key = pair.key.string else {
+                throw ConfigurationError(
+                    key: "(file)", origin: filePath.map { .file($0) }, "line \(pair.key.line): every key must be a string")
             }
-            switch valueNode {
+            switch pair.value {
             case .scalar(let scalar):
-                file[key] = .text(scalar.string)
-            case .sequence(let sequence) where sequence.allSatisfy({ $0.scalar != nil }):
-                file[key] = .list(sequence.map { $0.scalar!.string })
+                file[key] = .text(scalar.text)
+            case .sequence(let items) where items.allSatisfy({ $0.string != nil }):
+                file[key] = .list(items.map { $0.string! })
             default:
-                file[key] = .structured((try? Yams.serialize(node: valueNode)) ?? "")
+                file[key] = .structured(pair.value)
             }
         }
     }
@@ -99,7 +101,7 @@ public struct Settings: Sendable {
             do {
                 text = try String(contentsOfFile: configFile, encoding: .utf8)
             } catch {
-                throw ConfigurationError(key: "config", origin: .flag("config"), "cannot read '\(configFile)': \(error.localizedDescription)")
+                throw ConfigurationError(key: "config", origin: .flag("config"), "cannot read '\(configFile)': \(error)")
             }
         }
         return try Settings(yaml: text, filePath: configFile, environment: environment, flags: flags)
@@ -118,7 +120,7 @@ public struct Settings: Sendable {
     }
 
     public static func environmentName(_ key: String) -> String {
-        "EDGEFLEET_" + flagName(key).uppercased().replacingOccurrences(of: "-", with: "_")
+        "EDGEFLEET_" + String(flagName(key).uppercased().map { $0 == "-" ? "_" : $0 })
     }
 
     /// The raw value and its origin, by precedence.
@@ -173,7 +175,9 @@ public struct Settings: Sendable {
         guard let (value, origin) = raw(key) else { return [] }
         switch value {
         case .list(let items): return items
-        case .text(let text): return text.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty }
+        case .text(let text):
+            return text.split(separator: ",").map(\.trimmed)
+                .filter { !$0.isEmpty }
         case .structured: throw ConfigurationError(key: key, origin: origin, "expected a list of values")
         }
     }
@@ -181,18 +185,24 @@ public struct Settings: Sendable {
     /// A nested structure from the file, decoded with `Decodable` (file only).
     public mutating func decode<T: Decodable>(_ type: T.Type, _ key: String) throws(ConfigurationError) -> T? {
         guard let (value, origin) = raw(key) else { return nil }
-        let yaml: String
+        let node: YAMLNode
         switch value {
-        case .structured(let text): yaml = text
-        case .list(let items): yaml = (try? Yams.dump(object: items)) ?? "[]"
-        case .text(let text): yaml = text
+        case .structured(let structured): node = structured
+        case .list(let items): node = .sequence(items.map { .scalar(YAMLScalar($0, style: .doubleQuoted)) })
+        case .text(let text):
+            // A flag or variable may carry YAML in flow style: `[{name: a, command: [true]}]`.
+            do {
+                node = try YAMLNode.parse(text) ?? .scalar(YAMLScalar(""))
+            } catch {
+                throw ConfigurationError(key: key, origin: origin, "not valid YAML: \(error)")
+            }
         }
         func path(_ codingPath: [any CodingKey], _ last: String? = nil) -> String {
             let parts = codingPath.map { $0.intValue.map(String.init) ?? $0.stringValue } + (last.map { [$0] } ?? [])
             return ([key] + parts).joined(separator: ".")
         }
         do {
-            return try YAMLDecoder().decode(type, from: yaml)
+            return try YAMLDecoder().decode(type, from: node)
         } catch let error as ConfigurationError {
             throw ConfigurationError(key: "\(key).\(error.key)", origin: origin, error.message)
         } catch let DecodingError.keyNotFound(missing, context) {
@@ -200,7 +210,6 @@ public struct Settings: Sendable {
         } catch let DecodingError.typeMismatch(_, context), let DecodingError.dataCorrupted(context),
             let DecodingError.valueNotFound(_, context)
         {
-            // Errors thrown by a type's own init(from:) arrive wrapped by the YAML decoder.
             if let inner = context.underlyingError as? ConfigurationError {
                 throw ConfigurationError(key: path(context.codingPath, inner.key), origin: origin, inner.message)
             }

@@ -136,7 +136,7 @@ public struct AgentConfiguration: Sendable {
             guard let text = try? String(contentsOfFile: passwordFile, encoding: .utf8) else {
                 throw ConfigurationError(key: "passwordFile", origin: settings.raw("passwordFile")?.1, "cannot read '\(passwordFile)'")
             }
-            password = text.trimmingCharacters(in: .newlines)
+            password = String(text.drop(while: \.isNewline).reversed().drop(while: \.isNewline).reversed())  // a password may hold spaces
         }
         let username = try settings.string("username")
         if password != nil && username == nil {

@@ -1,5 +1,5 @@
 internal import CTLSProbe
-import Yams
+import YAMLReader
 
 #if canImport(FoundationEssentials)
 public import FoundationEssentials
@@ -78,25 +78,25 @@ public enum CertificateReader {
     /// (base64 PEM) or `client-certificate` (a path, relative to the kubeconfig).
     static func clientCertificates(kubeconfig: String) -> Result<[(String, [UInt8])], CertificateProblem> {
         guard let data = FileManager.default.contents(atPath: kubeconfig) else { return .failure(CertificateProblem("cannot read the file")) }
-        let object: Any?
+        let root: YAMLNode?
         do {
-            object = try Yams.load(yaml: String(decoding: data, as: UTF8.self))
+            root = try YAMLNode.parse(String(decoding: data, as: UTF8.self))
         } catch {
             return .failure(CertificateProblem("not a valid kubeconfig (YAML): \(error)"))
         }
-        guard let root = object as? [String: Any], let users = root["users"] as? [[String: Any]] else {
+        guard let users = root?["users"]?.sequence else {
             return .failure(CertificateProblem("no users in the kubeconfig"))
         }
         var found: [(String, [UInt8])] = []
         for user in users {
-            let name = user["name"] as? String ?? "?"
-            guard let fields = user["user"] as? [String: Any] else { continue }
-            if let encoded = fields["client-certificate-data"] as? String {
+            let name = user["name"]?.string ?? "?"
+            guard let fields = user["user"], fields.mapping != nil else { continue }
+            if let encoded = fields["client-certificate-data"]?.string {
                 guard let pem = Data(base64Encoded: encoded.filter { !$0.isWhitespace }) else {
                     return .failure(CertificateProblem("user \(name): client-certificate-data is not base64"))
                 }
                 found.append((name, Array(pem)))
-            } else if let path = fields["client-certificate"] as? String {
+            } else if let path = fields["client-certificate"]?.string {
                 let directory = kubeconfig.contains("/") ? String(kubeconfig[..<kubeconfig.lastIndex(of: "/")!]) : "."
                 let resolved = path.hasPrefix("/") ? path : directory + "/" + path
                 guard let pem = FileManager.default.contents(atPath: resolved) else {

@@ -96,7 +96,7 @@ struct AgentConfigurationTests {
         expectError("probeEndpoints", containing: "host:port", "site: a\nprobeEndpoints: [management.azure.com]\n")
         expectError("passwordFile", containing: "cannot read", "site: a\nusername: a\npasswordFile: /nonexistent/pw\n")
         expectError("broker", containing: "mqtts://", "site: a\ncaFile: /etc/hostname\n")
-        expectError("checks.timeout", containing: "unit", "site: a\nchecks:\n  - name: x\n    command: [true]\n    timeout: 10\n")
+        expectError("checks.0.timeout", containing: "unit", "site: a\nchecks:\n  - name: x\n    command: [true]\n    timeout: 10\n")
         expectError("checks.0.command", containing: "required", "site: a\nchecks:\n  - name: x\n")
         expectError("checks", containing: "two checks", "site: a\nchecks:\n  - {name: x, command: [a]}\n  - {name: x, command: [b]}\n")
         expectError("checkConcurrency", containing: "between 1 and 16", "site: a\ncheckConcurrency: 99\n")
