@@ -1,11 +1,15 @@
 # EdgeFleet: the commands a new user needs. See README.md.
-.PHONY: deps build test demo bench clean
+.PHONY: deps build release test demo bench clean
 
 deps:
 	@scripts/install-deps.sh
 
 build: deps
 	swift build
+
+# The executables as they ship (static Swift runtime, lld, RELR; see scripts/build-release.sh).
+release: deps
+	scripts/build-release.sh
 
 # Builds everything and runs every test (unit tests, and integration tests
 # against a real mosquitto that the tests start on free loopback ports).
@@ -24,6 +28,7 @@ demo:
 # Runs every benchmark and rewrites docs/benchmarks.md.
 bench: deps
 	python3 Benchmarks/mqtt_throughput.py --messages 200000 --rounds 3 --write docs/benchmarks.md
+	python3 Benchmarks/agent_footprint.py --duration 600 --write docs/benchmarks.md
 
 clean:
 	rm -rf .build

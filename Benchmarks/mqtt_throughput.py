@@ -18,59 +18,15 @@ Usage: python3 Benchmarks/mqtt_throughput.py [--messages N] [--rounds R] [--writ
 import argparse
 import json
 import os
-import platform
-import shutil
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from benchlib import ROOT, cpu_seconds, free_port, machine, start_broker, which, write_section
 TARGETS = {0: 100_000, 1: 20_000}
 BASELINES = {"lines": "mosquitto_pub -l / mosquitto_sub", "repeat": "mosquitto_pub --repeat / mosquitto_sub"}
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def which(name):
-    path = shutil.which(name) or shutil.which(name, path="/usr/sbin:/usr/bin")
-    if not path:
-        sys.exit(f"{name} not found: run `make deps` first")
-    return path
-
-
-def start_broker(directory):
-    port = free_port()
-    template = open(os.path.join(ROOT, "broker-config/dev/mosquitto.conf")).read().splitlines()
-    lines = [f"listener {port} 127.0.0.1" if l.startswith("listener ") else l for l in template]
-    lines += ["log_type subscribe"]
-    if os.geteuid() == 0:
-        lines += ["user root"]
-    config = os.path.join(directory, "mosquitto.conf")
-    log = os.path.join(directory, "mosquitto.log")
-    open(config, "w").write("\n".join(lines) + "\n")
-    proc = subprocess.Popen([which("mosquitto"), "-c", config], stdout=open(log, "w"), stderr=subprocess.STDOUT)
-    deadline = time.time() + 10
-    while time.time() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return proc, port, log
-        except OSError:
-            time.sleep(0.02)
-    proc.kill()
-    sys.exit("mosquitto did not start: " + open(log).read())
-
-
-def cpu_seconds(pid):
-    """User + system CPU seconds a process has used so far (from /proc)."""
-    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def run_edgefleet(bench, port, qos, messages, extra):
@@ -124,21 +80,6 @@ def run_baseline(port, qos, messages, lines_file, log, directory, round_no, mode
     os.unlink(out_path)
     return {"client": f"mosquitto_pub/sub ({mode})", "qos": qos, "messages": messages, "received": received,
             "seconds": end - start, "publishSeconds": published - start, "messagesPerSecond": received / (end - start)}
-
-
-def machine():
-    cpu = "unknown CPU"
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    mosq = subprocess.run([which("mosquitto"), "-h"], capture_output=True, text=True).stdout.splitlines()[0]
-    swift = subprocess.run(["swift", "--version"], capture_output=True, text=True).stdout.splitlines()[0]
-    return f"{os.cpu_count()} cores ({cpu}), {mem:.0f} GiB, {platform.system()} {platform.release()}; {mosq}; {swift}"
 
 
 def main():
@@ -258,15 +199,7 @@ command-line tools; why is not yet known (see `docs/design-notes.md`).{lost_note
 <!-- mqtt-throughput:end -->"""
     print("\n" + section)
     if args.write:
-        path = os.path.join(ROOT, args.write) if not os.path.isabs(args.write) else args.write
-        text = open(path).read() if os.path.exists(path) else "# Benchmarks\n"
-        begin, end = "<!-- mqtt-throughput:begin -->", "<!-- mqtt-throughput:end -->"
-        if begin in text and end in text:
-            text = text[:text.index(begin)] + section + text[text.index(end) + len(end):]
-        else:
-            text = text.rstrip() + "\n\n" + section + "\n"
-        open(path, "w").write(text)
-
+        write_section(args.write, "mqtt-throughput", section)
 
 if __name__ == "__main__":
     main()
