@@ -22,6 +22,9 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
         .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
         .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.13.0"),
+        .package(url: "https://github.com/groue/GRDB.swift", from: "7.10.0"),
+        .package(url: "https://github.com/apple/swift-metrics", from: "2.13.0"),
+        .package(url: "https://github.com/apple/swift-collections", from: "1.6.0"),
     ],
     targets: [
         // The C surface: libmosquitto through pkg-config; never a product.
@@ -55,11 +58,25 @@ let package = Package(
             ],
             swiftSettings: swiftSettings
         ),
+        // The aggregator's parts: ingest, the fleet state and its schedule, the SQLite store,
+        // publishing, metrics, the service.
+        .target(
+            name: "FleetAggregator",
+            dependencies: [
+                "FleetCore", "MQTT", "CommandSupport",
+                .product(name: "GRDB", package: "GRDB.swift"),
+                .product(name: "Metrics", package: "swift-metrics"),
+                .product(name: "HeapModule", package: "swift-collections"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ],
+            swiftSettings: swiftSettings
+        ),
         // What the three executables share: EdgeFleet's exit codes around ArgumentParser.
         .target(
             name: "CommandSupport",
             dependencies: [
-                "FleetCore",
+                "FleetCore", "MQTT",
                 "YAMLReader",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
@@ -77,7 +94,12 @@ let package = Package(
         ),
         .executableTarget(
             name: "edgefleet-aggregator",
-            dependencies: ["FleetCore", "MQTT", "CommandSupport", .product(name: "ArgumentParser", package: "swift-argument-parser")],
+            dependencies: [
+                "FleetCore", "MQTT", "CommandSupport", "FleetAggregator",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ],
             swiftSettings: swiftSettings
         ),
         .executableTarget(
@@ -112,6 +134,15 @@ let package = Package(
             swiftSettings: swiftSettings
         ),
         .testTarget(name: "CommandLineTests", dependencies: ["TestSupport"], swiftSettings: swiftSettings),
+        .testTarget(
+            name: "FleetAggregatorTests",
+            dependencies: [
+                "FleetAggregator", "FleetCore", "MQTT", "TestSupport", "CommandSupport",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "MetricsTestKit", package: "swift-metrics"),
+            ],
+            swiftSettings: swiftSettings
+        ),
         .testTarget(
             name: "MQTTIntegrationTests",
             dependencies: ["MQTT", "TestSupport", "FleetCore"],

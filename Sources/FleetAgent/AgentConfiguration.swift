@@ -124,50 +124,8 @@ public struct AgentConfiguration: Sendable {
             throw ConfigurationError(key: "site", origin: settings.raw("site")?.1, error.description)
         }
 
-        let brokerText = try settings.string("broker", default: "mqtt://127.0.0.1:1883")
-        let broker: BrokerURL
-        do {
-            broker = try BrokerURL(parsing: brokerText)
-        } catch {
-            throw ConfigurationError(key: "broker", origin: settings.raw("broker")?.1, error.description)
-        }
-        var password: String?
-        if let passwordFile = try settings.string("passwordFile") {
-            guard let text = try? String(contentsOfFile: passwordFile, encoding: .utf8) else {
-                throw ConfigurationError(key: "passwordFile", origin: settings.raw("passwordFile")?.1, "cannot read '\(passwordFile)'")
-            }
-            password = String(text.drop(while: \.isNewline).reversed().drop(while: \.isNewline).reversed())  // a password may hold spaces
-        }
-        let username = try settings.string("username")
-        if password != nil && username == nil {
-            throw ConfigurationError(key: "username", origin: nil, "is required when a password file is given")
-        }
-        var tls: MQTTTLSConfiguration?
-        let caFile = try settings.string("caFile")
-        let certFile = try settings.string("certFile")
-        let keyFile = try settings.string("keyFile")
-        for (key, path) in [("caFile", caFile), ("certFile", certFile), ("keyFile", keyFile)] {
-            if let path, !FileManager.default.isReadableFile(atPath: path) {
-                throw ConfigurationError(key: key, origin: settings.raw(key)?.1, "cannot read '\(path)'")
-            }
-        }
-        if caFile != nil || certFile != nil || keyFile != nil {
-            guard broker.usesTLS else {
-                throw ConfigurationError(key: "broker", origin: settings.raw("broker")?.1, "TLS files are set, so the broker URL must be mqtts://")
-            }
-            if (certFile == nil) != (keyFile == nil) {
-                throw ConfigurationError(key: certFile == nil ? "certFile" : "keyFile", origin: nil, "a client certificate needs both certFile and keyFile")
-            }
-            tls = MQTTTLSConfiguration(caFile: caFile, certificateFile: certFile, keyFile: keyFile)
-        }
-
-        let rootText = try settings.string("topicRoot", default: TopicRoot.default.rawValue)
-        let root: TopicRoot
-        do {
-            root = try TopicRoot(rootText)
-        } catch {
-            throw ConfigurationError(key: "topicRoot", origin: settings.raw("topicRoot")?.1, error.description)
-        }
+        let connection = try settings.brokerSettings()
+        let root = try settings.topicRoot()
 
         let heartbeatInterval = try settings.duration("heartbeatInterval", default: .seconds(10))
         let probeInterval = try settings.duration("probeInterval", default: .seconds(60))
@@ -227,7 +185,8 @@ public struct AgentConfiguration: Sendable {
 
         let topics = FleetTopics(root: root)
         var mqtt = MQTTConfiguration(
-            broker: broker, clientID: "edgefleet-agent-\(site.rawValue)", username: username, password: password, tls: tls,
+            broker: connection.broker, clientID: "edgefleet-agent-\(site.rawValue)", username: connection.username,
+            password: connection.password, tls: connection.tls,
             keepAlive: .seconds(max(30, Int64(heartbeatInterval.secondsValue * 3))))
         mqtt.reconnect = ReconnectPolicy(initialDelay: .milliseconds(500), maximumDelay: .seconds(60))
         do {

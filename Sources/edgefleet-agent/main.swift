@@ -71,15 +71,7 @@ struct AgentCommand: AsyncParsableCommand {
     }
 
     func run() async throws {
-        var environment: [String: String] = [:]
-        var pointer = environ
-        while let entry = pointer.pointee {
-            let text = String(cString: entry)
-            if let equals = text.firstIndex(of: "=") {
-                environment[String(text[..<equals])] = String(text[text.index(after: equals)...])
-            }
-            pointer += 1
-        }
+        let environment = processEnvironment()
         let configuration: AgentConfiguration
         do {
             var settings = try Settings.load(configFile: config, environment: environment, flags: flagSettings)

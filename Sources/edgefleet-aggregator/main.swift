@@ -1,21 +1,92 @@
 import ArgumentParser
 import CommandSupport
+import FleetAggregator
 import FleetCore
+import Logging
+import ServiceLifecycle
 
-/// The fleet aggregator. This build only answers `--help` and `--version`: the
-/// service (ingest, modes, queue, HTTP API) arrives with the aggregator issue.
+/// The fleet aggregator: ingests every site's presence, heartbeats and status, computes
+/// each site's connectivity mode and deadline, and publishes retained site views, events
+/// and the fleet summary, with the site records kept in SQLite.
 struct AggregatorCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "edgefleet-aggregator",
-        abstract: "Computes every site's connectivity mode and deadline and runs the deferred-operation queue.",
+        abstract: "Computes every site's connectivity mode and deadline and publishes the fleet's status.",
         discussion: """
-            Runs once per on-premises core next to the broker. Not implemented in this \
-            build yet: only --help and --version work.
+            Runs once per on-premises core next to the broker. Every setting of the config file is also a flag \
+            (connectedWithin: --connected-within) and an environment variable (EDGEFLEET_CONNECTED_WITHIN); flags \
+            win over the environment, which wins over the file. Durations are written 90s, 15m, 36h, 30d: shorten \
+            them to play 30 days in minutes. See deploy/aggregator.example.yaml; --check-config validates a \
+            configuration and prints it.
             """,
         version: EdgeFleetVersion.current)
 
+    @Option(help: "YAML configuration file.") var config: String?
+    @Flag(help: "Validate the configuration, print it and exit.") var checkConfig = false
+    @Option(help: "Log level: trace, debug, info, notice, warning, error, critical.") var logLevel: String = "info"
+    @Option(help: "Broker URL, mqtt:// or mqtts://.") var broker: String?
+    @Option(help: "Broker username.") var username: String?
+    @Option(help: "File holding the broker password.") var passwordFile: String?
+    @Option(help: "CA certificate (PEM) for mqtts://.") var caFile: String?
+    @Option(help: "Client certificate (PEM).") var certFile: String?
+    @Option(help: "Client key (PEM).") var keyFile: String?
+    @Option(help: "MQTT client id (default edgefleet-aggregator).") var clientId: String?
+    @Option(help: "Topic root (default edgefleet/v1).") var topicRoot: String?
+    @Option(help: "SQLite database file (default ./edgefleet.sqlite).") var database: String?
+    @Option(help: "HTTP listen address (default 127.0.0.1:8080).") var httpListen: String?
+    @Option(help: "A contact this recent means connected (default 15m).") var connectedWithin: String?
+    @Option(help: "How long semi-connected operation is supported (default 30d).") var budget: String?
+    @Option(help: "Warning alert this long before the deadline (default 7d).") var warnBefore: String?
+    @Option(help: "Critical alert this long before the deadline (default 2d).") var criticalBefore: String?
+    @Option(help: "Connected this long before queued operations run (default 2m).") var stableFor: String?
+    @Option(help: "Stale after this many silent heartbeat intervals (default 3).") var staleAfter: String?
+    @Option(help: "Offline after this many silent heartbeat intervals (default 10).") var offlineAfter: String?
+    @Option(help: "Republish a site's view at least this often while its countdown runs (default 5m).") var viewRefresh: String?
+    @Option(help: "Publish the fleet summary at most this often (default 1s).") var summaryInterval: String?
+    @Option(help: "Write changed site records this often (default 1s).") var flushInterval: String?
+    @Option(help: "Reject payloads larger than this many bytes (default 16384).") var maxPayloadBytes: String?
+
+    var flagSettings: [String: Settings.Value] {
+        let scalars: [(String, String?)] = [
+            ("broker", broker), ("username", username), ("passwordFile", passwordFile), ("caFile", caFile),
+            ("certFile", certFile), ("keyFile", keyFile), ("clientId", clientId), ("topicRoot", topicRoot),
+            ("database", database), ("httpListen", httpListen), ("connectedWithin", connectedWithin), ("budget", budget),
+            ("warnBefore", warnBefore), ("criticalBefore", criticalBefore), ("stableFor", stableFor),
+            ("staleAfter", staleAfter), ("offlineAfter", offlineAfter), ("viewRefresh", viewRefresh),
+            ("summaryInterval", summaryInterval), ("flushInterval", flushInterval), ("maxPayloadBytes", maxPayloadBytes),
+        ]
+        var flags: [String: Settings.Value] = [:]
+        for case let (key, value?) in scalars { flags[key] = .text(value) }
+        return flags
+    }
+
     func run() async throws {
-        throw ValidationError("the aggregator service is not part of this build yet; only --help and --version work")
+        let configuration: AggregatorConfiguration
+        do {
+            var settings = try Settings.load(configFile: config, environment: processEnvironment(), flags: flagSettings)
+            configuration = try AggregatorConfiguration.load(&settings)
+        } catch {
+            throw ValidationError(error.description)
+        }
+        if checkConfig {
+            print(configuration.summary)
+            return
+        }
+        guard let level = Logger.Level(rawValue: logLevel) else { throw ValidationError("--log-level: unknown level '\(logLevel)'") }
+        LoggingSystem.bootstrap { label in
+            var handler = StreamLogHandler.standardError(label: label)
+            handler.logLevel = level
+            return handler
+        }
+        let logger = Logger(label: "edgefleet.aggregator")
+        let service: AggregatorService
+        do {
+            service = try AggregatorService(configuration: configuration, logger: logger)
+        } catch {
+            throw ValidationError("cannot open the database '\(configuration.databasePath)': \(error)")
+        }
+        let group = ServiceGroup(services: [service], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger)
+        try await group.run()
     }
 }
 

@@ -1,0 +1,105 @@
+public import CommandSupport
+public import FleetCore
+public import MQTT
+
+/// Everything the aggregator needs, validated: a config file, the environment and flags
+/// layered by `Settings`.
+public struct AggregatorConfiguration: Sendable {
+    public var mqtt: MQTTConfiguration
+    public var topics: FleetTopics
+    /// The SQLite file (WAL): site records, later the operation queue.
+    public var databasePath: String
+    /// Where the HTTP API listens (used by the operator surfaces).
+    public var httpListen: String
+    public var thresholds: Thresholds
+    /// A site view is republished at least this often while its countdown runs.
+    public var viewRefresh: Duration
+    /// The fleet summary is published at most this often.
+    public var summaryInterval: Duration
+    /// Changed site records are written to SQLite this often, in one transaction.
+    public var flushInterval: Duration
+    /// Payloads larger than this are rejected unread.
+    public var maxPayloadBytes: Int
+
+    public init(
+        mqtt: MQTTConfiguration, topics: FleetTopics = FleetTopics(), databasePath: String = "./edgefleet.sqlite",
+        httpListen: String = "127.0.0.1:8080", thresholds: Thresholds = Thresholds(), viewRefresh: Duration = .seconds(300),
+        summaryInterval: Duration = .seconds(1), flushInterval: Duration = .seconds(1), maxPayloadBytes: Int = 16_384
+    ) {
+        self.mqtt = mqtt
+        self.topics = topics
+        self.databasePath = databasePath
+        self.httpListen = httpListen
+        self.thresholds = thresholds
+        self.viewRefresh = viewRefresh
+        self.summaryInterval = summaryInterval
+        self.flushInterval = flushInterval
+        self.maxPayloadBytes = maxPayloadBytes
+    }
+
+    /// Every key the aggregator reads, for `--check-config` and the flags.
+    public static let keys = [
+        "broker", "username", "passwordFile", "caFile", "certFile", "keyFile", "clientId", "topicRoot", "database",
+        "httpListen", "connectedWithin", "budget", "warnBefore", "criticalBefore", "stableFor", "staleAfter", "offlineAfter",
+        "viewRefresh", "summaryInterval", "flushInterval", "maxPayloadBytes",
+    ]
+
+    public static func load(_ settings: inout Settings) throws(ConfigurationError) -> AggregatorConfiguration {
+        let connection = try settings.brokerSettings()
+        let root = try settings.topicRoot()
+        let clientID = try settings.string("clientId", default: "edgefleet-aggregator")
+        let database = try settings.string("database", default: "./edgefleet.sqlite")
+        if database.isEmpty { throw ConfigurationError(key: "database", origin: settings.raw("database")?.1, "must not be empty") }
+        let httpListen = try settings.string("httpListen", default: "127.0.0.1:8080")
+
+        var thresholds = Thresholds()
+        thresholds.connectedWithin = try settings.duration("connectedWithin", default: thresholds.connectedWithin)
+        thresholds.budget = try settings.duration("budget", default: thresholds.budget)
+        thresholds.warnBefore = try settings.duration("warnBefore", default: thresholds.warnBefore, allowZero: true)
+        thresholds.criticalBefore = try settings.duration("criticalBefore", default: thresholds.criticalBefore, allowZero: true)
+        thresholds.stableFor = try settings.duration("stableFor", default: thresholds.stableFor, allowZero: true)
+        thresholds.staleAfterIntervals = try settings.integer("staleAfter", default: thresholds.staleAfterIntervals, range: 1...1000)
+        thresholds.offlineAfterIntervals = try settings.integer(
+            "offlineAfter", default: thresholds.offlineAfterIntervals, range: 1...10_000)
+        if let problem = thresholds.problem {
+            throw ConfigurationError(key: "thresholds", origin: nil, problem)
+        }
+        let viewRefresh = try settings.duration("viewRefresh", default: .seconds(300))
+        let summaryInterval = try settings.duration("summaryInterval", default: .seconds(1))
+        let flushInterval = try settings.duration("flushInterval", default: .seconds(1))
+        let maxPayloadBytes = try settings.integer("maxPayloadBytes", default: 16_384, range: 256...(1 << 20))
+        try settings.rejectUnknownFileKeys()
+
+        var mqtt = MQTTConfiguration(
+            broker: connection.broker, clientID: clientID, username: connection.username, password: connection.password,
+            tls: connection.tls, keepAlive: .seconds(30))
+        mqtt.reconnect = ReconnectPolicy(initialDelay: .milliseconds(250), maximumDelay: .seconds(10))
+        do {
+            try mqtt.validate()
+        } catch {
+            throw ConfigurationError(key: "broker", origin: nil, error.description)
+        }
+        return AggregatorConfiguration(
+            mqtt: mqtt, topics: FleetTopics(root: root), databasePath: database, httpListen: httpListen, thresholds: thresholds,
+            viewRefresh: viewRefresh, summaryInterval: summaryInterval, flushInterval: flushInterval,
+            maxPayloadBytes: maxPayloadBytes)
+    }
+
+    /// A readable summary for `--check-config` (no secrets).
+    public var summary: String {
+        let t = thresholds
+        return [
+            "broker: \(mqtt.broker)\(mqtt.username.map { " as \($0)" } ?? "")\(mqtt.password != nil ? " (password set)" : "")",
+            "client id: \(mqtt.clientID)",
+            "topic root: \(topics.root)",
+            "database: \(databasePath)",
+            "http: \(httpListen)",
+            "connected within \(DurationFormat.format(t.connectedWithin)), budget \(DurationFormat.format(t.budget)), "
+                + "warn \(DurationFormat.format(t.warnBefore)) and critical \(DurationFormat.format(t.criticalBefore)) before the deadline, "
+                + "stable after \(DurationFormat.format(t.stableFor))",
+            "liveness: stale after \(t.staleAfterIntervals), offline after \(t.offlineAfterIntervals) heartbeat intervals",
+            "view refresh \(DurationFormat.format(viewRefresh)), summary at most every \(DurationFormat.format(summaryInterval)), "
+                + "store flush every \(DurationFormat.format(flushInterval)), payloads up to \(maxPayloadBytes) bytes",
+        ].joined(separator: "\n")
+    }
+}

@@ -1,0 +1,94 @@
+public import FleetCore
+public import GRDB
+
+#if canImport(FoundationEssentials)
+public import FoundationEssentials
+#else
+public import Foundation
+#endif
+
+/// The aggregator's SQLite database: one file, WAL, schema by append-only migrations.
+/// Site records live here; the deferred-operation queue joins them in the same file.
+public final class AggregatorDatabase: Sendable {
+    public let writer: DatabasePool
+    public let path: String
+
+    /// Opens (creating if needed) and migrates the database at `path`.
+    public init(path: String) throws {
+        var configuration = Configuration()
+        configuration.busyMode = .timeout(5)
+        configuration.label = "edgefleet"
+        self.path = path
+        writer = try DatabasePool(path: path, configuration: configuration)  // WAL
+        try Self.migrator.migrate(writer)
+    }
+
+    /// Never edit a migration that has landed; add a new one.
+    static var migrator: DatabaseMigrator {
+        var migrator = DatabaseMigrator()
+        migrator.registerMigration("v1-sites") { db in
+            try db.create(table: "sites") { t in
+                t.primaryKey("site", .text)
+                t.column("record", .text).notNull()  // SiteRecord as JSON
+                t.column("updatedAt", .text).notNull()
+            }
+        }
+        return migrator
+    }
+}
+
+/// Site records in SQLite, written behind the in-memory state in batches.
+public struct SiteStore: Sendable {
+    let database: AggregatorDatabase
+
+    public init(database: AggregatorDatabase) {
+        self.database = database
+    }
+
+    /// Every stored record. A record that no longer decodes is skipped and returned as a
+    /// problem (never a crash, never a silently empty fleet).
+    public func loadAll() throws -> (records: [SiteRecord], problems: [String]) {
+        let decoder = FleetJSON.decoder()
+        return try database.writer.read { db in
+            var records: [SiteRecord] = []
+            var problems: [String] = []
+            let rows = try Row.fetchCursor(db, sql: "SELECT site, record FROM sites")
+            while let row = try rows.next() {
+                let site: String = row["site"]
+                let text: String = row["record"]
+                do {
+                    records.append(try decoder.decode(SiteRecord.self, from: Data(text.utf8)))
+                } catch {
+                    problems.append("site \(site): stored record does not decode: \(error)")
+                }
+            }
+            return (records, problems)
+        }
+    }
+
+    /// Writes records in one transaction.
+    public func save(_ records: [SiteRecord], at now: Date) throws {
+        guard !records.isEmpty else { return }
+        let encoder = FleetJSON.encoder()
+        var rows: [(String, String)] = []
+        rows.reserveCapacity(records.count)
+        for record in records {
+            rows.append((record.site.rawValue, String(decoding: try encoder.encode(record), as: UTF8.self)))
+        }
+        let stamp = RFC3339.format(now)
+        try database.writer.write { db in
+            let statement = try db.cachedStatement(
+                sql: """
+                    INSERT INTO sites (site, record, updatedAt) VALUES (?, ?, ?)
+                    ON CONFLICT(site) DO UPDATE SET record = excluded.record, updatedAt = excluded.updatedAt
+                    """)
+            for (site, json) in rows {
+                try statement.execute(arguments: [site, json, stamp])
+            }
+        }
+    }
+
+    public func count() throws -> Int {
+        try database.writer.read { db in try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM sites") ?? 0 }
+    }
+}

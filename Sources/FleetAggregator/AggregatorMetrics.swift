@@ -1,0 +1,52 @@
+public import CoreMetrics
+public import FleetCore
+
+/// The aggregator's metrics through swift-metrics, named as Prometheus expects
+/// (`edgefleet_sites{mode="semi-connected"}`). The HTTP `/metrics` endpoint comes with
+/// the operator surfaces; until then any swift-metrics backend the program bootstraps
+/// receives them. Tests pass their own factory.
+public struct AggregatorMetrics: Sendable {
+    let sitesByMode: [ConnectivityMode: Gauge]
+    let sitesByLiveness: [Liveness: Gauge]
+    let ingested: [SiteChannel: Counter]
+    let rejected: [RejectReason: Counter]
+    let ignored: Counter
+    let evaluationLag: Timer
+    let publishLatency: Timer
+    let publishFailures: Counter
+
+    public init(factory: any MetricsFactory = MetricsSystem.factory) {
+        sitesByMode = Dictionary(
+            uniqueKeysWithValues: ConnectivityMode.allCases.map {
+                ($0, Gauge(label: "edgefleet_sites", dimensions: [("mode", $0.rawValue)], factory: factory))
+            })
+        sitesByLiveness = Dictionary(
+            uniqueKeysWithValues: Liveness.allCases.map {
+                ($0, Gauge(label: "edgefleet_sites_liveness", dimensions: [("liveness", $0.rawValue)], factory: factory))
+            })
+        ingested = Dictionary(
+            uniqueKeysWithValues: SiteChannel.allCases.map {
+                ($0, Counter(label: "edgefleet_messages_ingested_total", dimensions: [("channel", $0.rawValue)], factory: factory))
+            })
+        rejected = Dictionary(
+            uniqueKeysWithValues: RejectReason.allCases.map {
+                ($0, Counter(label: "edgefleet_messages_rejected_total", dimensions: [("reason", $0.rawValue)], factory: factory))
+            })
+        ignored = Counter(label: "edgefleet_messages_ignored_total", factory: factory)
+        evaluationLag = Timer(label: "edgefleet_evaluation_lag_seconds", preferredDisplayUnit: .seconds, factory: factory)
+        publishLatency = Timer(label: "edgefleet_publish_latency_seconds", preferredDisplayUnit: .seconds, factory: factory)
+        publishFailures = Counter(label: "edgefleet_publish_failures_total", factory: factory)
+    }
+
+    func record(modes: ModeCounts, liveness: LivenessCounts) {
+        for mode in ConnectivityMode.allCases { sitesByMode[mode]?.record(modes[mode]) }
+        for state in Liveness.allCases { sitesByLiveness[state]?.record(liveness[state]) }
+    }
+}
+
+extension Timer {
+    func record(duration: Duration) {
+        let (seconds, attoseconds) = duration.components
+        recordNanoseconds(seconds * 1_000_000_000 + attoseconds / 1_000_000_000)
+    }
+}

@@ -1,0 +1,256 @@
+public import FleetCore
+public import Logging
+import MQTT
+public import ServiceLifecycle
+import Synchronization
+
+#if canImport(FoundationEssentials)
+import FoundationEssentials
+#else
+import Foundation
+#endif
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// The aggregator as a `Service`: ingest from the site topics, evaluation on schedule,
+/// retained views, events and the summary, and the SQLite store behind it.
+///
+/// Three loops share one `FleetState` behind a lock: ingest (every message from the
+/// broker), the clock (every 20 ms: due evaluations, publishing what changed, the
+/// coalesced summary) and the store (changed records every `flushInterval`, in one
+/// transaction). Ingest never waits for the network or the disk.
+public final class AggregatorService: Service, Sendable {
+    public let configuration: AggregatorConfiguration
+    let logger: Logger
+    let metrics: AggregatorMetrics
+    let client: MQTTClient
+    let database: AggregatorDatabase
+    let store: SiteStore
+    let state: Mutex<FleetState>
+    let session: UInt64
+    let rejectLog: Mutex<RejectLog>
+
+    public init(configuration: AggregatorConfiguration, logger: Logger, metrics: AggregatorMetrics = AggregatorMetrics()) throws {
+        self.configuration = configuration
+        self.logger = logger
+        self.metrics = metrics
+        database = try AggregatorDatabase(path: configuration.databasePath)
+        store = SiteStore(database: database)
+        state = Mutex(FleetState(thresholds: configuration.thresholds, viewRefresh: configuration.viewRefresh))
+        session = UInt64(max(0, Date().timeIntervalSince1970 * 1000))
+        rejectLog = Mutex(RejectLog())
+
+        var mqtt = configuration.mqtt
+        let topics = configuration.topics
+        let session = session
+        let host = Self.hostName()
+        mqtt.willProvider = {
+            let presence = Presence(
+                site: Self.aggregatorID, state: .offline, reason: .lost, session: session,
+                agent: AgentInfo(version: EdgeFleetVersion.current, host: host), at: Date())
+            return LastWill(
+                topic: topics.name(.aggregatorPresence), payload: (try? FleetJSON.encode(presence)) ?? [], qos: .atLeastOnce,
+                retain: true)
+        }
+        client = try MQTTClient(configuration: mqtt, logger: logger)
+    }
+
+    /// The id the aggregator's own presence carries in its `site` field.
+    static let aggregatorID = try! SiteID("aggregator")
+
+    static func hostName() -> String {
+        var buffer = [CChar](repeating: 0, count: 256)
+        gethostname(&buffer, buffer.count)
+        return String(decoding: buffer.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+    }
+
+    /// One site's view now, for the operator surfaces.
+    public func view(of site: SiteID) -> SiteView? {
+        state.withLock { $0.view(of: site, now: Date()) }
+    }
+
+    /// The fleet summary now.
+    public func summary() -> FleetSummary {
+        state.withLock { $0.summary(now: Date()) }
+    }
+
+    public func run() async throws {
+        let (restored, problems) = try store.loadAll()
+        for problem in problems { logger.error("\(problem)") }
+        let start = Date()
+        state.withLock { $0.restore(restored, now: start) }
+        logger.info("aggregator started", metadata: ["sites": "\(restored.count)", "database": "\(configuration.databasePath)"])
+
+        let topics = configuration.topics
+        client.start()
+        for channel in SiteChannel.allCases {
+            try await client.subscribe(to: topics.everySite(channel), qos: .atLeastOnce)
+        }
+
+        await withTaskGroup(of: Void.self) { group in
+            group.addTask { await self.ingestLoop() }
+            group.addTask { await self.clockLoop() }
+            group.addTask { await self.storeLoop() }
+            group.addTask { await self.presenceLoop() }
+            await withGracefulShutdownHandler {
+                await group.next()
+            } onGracefulShutdown: {
+                self.stopping.withLock { $0 = true }
+            }
+            group.cancelAll()
+        }
+        await finish()
+    }
+
+    let stopping = Mutex(false)
+    var isStopping: Bool { stopping.withLock { $0 } || Task.isCancelled }
+
+    // MARK: - Loops
+
+    private func ingestLoop() async {
+        let decoder = IngestDecoder(topics: configuration.topics, maxPayloadBytes: configuration.maxPayloadBytes)
+        for await message in client.messages {
+            if isStopping { return }
+            let now = Date()
+            switch decoder.decode(topic: message.topic, payload: message.payload, now: now) {
+            case .success(let input):
+                let outcome = state.withLock { $0.ingest(input, now: now, live: !message.retain) }
+                switch input {
+                case .presence: metrics.ingested[.presence]?.increment()
+                case .heartbeat: metrics.ingested[.heartbeat]?.increment()
+                case .status: metrics.ingested[.status]?.increment()
+                }
+                if case .ignored = outcome { metrics.ignored.increment() }
+            case .failure(let rejection):
+                metrics.rejected[rejection.reason]?.increment()
+                if let line = rejectLog.withLock({ $0.admit(rejection, now: now) }) {
+                    logger.warning("\(line)")
+                }
+            }
+        }
+    }
+
+    private func clockLoop() async {
+        var lastSummary = ContinuousClock.now - configuration.summaryInterval
+        while !isStopping {
+            try? await Task.sleep(for: .milliseconds(20))
+            let now = Date()
+            let (output, lag, counts) = state.withLock { fleet in
+                let (_, lag) = fleet.runDue(now: now)
+                return (fleet.takeOutput(), lag, (fleet.modes, fleet.liveness))
+            }
+            metrics.evaluationLag.record(duration: lag)
+            metrics.record(modes: counts.0, liveness: counts.1)
+            if !output.isEmpty { await publish(output) }
+            if ContinuousClock.now - lastSummary >= configuration.summaryInterval {
+                let summary: FleetSummary? = state.withLock { fleet in
+                    fleet.takeSummaryChange() ? fleet.summary(now: Date()) : nil
+                }
+                if let summary {
+                    lastSummary = ContinuousClock.now
+                    await send(configuration.topics.name(.fleetStatus), summary, retain: true)
+                }
+            }
+        }
+    }
+
+    private func storeLoop() async {
+        while !isStopping {
+            try? await Task.sleep(for: configuration.flushInterval)
+            flush()
+        }
+    }
+
+    private func presenceLoop() async {
+        // (Re)announce the aggregator whenever a connection comes up: a broker restart
+        // without persistence forgets retained messages.
+        for await state in client.stateUpdates() {
+            if isStopping { return }
+            if state.isConnected {
+                await announce(.online, reason: nil)
+                // Everything published so far may be gone with the broker: republish the fleet.
+                let views = self.state.withLock { fleet in
+                    fleet.records.keys.compactMap { fleet.view(of: $0, now: Date()) }
+                }
+                await publish(FleetOutput(views: views, events: []))
+            }
+        }
+    }
+
+    private func flush() {
+        let dirty = state.withLock { $0.takeDirty() }
+        do {
+            try store.save(dirty, at: Date())
+        } catch {
+            logger.error("cannot save \(dirty.count) site record(s): \(error)")
+            // Keep them for the next flush: nothing is lost while the process lives.
+            state.withLock { fleet in fleet.markDirty(dirty.map(\.site)) }
+        }
+    }
+
+    private func finish() async {
+        flush()
+        await announce(.offline, reason: .shutdown)
+        await client.shutdown()
+        logger.info("aggregator stopped")
+    }
+
+    // MARK: - Publishing
+
+    private func announce(_ presenceState: PresenceState, reason: OfflineReason?) async {
+        let presence = Presence(
+            site: Self.aggregatorID, state: presenceState, reason: reason, session: session,
+            agent: AgentInfo(version: EdgeFleetVersion.current, host: Self.hostName()), at: Date())
+        await send(configuration.topics.name(.aggregatorPresence), presence, retain: true)
+    }
+
+    /// Views go out concurrently (the newest per site only); events in order.
+    private func publish(_ output: FleetOutput) async {
+        var newest: [SiteID: SiteView] = [:]
+        for view in output.views { newest[view.site] = view }
+        let views = Array(newest.values)
+        await withTaskGroup(of: Void.self) { group in
+            var inFlight = 0
+            for view in views {
+                if inFlight == 64 {
+                    await group.next()
+                    inFlight -= 1
+                }
+                group.addTask { await self.send(self.configuration.topics.name(.siteView(view.site)), view, retain: true) }
+                inFlight += 1
+            }
+        }
+        for event in output.events {
+            await send(configuration.topics.name(.fleetEvents), event, retain: false)
+        }
+    }
+
+    private func send<T: Encodable>(_ topic: String, _ value: T, retain: Bool) async {
+        let started = ContinuousClock.now
+        do {
+            try await client.publish(topic, payload: FleetJSON.encode(value), qos: .atLeastOnce, retain: retain)
+            metrics.publishLatency.record(duration: ContinuousClock.now - started)
+        } catch {
+            metrics.publishFailures.increment()
+            logger.debug("publish to \(topic) failed: \(error)")
+        }
+    }
+}
+
+/// Logs rejected messages at a limited rate: the first of each reason, then at most one
+/// line per reason every 10 s with how many were suppressed.
+struct RejectLog {
+    var last: [RejectReason: Date] = [:]
+    var suppressed: [RejectReason: Int] = [:]
+
+    mutating func admit(_ rejection: Rejection, now: Date) -> String? {
+        if let last = last[rejection.reason], now.timeIntervalSince(last) < 10 {
+            suppressed[rejection.reason, default: 0] += 1
+            return nil
+        }
+        last[rejection.reason] = now
+        let count = suppressed.removeValue(forKey: rejection.reason) ?? 0
+        return "rejected \(rejection)" + (count > 0 ? " (and \(count) more of this kind in the last 10 s)" : "")
+    }
+}

@@ -1,0 +1,255 @@
+public import FleetCore
+import HeapModule
+
+#if canImport(FoundationEssentials)
+public import FoundationEssentials
+#else
+public import Foundation
+#endif
+
+/// What the fleet state wants published after a change.
+public struct FleetOutput: Sendable {
+    /// Site views to publish, retained, on `{root}/fleet/sites/{site}`.
+    public var views: [SiteView] = []
+    /// Events for `{root}/fleet/events`.
+    public var events: [FleetEvent] = []
+
+    public var isEmpty: Bool { views.isEmpty && events.isEmpty }
+}
+
+/// Every site's record, its evaluation, and when each site next needs a look.
+///
+/// Pure: no I/O and no clock (every call takes `now`), so the 30-day rules are tested in
+/// microseconds. Not thread-safe: the service owns it behind one lock.
+///
+/// Scheduling: each site is in a min-heap at the instant its evaluation changes by
+/// itself (the evaluator's `nextChangeAt`) or its view is due for a refresh. A site is
+/// pushed again only when its new instant is earlier than the one already in the heap;
+/// a later one waits until the earlier entry fires and re-evaluates (cheap), so the heap
+/// holds about one entry per site however fast heartbeats arrive. Nothing ever scans the
+/// fleet to find what is due.
+public final class FleetState {
+    public let thresholds: Thresholds
+    /// How often a site's retained view is republished while nothing but its countdown
+    /// and heartbeat times change (so `remainingS` in the retained view stays current).
+    public let viewRefresh: Duration
+
+    public private(set) var records: [SiteID: SiteRecord] = [:]
+    public private(set) var modes = ModeCounts()
+    public private(set) var liveness = LivenessCounts()
+
+    private struct Entry: Comparable {
+        var atMs: Int64
+        var site: SiteID
+        static func < (a: Entry, b: Entry) -> Bool { a.atMs != b.atMs ? a.atMs < b.atMs : a.site < b.site }
+    }
+
+    private var heap = Heap<Entry>()
+    private var scheduledAt: [SiteID: Int64] = [:]
+    private var deadlines: [SiteID: Date] = [:]
+    private var output = FleetOutput()
+    private var dirty: Set<SiteID> = []
+    /// Something the fleet summary shows has changed since `takeSummaryChange()`.
+    private var summaryChanged = true
+
+    public init(thresholds: Thresholds, viewRefresh: Duration) {
+        self.thresholds = thresholds
+        self.viewRefresh = viewRefresh
+    }
+
+    /// Restores records from the store and evaluates each at `now`. Silence is measured
+    /// from when the aggregator could hear: a site that was online when the aggregator
+    /// stopped counts as just seen, so a restart alone does not flip the fleet to stale.
+    /// Deadlines are kept: a site that went dark before the restart turns
+    /// `disconnected` at its deadline as if the aggregator had never stopped.
+    public func restore(_ restored: [SiteRecord], now: Date) {
+        for var record in restored {
+            if record.liveness == .online, record.presence != .offline {
+                record.lastSeenAt = max(record.lastSeenAt ?? now, now)
+            }
+            if let mode = record.mode { modes[mode] += 1 }
+            if let live = record.liveness { liveness[live] += 1 }
+            records[record.site] = record
+            evaluate(record.site, now: now, forceView: false)
+        }
+    }
+
+    /// Applies one validated message received at `now`.
+    @discardableResult
+    public func ingest(_ input: SiteInput, now: Date, live: Bool = true) -> ApplyOutcome {
+        let site = input.site
+        var record = records[site] ?? SiteRecord(site: site)
+        let isNew = records[site] == nil
+        let before = record.checks
+        let outcome = record.apply(input, now: now, live: live)
+        guard case .applied = outcome else {
+            if !isNew { records[site] = record }  // counters moved
+            return outcome
+        }
+        records[site] = record
+        if isNew { summaryChanged = true }
+        evaluate(site, now: now, forceView: isNew || record.checks != before)
+        return .applied
+    }
+
+    /// Evaluates every site whose scheduled instant has come. Returns how many were
+    /// evaluated and the largest lateness (how long after its instant a site was looked at).
+    @discardableResult
+    public func runDue(now: Date) -> (evaluated: Int, maxLateness: Duration) {
+        let nowMs = milliseconds(now)
+        var evaluated = 0
+        var lateness: Int64 = 0
+        while let top = heap.min, top.atMs <= nowMs {
+            heap.removeMin()
+            guard scheduledAt[top.site] == top.atMs else { continue }  // superseded by an earlier entry
+            scheduledAt[top.site] = nil
+            lateness = max(lateness, nowMs - top.atMs)
+            evaluate(top.site, now: now, forceView: false)
+            evaluated += 1
+        }
+        return (evaluated, .milliseconds(lateness))
+    }
+
+    /// Entries in the schedule (superseded ones included), for tests and metrics.
+    public var scheduledEntries: Int { heap.count }
+
+    /// The next instant `runDue` has work, if any.
+    public var nextWake: Date? { heap.min.map { Date(timeIntervalSince1970: Double($0.atMs) / 1000) } }
+
+    /// Views and events produced since the last call.
+    public func takeOutput() -> FleetOutput {
+        defer { output = FleetOutput() }
+        return output
+    }
+
+    /// Records changed since the last call, for the store.
+    public func takeDirty() -> [SiteRecord] {
+        defer { dirty.removeAll(keepingCapacity: true) }
+        return dirty.compactMap { records[$0] }
+    }
+
+    /// Puts records back on the list for the store (after a failed write).
+    public func markDirty(_ sites: [SiteID]) {
+        dirty.formUnion(sites)
+    }
+
+    /// True once after anything the summary shows changed.
+    public func takeSummaryChange() -> Bool {
+        defer { summaryChanged = false }
+        return summaryChanged
+    }
+
+    /// The fleet summary at `now`: counts, and the five nearest deadlines of sites not yet
+    /// disconnected.
+    public func summary(now: Date, queue: [String: Int] = [:]) -> FleetSummary {
+        var nearest: [(SiteID, Date)] = []
+        for (site, deadline) in deadlines where records[site]?.mode != .disconnected {
+            if nearest.count < 5 {
+                nearest.append((site, deadline))
+                nearest.sort { $0.1 < $1.1 }
+            } else if deadline < nearest[4].1 {
+                nearest[4] = (site, deadline)
+                nearest.sort { $0.1 < $1.1 }
+            }
+        }
+        let entries = nearest.map { site, deadline in
+            DeadlineEntry(
+                site: site, mode: records[site]?.mode ?? .unknown, deadline: deadline,
+                remainingS: deadline.timeIntervalSince(now))
+        }
+        return FleetSummary(
+            at: now, sites: records.count, modes: modes, liveness: liveness, nearestDeadlines: entries, queue: queue)
+    }
+
+    /// The view of one site as last evaluated.
+    public func view(of site: SiteID, now: Date) -> SiteView? {
+        guard let record = records[site] else { return nil }
+        let evaluation = ConnectivityEvaluator.evaluate(record.knowledge, thresholds: thresholds, now: now)
+        return SiteView(
+            site: site, evaluation: evaluation, lastHeartbeatAt: record.lastHeartbeatAt,
+            lastAzureContactAt: record.lastAzureContactAt, checks: record.checks)
+    }
+
+    // MARK: - Evaluation
+
+    private func evaluate(_ site: SiteID, now: Date, forceView: Bool) {
+        guard var record = records[site] else { return }
+        let e = ConnectivityEvaluator.evaluate(record.knowledge, thresholds: thresholds, now: now)
+        var publish = forceView
+
+        if record.mode != e.mode {
+            if let old = record.mode {
+                modes[old] -= 1
+                output.events.append(
+                    FleetEvent(type: .modeChanged, site: site, at: now, from: old.rawValue, to: e.mode.rawValue))
+            }
+            modes[e.mode] += 1
+            publish = true
+        }
+        if record.liveness != e.liveness {
+            if let old = record.liveness {
+                liveness[old] -= 1
+                output.events.append(
+                    FleetEvent(type: .livenessChanged, site: site, at: now, from: old.rawValue, to: e.liveness.rawValue))
+            }
+            liveness[e.liveness] += 1
+            publish = true
+        }
+        // One deadline-alert per level crossed in a countdown; a countdown ends when the
+        // alert is back to none (the site reached Azure again).
+        if e.alert == .none {
+            record.alertAnnounced = nil
+        } else {
+            let announced = record.alertAnnounced ?? .none
+            for level in [AlertLevel.warning, .critical, .expired] where level > announced && level <= e.alert {
+                output.events.append(
+                    FleetEvent(type: .deadlineAlert, site: site, at: now, level: level, remainingS: e.remainingS))
+            }
+            record.alertAnnounced = max(announced, e.alert)
+        }
+        if record.alert != e.alert { publish = true }
+
+        let refreshMs = viewRefresh.milliseconds
+        if !publish, let last = record.viewPublishedAt, milliseconds(now) - milliseconds(last) >= refreshMs {
+            publish = true
+        }
+        if record.viewPublishedAt == nil { publish = true }
+
+        record.mode = e.mode
+        record.modeSince = e.modeSince
+        record.liveness = e.liveness
+        record.alert = e.alert
+        record.expiredAt = e.expiredAt
+        if let deadline = e.deadline { deadlines[site] = deadline } else { deadlines[site] = nil }
+        if publish {
+            output.views.append(
+                SiteView(
+                    site: site, evaluation: e, lastHeartbeatAt: record.lastHeartbeatAt,
+                    lastAzureContactAt: record.lastAzureContactAt, checks: record.checks))
+            record.viewPublishedAt = now
+            summaryChanged = true
+        }
+        records[site] = record
+        dirty.insert(site)
+
+        // Wake for the next change, or to refresh a view whose countdown is running.
+        var wakeMs = e.nextChangeAt.map(milliseconds)
+        if e.deadline != nil, e.mode != .disconnected, let published = record.viewPublishedAt {
+            let refresh = milliseconds(published) + refreshMs
+            wakeMs = min(wakeMs ?? refresh, refresh)
+        }
+        if let wakeMs, scheduledAt[site].map({ wakeMs < $0 }) ?? true {
+            scheduledAt[site] = wakeMs
+            heap.insert(Entry(atMs: wakeMs, site: site))
+        }
+    }
+}
+
+func milliseconds(_ date: Date) -> Int64 { Int64((date.timeIntervalSince1970 * 1000).rounded(.down)) }
+
+extension Duration {
+    var milliseconds: Int64 {
+        let (seconds, attoseconds) = components
+        return seconds * 1000 + attoseconds / 1_000_000_000_000_000
+    }
+}

@@ -1,0 +1,137 @@
+public import FleetCore
+
+#if canImport(FoundationEssentials)
+public import FoundationEssentials
+#else
+public import Foundation
+#endif
+
+/// Everything the aggregator keeps about one site: what its agent said, and what the
+/// aggregator last published about it. Stored as one JSON document per site in SQLite.
+public struct SiteRecord: Codable, Sendable, Hashable {
+    public var site: SiteID
+
+    // Presence: the newest session and whether the agent said it is offline.
+    public var session: UInt64?
+    public var presence: PresenceState?
+    public var offlineReason: OfflineReason?
+    public var presenceAt: Date?
+    public var agent: AgentInfo?
+    public var heartbeatIntervalS: Double = 10
+
+    // Heartbeats, in the aggregator's clock.
+    public var lastSeq: UInt64?
+    public var lastHeartbeatAt: Date?
+    /// When anything was last received from the agent.
+    public var lastSeenAt: Date?
+    /// Receive time minus the reported age; never moves backwards.
+    public var lastAzureContactAt: Date?
+    public var azureReachable: Bool?
+    public var earliestCertificateExpiry: Date?
+    public var certificateSource: String?
+
+    // Status.
+    public var statusAt: Date?
+    public var checks = CheckCounts()
+    public var capabilities: [String: Bool] = [:]
+    public var cluster: ClusterInfo?
+
+    // What was last evaluated and published.
+    public var mode: ConnectivityMode?
+    public var modeSince: Date?
+    public var liveness: Liveness?
+    public var alert: AlertLevel?
+    /// The highest deadline-alert level already announced for the current countdown.
+    public var alertAnnounced: AlertLevel?
+    public var expiredAt: Date?
+    public var viewPublishedAt: Date?
+
+    // Counters.
+    public var seqGaps: UInt64 = 0
+    public var duplicates: UInt64 = 0
+
+    public init(site: SiteID) { self.site = site }
+
+    /// What the evaluator needs.
+    public var knowledge: SiteKnowledge {
+        SiteKnowledge(
+            lastAzureContactAt: lastAzureContactAt, earliestCertificateExpiry: earliestCertificateExpiry,
+            lastSeenAt: lastSeenAt, heartbeatInterval: .milliseconds(Int64((heartbeatIntervalS * 1000).rounded())),
+            presenceOffline: presence == .offline, expiredAt: expiredAt, previousMode: mode, modeSince: modeSince)
+    }
+}
+
+/// What applying one message did to a record.
+public enum ApplyOutcome: Sendable, Hashable {
+    /// Taken into the record.
+    case applied
+    /// A repeat or a leftover of an older session; nothing changed.
+    case ignored(String)
+}
+
+extension SiteRecord {
+    /// Applies a validated message received at `now` (the aggregator's clock). The rules
+    /// are contract.md's: an offline presence of an older session is ignored; heartbeats
+    /// count `seq` gaps and drop repeats; contact time is receive time minus age.
+    /// `live` is false for a retained message the broker replays on subscribing: it says
+    /// what the agent last said, not that it is there now, so it does not count as seen.
+    mutating func apply(_ input: SiteInput, now: Date, live: Bool = true) -> ApplyOutcome {
+        switch input {
+        case .presence(let p):
+            if let session, p.session < session {
+                return .ignored("presence of session \(p.session), older than \(session)")
+            }
+            if p.session != session { lastSeq = nil }
+            session = p.session
+            presence = p.state
+            offlineReason = p.state == .offline ? p.reason : nil
+            presenceAt = p.at
+            if let agent = p.agent { self.agent = agent }
+            if let interval = p.heartbeatIntervalS { heartbeatIntervalS = interval }
+            if p.state == .online, live { lastSeenAt = now }
+            return .applied
+
+        case .heartbeat(let h):
+            if let session, h.session < session {
+                duplicates += 1
+                return .ignored("heartbeat of session \(h.session), older than \(session)")
+            }
+            if let session, h.session == session, let lastSeq, h.seq <= lastSeq {
+                duplicates += 1
+                return .ignored("heartbeat seq \(h.seq) after \(lastSeq)")
+            }
+            if let session, h.session == session, let lastSeq, h.seq > lastSeq + 1 {
+                seqGaps += h.seq - lastSeq - 1
+            }
+            if session != h.session {
+                // A newer session's heartbeat is proof the agent is back, whatever presence says.
+                session = h.session
+                presence = .online
+                offlineReason = nil
+            }
+            lastSeq = h.seq
+            lastHeartbeatAt = now
+            lastSeenAt = now
+            azureReachable = h.azure.reachable
+            if let contact = h.azureContact(receivedAt: now), lastAzureContactAt.map({ contact > $0 }) ?? true {
+                lastAzureContactAt = contact
+            }
+            if let certificates = h.certificates {
+                earliestCertificateExpiry = certificates.earliestNotAfter
+                certificateSource = certificates.source
+            }
+            return .applied
+
+        case .status(let s):
+            if let statusAt, s.at < statusAt {
+                return .ignored("status of \(RFC3339.format(s.at)), older than \(RFC3339.format(statusAt))")
+            }
+            statusAt = s.at
+            checks = CheckCounts(s.checks)
+            capabilities = s.capabilities
+            cluster = s.cluster
+            if live { lastSeenAt = now }
+            return .applied
+        }
+    }
+}

@@ -1,0 +1,155 @@
+import FleetAggregator
+import FleetCore
+import Foundation
+import Testing
+
+/// The fleet state with thresholds in seconds, driven by hand-made messages and `now`.
+@Suite("fleet state: modes, events, schedule")
+struct FleetStateTests {
+    static let site = try! SiteID("store-1")
+    static let t0 = Date(timeIntervalSince1970: 1_790_000_000)
+
+    static var thresholds: Thresholds {
+        var t = Thresholds()
+        t.connectedWithin = .seconds(15)
+        t.budget = .seconds(100)
+        t.warnBefore = .seconds(40)
+        t.criticalBefore = .seconds(20)
+        t.stableFor = .seconds(5)
+        return t
+    }
+
+    static func heartbeat(_ seq: UInt64, age: Double?, session: UInt64 = 1, certificate: Date? = nil, site: SiteID = site) -> SiteInput {
+        .heartbeat(
+            Heartbeat(
+                site: site, session: session, seq: seq, sentAt: t0, azure: AzureReport(reachable: age == 0, lastContactAgeS: age, probe: "endpoints"),
+                certificates: certificate.map { CertificateReport(earliestNotAfter: $0, source: "test") }))
+    }
+
+    static func at(_ seconds: Double) -> Date { t0.addingTimeInterval(seconds) }
+
+    @Test("connected, then semi-connected with a countdown, then disconnected at the deadline; each event once")
+    func countdown() {
+        let fleet = FleetState(thresholds: Self.thresholds, viewRefresh: .seconds(10))
+        fleet.ingest(Self.heartbeat(1, age: 0), now: Self.at(0))
+        #expect(fleet.records[Self.site]?.mode == .connected)
+        #expect(fleet.takeOutput().views.map(\.mode) == [.connected])
+
+        // The agent keeps reporting a growing age (Azure gone, site still talking to us).
+        var views: [SiteView] = []
+        var events: [FleetEvent] = []
+        for second in stride(from: 10, through: 110, by: 10) {
+            fleet.ingest(Self.heartbeat(UInt64(second / 10 + 1), age: Double(second)), now: Self.at(Double(second)))
+            fleet.runDue(now: Self.at(Double(second)))
+            let output = fleet.takeOutput()
+            views += output.views
+            events += output.events
+        }
+        #expect(fleet.records[Self.site]?.mode == .disconnected)
+        let modeChanges = events.filter { $0.type == .modeChanged }.map { "\($0.from!)->\($0.to!)" }
+        #expect(modeChanges == ["connected->semi-connected", "semi-connected->disconnected"])
+        #expect(events.filter { $0.type == .deadlineAlert }.map(\.level) == [.warning, .critical, .expired])
+        // The retained view's remainingS counts down while semi-connected.
+        let remaining = views.filter { $0.mode == .semiConnected }.compactMap(\.remainingS)
+        #expect(remaining.count >= 3)
+        #expect(remaining == remaining.sorted(by: >))
+        #expect(views.last?.mode == .disconnected)
+    }
+
+    @Test("a certificate expiring before the budget sets an earlier deadline")
+    func certificateFirst() throws {
+        let fleet = FleetState(thresholds: Self.thresholds, viewRefresh: .seconds(10))
+        fleet.ingest(Self.heartbeat(1, age: 0, certificate: Self.at(30)), now: Self.at(0))
+        let view = try #require(fleet.view(of: Self.site, now: Self.at(1)))
+        #expect(view.deadlineReason == .certificate)
+        #expect(view.deadline == Self.at(30))
+        fleet.runDue(now: Self.at(30))
+        #expect(fleet.records[Self.site]?.mode == .disconnected)
+    }
+
+    @Test("a silent agent goes stale, then offline, and still turns disconnected on time, projected")
+    func silentSite() throws {
+        let fleet = FleetState(thresholds: Self.thresholds, viewRefresh: .seconds(1000))
+        fleet.ingest(Self.heartbeat(1, age: 0), now: Self.at(0))
+        _ = fleet.takeOutput()
+        fleet.runDue(now: Self.at(31))  // 3 intervals of 10 s
+        #expect(fleet.records[Self.site]?.liveness == .stale)
+        fleet.runDue(now: Self.at(101))
+        #expect(fleet.records[Self.site]?.liveness == .offline)
+        #expect(fleet.records[Self.site]?.mode == .disconnected)
+        let view = try #require(fleet.takeOutput().views.last)
+        #expect(view.projected)
+        #expect(view.mode == .disconnected)
+    }
+
+    @Test("an offline presence of an older session is ignored; a newer one counts")
+    func presenceSessions() {
+        let fleet = FleetState(thresholds: Self.thresholds, viewRefresh: .seconds(10))
+        func presence(_ state: PresenceState, _ session: UInt64) -> SiteInput {
+            .presence(Presence(site: Self.site, state: state, reason: state == .offline ? .lost : nil, session: session, at: Self.t0))
+        }
+        fleet.ingest(presence(.online, 5), now: Self.at(0))
+        #expect(fleet.ingest(presence(.offline, 4), now: Self.at(1)) != .applied)
+        #expect(fleet.records[Self.site]?.presence == .online)
+        #expect(fleet.ingest(presence(.offline, 5), now: Self.at(2)) == .applied)
+        #expect(fleet.records[Self.site]?.presence == .offline)
+        #expect(fleet.records[Self.site]?.liveness == .offline)
+    }
+
+    @Test("heartbeat seq gaps are counted, repeats and reordered ones dropped")
+    func sequence() {
+        let fleet = FleetState(thresholds: Self.thresholds, viewRefresh: .seconds(10))
+        fleet.ingest(Self.heartbeat(1, age: 0), now: Self.at(0))
+        fleet.ingest(Self.heartbeat(4, age: 0), now: Self.at(1))
+        #expect(fleet.ingest(Self.heartbeat(4, age: 0), now: Self.at(2)) != .applied)
+        #expect(fleet.ingest(Self.heartbeat(3, age: 0), now: Self.at(3)) != .applied)
+        #expect(fleet.records[Self.site]?.seqGaps == 2)
+        #expect(fleet.records[Self.site]?.duplicates == 2)
+        // A new session starts a new sequence.
+        #expect(fleet.ingest(Self.heartbeat(1, age: 0, session: 2), now: Self.at(4)) == .applied)
+    }
+
+    @Test("restored records keep their deadlines: a site dark for most of its budget still turns disconnected on time")
+    func restore() throws {
+        let first = FleetState(thresholds: Self.thresholds, viewRefresh: .seconds(10))
+        first.ingest(Self.heartbeat(1, age: 0), now: Self.at(0))
+        first.runDue(now: Self.at(90))
+        let saved = first.takeDirty()
+        #expect(saved.first?.mode == .semiConnected)
+
+        let second = FleetState(thresholds: Self.thresholds, viewRefresh: .seconds(10))
+        second.restore(saved, now: Self.at(95))
+        #expect(second.records[Self.site]?.mode == .semiConnected)
+        #expect(second.nextWake.map { $0 <= Self.at(100) } == true)
+        second.runDue(now: Self.at(100))
+        #expect(second.records[Self.site]?.mode == .disconnected)
+        #expect(second.takeOutput().events.contains { $0.type == .modeChanged && $0.to == "disconnected" })
+    }
+
+    @Test("the schedule holds about one entry per site however many heartbeats arrive")
+    func scheduleStaysSmall() {
+        let fleet = FleetState(thresholds: Self.thresholds, viewRefresh: .seconds(1000))
+        let sites = (0..<100).map { try! SiteID("s\($0)") }
+        for round in 0..<50 {
+            for site in sites {
+                fleet.ingest(Self.heartbeat(UInt64(round + 1), age: 0, site: site), now: Self.at(Double(round)))
+            }
+        }
+        #expect(fleet.scheduledEntries <= 2 * sites.count)
+        #expect(fleet.modes.connected == 100)
+    }
+
+    @Test("the summary counts modes and lists the nearest deadlines first")
+    func summary() {
+        let fleet = FleetState(thresholds: Self.thresholds, viewRefresh: .seconds(10))
+        for (index, age) in [0.0, 50, 70, 20].enumerated() {
+            fleet.ingest(Self.heartbeat(1, age: age, site: try! SiteID("s\(index)")), now: Self.at(0))
+        }
+        let summary = fleet.summary(now: Self.at(0))
+        #expect(summary.sites == 4)
+        #expect(summary.modes.connected == 1)
+        #expect(summary.modes.semiConnected == 3)
+        #expect(summary.fleetMode == .degraded)
+        #expect(summary.nearestDeadlines.map(\.site.rawValue) == ["s2", "s1", "s3", "s0"])
+    }
+}
