@@ -28,7 +28,7 @@ struct ExecutableTests {
         #expect(result.stderr.contains("--no-such-flag"))
     }
 
-    @Test("running the stubs says plainly that the service is not built yet", arguments: ["edgefleet-aggregator", "edgefleet"])
+    @Test("running the stubs says plainly that the service is not built yet", arguments: ["edgefleet"])
     func stub(_ name: String) throws {
         let result = try run(try builtProduct(name), [])
         #expect(result.status == 2)
@@ -48,5 +48,40 @@ struct ExecutableTests {
         #expect(fromEnvironment.status == 0)
         #expect(fromEnvironment.stdout.contains("site: store-7"))
         #expect(fromEnvironment.stdout.contains("probeInterval: 2m"))
+    }
+
+    @Test("the aggregator validates its configuration: a bad threshold exits 2 naming the key; the example loads")
+    func aggregatorConfiguration() throws {
+        let aggregator = try builtProduct("edgefleet-aggregator")
+        let bad = try run(aggregator, ["--check-config", "--budget", "forever"], environment: [:])
+        #expect(bad.status == 2)
+        #expect(bad.stderr.contains("budget") && bad.stderr.contains("--budget"))
+        let inverted = try run(aggregator, ["--check-config", "--warn-before", "1d", "--critical-before", "3d"], environment: [:])
+        #expect(inverted.status == 2, "critical before warning must be refused: \(inverted.stdout)")
+        let fromEnvironment = try run(
+            aggregator, ["--check-config", "--budget", "10m", "--warn-before", "3m", "--critical-before", "1m"],
+            environment: ["EDGEFLEET_BUDGET": "5m", "EDGEFLEET_DATABASE": "/tmp/x.sqlite", "EDGEFLEET_CONNECTED_WITHIN": "30s"])
+        #expect(fromEnvironment.status == 0, "\(fromEnvironment.stderr)")
+        #expect(fromEnvironment.stdout.contains("budget 10m") && fromEnvironment.stdout.contains("database: /tmp/x.sqlite"))
+        #expect(fromEnvironment.stdout.contains("connected within 30s"))
+
+        // The commented example in deploy/ loads, given its secret files.
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("edgefleet-example-\(UUID().uuidString)").path
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+        var example = try String(contentsOf: root.appendingPathComponent("deploy/aggregator.example.yaml"), encoding: .utf8)
+        for name in ["password", "ca.crt"] {
+            FileManager.default.createFile(atPath: "\(directory)/\(name)", contents: Data("secret\n".utf8))
+            example = example.replacingOccurrences(of: "/etc/edgefleet/aggregator/\(name)", with: "\(directory)/\(name)")
+        }
+        try example.write(toFile: "\(directory)/aggregator.yaml", atomically: true, encoding: .utf8)
+        let loaded = try run(aggregator, ["--check-config", "--config", "\(directory)/aggregator.yaml"], environment: [:])
+        #expect(loaded.status == 0, "\(loaded.stderr)")
+        #expect(loaded.stdout.contains("budget 30d") && loaded.stdout.contains("as edgefleet-aggregator (password set)"))
+        // A typo in a key is refused, naming it.
+        try (example + "conectedWithin: 5m\n").write(toFile: "\(directory)/typo.yaml", atomically: true, encoding: .utf8)
+        let typo = try run(aggregator, ["--check-config", "--config", "\(directory)/typo.yaml"], environment: [:])
+        #expect(typo.status == 2 && typo.stderr.contains("conectedWithin"))
     }
 }

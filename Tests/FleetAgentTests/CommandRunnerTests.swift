@@ -1,6 +1,7 @@
 import FleetAgent
 import FleetCore
 import Foundation
+import TestSupport
 import Testing
 
 #if canImport(Glibc)

@@ -2,6 +2,7 @@ import FleetAgent
 import FleetCore
 import Foundation
 import Synchronization
+import TestSupport
 import Testing
 
 /// Clocks a test moves by hand.

@@ -1,13 +1,8 @@
 import FleetAgent
 import FleetCore
 import Foundation
+import TestSupport
 import Testing
-
-func temporaryDirectory() throws -> String {
-    let path = FileManager.default.temporaryDirectory.appendingPathComponent("edgefleet-agent-\(UUID().uuidString)").path
-    try FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true)
-    return path
-}
 
 @Suite("the agent's durable state")
 struct DurableStateTests {

@@ -1,5 +1,6 @@
 import FleetAgent
 import Foundation
+import TestSupport
 import Testing
 
 @Suite("the offline status spool")

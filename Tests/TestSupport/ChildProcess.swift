@@ -127,3 +127,10 @@ public func builtProduct(_ name: String) throws -> URL {
     }
     throw TestSupportError("\(name) is not built next to \(testBinary.path); run `swift build` first")
 }
+
+/// A new empty directory under the system's temporary directory.
+public func temporaryDirectory(_ prefix: String = "edgefleet-test") throws -> String {
+    let path = FileManager.default.temporaryDirectory.appendingPathComponent("\(prefix)-\(UUID().uuidString)").path
+    try FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true)
+    return path
+}

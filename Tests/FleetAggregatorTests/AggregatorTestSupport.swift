@@ -1,0 +1,221 @@
+import FleetCore
+import Foundation
+import Logging
+import MQTT
+import Synchronization
+import TestSupport
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Thresholds short enough to play a whole countdown in seconds.
+enum Short {
+    static let heartbeat = 0.5  // s: stale after 1.5 s, offline after 5 s
+    static let connectedWithin = 2.0
+    static let budget = 12.0
+    static let warnBefore = 8.0
+    static let criticalBefore = 4.0
+
+    static let flags = [
+        "--connected-within", "2s", "--budget", "12s", "--warn-before", "8s", "--critical-before", "4s",
+        "--stable-for", "1s", "--view-refresh", "1s", "--summary-interval", "200ms", "--flush-interval", "200ms",
+    ]
+}
+
+/// The real `edgefleet-aggregator` binary as a subprocess.
+final class AggregatorProcess {
+    let process: ChildProcess
+    let log: String
+
+    init(broker: MosquittoBroker, database: String, extra: [String] = []) throws {
+        log = database + "-\(UUID().uuidString.prefix(6)).log"
+        process = try ChildProcess(
+            try builtProduct("edgefleet-aggregator").path,
+            ["--broker", broker.url, "--database", database, "--log-level", "debug"] + Short.flags + extra, outputPath: log)
+    }
+
+    @discardableResult
+    func terminate() -> Int32 {
+        process.signal(SIGTERM)
+        return process.wait(timeout: .seconds(10)) ?? {
+            process.signal(SIGKILL)
+            return process.wait()
+        }()
+    }
+
+    var output: String { (try? String(contentsOfFile: log, encoding: .utf8)) ?? "" }
+}
+
+/// A broker, an aggregator process on a database in a temporary directory, and an
+/// observer of the fleet topics, ready (the aggregator announced itself).
+struct AggregatorFixture {
+    let broker: MosquittoBroker
+    let directory: String
+    let observer: MQTTClient
+    let messages: MessageCollector
+    let aggregator: AggregatorProcess
+
+    var database: String { directory + "/fleet.sqlite" }
+
+    static func start() async throws -> AggregatorFixture {
+        let broker = try MosquittoBroker()
+        let directory = try temporaryDirectory("edgefleet-aggregator")
+        let (observer, messages) = try await fleetObserver(broker)
+        let aggregator = try AggregatorProcess(broker: broker, database: directory + "/fleet.sqlite")
+        let fixture = AggregatorFixture(broker: broker, directory: directory, observer: observer, messages: messages, aggregator: aggregator)
+        do {
+            try await messages.aggregatorOnline()
+        } catch {
+            fixture.stop()
+            throw TestSupportError("\(error)\n\(aggregator.output)")
+        }
+        return fixture
+    }
+
+    func stop() {
+        aggregator.terminate()
+        let observer = observer
+        Task { await observer.shutdown() }
+        broker.stop()
+        try? FileManager.default.removeItem(atPath: directory)
+    }
+}
+
+/// A client that subscribes to `{root}/fleet/#` and `{root}/aggregator/#` and collects.
+func fleetObserver(_ broker: MosquittoBroker) async throws -> (MQTTClient, MessageCollector) {
+    var logger = Logger(label: "observer")
+    logger.logLevel = .critical
+    let client = try MQTTClient(
+        configuration: MQTTConfiguration(broker: try BrokerURL(parsing: broker.url), clientID: "observer-\(UUID().uuidString.prefix(8))"),
+        logger: logger)
+    let collector = MessageCollector(client)
+    try await client.connect()
+    try await client.subscribe(to: "edgefleet/v1/fleet/#", qos: .atLeastOnce)
+    try await client.subscribe(to: "edgefleet/v1/aggregator/#", qos: .atLeastOnce)
+    return (client, collector)
+}
+
+extension MessageCollector {
+    /// The next retained-topic view of `site` matching `predicate`.
+    func view(_ site: String, timeout: Duration = .seconds(15), _ what: String, where predicate: @escaping @Sendable (SiteView) -> Bool)
+        async throws -> SiteView
+    {
+        let message = try await next(timeout: timeout, what) { message in
+            guard message.topic == "edgefleet/v1/fleet/sites/\(site)",
+                let view = try? FleetJSON.decode(SiteView.self, from: message.payload)
+            else { return false }
+            return predicate(view)
+        }
+        return try FleetJSON.decode(SiteView.self, from: message.payload)
+    }
+
+    /// The next event for `site` matching `predicate`.
+    func event(_ site: String, timeout: Duration = .seconds(15), _ what: String, where predicate: @escaping @Sendable (FleetEvent) -> Bool)
+        async throws -> FleetEvent
+    {
+        let message = try await next(timeout: timeout, what) { message in
+            guard message.topic == "edgefleet/v1/fleet/events", let event = try? FleetJSON.decode(FleetEvent.self, from: message.payload)
+            else { return false }
+            return event.site?.rawValue == site && predicate(event)
+        }
+        return try FleetJSON.decode(FleetEvent.self, from: message.payload)
+    }
+
+    /// Every event received so far for `site`.
+    func events(_ site: String) -> [FleetEvent] {
+        received.filter { $0.topic == "edgefleet/v1/fleet/events" }
+            .compactMap { try? FleetJSON.decode(FleetEvent.self, from: $0.payload) }
+            .filter { $0.site?.rawValue == site }
+    }
+
+    /// Waits for the aggregator's online presence.
+    func aggregatorOnline(timeout: Duration = .seconds(20)) async throws {
+        _ = try await next(timeout: timeout, "the aggregator's online presence") { message in
+            message.topic == "edgefleet/v1/aggregator/presence"
+                && (try? FleetJSON.decode(Presence.self, from: message.payload))?.state == .online
+        }
+    }
+}
+
+/// A stand-in for a site's agent speaking the contract: presence with a Last Will,
+/// heartbeats whose `lastContactAgeS` the test controls, status.
+final class SimulatedSite: Sendable {
+    let site: SiteID
+    let client: MQTTClient
+    let session: UInt64
+    private struct State {
+        var seq: UInt64 = 0
+        /// When the site last reached Azure (test clock).
+        var lastContact: Date?
+        var azureLost = false
+        var certificateExpiry: Date?
+    }
+    private let state = Mutex(State())
+    private let beat = Mutex<Task<Void, Never>?>(nil)
+
+    init(_ name: String, brokerURL: String, session: UInt64 = 1) throws {
+        site = try SiteID(name)
+        self.session = session
+        var logger = Logger(label: "site")
+        logger.logLevel = .critical
+        var configuration = MQTTConfiguration(broker: try BrokerURL(parsing: brokerURL), clientID: "sim-\(name)-\(UUID().uuidString.prefix(6))")
+        let will = Presence(site: site, state: .offline, reason: .lost, session: session, at: Date())
+        configuration.will = LastWill(
+            topic: "edgefleet/v1/sites/\(name)/presence", payload: try FleetJSON.encode(will), qos: .atLeastOnce, retain: true)
+        configuration.keepAlive = .seconds(5)
+        client = try MQTTClient(configuration: configuration, logger: logger)
+    }
+
+    func connect() async throws {
+        try await client.connect()
+        let presence = Presence(
+            site: site, state: .online, session: session, agent: AgentInfo(version: "test", host: "test"),
+            heartbeatIntervalS: Short.heartbeat, at: Date())
+        try await client.publish(
+            "edgefleet/v1/sites/\(site)/presence", payload: try FleetJSON.encode(presence), qos: .atLeastOnce, retain: true)
+    }
+
+    /// From now on the site cannot reach Azure: its reported age grows.
+    func loseAzure() { state.withLock { $0.azureLost = true } }
+
+    func setCertificateExpiry(_ date: Date?) { state.withLock { $0.certificateExpiry = date } }
+
+    func heartbeat() async throws {
+        let (seq, contact, expiry, lost) = state.withLock { s -> (UInt64, Date?, Date?, Bool) in
+            s.seq += 1
+            if !s.azureLost { s.lastContact = Date() }
+            return (s.seq, s.lastContact, s.certificateExpiry, s.azureLost)
+        }
+        let age = contact.map { max(0, Date().timeIntervalSince($0)) }
+        let heartbeat = Heartbeat(
+            site: site, session: session, seq: seq, sentAt: Date(),
+            azure: AzureReport(reachable: !lost, lastContactAgeS: age, probe: "endpoints"),
+            certificates: expiry.map { CertificateReport(earliestNotAfter: $0, source: "test") })
+        try await client.publish("edgefleet/v1/sites/\(site)/heartbeat", payload: try FleetJSON.encode(heartbeat), qos: .atLeastOnce)
+    }
+
+    /// Heartbeats every `Short.heartbeat` seconds until `stopBeating()` (the agent's own
+    /// interval, not a wait for the test).
+    func startBeating() {
+        let task = Task { [self] in
+            while !Task.isCancelled {
+                try? await heartbeat()
+                try? await Task.sleep(for: .milliseconds(Int(Short.heartbeat * 1000)))
+            }
+        }
+        beat.withLock { $0 = task }
+    }
+
+    func stopBeating() {
+        beat.withLock {
+            $0?.cancel()
+            $0 = nil
+        }
+    }
+
+    func shutdown() async {
+        stopBeating()
+        await client.shutdown()
+    }
+}
