@@ -110,7 +110,7 @@ let package = Package(
         .executableTarget(
             name: "edgefleet-bench",
             dependencies: [
-                "MQTT",
+                "MQTT", "FleetCore",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             path: "Benchmarks/edgefleet-bench",

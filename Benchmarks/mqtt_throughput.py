@@ -24,7 +24,7 @@ import sys
 import tempfile
 import time
 
-from benchlib import ROOT, cpu_seconds, free_port, machine, start_broker, which, write_section
+from benchlib import ROOT, build_release, cpu_seconds, free_port, machine, start_broker, which, write_section
 TARGETS = {0: 100_000, 1: 20_000}
 BASELINES = {"lines": "mosquitto_pub -l / mosquitto_sub", "repeat": "mosquitto_pub --repeat / mosquitto_sub"}
 
@@ -90,11 +90,12 @@ def main():
     parser.add_argument("--skip-build", action="store_true")
     args = parser.parse_args()
 
-    if not args.skip_build:
-        subprocess.run(["swift", "build", "-c", "release", "--product", "edgefleet-bench"], cwd=ROOT, check=True)
-    bin_dir = subprocess.run(["swift", "build", "-c", "release", "--show-bin-path"], cwd=ROOT, capture_output=True,
-                             text=True, check=True).stdout.strip()
-    bench = os.path.join(bin_dir, "edgefleet-bench")
+    if args.skip_build:
+        bin_dir = subprocess.run(["swift", "build", "-c", "release", "--show-bin-path"], cwd=ROOT, capture_output=True,
+                                 text=True, check=True).stdout.strip()
+        bench = os.path.join(bin_dir, "edgefleet-bench")
+    else:
+        bench, = build_release("edgefleet-bench")
 
     variants = [
         ("EdgeFleet client", {0: [], 1: ["--window", "1000", "--send-maximum", "1000", "--receive-maximum", "1000"]}),

@@ -24,7 +24,7 @@ public struct SiteRecord: Codable, Sendable, Hashable {
     public var lastHeartbeatAt: Date?
     /// When anything was last received from the agent.
     public var lastSeenAt: Date?
-    /// Receive time minus the reported age; never moves backwards.
+    /// Receive time minus the age the newest heartbeat reported.
     public var lastAzureContactAt: Date?
     public var azureReachable: Bool?
     public var earliestCertificateExpiry: Date?
@@ -113,7 +113,9 @@ extension SiteRecord {
             lastHeartbeatAt = now
             lastSeenAt = now
             azureReachable = h.azure.reachable
-            if let contact = h.azureContact(receivedAt: now), lastAzureContactAt.map({ contact > $0 }) ?? true {
+            // The agent's reported age is the truth (it keeps the contact on disk and on its
+            // monotonic clock); `null` (never, or state lost) does not erase what we knew.
+            if let contact = h.azureContact(receivedAt: now) {
                 lastAzureContactAt = contact
             }
             if let certificates = h.certificates {

@@ -153,3 +153,17 @@ struct FleetStateTests {
         #expect(summary.nearestDeadlines.map(\.site.rawValue) == ["s2", "s1", "s3", "s0"])
     }
 }
+
+extension FleetStateTests {
+    @Test("the newest heartbeat's age is the truth: an older contact turns a connected site semi-connected; null erases nothing")
+    func olderContactCounts() {
+        let fleet = FleetState(thresholds: Self.thresholds, viewRefresh: .seconds(10))
+        fleet.ingest(Self.heartbeat(1, age: 0), now: Self.at(0))
+        #expect(fleet.records[Self.site]?.mode == .connected)
+        fleet.ingest(Self.heartbeat(2, age: 50), now: Self.at(1))
+        #expect(fleet.records[Self.site]?.mode == .semiConnected)
+        #expect(fleet.records[Self.site]?.lastAzureContactAt == Self.at(-49))
+        fleet.ingest(Self.heartbeat(3, age: nil), now: Self.at(2))
+        #expect(fleet.records[Self.site]?.lastAzureContactAt == Self.at(-49))
+    }
+}
