@@ -66,9 +66,18 @@ public struct SiteStore: Sendable {
         }
     }
 
-    /// Writes records in one transaction.
-    public func save(_ records: [SiteRecord], at now: Date) throws {
-        guard !records.isEmpty else { return }
+    /// Writes records, in transactions of at most `batch` records (encoding a whole
+    /// 100,000-site fleet at once would hold all of its JSON in memory).
+    public func save(_ records: [SiteRecord], at now: Date, batch: Int = 2_000) throws {
+        var start = records.startIndex
+        while start < records.endIndex {
+            let end = min(start + batch, records.endIndex)
+            try saveBatch(records[start..<end], at: now)
+            start = end
+        }
+    }
+
+    private func saveBatch(_ records: ArraySlice<SiteRecord>, at now: Date) throws {
         let encoder = FleetJSON.encoder()
         var rows: [(String, String)] = []
         rows.reserveCapacity(records.count)

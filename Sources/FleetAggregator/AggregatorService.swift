@@ -136,9 +136,12 @@ public final class AggregatorService: Service, Sendable {
         while !isStopping {
             try? await Task.sleep(for: .milliseconds(20))
             let now = Date()
+            // At most 2,000 due evaluations per tick (about 10 ms of work), then publish what
+            // changed: when a whole fleet comes due at once (loaded or restored in one burst),
+            // ingest and its publishing are delayed by one slice, not by the whole herd.
             let (output, lag, counts) = state.withLock { fleet in
-                let (_, lag) = fleet.runDue(now: now)
-                return (fleet.takeOutput(), lag, (fleet.modes, fleet.liveness))
+                let (_, lateness) = fleet.runDue(now: now, limit: 2_000)
+                return (fleet.takeOutput(limit: 5_000), lateness, (fleet.modes, fleet.liveness))
             }
             metrics.evaluationLag.record(duration: lag)
             metrics.record(modes: counts.0, liveness: counts.1)
@@ -178,14 +181,20 @@ public final class AggregatorService: Service, Sendable {
         }
     }
 
+    /// Writes changed records in batches of 2,000, taking each batch from the state
+    /// just before writing it (a whole fleet's records are never copied at once).
     private func flush() {
-        let dirty = state.withLock { $0.takeDirty() }
-        do {
-            try store.save(dirty, at: Date())
-        } catch {
-            logger.error("cannot save \(dirty.count) site record(s): \(error)")
-            // Keep them for the next flush: nothing is lost while the process lives.
-            state.withLock { fleet in fleet.markDirty(dirty.map(\.site)) }
+        while true {
+            let dirty = state.withLock { $0.takeDirty(limit: 2_000) }
+            if dirty.isEmpty { return }
+            do {
+                try store.save(dirty, at: Date())
+            } catch {
+                logger.error("cannot save \(dirty.count) site record(s): \(error)")
+                // Keep them for the next flush: nothing is lost while the process lives.
+                state.withLock { fleet in fleet.markDirty(dirty.map(\.site)) }
+                return
+            }
         }
     }
 
@@ -207,9 +216,9 @@ public final class AggregatorService: Service, Sendable {
 
     /// Views go out concurrently (the newest per site only); events in order.
     private func publish(_ output: FleetOutput) async {
-        var newest: [SiteID: SiteView] = [:]
-        for view in output.views { newest[view.site] = view }
-        let views = Array(newest.values)
+        var seen = Set<SiteID>()
+        var views: [SiteView] = []
+        for view in output.views.reversed() where seen.insert(view.site).inserted { views.append(view) }
         await withTaskGroup(of: Void.self) { group in
             var inFlight = 0
             for view in views {

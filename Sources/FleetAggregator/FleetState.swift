@@ -94,12 +94,15 @@ public final class FleetState {
 
     /// Evaluates every site whose scheduled instant has come. Returns how many were
     /// evaluated and the largest lateness (how long after its instant a site was looked at).
+    /// At most `limit` sites are evaluated per call, so that a caller holding a lock can
+    /// let ingest in between (many sites can come due in the same instant: every site
+    /// loaded in one burst goes stale at once).
     @discardableResult
-    public func runDue(now: Date) -> (evaluated: Int, maxLateness: Duration) {
+    public func runDue(now: Date, limit: Int = .max) -> (evaluated: Int, maxLateness: Duration) {
         let nowMs = milliseconds(now)
         var evaluated = 0
         var lateness: Int64 = 0
-        while let top = heap.min, top.atMs <= nowMs {
+        while evaluated < limit, let top = heap.min, top.atMs <= nowMs {
             heap.removeMin()
             guard scheduledAt[top.site] == top.atMs else { continue }  // superseded by an earlier entry
             scheduledAt[top.site] = nil
@@ -113,19 +116,33 @@ public final class FleetState {
     /// Entries in the schedule (superseded ones included), for tests and metrics.
     public var scheduledEntries: Int { heap.count }
 
+    /// Whether `runDue(now:)` has work.
+    public func hasDue(now: Date) -> Bool { heap.min.map { $0.atMs <= milliseconds(now) } ?? false }
+
     /// The next instant `runDue` has work, if any.
     public var nextWake: Date? { heap.min.map { Date(timeIntervalSince1970: Double($0.atMs) / 1000) } }
 
-    /// Views and events produced since the last call.
-    public func takeOutput() -> FleetOutput {
-        defer { output = FleetOutput() }
-        return output
+    /// Views and events produced since the last call, the oldest `limit` views at most
+    /// (events always all: they are few and their order matters).
+    public func takeOutput(limit: Int = .max) -> FleetOutput {
+        guard output.views.count > limit else {
+            defer { output = FleetOutput() }
+            return output
+        }
+        let taken = FleetOutput(views: Array(output.views.prefix(limit)), events: output.events)
+        output.views.removeFirst(limit)
+        output.events.removeAll()
+        return taken
     }
 
-    /// Records changed since the last call, for the store.
-    public func takeDirty() -> [SiteRecord] {
-        defer { dirty.removeAll(keepingCapacity: true) }
-        return dirty.compactMap { records[$0] }
+    /// Up to `limit` records changed since they were last taken, for the store.
+    public func takeDirty(limit: Int = .max) -> [SiteRecord] {
+        var taken: [SiteRecord] = []
+        taken.reserveCapacity(min(limit, dirty.count))
+        while taken.count < limit, let site = dirty.popFirst() {
+            if let record = records[site] { taken.append(record) }
+        }
+        return taken
     }
 
     /// Puts records back on the list for the store (after a failed write).

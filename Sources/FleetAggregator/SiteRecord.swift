@@ -115,8 +115,15 @@ extension SiteRecord {
             azureReachable = h.azure.reachable
             // The agent's reported age is the truth (it keeps the contact on disk and on its
             // monotonic clock); `null` (never, or state lost) does not erase what we knew.
+            // Receive time minus age wobbles by the transit time from one heartbeat to the
+            // next; a contact less than a second earlier than the known one is that wobble,
+            // not news, and is ignored so that the deadline does not jitter backwards.
             if let contact = h.azureContact(receivedAt: now) {
-                lastAzureContactAt = contact
+                if let known = lastAzureContactAt, contact < known, known.timeIntervalSince(contact) < 1 {
+                    // transit jitter
+                } else {
+                    lastAzureContactAt = contact
+                }
             }
             if let certificates = h.certificates {
                 earliestCertificateExpiry = certificates.earliestNotAfter

@@ -31,8 +31,11 @@ struct LocalChecksTests {
         let directory = try temporaryDirectory()
         defer { try? FileManager.default.removeItem(atPath: directory) }
         let log = directory + "/log"
-        // Each check notes its start and end; the sleep only makes them overlap.
-        let checks = (0..<6).map { check("c\($0)", "echo start >> \(log); sleep 0.2; echo end >> \(log)") }
+        // Each check notes its start and end, and waits (up to 2 s) until two checks have
+        // started, so that two overlap however slowly processes start on a loaded machine;
+        // with a limit of 1 the first would wait alone and the peak would be 1.
+        let barrier = "for i in $(seq 1 40); do [ $(grep -c start \(log)) -ge 2 ] && break; sleep 0.05; done"
+        let checks = (0..<6).map { check("c\($0)", "echo start >> \(log); \(barrier); echo end >> \(log)") }
         let results = await LocalChecks.run(checks, concurrency: 2)
         #expect(results.allSatisfy { $0.state == .pass })
         var running = 0

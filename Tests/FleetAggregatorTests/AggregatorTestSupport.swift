@@ -177,7 +177,14 @@ final class SimulatedSite: Sendable {
     }
 
     /// From now on the site cannot reach Azure: its reported age grows.
-    func loseAzure() { state.withLock { $0.azureLost = true } }
+    /// Returns the last contact the site will go on reporting.
+    @discardableResult
+    func loseAzure() -> Date? {
+        state.withLock {
+            $0.azureLost = true
+            return $0.lastContact
+        }
+    }
 
     func setCertificateExpiry(_ date: Date?) { state.withLock { $0.certificateExpiry = date } }
 

@@ -167,3 +167,15 @@ extension FleetStateTests {
         #expect(fleet.records[Self.site]?.lastAzureContactAt == Self.at(-49))
     }
 }
+
+extension FleetStateTests {
+    @Test("a contact under a second earlier than the known one is transit jitter and ignored; a later one is taken")
+    func contactJitter() {
+        let fleet = FleetState(thresholds: Self.thresholds, viewRefresh: .seconds(10))
+        fleet.ingest(Self.heartbeat(1, age: 5), now: Self.at(10))
+        fleet.ingest(Self.heartbeat(2, age: 5.3), now: Self.at(10.1))  // 0.2 s earlier: jitter
+        #expect(fleet.records[Self.site]?.lastAzureContactAt == Self.at(5))
+        fleet.ingest(Self.heartbeat(3, age: 4), now: Self.at(10.2))  // later: taken
+        #expect(fleet.records[Self.site]?.lastAzureContactAt == Self.at(6.2))
+    }
+}
