@@ -15,6 +15,7 @@ struct Heartbeats: AsyncParsableCommand {
     @Option(help: "Broker URL.") var broker: String = "mqtt://127.0.0.1:1883"
     @Option(help: "Topic root.") var root: String = "edgefleet/v1"
     @Option(help: "How many sites.") var sites: Int = 10_000
+    @Option(help: "Index of the first site (so that several publishers can share a fleet).") var offset: Int = 0
     @Option(help: "Heartbeats per site.") var rounds: Int = 1
     @Option(help: "Heartbeats per second; 0 = as fast as the client can.") var rate: Int = 0
     @Option(help: "lastContactAgeS to report.") var age: Double = 0
@@ -24,7 +25,7 @@ struct Heartbeats: AsyncParsableCommand {
     func run() async throws {
         let client = try await connect(broker, "bench-heartbeats-\(getpid())")
         let session = UInt64(Date().timeIntervalSince1970 * 1000)
-        let names = (0..<sites).map(siteName)
+        let names = (offset..<offset + sites).map(siteName)
         let start = Date()
         var sent = 0
         let pacer = Pacer(rate: rate)
