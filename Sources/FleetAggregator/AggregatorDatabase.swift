@@ -33,6 +33,19 @@ public final class AggregatorDatabase: Sendable {
                 t.column("updatedAt", .text).notNull()
             }
         }
+        migrator.registerMigration("v2-operations") { db in
+            try db.create(table: "operations") { t in
+                t.autoIncrementedPrimaryKey("sequence")  // submission order, and the listing cursor
+                t.column("id", .text).notNull().unique()
+                t.column("site", .text).notNull()
+                t.column("kind", .text).notNull()
+                t.column("state", .text).notNull()
+                t.column("idempotencyKey", .text).unique()
+                t.column("document", .text).notNull()  // DeferredOperation as JSON, history included
+            }
+            try db.create(index: "operations_by_site", on: "operations", columns: ["site", "state", "sequence"])
+            try db.create(index: "operations_by_state", on: "operations", columns: ["state", "sequence"])
+        }
         return migrator
     }
 }

@@ -1,0 +1,153 @@
+public import FleetCore
+
+#if canImport(FoundationEssentials)
+public import FoundationEssentials
+#else
+public import Foundation
+#endif
+
+/// An Azure-dependent operation held for a site until its link is back (contract.md,
+/// "Deferred-operation queue").
+public struct DeferredOperation: Codable, Sendable, Hashable, Identifiable {
+    public var id: String
+    /// Submission order across the fleet (SQLite's row id): "oldest first" within a site.
+    public var sequence: Int64
+    public var site: SiteID
+    public var kind: OperationKind
+    public var params: [String: String]
+    public var state: OperationState
+    public var createdAt: Date
+    public var createdBy: String
+    public var idempotencyKey: String?
+    public var notBefore: Date?
+    public var expiresAt: Date?
+    public var attempts: Int
+    public var maxAttempts: Int
+    public var nextAttemptAt: Date?
+    public var lastError: String?
+    /// An operator released it from `blocked`: it waits for the link, and is not blocked
+    /// again for the deadline that blocked it.
+    public var released: Bool?
+    public var history: [OperationHistoryEntry]
+
+    public init(
+        id: String, sequence: Int64 = 0, site: SiteID, kind: OperationKind, params: [String: String], state: OperationState,
+        createdAt: Date, createdBy: String, idempotencyKey: String? = nil, notBefore: Date? = nil, expiresAt: Date? = nil,
+        attempts: Int = 0, maxAttempts: Int, nextAttemptAt: Date? = nil, lastError: String? = nil,
+        history: [OperationHistoryEntry] = []
+    ) {
+        self.id = id
+        self.sequence = sequence
+        self.site = site
+        self.kind = kind
+        self.params = params
+        self.state = state
+        self.createdAt = createdAt
+        self.createdBy = createdBy
+        self.idempotencyKey = idempotencyKey
+        self.notBefore = notBefore
+        self.expiresAt = expiresAt
+        self.attempts = attempts
+        self.maxAttempts = maxAttempts
+        self.nextAttemptAt = nextAttemptAt
+        self.lastError = lastError
+        self.history = history
+    }
+
+    /// The value that decides coalescing: a newer queued operation of a coalescing kind
+    /// for the same site, kind and target supersedes the older one.
+    public var coalescingTarget: String? {
+        let entry = OperationCatalog.entry(kind)
+        guard entry.coalesces else { return nil }
+        guard let parameter = entry.coalescingTarget else { return "" }  // the whole cluster
+        return params[parameter] ?? ""
+    }
+}
+
+/// One transition in an operation's history.
+public struct OperationHistoryEntry: Codable, Sendable, Hashable {
+    public var at: Date
+    /// `nil` for the submission itself.
+    public var from: OperationState?
+    public var to: OperationState
+    public var note: String
+
+    public init(at: Date, from: OperationState?, to: OperationState, note: String) {
+        self.at = at
+        self.from = from
+        self.to = to
+        self.note = note
+    }
+}
+
+/// Which operations a listing or a bulk action covers.
+public struct OperationFilter: Sendable, Hashable {
+    public var site: SiteID?
+    public var kind: OperationKind?
+    public var states: Set<OperationState>?
+
+    public init(site: SiteID? = nil, kind: OperationKind? = nil, states: Set<OperationState>? = nil) {
+        self.site = site
+        self.kind = kind
+        self.states = states
+    }
+}
+
+/// One page of a listing, oldest first, and the cursor for the next (nil at the end).
+public struct OperationPage: Sendable, Hashable {
+    public var operations: [DeferredOperation]
+    public var nextCursor: Int64?
+}
+
+/// A transition the store refused: the operation was not in the state the caller
+/// expected (somebody else moved it first), or it does not exist.
+public enum OperationStoreError: Error, Sendable, Hashable, CustomStringConvertible {
+    case notFound(String)
+    case conflict(id: String, expected: Set<OperationState>, found: OperationState)
+    case duplicateIdempotencyKey(String)
+
+    public var description: String {
+        switch self {
+        case .notFound(let id): "no operation \(id)"
+        case .conflict(let id, let expected, let found):
+            "operation \(id) is \(found.rawValue), not \(expected.map(\.rawValue).sorted().joined(separator: " or "))"
+        case .duplicateIdempotencyKey(let key): "idempotency key '\(key)' is already used"
+        }
+    }
+}
+
+/// Where operations live. Narrow on purpose: the dispatcher and the submission logic
+/// only use this, so a PostgreSQL store can be added without touching them.
+/// Every method is one transaction; a transition checks the state it expects and
+/// records the history entry in the same transaction.
+public protocol OperationStore: Sendable {
+    /// Inserts a new operation (its `sequence` is assigned) with its first history entry.
+    func insert(_ operation: DeferredOperation) throws -> DeferredOperation
+    func operation(id: String) throws -> DeferredOperation?
+    func operation(idempotencyKey: String) throws -> DeferredOperation?
+    /// Moves an operation from one of `expected` to `to`, applying `update` and appending
+    /// a history entry, atomically. Throws `conflict` if it is in another state.
+    @discardableResult
+    func transition(
+        id: String, expected: Set<OperationState>, to: OperationState, at: Date, note: String,
+        update: @Sendable (inout DeferredOperation) -> Void
+    ) throws -> DeferredOperation
+    /// Operations matching `filter`, oldest first, after `cursor` (a `sequence`).
+    func list(_ filter: OperationFilter, after cursor: Int64?, limit: Int) throws -> OperationPage
+    /// Counts by site and state, for views, the summary and metrics.
+    func counts() throws -> [SiteID: [OperationState: Int]]
+}
+
+extension OperationStore {
+    /// Every operation matching `filter`, read page by page.
+    public func all(_ filter: OperationFilter, pageSize: Int = 1_000) throws -> [DeferredOperation] {
+        var result: [DeferredOperation] = []
+        var cursor: Int64?
+        repeat {
+            let page = try list(filter, after: cursor, limit: pageSize)
+            result += page.operations
+            cursor = page.nextCursor
+        } while cursor != nil
+        return result
+    }
+}

@@ -1,0 +1,127 @@
+public import FleetCore
+import GRDB
+
+#if canImport(FoundationEssentials)
+public import FoundationEssentials
+#else
+public import Foundation
+#endif
+
+/// Operations in the aggregator's SQLite file: one row per operation with the columns the
+/// queue filters on, and the whole operation (params, times, attempts, history) as a JSON
+/// document. Each call is one transaction.
+public struct SQLiteOperationStore: OperationStore {
+    let database: AggregatorDatabase
+
+    public init(database: AggregatorDatabase) {
+        self.database = database
+    }
+
+    public func insert(_ operation: DeferredOperation) throws -> DeferredOperation {
+        let encoder = FleetJSON.encoder()
+        return try database.writer.write { db in
+            if let key = operation.idempotencyKey,
+                try Int.fetchOne(db, sql: "SELECT 1 FROM operations WHERE idempotencyKey = ?", arguments: [key]) != nil
+            {
+                throw OperationStoreError.duplicateIdempotencyKey(key)
+            }
+            try db.execute(
+                sql: "INSERT INTO operations (id, site, kind, state, idempotencyKey, document) VALUES (?, ?, ?, ?, ?, '{}')",
+                arguments: [operation.id, operation.site.rawValue, operation.kind.rawValue, operation.state.rawValue, operation.idempotencyKey])
+            var stored = operation
+            stored.sequence = db.lastInsertedRowID
+            try db.execute(
+                sql: "UPDATE operations SET document = ? WHERE sequence = ?",
+                arguments: [String(decoding: try encoder.encode(stored), as: UTF8.self), stored.sequence])
+            return stored
+        }
+    }
+
+    public func operation(id: String) throws -> DeferredOperation? {
+        try database.writer.read { db in
+            try Self.decode(String.fetchOne(db, sql: "SELECT document FROM operations WHERE id = ?", arguments: [id]))
+        }
+    }
+
+    public func operation(idempotencyKey: String) throws -> DeferredOperation? {
+        try database.writer.read { db in
+            try Self.decode(String.fetchOne(db, sql: "SELECT document FROM operations WHERE idempotencyKey = ?", arguments: [idempotencyKey]))
+        }
+    }
+
+    @discardableResult
+    public func transition(
+        id: String, expected: Set<OperationState>, to: OperationState, at: Date, note: String,
+        update: @Sendable (inout DeferredOperation) -> Void
+    ) throws -> DeferredOperation {
+        let encoder = FleetJSON.encoder()
+        return try database.writer.write { db in
+            guard var operation = try Self.decode(String.fetchOne(db, sql: "SELECT document FROM operations WHERE id = ?", arguments: [id]))
+            else { throw OperationStoreError.notFound(id) }
+            guard expected.contains(operation.state), operation.state.canMove(to: to) else {
+                throw OperationStoreError.conflict(id: id, expected: expected, found: operation.state)
+            }
+            let from = operation.state
+            update(&operation)
+            operation.state = to
+            operation.history.append(OperationHistoryEntry(at: at, from: from, to: to, note: note))
+            try db.execute(
+                sql: "UPDATE operations SET state = ?, document = ? WHERE id = ?",
+                arguments: [to.rawValue, String(decoding: try encoder.encode(operation), as: UTF8.self), id])
+            return operation
+        }
+    }
+
+    public func list(_ filter: OperationFilter, after cursor: Int64?, limit: Int) throws -> OperationPage {
+        var clauses: [String] = []
+        var arguments: [(any DatabaseValueConvertible)?] = []
+        if let site = filter.site {
+            clauses.append("site = ?")
+            arguments.append(site.rawValue)
+        }
+        if let kind = filter.kind {
+            clauses.append("kind = ?")
+            arguments.append(kind.rawValue)
+        }
+        if let states = filter.states {
+            clauses.append("state IN (\(Array(repeating: "?", count: states.count).joined(separator: ", ")))")
+            arguments += states.map(\.rawValue).sorted().map { $0 as (any DatabaseValueConvertible)? }
+        }
+        if let cursor {
+            clauses.append("sequence > ?")
+            arguments.append(cursor)
+        }
+        let whereClause = clauses.isEmpty ? "" : "WHERE " + clauses.joined(separator: " AND ")
+        let limit = max(1, limit)
+        let sql = "SELECT document FROM operations \(whereClause) ORDER BY sequence LIMIT \(limit + 1)"
+        let documents = try database.writer.read { db in
+            try String.fetchAll(db, sql: sql, arguments: StatementArguments(arguments) ?? [])
+        }
+        var operations = try documents.prefix(limit).map { try Self.decodeOne($0) }
+        let more = documents.count > limit
+        if operations.count > limit { operations.removeLast() }
+        return OperationPage(operations: operations, nextCursor: more ? operations.last?.sequence : nil)
+    }
+
+    public func counts() throws -> [SiteID: [OperationState: Int]] {
+        try database.writer.read { db in
+            var result: [SiteID: [OperationState: Int]] = [:]
+            let rows = try Row.fetchCursor(db, sql: "SELECT site, state, COUNT(*) AS n FROM operations GROUP BY site, state")
+            while let row = try rows.next() {
+                let siteText: String = row["site"]
+                let stateText: String = row["state"]
+                guard let site = try? SiteID(siteText), let state = OperationState(rawValue: stateText) else { continue }
+                result[site, default: [:]][state] = row["n"]
+            }
+            return result
+        }
+    }
+
+    static func decode(_ document: String?) throws -> DeferredOperation? {
+        try document.map(decodeOne)
+    }
+
+    static func decodeOne(_ document: String) throws -> DeferredOperation {
+        try FleetJSON.decoder().decode(DeferredOperation.self, from: Data(document.utf8))
+    }
+}

@@ -1,0 +1,186 @@
+import FleetAggregator
+import FleetCore
+import Foundation
+import TestSupport
+import Testing
+
+@Suite("the operation queue: store, submission, operator actions (real SQLite)")
+struct OperationQueueTests {
+    static let now = Date(timeIntervalSince1970: 1_790_000_000)
+    static let executors: [OperationKind: ExecutorTemplate] = [
+        .clusterUpgrade: ExecutorTemplate(argv: [
+            "az", "aksarc", "upgrade", "--name", "{cluster.name}", "--resource-group", "{cluster.resourceGroup}",
+            "--kubernetes-version", "{params.kubernetesVersion}", "--yes",
+        ]),
+        .nodepoolScale: ExecutorTemplate(argv: ["az", "aksarc", "nodepool", "scale", "--name", "{params.nodepool}", "--node-count", "{params.count}"]),
+        .extensionInstall: ExecutorTemplate(argv: ["az", "k8s-extension", "create", "--name", "{params.name}"]),
+    ]
+    static let semi = SiteSituation(mode: .semiConnected, stable: false, deadline: now.addingTimeInterval(86_400), capabilities: [:])
+    static let connected = SiteSituation(mode: .connected, stable: true, deadline: now.addingTimeInterval(30 * 86_400), capabilities: [:])
+
+    func makeQueue() throws -> (DeferredQueue, String) {
+        let directory = try temporaryDirectory("edgefleet-queue")
+        let database = try AggregatorDatabase(path: directory + "/fleet.sqlite")
+        return (DeferredQueue(store: SQLiteOperationStore(database: database), executors: Self.executors), directory)
+    }
+
+    func upgrade(_ site: String = "store-1", version: String = "1.30.4", key: String? = nil) -> SubmissionRequest {
+        SubmissionRequest(site: site, kind: "cluster.upgrade", params: ["kubernetesVersion": version], createdBy: "alice", idempotencyKey: key)
+    }
+
+    @Test("a semi-connected site's operation is queued with the reason and the deadline; a connected, stable one dispatches at once")
+    func queuedOrNow() throws {
+        let (queue, directory) = try makeQueue()
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let waiting = try queue.submit(upgrade(), situation: Self.semi, now: Self.now)
+        #expect(waiting.operation.state == .queued && waiting.reason.contains("semi-connected"))
+        #expect(waiting.deadline == Self.semi.deadline)
+        let now = try queue.submit(upgrade("store-2"), situation: Self.connected, now: Self.now)
+        #expect(now.reason.contains("dispatched at once"))
+        let blocked = try queue.submit(
+            upgrade("store-3"), situation: SiteSituation(mode: .disconnected, stable: false, deadline: Self.now, capabilities: [:]), now: Self.now)
+        #expect(blocked.operation.state == .blocked)
+        #expect(blocked.operation.history.map(\.to) == [.queued, .blocked])
+    }
+
+    @Test("bad submissions are refused with a message naming the problem")
+    func refusals() throws {
+        let (queue, directory) = try makeQueue()
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        func refusal(_ request: SubmissionRequest) -> QueueError? {
+            do {
+                _ = try queue.submit(request, situation: Self.semi, now: Self.now)
+                return nil
+            } catch {
+                return error
+            }
+        }
+        #expect(refusal(SubmissionRequest(site: "Bad/Site", kind: "cluster.upgrade", createdBy: "a"))?.message.hasPrefix("site:") == true)
+        #expect(refusal(SubmissionRequest(site: "s1", kind: "cluster.explode", createdBy: "a"))?.message.contains("unknown 'cluster.explode'") == true)
+        let ssh = refusal(SubmissionRequest(site: "s1", kind: "ssh", createdBy: "a"))
+        #expect(ssh?.category == .refused && ssh?.message.contains("never queued") == true)
+        let entra = refusal(SubmissionRequest(site: "s1", kind: "access.entra", createdBy: "a"))
+        #expect(entra?.category == .refused && entra?.workaround?.contains("kubeconfig") == true)
+        let missing = refusal(SubmissionRequest(site: "s1", kind: "cluster.upgrade", createdBy: "a"))
+        #expect(missing?.category == .invalid && missing?.message.contains("{params.kubernetesVersion}") == true)
+        let noExecutor = refusal(SubmissionRequest(site: "s1", kind: "cluster.delete", createdBy: "a"))
+        #expect(noExecutor?.message.contains("no executor") == true)
+        var expired = upgrade()
+        expired.expiresAt = Self.now.addingTimeInterval(-1)
+        #expect(refusal(expired)?.message.hasPrefix("expiresAt") == true)
+    }
+
+    @Test("an executor placeholder that nothing can fill is refused at submission, named")
+    func unknownPlaceholder() throws {
+        let directory = try temporaryDirectory("edgefleet-queue")
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let queue = DeferredQueue(
+            store: SQLiteOperationStore(database: try AggregatorDatabase(path: directory + "/fleet.sqlite")),
+            executors: [.gitopsConfigure: ExecutorTemplate(argv: ["az", "k8s-configuration", "--url", "{repo.url}"])])
+        #expect(throws: QueueError(.refused, "the executor for gitops.configure has a placeholder nothing can fill: {repo.url}")) {
+            try queue.submit(SubmissionRequest(site: "s1", kind: "gitops.configure", createdBy: "a"), situation: nil, now: Self.now)
+        }
+    }
+
+    @Test("an idempotency key returns the existing operation")
+    func idempotency() throws {
+        let (queue, directory) = try makeQueue()
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let first = try queue.submit(upgrade(key: "change-42"), situation: Self.semi, now: Self.now)
+        let again = try queue.submit(upgrade(version: "1.31.0", key: "change-42"), situation: Self.semi, now: Self.now)
+        #expect(again.existing && again.operation.id == first.operation.id)
+        #expect(again.operation.params["kubernetesVersion"] == "1.30.4")
+        #expect(try queue.store.all(OperationFilter()).count == 1)
+    }
+
+    @Test("a newer coalescing operation supersedes the older queued one for the same target, recorded in both histories")
+    func coalescing() throws {
+        let (queue, directory) = try makeQueue()
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        func scale(_ pool: String, _ count: String) -> SubmissionRequest {
+            SubmissionRequest(site: "s1", kind: "nodepool.scale", params: ["nodepool": pool, "count": count], createdBy: "bob")
+        }
+        let a = try queue.submit(scale("np1", "3"), situation: Self.semi, now: Self.now)
+        let other = try queue.submit(scale("np2", "5"), situation: Self.semi, now: Self.now)
+        let b = try queue.submit(scale("np1", "4"), situation: Self.semi, now: Self.now)
+        #expect(b.superseded == [a.operation.id])
+        let old = try #require(try queue.store.operation(id: a.operation.id))
+        #expect(old.state == .superseded && old.history.last?.note == "superseded by \(b.operation.id)")
+        #expect(b.operation.history.contains { $0.note == "supersedes \(a.operation.id)" })
+        #expect(try queue.store.operation(id: other.operation.id)?.state == .queued)
+        // Upgrades coalesce for the whole cluster.
+        let u1 = try queue.submit(upgrade(version: "1.30.4"), situation: Self.semi, now: Self.now)
+        let u2 = try queue.submit(upgrade(version: "1.31.0"), situation: Self.semi, now: Self.now)
+        #expect(u2.superseded == [u1.operation.id])
+    }
+
+    @Test("cancel, retry (failed only), release (blocked only) and bulk cancel by filter")
+    func actions() throws {
+        let (queue, directory) = try makeQueue()
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let op = try queue.submit(upgrade(), situation: Self.semi, now: Self.now).operation
+        #expect(throws: QueueError.self) { try queue.retry(id: op.id, by: "a", now: Self.now) }
+        let cancelled = try queue.cancel(id: op.id, by: "carol", now: Self.now)
+        #expect(cancelled.state == .cancelled && cancelled.history.last?.note == "cancelled by carol")
+        #expect(throws: QueueError.self) { try queue.cancel(id: op.id, by: "carol", now: Self.now) }
+        #expect((try? queue.cancel(id: "op-missing", by: "a", now: Self.now)) == nil)
+
+        let down = SiteSituation(mode: .disconnected, stable: false, deadline: Self.now, capabilities: [:])
+        let blocked = try queue.submit(upgrade("s9"), situation: down, now: Self.now).operation
+        let released = try queue.release(id: blocked.id, by: "dave", now: Self.now)
+        #expect(released.state == .queued && released.released == true)
+
+        // A failed one can be retried.
+        let failing = try queue.submit(upgrade("s8"), situation: Self.semi, now: Self.now).operation
+        try queue.store.transition(id: failing.id, expected: [.queued], to: .dispatching, at: Self.now, note: "t", update: { $0.attempts = 1 })
+        try queue.store.transition(id: failing.id, expected: [.dispatching], to: .failed, at: Self.now, note: "exit 1", update: { _ in })
+        let retried = try queue.retry(id: failing.id, by: "erin", now: Self.now)
+        #expect(retried.state == .queued && retried.attempts == 0)
+
+        for i in 0..<3 {
+            _ = try queue.submit(
+                SubmissionRequest(site: "bulk", kind: "extension.install", params: ["name": "e\(i)"], createdBy: "a"), situation: Self.semi,
+                now: Self.now)
+        }
+        let gone = try queue.cancelAll(OperationFilter(site: try SiteID("bulk")), by: "frank", now: Self.now)
+        #expect(gone.count == 3 && gone.allSatisfy { $0.state == .cancelled })
+        #expect(try queue.store.counts()[try SiteID("bulk")] == [.cancelled: 3])
+    }
+
+    @Test("listing pages through operations oldest first with a cursor, filtered")
+    func paging() throws {
+        let (queue, directory) = try makeQueue()
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        var ids: [String] = []
+        for i in 0..<25 {
+            ids.append(
+                try queue.submit(
+                    SubmissionRequest(site: "s\(i % 2)", kind: "extension.install", params: ["name": "e\(i)"], createdBy: "a"),
+                    situation: Self.semi, now: Self.now
+                ).operation.id)
+        }
+        var seen: [String] = []
+        var cursor: Int64?
+        var pages = 0
+        repeat {
+            let page = try queue.store.list(OperationFilter(), after: cursor, limit: 10)
+            seen += page.operations.map(\.id)
+            cursor = page.nextCursor
+            pages += 1
+        } while cursor != nil
+        #expect(seen == ids && pages == 3)
+        let s1 = try queue.store.list(OperationFilter(site: try SiteID("s1"), states: [.queued]), after: nil, limit: 100)
+        #expect(s1.operations.count == 12 && s1.nextCursor == nil)
+    }
+
+    @Test("each placeholder becomes exactly one literal argument, whatever it holds")
+    func literalArguments() throws {
+        let template = ExecutorTemplate(argv: ["az", "k8s-extension", "create", "--name", "{params.name}", "--config=x={params.value}"])
+        let hostile = "a b 'c' \"d\"; rm -rf / $(reboot) `id`"
+        let argv = try template.render(operationID: "op-1", site: try SiteID("s1"), params: ["name": hostile, "value": "$HOME"], cluster: nil)
+        #expect(argv == ["az", "k8s-extension", "create", "--name", hostile, "--config=x=$HOME"])
+        #expect(throws: UnfilledPlaceholder(name: "cluster.name")) {
+            try ExecutorTemplate(argv: ["{cluster.name}"]).render(operationID: "op-1", site: try SiteID("s1"), params: [:], cluster: nil)
+        }
+    }
+}
