@@ -133,7 +133,7 @@ let package = Package(
             ],
             swiftSettings: swiftSettings
         ),
-        .testTarget(name: "CommandLineTests", dependencies: ["TestSupport"], swiftSettings: swiftSettings),
+        .testTarget(name: "CommandLineTests", dependencies: ["TestSupport", "CommandSupport", "FleetCore"], swiftSettings: swiftSettings),
         .testTarget(
             name: "FleetAggregatorTests",
             dependencies: [

@@ -1,3 +1,4 @@
+import CommandSupport
 internal import CTLSProbe
 import Dispatch
 

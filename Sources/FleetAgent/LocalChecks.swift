@@ -1,3 +1,4 @@
+import CommandSupport
 public import FleetCore
 
 #if canImport(FoundationEssentials)

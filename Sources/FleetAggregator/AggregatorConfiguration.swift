@@ -20,12 +20,25 @@ public struct AggregatorConfiguration: Sendable {
     public var flushInterval: Duration
     /// Payloads larger than this are rejected unread.
     public var maxPayloadBytes: Int
+    /// How each queueable kind runs (argv templates, the `az` CLI in the example).
+    public var executors: [OperationKind: ExecutorTemplate]
+    public var dispatch: DispatchSettings
+    /// Attempts an operation gets unless its submission says otherwise.
+    public var maxAttempts: Int
+    /// How often the dispatcher looks at the queue.
+    public var dispatchInterval: Duration
 
     public init(
         mqtt: MQTTConfiguration, topics: FleetTopics = FleetTopics(), databasePath: String = "./edgefleet.sqlite",
         httpListen: String = "127.0.0.1:8080", thresholds: Thresholds = Thresholds(), viewRefresh: Duration = .seconds(300),
-        summaryInterval: Duration = .seconds(1), flushInterval: Duration = .seconds(1), maxPayloadBytes: Int = 16_384
+        summaryInterval: Duration = .seconds(1), flushInterval: Duration = .seconds(1), maxPayloadBytes: Int = 16_384,
+        executors: [OperationKind: ExecutorTemplate] = [:], dispatch: DispatchSettings = DispatchSettings(), maxAttempts: Int = 5,
+        dispatchInterval: Duration = .milliseconds(500)
     ) {
+        self.executors = executors
+        self.dispatch = dispatch
+        self.maxAttempts = maxAttempts
+        self.dispatchInterval = dispatchInterval
         self.mqtt = mqtt
         self.topics = topics
         self.databasePath = databasePath
@@ -41,8 +54,15 @@ public struct AggregatorConfiguration: Sendable {
     public static let keys = [
         "broker", "username", "passwordFile", "caFile", "certFile", "keyFile", "clientId", "topicRoot", "database",
         "httpListen", "connectedWithin", "budget", "warnBefore", "criticalBefore", "stableFor", "staleAfter", "offlineAfter",
-        "viewRefresh", "summaryInterval", "flushInterval", "maxPayloadBytes",
+        "viewRefresh", "summaryInterval", "flushInterval", "maxPayloadBytes", "executors", "dispatchLimit", "maxAttempts",
+        "retryBackoff", "retryBackoffMax", "dispatchInterval", "executorOutputBytes",
     ]
+
+    /// One executor as written in the file: `argv` and an optional `timeout`.
+    struct ExecutorEntry: Decodable {
+        var argv: [String]
+        var timeout: String?
+    }
 
     public static func load(_ settings: inout Settings) throws(ConfigurationError) -> AggregatorConfiguration {
         let connection = try settings.brokerSettings()
@@ -68,6 +88,41 @@ public struct AggregatorConfiguration: Sendable {
         let summaryInterval = try settings.duration("summaryInterval", default: .seconds(1))
         let flushInterval = try settings.duration("flushInterval", default: .seconds(1))
         let maxPayloadBytes = try settings.integer("maxPayloadBytes", default: 16_384, range: 256...(1 << 20))
+
+        var executors: [OperationKind: ExecutorTemplate] = [:]
+        let origin = settings.raw("executors")?.1
+        for (name, entry) in try settings.decode([String: ExecutorEntry].self, "executors") ?? [:] {
+            guard let kind = OperationKind(rawValue: name) else {
+                throw ConfigurationError(key: "executors.\(name)", origin: origin, "unknown operation kind")
+            }
+            guard OperationCatalog.entry(kind).queueability == .queueable else {
+                throw ConfigurationError(key: "executors.\(name)", origin: origin, "\(name) is never queued, so it has no executor")
+            }
+            guard !entry.argv.isEmpty, !entry.argv[0].isEmpty else {
+                throw ConfigurationError(key: "executors.\(name).argv", origin: origin, "must not be empty")
+            }
+            var timeout = Duration.seconds(900)
+            if let text = entry.timeout {
+                do {
+                    timeout = try DurationFormat.parse(text)
+                } catch {
+                    throw ConfigurationError(key: "executors.\(name).timeout", origin: origin, error.description)
+                }
+                guard timeout > .zero else { throw ConfigurationError(key: "executors.\(name).timeout", origin: origin, "must be longer than zero") }
+            }
+            let template = ExecutorTemplate(argv: entry.argv, timeout: timeout)
+            if let unknown = template.unknownPlaceholder {
+                throw ConfigurationError(key: "executors.\(name).argv", origin: origin, "no operation can fill the placeholder {\(unknown)}")
+            }
+            executors[kind] = template
+        }
+        let dispatch = DispatchSettings(
+            limit: try settings.integer("dispatchLimit", default: 4, range: 1...1000),
+            backoff: try settings.duration("retryBackoff", default: .seconds(30)),
+            maximumBackoff: try settings.duration("retryBackoffMax", default: .seconds(1800)),
+            outputBytes: try settings.integer("executorOutputBytes", default: 4096, range: 0...(1 << 20)))
+        let maxAttempts = try settings.integer("maxAttempts", default: 5, range: 1...100)
+        let dispatchInterval = try settings.duration("dispatchInterval", default: .milliseconds(500))
         try settings.rejectUnknownFileKeys()
 
         var mqtt = MQTTConfiguration(
@@ -82,7 +137,8 @@ public struct AggregatorConfiguration: Sendable {
         return AggregatorConfiguration(
             mqtt: mqtt, topics: FleetTopics(root: root), databasePath: database, httpListen: httpListen, thresholds: thresholds,
             viewRefresh: viewRefresh, summaryInterval: summaryInterval, flushInterval: flushInterval,
-            maxPayloadBytes: maxPayloadBytes)
+            maxPayloadBytes: maxPayloadBytes, executors: executors, dispatch: dispatch, maxAttempts: maxAttempts,
+            dispatchInterval: dispatchInterval)
     }
 
     /// A readable summary for `--check-config` (no secrets).
@@ -100,6 +156,9 @@ public struct AggregatorConfiguration: Sendable {
             "liveness: stale after \(t.staleAfterIntervals), offline after \(t.offlineAfterIntervals) heartbeat intervals",
             "view refresh \(DurationFormat.format(viewRefresh)), summary at most every \(DurationFormat.format(summaryInterval)), "
                 + "store flush every \(DurationFormat.format(flushInterval)), payloads up to \(maxPayloadBytes) bytes",
+            "dispatch: \(dispatch.limit) at once, \(maxAttempts) attempts, backoff \(DurationFormat.format(dispatch.backoff)) "
+                + "up to \(DurationFormat.format(dispatch.maximumBackoff))",
         ].joined(separator: "\n")
+            + executors.keys.sorted().map { "\nexecutor \($0.rawValue): \(executors[$0]!.argv.joined(separator: " "))" }.joined()
     }
 }

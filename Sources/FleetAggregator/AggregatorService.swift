@@ -30,6 +30,10 @@ public final class AggregatorService: Service, Sendable {
     let state: Mutex<FleetState>
     let session: UInt64
     let rejectLog: Mutex<RejectLog>
+    /// The deferred-operation queue (submission, operator actions) and its dispatcher.
+    public let queue: DeferredQueue
+    let dispatcher: Dispatcher
+    let queueEvents = QueueEvents()
 
     public init(configuration: AggregatorConfiguration, logger: Logger, metrics: AggregatorMetrics = AggregatorMetrics()) throws {
         self.configuration = configuration
@@ -40,6 +44,12 @@ public final class AggregatorService: Service, Sendable {
         state = Mutex(FleetState(thresholds: configuration.thresholds, viewRefresh: configuration.viewRefresh))
         session = UInt64(max(0, Date().timeIntervalSince1970 * 1000))
         rejectLog = Mutex(RejectLog())
+        let operations = SQLiteOperationStore(database: database)
+        queue = DeferredQueue(store: operations, executors: configuration.executors, defaultMaxAttempts: configuration.maxAttempts)
+        let events = queueEvents
+        dispatcher = Dispatcher(
+            store: operations, executors: configuration.executors, settings: configuration.dispatch, logger: logger,
+            emit: { events.add($0) })
 
         var mqtt = configuration.mqtt
         let topics = configuration.topics
@@ -80,6 +90,7 @@ public final class AggregatorService: Service, Sendable {
         for problem in problems { logger.error("\(problem)") }
         let start = Date()
         state.withLock { $0.restore(restored, now: start) }
+        try dispatcher.recover(now: start)
         logger.info("aggregator started", metadata: ["sites": "\(restored.count)", "database": "\(configuration.databasePath)"])
 
         let topics = configuration.topics
@@ -93,6 +104,7 @@ public final class AggregatorService: Service, Sendable {
             group.addTask { await self.clockLoop() }
             group.addTask { await self.storeLoop() }
             group.addTask { await self.presenceLoop() }
+            group.addTask { await self.dispatchLoop() }
             await withGracefulShutdownHandler {
                 await group.next()
             } onGracefulShutdown: {
@@ -145,7 +157,9 @@ public final class AggregatorService: Service, Sendable {
             }
             metrics.evaluationLag.record(duration: lag)
             metrics.record(modes: counts.0, liveness: counts.1)
-            if !output.isEmpty { await publish(output) }
+            var all = output
+            all.events += queueEvents.take()
+            if !all.isEmpty { await publish(all) }
             if ContinuousClock.now - lastSummary >= configuration.summaryInterval {
                 let summary: FleetSummary? = state.withLock { fleet in
                     fleet.takeSummaryChange() ? fleet.summary(now: Date()) : nil
@@ -156,6 +170,68 @@ public final class AggregatorService: Service, Sendable {
                 }
             }
         }
+    }
+
+    private func dispatchLoop() async {
+        while !isStopping {
+            let now = Date()
+            do {
+                try dispatcher.tick(now: now) { site in self.state.withLock { $0.situation(of: site, now: now)?.dispatch } }
+                if queueEvents.takeChanged() {
+                    let counts = try queue.store.counts()
+                    state.withLock { $0.setQueue(counts, now: Date()) }
+                }
+            } catch {
+                logger.error("dispatch pass failed: \(error)")
+            }
+            try? await Task.sleep(for: configuration.dispatchInterval)
+        }
+    }
+
+    // MARK: - The queue, for the operator surfaces
+
+    /// Submits an operation (validated against the catalog and the executors).
+    public func submit(_ request: SubmissionRequest) throws(QueueError) -> SubmissionResult {
+        let now = Date()
+        let situation = (try? SiteID(request.site)).flatMap { site in state.withLock { $0.situation(of: site, now: now)?.submission } }
+        let result = try queue.submit(request, situation: situation, now: now)
+        if !result.existing {
+            for id in result.superseded {
+                queueEvents.add(FleetEvent(type: .operationSuperseded, site: result.operation.site, at: now, operationID: id, note: "superseded by \(result.operation.id)"))
+            }
+            queueEvents.add(
+                FleetEvent(
+                    type: result.operation.state == .blocked ? .operationBlocked : .operationQueued, site: result.operation.site, at: now,
+                    operationID: result.operation.id, kind: result.operation.kind, note: result.reason))
+        }
+        return result
+    }
+
+    public func cancel(id: String, by who: String) throws(QueueError) -> DeferredOperation {
+        let operation = try queue.cancel(id: id, by: who, now: Date())
+        queueEvents.add(FleetEvent(type: .operationCancelled, site: operation.site, at: Date(), operationID: id, kind: operation.kind, note: "by \(who)"))
+        return operation
+    }
+
+    public func retry(id: String, by who: String) throws(QueueError) -> DeferredOperation {
+        let operation = try queue.retry(id: id, by: who, now: Date())
+        queueEvents.add(FleetEvent(type: .operationQueued, site: operation.site, at: Date(), operationID: id, kind: operation.kind, note: "retried by \(who)"))
+        return operation
+    }
+
+    public func release(id: String, by who: String) throws(QueueError) -> DeferredOperation {
+        let operation = try queue.release(id: id, by: who, now: Date())
+        queueEvents.add(FleetEvent(type: .operationQueued, site: operation.site, at: Date(), operationID: id, kind: operation.kind, note: "released by \(who)"))
+        return operation
+    }
+
+    public func cancelAll(_ filter: OperationFilter, by who: String) throws(QueueError) -> [DeferredOperation] {
+        let cancelled = try queue.cancelAll(filter, by: who, now: Date())
+        for operation in cancelled {
+            queueEvents.add(
+                FleetEvent(type: .operationCancelled, site: operation.site, at: Date(), operationID: operation.id, kind: operation.kind, note: "by \(who) (bulk)"))
+        }
+        return cancelled
     }
 
     private func storeLoop() async {
@@ -243,6 +319,33 @@ public final class AggregatorService: Service, Sendable {
         } catch {
             metrics.publishFailures.increment()
             logger.debug("publish to \(topic) failed: \(error)")
+        }
+    }
+}
+
+/// Events from the queue and the dispatcher, waiting for the clock loop to publish them.
+final class QueueEvents: Sendable {
+    private let state = Mutex<(events: [FleetEvent], changed: Bool)>(([], true))
+
+    func add(_ event: FleetEvent) {
+        state.withLock {
+            $0.events.append(event)
+            $0.changed = true
+        }
+    }
+
+    func take() -> [FleetEvent] {
+        state.withLock { s in
+            defer { s.events.removeAll() }
+            return s.events
+        }
+    }
+
+    /// True once after any event since the last call (the queue's counts may have moved).
+    func takeChanged() -> Bool {
+        state.withLock { s in
+            defer { s.changed = false }
+            return s.changed
         }
     }
 }

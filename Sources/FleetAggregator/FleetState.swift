@@ -48,6 +48,8 @@ public final class FleetState {
     private var scheduledAt: [SiteID: Int64] = [:]
     private var deadlines: [SiteID: Date] = [:]
     private var output = FleetOutput()
+    private var queueCounts: [SiteID: QueueCounts] = [:]
+    private var queueTotals: [String: Int] = [:]
     private var dirty: Set<SiteID> = []
     /// Something the fleet summary shows has changed since `takeSummaryChange()`.
     private var summaryChanged = true
@@ -158,7 +160,7 @@ public final class FleetState {
 
     /// The fleet summary at `now`: counts, and the five nearest deadlines of sites not yet
     /// disconnected.
-    public func summary(now: Date, queue: [String: Int] = [:]) -> FleetSummary {
+    public func summary(now: Date) -> FleetSummary {
         var nearest: [(SiteID, Date)] = []
         for (site, deadline) in deadlines where records[site]?.mode != .disconnected {
             if nearest.count < 5 {
@@ -175,7 +177,7 @@ public final class FleetState {
                 remainingS: deadline.timeIntervalSince(now))
         }
         return FleetSummary(
-            at: now, sites: records.count, modes: modes, liveness: liveness, nearestDeadlines: entries, queue: queue)
+            at: now, sites: records.count, modes: modes, liveness: liveness, nearestDeadlines: entries, queue: queueTotals)
     }
 
     /// The view of one site as last evaluated.
@@ -184,7 +186,43 @@ public final class FleetState {
         let evaluation = ConnectivityEvaluator.evaluate(record.knowledge, thresholds: thresholds, now: now)
         return SiteView(
             site: site, evaluation: evaluation, lastHeartbeatAt: record.lastHeartbeatAt,
-            lastAzureContactAt: record.lastAzureContactAt, checks: record.checks)
+            lastAzureContactAt: record.lastAzureContactAt, queue: queueCounts[site] ?? QueueCounts(), checks: record.checks)
+    }
+
+    /// What the queue and the dispatcher need to know about a site now (nil: never heard from).
+    public func situation(of site: SiteID, now: Date) -> (submission: SiteSituation, dispatch: DispatchSituation)? {
+        guard let record = records[site] else { return nil }
+        let e = ConnectivityEvaluator.evaluate(record.knowledge, thresholds: thresholds, now: now)
+        return (
+            SiteSituation(mode: e.mode, stable: e.stable, deadline: e.deadline, capabilities: record.capabilities),
+            DispatchSituation(mode: e.mode, stable: e.stable, cluster: record.cluster)
+        )
+    }
+
+    /// Takes the queue's counts by site and state; republishes the views whose counts changed.
+    public func setQueue(_ counts: [SiteID: [OperationState: Int]], now: Date) {
+        var totals: [String: Int] = [:]
+        var next: [SiteID: QueueCounts] = [:]
+        for (site, byState) in counts {
+            for (state, n) in byState { totals[state.rawValue, default: 0] += n }
+            next[site] = QueueCounts(
+                queued: byState[.queued] ?? 0, dispatching: byState[.dispatching] ?? 0, failed: byState[.failed] ?? 0,
+                blocked: byState[.blocked] ?? 0)
+        }
+        let changed = Set(next.keys).union(queueCounts.keys).filter { (next[$0] ?? QueueCounts()) != (queueCounts[$0] ?? QueueCounts()) }
+        queueCounts = next
+        if totals != queueTotals {
+            queueTotals = totals
+            summaryChanged = true
+        }
+        for site in changed where records[site] != nil {
+            evaluate(site, now: now, forceView: true)
+        }
+    }
+
+    /// Adds an event (the queue's) to the output, in order with the fleet's own.
+    public func append(_ event: FleetEvent) {
+        output.events.append(event)
     }
 
     // MARK: - Evaluation
@@ -242,7 +280,7 @@ public final class FleetState {
             output.views.append(
                 SiteView(
                     site: site, evaluation: e, lastHeartbeatAt: record.lastHeartbeatAt,
-                    lastAzureContactAt: record.lastAzureContactAt, checks: record.checks))
+                    lastAzureContactAt: record.lastAzureContactAt, queue: queueCounts[site] ?? QueueCounts(), checks: record.checks))
             record.viewPublishedAt = now
             summaryChanged = true
         }

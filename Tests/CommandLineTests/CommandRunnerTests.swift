@@ -1,4 +1,4 @@
-import FleetAgent
+import CommandSupport
 import FleetCore
 import Foundation
 import TestSupport
@@ -60,7 +60,7 @@ struct CommandRunnerTests {
 
     @Test("a program that does not exist is an error, not a crash")
     func missing() async {
-        await #expect(throws: StateError.self) {
+        await #expect(throws: CommandError.self) {
             _ = try await CommandRunner.run(["/nonexistent/edgefleet-check"], timeout: .seconds(5))
         }
     }

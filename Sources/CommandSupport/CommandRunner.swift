@@ -7,6 +7,20 @@ import Glibc
 import Musl
 #endif
 
+/// A command that could not be started at all.
+public struct CommandError: Error, Sendable, Hashable, CustomStringConvertible {
+    public var description: String
+    public init(_ description: String) { self.description = description }
+}
+
+/// What of a command's output to keep.
+public enum OutputCapture: Sendable, Hashable {
+    /// The first line, at most `outputLimit` characters (checks, probes).
+    case firstLine
+    /// Everything up to this many bytes, then a note of how much was cut (executors).
+    case head(bytes: Int)
+}
+
 /// The outcome of running a command to completion or to its timeout.
 public struct CommandOutcome: Sendable, Hashable {
     /// The exit status, when the command exited by itself.
@@ -17,6 +31,8 @@ public struct CommandOutcome: Sendable, Hashable {
     public var timedOut: Bool
     /// The first line of standard output and error together, at most `outputLimit` characters.
     public var firstLine: String
+    /// With `.head(bytes:)`: standard output and error together, truncated.
+    public var output: String = ""
     public var duration: Duration
 
     /// Nagios-style reading: exit 0 pass, 1 warn, 2 fail; anything else, a
@@ -27,32 +43,34 @@ public struct CommandOutcome: Sendable, Hashable {
     }
 }
 
-/// Runs commands for probes and local checks: never through a shell, in a
-/// process group of their own that is killed whole at the timeout, with their
-/// output read continuously (so a chatty command cannot block) but only the
-/// first line kept.
+/// Runs commands for probes, local checks and the aggregator's executors: never through
+/// a shell, in a process group of their own that is killed whole at the timeout, with
+/// their output read continuously (so a chatty command cannot block) and only a bounded
+/// part of it kept.
 public enum CommandRunner {
     /// Runs `arguments` (the first is the program, looked up on PATH when it has no `/`).
     /// Throws only when the command could not be started at all.
     public static func run(
-        _ arguments: [String], timeout: Duration, outputLimit: Int = 256, environment: [String: String]? = nil
-    ) async throws(StateError) -> CommandOutcome {
-        guard let program = arguments.first, !program.isEmpty else { throw StateError("empty command") }
-        let result: Result<CommandOutcome, StateError> = await withCheckedContinuation { continuation in
+        _ arguments: [String], timeout: Duration, outputLimit: Int = 256, capture: OutputCapture = .firstLine,
+        environment: [String: String]? = nil
+    ) async throws(CommandError) -> CommandOutcome {
+        guard let program = arguments.first, !program.isEmpty else { throw CommandError("empty command") }
+        let result: Result<CommandOutcome, CommandError> = await withCheckedContinuation { continuation in
             // Blocking waits (poll, waitpid) run on a thread of their own, not on the cooperative pool.
             DispatchQueue.global().async {
-                continuation.resume(returning: runBlocking(arguments, timeout: timeout, outputLimit: outputLimit, environment: environment))
+                continuation.resume(
+                    returning: runBlocking(arguments, timeout: timeout, outputLimit: outputLimit, capture: capture, environment: environment))
             }
         }
         return try result.get()
     }
 
     static func runBlocking(
-        _ arguments: [String], timeout: Duration, outputLimit: Int, environment: [String: String]?
-    ) -> Result<CommandOutcome, StateError> {
+        _ arguments: [String], timeout: Duration, outputLimit: Int, capture: OutputCapture, environment: [String: String]?
+    ) -> Result<CommandOutcome, CommandError> {
         let start = ContinuousClock.now
         var pipeFDs: [Int32] = [-1, -1]
-        guard pipe(&pipeFDs) == 0 else { return .failure(StateError("pipe: \(String(cString: strerror(errno)))")) }
+        guard pipe(&pipeFDs) == 0 else { return .failure(CommandError("pipe: \(String(cString: strerror(errno)))")) }
         _ = fcntl(pipeFDs[0], F_SETFD, FD_CLOEXEC)
         _ = fcntl(pipeFDs[1], F_SETFD, FD_CLOEXEC)
 
@@ -93,12 +111,14 @@ public enum CommandRunner {
         close(pipeFDs[1])
         guard rc == 0 else {
             close(pipeFDs[0])
-            return .failure(StateError("cannot run '\(arguments[0])': \(String(cString: strerror(rc)))"))
+            return .failure(CommandError("cannot run '\(arguments[0])': \(String(cString: strerror(rc)))"))
         }
 
         // Read until EOF (every holder of the pipe exited) or the deadline.
         let deadline = start + timeout
         var kept: [UInt8] = []
+        var head: [UInt8] = []
+        var dropped = 0
         var sawNewline = false
         var timedOut = false
         var buffer = [UInt8](repeating: 0, count: 4096)
@@ -121,6 +141,11 @@ public enum CommandRunner {
             let n = buffer.withUnsafeMutableBytes { read(readFD, $0.baseAddress, $0.count) }
             if n < 0 && errno == EINTR { continue }
             if n <= 0 { break }
+            if case .head(let limit) = capture {
+                let room = max(0, limit - head.count)
+                head += buffer[0..<min(n, room)]
+                dropped += max(0, n - room)
+            }
             if !sawNewline {
                 for byte in buffer[0..<n] {
                     if byte == UInt8(ascii: "\n") {
@@ -158,6 +183,7 @@ public enum CommandRunner {
                 signal: signalled == 0 ? nil : signalled,
                 timedOut: timedOut,
                 firstLine: line.trimmingTrailingWhitespace,
+                output: String(decoding: head, as: UTF8.self) + (dropped > 0 ? "\n… (\(dropped) more bytes not kept)" : ""),
                 duration: ContinuousClock.now - start))
     }
 }

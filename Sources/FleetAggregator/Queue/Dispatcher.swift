@@ -1,0 +1,233 @@
+public import CommandSupport
+public import FleetCore
+public import Logging
+import Synchronization
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+#if canImport(FoundationEssentials)
+public import FoundationEssentials
+#else
+public import Foundation
+#endif
+
+/// What the dispatcher needs to know about a site now.
+public struct DispatchSituation: Sendable, Hashable {
+    public var mode: ConnectivityMode
+    /// Connected for at least `stableFor`.
+    public var stable: Bool
+    public var cluster: ClusterInfo?
+
+    public init(mode: ConnectivityMode, stable: Bool, cluster: ClusterInfo?) {
+        self.mode = mode
+        self.stable = stable
+        self.cluster = cluster
+    }
+}
+
+/// How the dispatcher runs operations.
+public struct DispatchSettings: Sendable, Hashable {
+    /// Operations running at once across the fleet.
+    public var limit: Int = 4
+    /// The first retry waits this long; each further one twice as long, up to `maximumBackoff`,
+    /// with up to 20% jitter either way.
+    public var backoff: Duration = .seconds(30)
+    public var maximumBackoff: Duration = .seconds(1800)
+    /// Bytes of an executor's output kept in the history.
+    public var outputBytes: Int = 4096
+
+    public init(limit: Int = 4, backoff: Duration = .seconds(30), maximumBackoff: Duration = .seconds(1800), outputBytes: Int = 4096) {
+        self.limit = limit
+        self.backoff = backoff
+        self.maximumBackoff = maximumBackoff
+        self.outputBytes = outputBytes
+    }
+}
+
+/// Runs queued operations when their site's link is back: per site one at a time, oldest
+/// first, only when the site has been connected for `stableFor`, at most `limit` at once
+/// across the fleet with waiting sites served round robin. Expires, blocks and retries.
+/// Every change is one store transaction, so a crash loses none; an operation found
+/// `dispatching` at start-up is queued again (at least once).
+public final class Dispatcher: Sendable {
+    let store: any OperationStore
+    let executors: [OperationKind: ExecutorTemplate]
+    let settings: DispatchSettings
+    let logger: Logger
+    /// Receives every transition as an event.
+    let emit: @Sendable (FleetEvent) -> Void
+
+    private struct State {
+        var running: Set<SiteID> = []
+        /// Round robin: the site served last; the next pass starts after it.
+        var lastServed: SiteID?
+    }
+    private let state = Mutex(State())
+
+    public init(
+        store: any OperationStore, executors: [OperationKind: ExecutorTemplate], settings: DispatchSettings, logger: Logger,
+        emit: @escaping @Sendable (FleetEvent) -> Void
+    ) {
+        self.store = store
+        self.executors = executors
+        self.settings = settings
+        self.logger = logger
+        self.emit = emit
+    }
+
+    /// How many operations are running now.
+    public var runningCount: Int { state.withLock { $0.running.count } }
+
+    /// At start-up: operations left `dispatching` by a crash go back to the queue.
+    public func recover(now: Date) throws {
+        for operation in try store.all(OperationFilter(states: [.dispatching])) {
+            try store.transition(
+                id: operation.id, expected: [.dispatching], to: .queued, at: now,
+                note: "the aggregator stopped while this was running; it runs again (at least once)", update: { _ in })
+            logger.warning("operation \(operation.id) was running when the aggregator stopped; queued again")
+        }
+    }
+
+    /// One pass: expire, block, then start what may start. `situation` answers for a site
+    /// the aggregator knows (nil: never heard from).
+    public func tick(now: Date, situation: (SiteID) -> DispatchSituation?) throws {
+        let waiting = try store.all(OperationFilter(states: [.queued]))
+        var candidates: [SiteID: DeferredOperation] = [:]
+        for operation in waiting {  // oldest first
+            if let expiresAt = operation.expiresAt, expiresAt <= now {
+                try move(operation, to: .expired, at: now, note: "expired at \(RFC3339.format(expiresAt)) before it could run", event: .operationExpired)
+                continue
+            }
+            let site = situation(operation.site)
+            if site?.mode == .disconnected, operation.released != true {
+                try move(operation, to: .blocked, at: now, note: "the site passed its deadline; an operator must release or cancel it", event: .operationBlocked)
+                continue
+            }
+            guard candidates[operation.site] == nil else { continue }  // the site's oldest goes first
+            if let notBefore = operation.notBefore, notBefore > now { continue }  // scheduled later: the next one may go
+            candidates[operation.site] = operation
+        }
+
+        // Sites whose oldest operation may run now, round robin from the last one served.
+        let ready = candidates.filter { site, operation in
+            guard let s = situation(site), s.mode == .connected, s.stable else { return false }
+            if let next = operation.nextAttemptAt, next > now { return false }  // backing off: the site waits, in order
+            return true
+        }
+        let (order, free) = state.withLock { s -> ([SiteID], Int) in
+            let sites = ready.keys.filter { !s.running.contains($0) }.sorted()
+            let start = s.lastServed.flatMap { last in sites.firstIndex { $0 > last } } ?? 0
+            return (Array(sites[start...] + sites[..<start]), settings.limit - s.running.count)
+        }
+        for site in order.prefix(max(0, free)) {
+            guard let operation = ready[site] else { continue }
+            start(operation, cluster: situation(site)?.cluster, now: now)
+        }
+    }
+
+    private func move(_ operation: DeferredOperation, to: OperationState, at now: Date, note: String, event: FleetEventType) throws {
+        do {
+            let moved = try store.transition(id: operation.id, expected: [operation.state], to: to, at: now, note: note, update: { _ in })
+            emit(FleetEvent(type: event, site: moved.site, at: now, operationID: moved.id, kind: moved.kind, note: note))
+        } catch OperationStoreError.conflict {
+            // An operator acted on it meanwhile; theirs stands.
+        }
+    }
+
+    private func start(_ operation: DeferredOperation, cluster: ClusterInfo?, now: Date) {
+        let claimed = state.withLock { s -> Bool in
+            guard s.running.count < settings.limit, s.running.insert(operation.site).inserted else { return false }
+            s.lastServed = operation.site
+            return true
+        }
+        guard claimed else { return }
+        let dispatched: DeferredOperation
+        do {
+            dispatched = try store.transition(
+                id: operation.id, expected: [.queued], to: .dispatching, at: now, note: "attempt \(operation.attempts + 1) of \(operation.maxAttempts)",
+                update: { $0.attempts += 1 })
+        } catch {
+            state.withLock { _ = $0.running.remove(operation.site) }
+            return
+        }
+        emit(FleetEvent(type: .operationDispatched, site: dispatched.site, at: now, operationID: dispatched.id, kind: dispatched.kind))
+        Task {
+            await self.execute(dispatched, cluster: cluster)
+            self.state.withLock { _ = $0.running.remove(dispatched.site) }
+        }
+    }
+
+    private func execute(_ operation: DeferredOperation, cluster: ClusterInfo?) async {
+        guard let template = executors[operation.kind] else {
+            finish(operation, to: .failed, note: "no executor is configured for \(operation.kind.rawValue)", event: .operationFailed)
+            return
+        }
+        let argv: [String]
+        do {
+            argv = try template.render(operationID: operation.id, site: operation.site, params: operation.params, cluster: cluster)
+        } catch {
+            finish(operation, to: .failed, note: "\(error.description): the site has not reported it", event: .operationFailed)
+            return
+        }
+        var environment = processEnvironment()
+        environment["EDGEFLEET_OPERATION_ID"] = operation.id
+        let outcome: CommandOutcome
+        do {
+            outcome = try await CommandRunner.run(
+                argv, timeout: template.timeout, capture: .head(bytes: settings.outputBytes), environment: environment)
+        } catch {
+            finish(operation, to: .failed, note: "\(error.description)", event: .operationFailed)
+            return
+        }
+        let output = outcome.output.isEmpty ? "" : "\n" + outcome.output
+        switch (outcome.timedOut, outcome.exitCode) {
+        case (false, 0?):
+            finish(operation, to: .succeeded, note: "exit 0" + output, event: .operationSucceeded)
+        case (true, _), (false, 75?):
+            let why = outcome.timedOut ? "timed out after \(DurationFormat.format(template.timeout)); process group killed" : "exit 75 (try again later)"
+            if operation.attempts < operation.maxAttempts {
+                let wait = backoff(afterAttempt: operation.attempts)
+                finish(
+                    operation, to: .queued, note: "\(why); retry in \(DurationFormat.format(wait))" + output, event: .operationRetrying,
+                    update: { $0.nextAttemptAt = Date().addingTimeInterval(wait.secondsDouble); $0.lastError = why })
+            } else {
+                finish(
+                    operation, to: .failed, note: "\(why); no attempts left (\(operation.maxAttempts))" + output, event: .operationFailed,
+                    update: { $0.lastError = why })
+            }
+        default:
+            let why = outcome.exitCode.map { "exit \($0)" } ?? "killed by signal \(outcome.signal ?? 0)"
+            finish(operation, to: .failed, note: why + output, event: .operationFailed, update: { $0.lastError = why })
+        }
+    }
+
+    private func finish(
+        _ operation: DeferredOperation, to: OperationState, note: String, event: FleetEventType,
+        update: @Sendable (inout DeferredOperation) -> Void = { _ in }
+    ) {
+        let now = Date()
+        do {
+            let done = try store.transition(id: operation.id, expected: [.dispatching], to: to, at: now, note: note, update: update)
+            emit(FleetEvent(type: event, site: done.site, at: now, operationID: done.id, kind: done.kind, note: String(note.prefix(200))))
+        } catch {
+            logger.error("cannot record the end of operation \(operation.id): \(error)")
+        }
+    }
+
+    /// Exponential backoff with ±20% jitter.
+    func backoff(afterAttempt attempt: Int) -> Duration {
+        let base = settings.backoff.secondsDouble * pow(2, Double(max(0, attempt - 1)))
+        let capped = min(base, settings.maximumBackoff.secondsDouble)
+        let jittered = capped * Double.random(in: 0.8...1.2)
+        return .milliseconds(Int64(jittered * 1000))
+    }
+}
+
+extension Duration {
+    var secondsDouble: Double {
+        let (seconds, attoseconds) = components
+        return Double(seconds) + Double(attoseconds) / 1e18
+    }
+}
