@@ -1,3 +1,4 @@
+import Dispatch
 public import FleetCore
 public import Logging
 import MQTT
@@ -126,6 +127,9 @@ public final class AggregatorService: Service, Sendable {
             if isStopping { return }
             let now = Date()
             switch decoder.decode(topic: message.topic, payload: message.payload, now: now) {
+            case .success(.heartbeat) where message.retain:
+                // Heartbeats are never retained; a retained one is a leftover, not a contact now.
+                metrics.ignored.increment()
             case .success(let input):
                 let outcome = state.withLock { $0.ingest(input, now: now, live: !message.retain) }
                 switch input {
@@ -151,16 +155,19 @@ public final class AggregatorService: Service, Sendable {
             // At most 2,000 due evaluations per tick (about 10 ms of work), then publish what
             // changed: when a whole fleet comes due at once (loaded or restored in one burst),
             // ingest and its publishing are delayed by one slice, not by the whole herd.
+            // While the broker is unreachable the output stays in the state (events capped),
+            // so what happened meanwhile (a deadline passed during a restart) is not lost.
+            let connected = client.state.isConnected
             let (output, lag, counts) = state.withLock { fleet in
                 let (_, lateness) = fleet.runDue(now: now, limit: 2_000)
-                return (fleet.takeOutput(limit: 5_000), lateness, (fleet.modes, fleet.liveness))
+                return (connected ? fleet.takeOutput(limit: 5_000) : FleetOutput(), lateness, (fleet.modes, fleet.liveness))
             }
             metrics.evaluationLag.record(duration: lag)
             metrics.record(modes: counts.0, liveness: counts.1)
             var all = output
-            all.events += queueEvents.take()
+            if connected { all.events += queueEvents.take() }
             if !all.isEmpty { await publish(all) }
-            if ContinuousClock.now - lastSummary >= configuration.summaryInterval {
+            if connected, ContinuousClock.now - lastSummary >= configuration.summaryInterval {
                 let summary: FleetSummary? = state.withLock { fleet in
                     fleet.takeSummaryChange() ? fleet.summary(now: Date()) : nil
                 }
@@ -237,7 +244,13 @@ public final class AggregatorService: Service, Sendable {
     private func storeLoop() async {
         while !isStopping {
             try? await Task.sleep(for: configuration.flushInterval)
-            flush()
+            // SQLite blocks: on a thread of its own, not on the cooperative pool ingest runs on.
+            await withCheckedContinuation { (done: CheckedContinuation<Void, Never>) in
+                DispatchQueue.global().async {
+                    self.flush()
+                    done.resume()
+                }
+            }
         }
     }
 
@@ -248,11 +261,9 @@ public final class AggregatorService: Service, Sendable {
             if isStopping { return }
             if state.isConnected {
                 await announce(.online, reason: nil)
-                // Everything published so far may be gone with the broker: republish the fleet.
-                let views = self.state.withLock { fleet in
-                    fleet.records.keys.compactMap { fleet.view(of: $0, now: Date()) }
-                }
-                await publish(FleetOutput(views: views, events: []))
+                // Everything published so far may be gone with the broker: republish the fleet,
+                // through the schedule (in slices, never older than what the clock loop sends).
+                self.state.withLock { $0.republishAll(now: Date()) }
             }
         }
     }

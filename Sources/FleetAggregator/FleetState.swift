@@ -49,6 +49,12 @@ public final class FleetState {
     private var deadlines: [SiteID: Date] = [:]
     private var output = FleetOutput()
     private var queueCounts: [SiteID: QueueCounts] = [:]
+    /// Sites whose next evaluation publishes a view whatever changed.
+    private var forceView: Set<SiteID> = []
+    /// Events dropped because the output was not taken for too long (broker unreachable).
+    public private(set) var droppedEvents = 0
+    /// The most events kept while nobody takes them.
+    public var eventCapacity = 100_000
     private var queueTotals: [String: Int] = [:]
     private var dirty: Set<SiteID> = []
     /// Something the fleet summary shows has changed since `takeSummaryChange()`.
@@ -109,7 +115,7 @@ public final class FleetState {
             guard scheduledAt[top.site] == top.atMs else { continue }  // superseded by an earlier entry
             scheduledAt[top.site] = nil
             lateness = max(lateness, nowMs - top.atMs)
-            evaluate(top.site, now: now, forceView: false)
+            evaluate(top.site, now: now, forceView: forceView.remove(top.site) != nil)
             evaluated += 1
         }
         return (evaluated, .milliseconds(lateness))
@@ -220,6 +226,21 @@ public final class FleetState {
         }
     }
 
+    /// Schedules every site for a fresh view now (after a reconnect: a broker restarted
+    /// without persistence has forgotten the retained views). Goes through the schedule, so
+    /// the clock loop publishes them in slices and never a view older than a newer one.
+    public func republishAll(now: Date) {
+        let nowMs = milliseconds(now)
+        for site in records.keys {
+            forceView.insert(site)
+            if scheduledAt[site].map({ nowMs < $0 }) ?? true {
+                scheduledAt[site] = nowMs
+                heap.insert(Entry(atMs: nowMs, site: site))
+            }
+        }
+        summaryChanged = true
+    }
+
     /// Adds an event (the queue's) to the output, in order with the fleet's own.
     public func append(_ event: FleetEvent) {
         output.events.append(event)
@@ -228,6 +249,12 @@ public final class FleetState {
     // MARK: - Evaluation
 
     private func evaluate(_ site: SiteID, now: Date, forceView: Bool) {
+        defer {
+            if output.events.count > eventCapacity {
+                droppedEvents += output.events.count - eventCapacity
+                output.events.removeFirst(output.events.count - eventCapacity)
+            }
+        }
         guard var record = records[site] else { return }
         let e = ConnectivityEvaluator.evaluate(record.knowledge, thresholds: thresholds, now: now)
         var publish = forceView
@@ -255,7 +282,8 @@ public final class FleetState {
         if e.alert == .none {
             record.alertAnnounced = nil
         } else {
-            let announced = record.alertAnnounced ?? .none
+            // A lower alert than announced means a new contact or certificate: re-arm from there.
+            let announced = min(record.alertAnnounced ?? .none, e.alert)
             for level in [AlertLevel.warning, .critical, .expired] where level > announced && level <= e.alert {
                 output.events.append(
                     FleetEvent(type: .deadlineAlert, site: site, at: now, level: level, remainingS: e.remainingS))
@@ -275,7 +303,10 @@ public final class FleetState {
         record.liveness = e.liveness
         record.alert = e.alert
         record.expiredAt = e.expiredAt
-        if let deadline = e.deadline { deadlines[site] = deadline } else { deadlines[site] = nil }
+        if deadlines[site] != e.deadline {
+            deadlines[site] = e.deadline
+            summaryChanged = true  // the nearest deadlines may have moved
+        }
         if publish {
             output.views.append(
                 SiteView(

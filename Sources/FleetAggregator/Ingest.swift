@@ -63,6 +63,7 @@ public struct IngestDecoder: Sendable {
 
     /// Times before this are no real agent's (the product did not exist).
     static let earliest = Date(timeIntervalSince1970: 1_577_836_800)  // 2020-01-01
+    static let earliestCertificate = Date(timeIntervalSince1970: 946_684_800)  // 2000-01-01
     /// How far ahead of the aggregator's clock a site's clock may be before its times are absurd.
     static let maximumLead: TimeInterval = 5 * 365 * 86_400
     /// Ages beyond this (about 20 years) are absurd.
@@ -114,14 +115,19 @@ public struct IngestDecoder: Sendable {
         switch input {
         case .presence(let p):
             guard plausible(p.at) else { return reject(.absurdTimestamp, "at \(RFC3339.format(p.at))") }
-            if let interval = p.heartbeatIntervalS, !(interval.isFinite && interval > 0 && interval <= 86_400) {
-                return reject(.invalidPayload, "heartbeatIntervalS \(interval) is not between 0 and one day")
+            if let interval = p.heartbeatIntervalS, !(interval.isFinite && interval >= 0.1 && interval <= 86_400) {
+                return reject(.invalidPayload, "heartbeatIntervalS \(interval) is not between 0.1 s and one day")
             }
         case .heartbeat(let h):
             guard plausible(h.sentAt) else { return reject(.absurdTimestamp, "sentAt \(RFC3339.format(h.sentAt))") }
             if let age = h.azure.lastContactAgeS {
                 guard age.isFinite, age >= 0 else { return reject(.negativeAge, "lastContactAgeS \(age)") }
                 guard age <= Self.maximumAge else { return reject(.absurdTimestamp, "lastContactAgeS \(age)") }
+            }
+            // A certificate that expired before 2000 is no real cluster's (a zero date, a bug):
+            // taken at face value it would make the site disconnected at once.
+            if let expiry = h.certificates?.earliestNotAfter, expiry < Self.earliestCertificate {
+                return reject(.absurdTimestamp, "certificates.earliestNotAfter \(RFC3339.format(expiry))")
             }
         case .status(let s):
             guard plausible(s.at) else { return reject(.absurdTimestamp, "at \(RFC3339.format(s.at))") }

@@ -52,6 +52,40 @@ public struct SiteRecord: Codable, Sendable, Hashable {
 
     public init(site: SiteID) { self.site = site }
 
+    /// Every field but `site` is read if present: a record written by an older version
+    /// (before a field existed) still loads, so an upgrade never forgets a site's contact
+    /// time or its passed deadline. Add new fields with a default, never as required.
+    public init(from decoder: any Decoder) throws {
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        site = try c.decode(SiteID.self, forKey: .site)
+        session = try c.decodeIfPresent(UInt64.self, forKey: .session)
+        presence = try c.decodeIfPresent(PresenceState.self, forKey: .presence)
+        offlineReason = try c.decodeIfPresent(OfflineReason.self, forKey: .offlineReason)
+        presenceAt = try c.decodeIfPresent(Date.self, forKey: .presenceAt)
+        agent = try c.decodeIfPresent(AgentInfo.self, forKey: .agent)
+        heartbeatIntervalS = try c.decodeIfPresent(Double.self, forKey: .heartbeatIntervalS) ?? 10
+        lastSeq = try c.decodeIfPresent(UInt64.self, forKey: .lastSeq)
+        lastHeartbeatAt = try c.decodeIfPresent(Date.self, forKey: .lastHeartbeatAt)
+        lastSeenAt = try c.decodeIfPresent(Date.self, forKey: .lastSeenAt)
+        lastAzureContactAt = try c.decodeIfPresent(Date.self, forKey: .lastAzureContactAt)
+        azureReachable = try c.decodeIfPresent(Bool.self, forKey: .azureReachable)
+        earliestCertificateExpiry = try c.decodeIfPresent(Date.self, forKey: .earliestCertificateExpiry)
+        certificateSource = try c.decodeIfPresent(String.self, forKey: .certificateSource)
+        statusAt = try c.decodeIfPresent(Date.self, forKey: .statusAt)
+        checks = try c.decodeIfPresent(CheckCounts.self, forKey: .checks) ?? CheckCounts()
+        capabilities = try c.decodeIfPresent([String: Bool].self, forKey: .capabilities) ?? [:]
+        cluster = try c.decodeIfPresent(ClusterInfo.self, forKey: .cluster)
+        mode = try c.decodeIfPresent(ConnectivityMode.self, forKey: .mode)
+        modeSince = try c.decodeIfPresent(Date.self, forKey: .modeSince)
+        liveness = try c.decodeIfPresent(Liveness.self, forKey: .liveness)
+        alert = try c.decodeIfPresent(AlertLevel.self, forKey: .alert)
+        alertAnnounced = try c.decodeIfPresent(AlertLevel.self, forKey: .alertAnnounced)
+        expiredAt = try c.decodeIfPresent(Date.self, forKey: .expiredAt)
+        viewPublishedAt = try c.decodeIfPresent(Date.self, forKey: .viewPublishedAt)
+        seqGaps = try c.decodeIfPresent(UInt64.self, forKey: .seqGaps) ?? 0
+        duplicates = try c.decodeIfPresent(UInt64.self, forKey: .duplicates) ?? 0
+    }
+
     /// What the evaluator needs.
     public var knowledge: SiteKnowledge {
         SiteKnowledge(
@@ -100,8 +134,10 @@ extension SiteRecord {
                 duplicates += 1
                 return .ignored("heartbeat seq \(h.seq) after \(lastSeq)")
             }
-            if let session, h.session == session, let lastSeq, h.seq > lastSeq + 1 {
-                seqGaps += h.seq - lastSeq - 1
+            if let session, h.session == session, let lastSeq, h.seq > lastSeq &+ 1 {
+                // Saturating: a jump to UInt64.max from a broken agent must not trap.
+                let (sum, overflow) = seqGaps.addingReportingOverflow(h.seq &- lastSeq &- 1)
+                seqGaps = overflow ? .max : sum
             }
             if session != h.session {
                 // A newer session's heartbeat is proof the agent is back, whatever presence says.
@@ -125,15 +161,19 @@ extension SiteRecord {
                     lastAzureContactAt = contact
                 }
             }
-            if let certificates = h.certificates {
+            // A report with an error (a file the agent could not read) says nothing about the
+            // certificates: the known expiry stands, or a site past it would flip to connected.
+            if let certificates = h.certificates, certificates.error == nil {
                 earliestCertificateExpiry = certificates.earliestNotAfter
                 certificateSource = certificates.source
             }
             return .applied
 
         case .status(let s):
-            if let statusAt, s.at < statusAt {
-                return .ignored("status of \(RFC3339.format(s.at)), older than \(RFC3339.format(statusAt))")
+            // Ordered by session and arrival, not by the agent's clock (which may be wrong):
+            // only a status of an older session is stale.
+            if let session, s.session < session {
+                return .ignored("status of session \(s.session), older than \(session)")
             }
             statusAt = s.at
             checks = CheckCounts(s.checks)

@@ -179,3 +179,51 @@ extension FleetStateTests {
         #expect(fleet.records[Self.site]?.lastAzureContactAt == Self.at(6.2))
     }
 }
+
+extension FleetStateTests {
+    @Test("a certificate report with an error keeps the known expiry; an expired site stays disconnected")
+    func certificateErrorKeepsExpiry() {
+        let fleet = FleetState(thresholds: Self.thresholds, viewRefresh: .seconds(10))
+        fleet.ingest(Self.heartbeat(1, age: 0, certificate: Self.at(5)), now: Self.at(0))
+        fleet.runDue(now: Self.at(6))
+        #expect(fleet.records[Self.site]?.mode == .disconnected)
+        let broken = SiteInput.heartbeat(
+            Heartbeat(
+                site: Self.site, session: 1, seq: 2, sentAt: Self.t0, azure: AzureReport(reachable: true, lastContactAgeS: 0, probe: "endpoints"),
+                certificates: CertificateReport(earliestNotAfter: nil, source: nil, error: "cannot read /etc/kubernetes/pki/apiserver.crt")))
+        fleet.ingest(broken, now: Self.at(7))
+        #expect(fleet.records[Self.site]?.mode == .disconnected)
+        #expect(fleet.records[Self.site]?.earliestCertificateExpiry == Self.at(5))
+    }
+
+    @Test("after a renewal the alerts are armed again from the new level")
+    func alertsRearm() {
+        let fleet = FleetState(thresholds: Self.thresholds, viewRefresh: .seconds(10))
+        fleet.ingest(Self.heartbeat(1, age: 0, certificate: Self.at(5)), now: Self.at(0))
+        fleet.runDue(now: Self.at(6))
+        #expect(fleet.takeOutput().events.filter { $0.type == .deadlineAlert }.map(\.level) == [.warning, .critical, .expired])
+        // A renewed certificate that is itself short-lived: critical now, expired later, each announced.
+        fleet.ingest(Self.heartbeat(2, age: 0, certificate: Self.at(20)), now: Self.at(7))
+        #expect(fleet.records[Self.site]?.mode == .connected)
+        fleet.runDue(now: Self.at(21))
+        #expect(fleet.records[Self.site]?.mode == .disconnected)
+        #expect(fleet.takeOutput().events.filter { $0.type == .deadlineAlert }.map(\.level) == [.expired])
+    }
+
+    @Test("a stored record from an older version, without the newer fields, still loads")
+    func oldRecordsLoad() throws {
+        let old = #"{"site":"store-1","lastAzureContactAt":"2026-11-01T00:00:00.000Z","mode":"semi-connected"}"#
+        let record = try FleetJSON.decode(SiteRecord.self, from: Array(old.utf8))
+        #expect(record.mode == .semiConnected && record.heartbeatIntervalS == 10 && record.seqGaps == 0)
+    }
+
+    @Test("a sequence jump to the largest number is counted without trapping")
+    func sequenceOverflow() {
+        let fleet = FleetState(thresholds: Self.thresholds, viewRefresh: .seconds(10))
+        fleet.ingest(Self.heartbeat(0, age: 0), now: Self.at(0))
+        fleet.ingest(Self.heartbeat(.max, age: 0), now: Self.at(1))
+        fleet.ingest(Self.heartbeat(0, age: 0, session: 2), now: Self.at(2))
+        fleet.ingest(Self.heartbeat(.max, age: 0, session: 2), now: Self.at(3))
+        #expect(fleet.records[Self.site]?.seqGaps == .max)
+    }
+}
