@@ -180,7 +180,13 @@ public final class AggregatorService: Service, Sendable {
     }
 
     private func dispatchLoop() async {
+        var last = ContinuousClock.now - configuration.dispatchInterval
         while !isStopping {
+            // A pass every dispatchInterval, or at once when an operation finished or was submitted.
+            try? await Task.sleep(for: .milliseconds(20))
+            guard dispatcher.takeKick() || queueEvents.peekSubmitted() || ContinuousClock.now - last >= configuration.dispatchInterval
+            else { continue }
+            last = ContinuousClock.now
             let now = Date()
             do {
                 try dispatcher.tick(now: now) { site in self.state.withLock { $0.situation(of: site, now: now)?.dispatch } }
@@ -191,7 +197,6 @@ public final class AggregatorService: Service, Sendable {
             } catch {
                 logger.error("dispatch pass failed: \(error)")
             }
-            try? await Task.sleep(for: configuration.dispatchInterval)
         }
     }
 
@@ -336,12 +341,21 @@ public final class AggregatorService: Service, Sendable {
 
 /// Events from the queue and the dispatcher, waiting for the clock loop to publish them.
 final class QueueEvents: Sendable {
-    private let state = Mutex<(events: [FleetEvent], changed: Bool)>(([], true))
+    private let state = Mutex<(events: [FleetEvent], changed: Bool, submitted: Bool)>(([], true, false))
 
     func add(_ event: FleetEvent) {
         state.withLock {
             $0.events.append(event)
             $0.changed = true
+            if event.type == .operationQueued { $0.submitted = true }
+        }
+    }
+
+    /// True once after an operation was queued (submitted, retried, released).
+    func peekSubmitted() -> Bool {
+        state.withLock { s in
+            defer { s.submitted = false }
+            return s.submitted
         }
     }
 

@@ -177,6 +177,17 @@ final class SimulatedSite: Sendable {
     }
 
     /// From now on the site cannot reach Azure: its reported age grows.
+    /// From now on the site reports this contact (nil: never) and cannot reach Azure.
+    func reportContact(at date: Date?) {
+        state.withLock {
+            $0.lastContact = date
+            $0.azureLost = true
+        }
+    }
+
+    /// From now on the site reaches Azure again: every heartbeat reports a fresh contact.
+    func regainAzure() { state.withLock { $0.azureLost = false } }
+
     /// Returns the last contact the site will go on reporting.
     @discardableResult
     func loseAzure() -> Date? {
@@ -187,6 +198,12 @@ final class SimulatedSite: Sendable {
     }
 
     func setCertificateExpiry(_ date: Date?) { state.withLock { $0.certificateExpiry = date } }
+
+    /// Publishes a status with this site's cluster metadata (retained, as the agent does).
+    func status(cluster: ClusterInfo) async throws {
+        let status = SiteStatus(site: site, session: session, at: Date(), cluster: cluster)
+        try await client.publish("edgefleet/v1/sites/\(site)/status", payload: try FleetJSON.encode(status), qos: .atLeastOnce, retain: true)
+    }
 
     func heartbeat() async throws {
         let (seq, contact, expiry, lost) = state.withLock { s -> (UInt64, Date?, Date?, Bool) in

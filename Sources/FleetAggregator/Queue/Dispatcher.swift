@@ -48,7 +48,7 @@ public struct DispatchSettings: Sendable, Hashable {
 
 /// Runs queued operations when their site's link is back: per site one at a time, oldest
 /// first, only when the site has been connected for `stableFor`, at most `limit` at once
-/// across the fleet with waiting sites served round robin. Expires, blocks and retries.
+/// across the fleet with waiting sites served round robin (least recently served first). Expires, blocks and retries.
 /// Every change is one store transaction, so a crash loses none; an operation found
 /// `dispatching` at start-up is queued again (at least once).
 public final class Dispatcher: Sendable {
@@ -60,9 +60,14 @@ public final class Dispatcher: Sendable {
     let emit: @Sendable (FleetEvent) -> Void
 
     private struct State {
+        /// An operation finished, so a slot is free: the next pass should not wait.
+        var kicked = false
         var running: Set<SiteID> = []
-        /// Round robin: the site served last; the next pass starts after it.
-        var lastServed: SiteID?
+        /// Round robin: when each site was last served (a counter). Ready sites are served
+        /// least recently served first, so a site that turns ready late (or never was
+        /// served) goes before sites that already had a turn.
+        var servedAt: [SiteID: UInt64] = [:]
+        var turns: UInt64 = 0
     }
     private let state = Mutex(State())
 
@@ -75,6 +80,14 @@ public final class Dispatcher: Sendable {
         self.settings = settings
         self.logger = logger
         self.emit = emit
+    }
+
+    /// True once after an operation finished since the last call.
+    public func takeKick() -> Bool {
+        state.withLock { s in
+            defer { s.kicked = false }
+            return s.kicked
+        }
     }
 
     /// How many operations are running now.
@@ -117,9 +130,11 @@ public final class Dispatcher: Sendable {
             return true
         }
         let (order, free) = state.withLock { s -> ([SiteID], Int) in
-            let sites = ready.keys.filter { !s.running.contains($0) }.sorted()
-            let start = s.lastServed.flatMap { last in sites.firstIndex { $0 > last } } ?? 0
-            return (Array(sites[start...] + sites[..<start]), settings.limit - s.running.count)
+            let sites = ready.keys.filter { !s.running.contains($0) }.sorted { a, b in
+                let (ta, tb) = (s.servedAt[a] ?? 0, s.servedAt[b] ?? 0)
+                return ta != tb ? ta < tb : a < b
+            }
+            return (sites, settings.limit - s.running.count)
         }
         for site in order.prefix(max(0, free)) {
             guard let operation = ready[site] else { continue }
@@ -139,7 +154,8 @@ public final class Dispatcher: Sendable {
     private func start(_ operation: DeferredOperation, cluster: ClusterInfo?, now: Date) {
         let claimed = state.withLock { s -> Bool in
             guard s.running.count < settings.limit, s.running.insert(operation.site).inserted else { return false }
-            s.lastServed = operation.site
+            s.turns += 1
+            s.servedAt[operation.site] = s.turns
             return true
         }
         guard claimed else { return }
@@ -155,7 +171,10 @@ public final class Dispatcher: Sendable {
         emit(FleetEvent(type: .operationDispatched, site: dispatched.site, at: now, operationID: dispatched.id, kind: dispatched.kind))
         Task {
             await self.execute(dispatched, cluster: cluster)
-            self.state.withLock { _ = $0.running.remove(dispatched.site) }
+            self.state.withLock {
+                _ = $0.running.remove(dispatched.site)
+                $0.kicked = true
+            }
         }
     }
 

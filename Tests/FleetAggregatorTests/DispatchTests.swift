@@ -1,0 +1,283 @@
+import FleetAggregator
+import FleetCore
+import Foundation
+import Logging
+import MQTT
+import Synchronization
+import TestSupport
+import Testing
+
+/// The aggregator service in-process with a queue whose executors are a stand-in `az`,
+/// against a real broker, SQLite file and subprocesses.
+struct DispatchFixture {
+    let broker: MosquittoBroker
+    let directory: String
+    let az: StandInAzure
+    let service: AggregatorService
+    let running: Task<Void, any Error>
+
+    static func start(
+        connectedWithin: Duration = .seconds(2), stableFor: Duration = .milliseconds(1500), limit: Int = 4, maxAttempts: Int = 3,
+        timeout: Duration = .seconds(20)
+    ) async throws -> DispatchFixture {
+        let broker = try MosquittoBroker()
+        let directory = try temporaryDirectory("edgefleet-dispatch")
+        let az = try StandInAzure()
+        var logger = Logger(label: "aggregator")
+        logger.logLevel = .error
+        var thresholds = Thresholds()
+        thresholds.connectedWithin = connectedWithin
+        thresholds.budget = .seconds(120)
+        thresholds.warnBefore = .seconds(60)
+        thresholds.criticalBefore = .seconds(30)
+        thresholds.stableFor = stableFor
+        let executors: [OperationKind: ExecutorTemplate] = [
+            .extensionInstall: ExecutorTemplate(
+                argv: [az.path, "k8s-extension", "create", "--cluster-name", "{cluster.name}", "--name", "{params.name}"], timeout: timeout),
+            .clusterUpgrade: ExecutorTemplate(
+                argv: [az.path, "aksarc", "upgrade", "--name", "{cluster.name}", "--kubernetes-version", "{params.kubernetesVersion}", "--yes"],
+                timeout: timeout),
+        ]
+        let configuration = AggregatorConfiguration(
+            mqtt: MQTTConfiguration(broker: try BrokerURL(parsing: broker.url), clientID: "aggregator-\(UUID().uuidString.prefix(6))"),
+            databasePath: directory + "/fleet.sqlite", thresholds: thresholds, viewRefresh: .seconds(1), summaryInterval: .milliseconds(200),
+            flushInterval: .milliseconds(200), executors: executors,
+            dispatch: DispatchSettings(limit: limit, backoff: .milliseconds(200), maximumBackoff: .seconds(1)), maxAttempts: maxAttempts,
+            dispatchInterval: .milliseconds(100))
+        let service = try AggregatorService(configuration: configuration, logger: logger)
+        let running = Task { try await service.run() }
+        // Heartbeats are not retained: wait until the aggregator is subscribed (it announces
+        // itself after subscribing) before any site speaks.
+        let (observer, messages) = try await fleetObserver(broker)
+        try await messages.aggregatorOnline()
+        await observer.shutdown()
+        return DispatchFixture(broker: broker, directory: directory, az: az, service: service, running: running)
+    }
+
+    func stop() async {
+        running.cancel()
+        _ = try? await running.value
+        broker.stop()
+        az.remove()
+        try? FileManager.default.removeItem(atPath: directory)
+    }
+
+    func operation(_ id: String) -> DeferredOperation? { try? service.queue.store.operation(id: id) }
+
+    /// Waits until every operation is in a final state (or `states`), failing after `timeout`.
+    func waitUntil(_ ids: [String], are states: Set<OperationState>, timeout: Duration = .seconds(30)) async throws {
+        let service = service
+        do {
+            try await withTimeout(timeout, "operations to be \(states.map(\.rawValue).sorted())") {
+                while true {
+                    let all = ids.map { try? service.queue.store.operation(id: $0) }
+                    if all.allSatisfy({ $0.map { states.contains($0.state) } ?? false }) { return }
+                    // A final state other than the one awaited will not change: stop waiting.
+                    if let stuck = all.first(where: { $0.map { $0.state.isTerminal && !states.contains($0.state) } ?? false }), let stuck {
+                        throw TestSupportError("operation \(stuck.id) ended \(stuck.state): \(stuck.history.map(\.note))")
+                    }
+                    try await Task.sleep(for: .milliseconds(50))
+                }
+            }
+        } catch {
+            let all = ids.compactMap { try? service.queue.store.operation(id: $0) }
+            let byState = Dictionary(grouping: all, by: \.state).mapValues(\.count)
+            throw TestSupportError("\(error); states: \(byState)")
+        }
+    }
+}
+
+/// Publishes heartbeats (and a status with cluster metadata) for many sites from one connection.
+func announce(_ sites: [String], broker: MosquittoBroker, age: Double = 0) async throws {
+    var logger = Logger(label: "sites")
+    logger.logLevel = .critical
+    let client = try MQTTClient(configuration: MQTTConfiguration(broker: try BrokerURL(parsing: broker.url), clientID: "sites-\(UUID().uuidString.prefix(6))"), logger: logger)
+    try await client.connect()
+    let session = UInt64(Date().timeIntervalSince1970 * 1000)
+    for site in sites {
+        let id = try SiteID(site)
+        let status = SiteStatus(site: id, session: session, at: Date(), cluster: ClusterInfo(name: "aks-\(site)", resourceGroup: "rg"))
+        try await client.publish("edgefleet/v1/sites/\(site)/status", payload: try FleetJSON.encode(status), qos: .atLeastOnce, retain: true)
+        let heartbeat = Heartbeat(site: id, session: session, seq: 1, sentAt: Date(), azure: AzureReport(reachable: age == 0, lastContactAgeS: age, probe: "endpoints"))
+        try await client.publish("edgefleet/v1/sites/\(site)/heartbeat", payload: try FleetJSON.encode(heartbeat), qos: .atLeastOnce)
+    }
+    await client.shutdown()
+}
+
+@Suite("the dispatcher: queued operations run when the link is back", .timeLimit(.minutes(3)))
+struct DispatchTests {
+    func install(_ site: String, _ name: String, key: String? = nil, expiresAt: Date? = nil) -> SubmissionRequest {
+        SubmissionRequest(site: site, kind: "extension.install", params: ["name": name], createdBy: "test", idempotencyKey: key, expiresAt: expiresAt)
+    }
+
+    @Test("queued while semi-connected; after the link is back, nothing until stableFor, then in order, one at a time, exact argv")
+    func runsInOrderWhenStable() async throws {
+        let fleet = try await DispatchFixture.start()
+        defer { Task { await fleet.stop() } }
+        let site = try SimulatedSite("store-7", brokerURL: fleet.broker.url)
+        site.reportContact(at: Date().addingTimeInterval(-60))  // Azure gone a minute ago
+        try await site.connect()
+        try await site.status(cluster: ClusterInfo(name: "aks-store-7", resourceGroup: "rg"))
+        site.startBeating()
+        try await withTimeout(.seconds(10), "the site semi-connected") {
+            while fleet.service.view(of: try SiteID("store-7"))?.mode != .semiConnected { try await Task.sleep(for: .milliseconds(20)) }
+        }
+        let hostile = "a b 'c' \"d\"; rm -rf / $(reboot)"
+        var ids: [String] = []
+        for name in ["first", "second", hostile] {
+            let result = try fleet.service.submit(install("store-7", name))
+            #expect(result.operation.state == .queued && result.reason.contains("semi-connected"))
+            #expect(result.deadline != nil)
+            ids.append(result.operation.id)
+        }
+        // Nothing runs while the site is semi-connected (the dispatcher passes every 100 ms).
+        try await Task.sleep(for: .milliseconds(600))
+        #expect(fleet.az.calls().isEmpty)
+
+        site.regainAzure()
+        try await withTimeout(.seconds(10), "the site connected") {
+            while fleet.service.view(of: try SiteID("store-7"))?.mode != .connected { try await Task.sleep(for: .milliseconds(10)) }
+        }
+        let connectedAt = Date().timeIntervalSince1970
+        try await fleet.waitUntil(ids, are: [.succeeded])
+        let calls = fleet.az.calls()
+        #expect(calls.map(\.id) == ids, "submission order")
+        #expect(calls.first.map { $0.start >= connectedAt + 1.5 - 0.1 } == true, "ran before stableFor had passed")
+        for (earlier, later) in zip(calls, calls.dropFirst()) {
+            #expect((earlier.end ?? .infinity) <= later.start, "two operations of one site overlapped")
+        }
+        #expect(calls.last?.arguments == ["k8s-extension", "create", "--cluster-name", "aks-store-7", "--name", hostile])
+        let done = try #require(fleet.operation(ids[0]))
+        #expect(done.history.map(\.to) == [.queued, .dispatching, .succeeded])
+        #expect(done.history.last?.note.contains("stand-in az: k8s-extension create") == true)
+        await site.shutdown()
+    }
+
+    @Test("200 sites come back at once with 5 operations each: the fleet-wide limit holds, every site progresses, all run once")
+    func stampede() async throws {
+        let fleet = try await DispatchFixture.start(connectedWithin: .seconds(120), stableFor: .milliseconds(500), limit: 4)
+        defer { Task { await fleet.stop() } }
+        let sites = (0..<200).map { "site-\($0)" }
+        var ids: [String] = []
+        // Site by site (all of one site's, then the next's): serving by submission time would
+        // then keep the first sites busy and starve the last ones.
+        for site in sites {
+            for round in 0..<5 { ids.append(try fleet.service.submit(install(site, "ext-\(round)")).operation.id) }
+        }
+        try await announce(sites, broker: fleet.broker)
+        // Every site is stable 0.5 s after its heartbeat; until then the first ones are served alone.
+        let allReady = Date().timeIntervalSince1970 + 0.5 + 0.3
+        try await fleet.waitUntil(ids, are: [.succeeded], timeout: .seconds(120))
+        let calls = fleet.az.calls()
+        #expect(calls.count == 1000)
+        #expect(Set(calls.map(\.id)).count == 1000, "an operation ran twice")
+        #expect(fleet.az.peakConcurrency() <= 4)
+        #expect(fleet.az.peakConcurrency() >= 2, "the limit was never used")
+        // Round robin by site (least recently served first), not by submission time: once every
+        // site is ready, the next 200 dispatches reach (nearly) every site.
+        let siteOf = Dictionary(uniqueKeysWithValues: try ids.map { ($0, try #require(fleet.operation($0)).site) })
+        let afterReady = calls.filter { $0.start >= allReady }.prefix(200)
+        let distinct = Set(afterReady.compactMap { siteOf[$0.id] }).count
+        #expect(afterReady.count == 200 && distinct >= 190, "only \(distinct) sites among 200 dispatches once all were ready")
+        // Per site, oldest first.
+        for site in sites.prefix(20) {
+            let order = calls.filter { siteOf[$0.id]?.rawValue == site }.map { $0.arguments.last ?? "" }
+            #expect(order == ["ext-0", "ext-1", "ext-2", "ext-3", "ext-4"])
+        }
+    }
+
+    @Test("exit 75 retries with backoff up to maxAttempts; a hung executor is killed at its timeout; other exits fail")
+    func retriesAndTimeouts() async throws {
+        let fleet = try await DispatchFixture.start(connectedWithin: .seconds(120), stableFor: .zero, maxAttempts: 3, timeout: .seconds(1))
+        defer { Task { await fleet.stop() } }
+        try await announce(["r1", "r2", "r3", "r4"], broker: fleet.broker)
+        let flaky = try fleet.service.submit(install("r1", "flaky=2")).operation.id  // 75, 75, then 0
+        let always = try fleet.service.submit(install("r2", "exit=75")).operation.id
+        let hung = try fleet.service.submit(install("r3", "hang")).operation.id
+        let broken = try fleet.service.submit(install("r4", "exit=3")).operation.id
+        do {
+            try await fleet.waitUntil([flaky, always, hung, broken], are: [.succeeded, .failed], timeout: .seconds(30))
+        } catch {
+            for id in [flaky, always, hung, broken] {
+                Issue.record("\(id): \(fleet.operation(id).map { "\($0.state) \($0.history.map(\.note))" } ?? "missing")")
+            }
+            throw error
+        }
+
+        let f = try #require(fleet.operation(flaky))
+        #expect(f.state == .succeeded && f.attempts == 3)
+        #expect(f.history.filter { $0.note.contains("exit 75") }.count == 2)
+        let calls = fleet.az.calls().filter { $0.id == flaky }
+        #expect(calls.count == 3)
+        // Exponential backoff: the announced waits grow (200 ms, then 400 ms, each ±20%), and
+        // no retry starts before its wait is over.
+        let waits = f.history.compactMap { entry -> Double? in
+            guard let range = entry.note.range(of: "retry in ") else { return nil }
+            let text = entry.note[range.upperBound...].prefix { !$0.isWhitespace && $0 != "\n" }
+            return (try? DurationFormat.parse(String(text))).map { Double($0.components.seconds) + Double($0.components.attoseconds) / 1e18 }
+        }
+        #expect(waits.count == 2 && waits[0] >= 0.16 && waits[0] <= 0.24 && waits[1] >= 0.32 && waits[1] <= 0.48, "\(waits)")
+        if calls.count == 3, waits.count == 2 {
+            #expect(calls[1].start - (calls[0].end ?? 0) >= waits[0] - 0.05)
+            #expect(calls[2].start - (calls[1].end ?? 0) >= waits[1] - 0.05)
+        }
+        let a = try #require(fleet.operation(always))
+        #expect(a.state == .failed && a.attempts == 3 && a.history.last?.note.contains("no attempts left") == true)
+        let h = try #require(fleet.operation(hung))
+        #expect(h.state == .failed && h.history.contains { $0.note.contains("timed out after 1s") })
+        // The hung script's sleep died with its process group.
+        let leftovers = try run(URL(fileURLWithPath: "/usr/bin/pgrep"), ["-f", "sleep 600"])
+        #expect(leftovers.stdout.isEmpty, "a hung executor's children survived its timeout")
+        let b = try #require(fleet.operation(broken))
+        #expect(b.state == .failed && b.attempts == 1 && b.lastError == "exit 3")
+    }
+
+    @Test("expiry, cancel, bulk cancel, idempotency; a site past its deadline blocks its operations until an operator releases them")
+    func lifecycle() async throws {
+        let fleet = try await DispatchFixture.start(connectedWithin: .seconds(2), stableFor: .zero)
+        defer { Task { await fleet.stop() } }
+        // Expiry: a site that never comes back.
+        let expiring = try fleet.service.submit(install("far-away", "x", expiresAt: Date().addingTimeInterval(0.5))).operation.id
+        try await fleet.waitUntil([expiring], are: [.expired], timeout: .seconds(10))
+        #expect(fleet.operation(expiring)?.history.last?.note.contains("expired") == true)
+
+        // Idempotency, cancel and bulk cancel.
+        let one = try fleet.service.submit(install("later", "a", key: "k1"))
+        let again = try fleet.service.submit(install("later", "b", key: "k1"))
+        #expect(again.existing && again.operation.id == one.operation.id)
+        _ = try fleet.service.cancel(id: one.operation.id, by: "ops")
+        for name in ["b", "c", "d"] { _ = try fleet.service.submit(install("later", name)) }
+        let cancelled = try fleet.service.cancelAll(OperationFilter(site: try SiteID("later")), by: "ops")
+        #expect(cancelled.count == 3)
+
+        // A site whose certificate already expired: its operation is blocked, and stays blocked
+        // when the link is back, until an operator releases it.
+        let dark = try SimulatedSite("dark-site", brokerURL: fleet.broker.url)
+        dark.setCertificateExpiry(Date().addingTimeInterval(-1))
+        try await dark.connect()
+        try await dark.status(cluster: ClusterInfo(name: "aks-dark", resourceGroup: "rg"))
+        try await dark.heartbeat()
+        try await withTimeout(.seconds(10), "the site disconnected") {
+            while fleet.service.view(of: try SiteID("dark-site"))?.mode != .disconnected { try await Task.sleep(for: .milliseconds(20)) }
+        }
+        let held = try fleet.service.submit(install("dark-site", "held"))
+        #expect(held.operation.state == .blocked)
+        // Renewed certificate: the site is connected again, yet the operation waits for an operator.
+        dark.setCertificateExpiry(Date().addingTimeInterval(3600))
+        dark.startBeating()
+        try await withTimeout(.seconds(10), "the site connected") {
+            while fleet.service.view(of: try SiteID("dark-site"))?.mode != .connected { try await Task.sleep(for: .milliseconds(20)) }
+        }
+        try await Task.sleep(for: .milliseconds(400))  // several dispatcher passes
+        #expect(fleet.operation(held.operation.id)?.state == .blocked)
+        #expect(fleet.az.calls().isEmpty)
+        // The site's view counts its blocked operation.
+        try await withTimeout(.seconds(5), "the view's queue counts") {
+            while fleet.service.view(of: try SiteID("dark-site"))?.queue.blocked != 1 { try await Task.sleep(for: .milliseconds(20)) }
+        }
+        _ = try fleet.service.release(id: held.operation.id, by: "ops")
+        try await fleet.waitUntil([held.operation.id], are: [.succeeded])
+        #expect(fleet.operation(held.operation.id)?.history.map(\.to) == [.queued, .blocked, .queued, .dispatching, .succeeded])
+        await dark.shutdown()
+    }
+}

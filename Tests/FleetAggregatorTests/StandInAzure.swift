@@ -1,0 +1,96 @@
+import Foundation
+import TestSupport
+
+/// A stand-in for the `az` CLI: a shell script that appends each call (operation id,
+/// arguments one per line, start and end times, exit code) to a log, then behaves as its
+/// arguments say: `exit=N` exits N, `flaky=N` exits 75 the first N times for an
+/// operation, `hang` sleeps far past any timeout; every call takes `seconds` otherwise.
+struct StandInAzure {
+    let directory: String
+    var path: String { directory + "/az" }
+    var log: String { directory + "/az.log" }
+
+    init(seconds: Double = 0.03) throws {
+        directory = try temporaryDirectory("edgefleet-az")
+        let script = """
+            #!/bin/sh
+            id="$EDGEFLEET_OPERATION_ID"
+            log='\(directory)/az.log'
+            { printf 'start %s %s\\n' "$id" "$(date +%s.%N)"; for a in "$@"; do printf 'arg %s %s\\n' "$id" "$a"; done; } >> "$log"
+            code=0
+            for a in "$@"; do
+              case "$a" in
+                exit=*) code="${a#exit=}" ;;
+                hang) echo "hanging as asked"; sleep 600 ;;
+                flaky=*)
+                  f='\(directory)/'"$id.count"
+                  c=$(cat "$f" 2>/dev/null || echo 0); c=$((c + 1)); echo "$c" > "$f"
+                  [ "$c" -le "${a#flaky=}" ] && code=75 ;;
+              esac
+            done
+            sleep \(seconds)
+            echo "stand-in az: $*"
+            printf 'end %s %s %s\\n' "$id" "$(date +%s.%N)" "$code" >> "$log"
+            exit "$code"
+            """
+        FileManager.default.createFile(atPath: path, contents: Data(script.utf8), attributes: [.posixPermissions: 0o755])
+    }
+
+    struct Call: Sendable {
+        var id: String
+        var start: Double
+        var end: Double?
+        var code: Int?
+        var arguments: [String]
+    }
+
+    /// Every call so far, in the order they started.
+    func calls() -> [Call] {
+        let text = (try? String(contentsOfFile: log, encoding: .utf8)) ?? ""
+        var calls: [Call] = []
+        var open: [String: [Int]] = [:]  // id -> indices of calls not yet ended
+        var latest: [String: Int] = [:]
+        for line in text.split(separator: "\n") {
+            let parts = line.split(separator: " ", maxSplits: 2, omittingEmptySubsequences: false).map(String.init)
+            guard parts.count >= 2 else { continue }
+            let id = parts[1]
+            switch parts[0] {
+            case "start":
+                calls.append(Call(id: id, start: Double(parts[2]) ?? 0, arguments: []))
+                open[id, default: []].append(calls.count - 1)
+                latest[id] = calls.count - 1
+            case "arg":
+                if let index = latest[id] { calls[index].arguments.append(parts.count > 2 ? parts[2] : "") }
+            case "end":
+                let fields = parts.count > 2 ? parts[2].split(separator: " ") : []
+                if var indices = open[id], !indices.isEmpty {
+                    let index = indices.removeFirst()
+                    open[id] = indices
+                    calls[index].end = fields.first.flatMap { Double($0) }
+                    calls[index].code = fields.count > 1 ? Int(fields[1]) : nil
+                }
+            default: break
+            }
+        }
+        return calls
+    }
+
+    /// The most calls running at the same instant.
+    func peakConcurrency() -> Int {
+        var points: [(Double, Int)] = []
+        for call in calls() {
+            points.append((call.start, 1))
+            points.append((call.end ?? .infinity, -1))
+        }
+        points.sort { $0.0 != $1.0 ? $0.0 < $1.0 : $0.1 < $1.1 }  // an end before a start at the same instant
+        var running = 0
+        var peak = 0
+        for (_, delta) in points {
+            running += delta
+            peak = max(peak, running)
+        }
+        return peak
+    }
+
+    func remove() { try? FileManager.default.removeItem(atPath: directory) }
+}
