@@ -150,7 +150,11 @@ final class SimulatedSite: Sendable {
         var lastContact: Date?
         var azureLost = false
         var certificateExpiry: Date?
+        var lastSent: Date?
     }
+
+    /// When the last heartbeat was sent.
+    var lastHeartbeatSent: Date? { state.withLock { $0.lastSent } }
     private let state = Mutex(State())
     private let beat = Mutex<Task<Void, Never>?>(nil)
 
@@ -217,6 +221,7 @@ final class SimulatedSite: Sendable {
             azure: AzureReport(reachable: !lost, lastContactAgeS: age, probe: "endpoints"),
             certificates: expiry.map { CertificateReport(earliestNotAfter: $0, source: "test") })
         try await client.publish("edgefleet/v1/sites/\(site)/heartbeat", payload: try FleetJSON.encode(heartbeat), qos: .atLeastOnce)
+        state.withLock { $0.lastSent = Date() }
     }
 
     /// Heartbeats every `Short.heartbeat` seconds until `stopBeating()` (the agent's own
