@@ -79,6 +79,19 @@ struct ExecutableTests {
         let loaded = try run(aggregator, ["--check-config", "--config", "\(directory)/aggregator.yaml"], environment: [:])
         #expect(loaded.status == 0, "\(loaded.stderr)")
         #expect(loaded.stdout.contains("budget 30d") && loaded.stdout.contains("as edgefleet-aggregator (password set)"))
+        // Every queueable kind has its az command.
+        for kind in ["cluster.create", "cluster.update", "cluster.upgrade", "cluster.delete", "nodepool.add", "nodepool.scale",
+                     "metallb.configure", "monitoring.configure", "gitops.configure", "extension.install", "extension.update", "extension.delete"] {
+            #expect(loaded.stdout.contains("executor \(kind): az "), "no executor for \(kind)")
+        }
+        // An executor for a kind that is never queued, or with a placeholder nothing fills, is refused.
+        try (example + "  ssh:\n    argv: [ssh, x]\n").write(toFile: "\(directory)/ssh.yaml", atomically: true, encoding: .utf8)
+        let ssh = try run(aggregator, ["--check-config", "--config", "\(directory)/ssh.yaml"], environment: [:])
+        #expect(ssh.status == 2 && ssh.stderr.contains("executors.ssh"))
+        let badPlaceholder = example.replacingOccurrences(of: "\"{params.tags}\"", with: "\"{tags}\"")
+        try badPlaceholder.write(toFile: "\(directory)/placeholder.yaml", atomically: true, encoding: .utf8)
+        let placeholder = try run(aggregator, ["--check-config", "--config", "\(directory)/placeholder.yaml"], environment: [:])
+        #expect(placeholder.status == 2 && placeholder.stderr.contains("{tags}") && placeholder.stderr.contains("executors.cluster.update"))
         // A typo in a key is refused, naming it.
         try (example + "conectedWithin: 5m\n").write(toFile: "\(directory)/typo.yaml", atomically: true, encoding: .utf8)
         let typo = try run(aggregator, ["--check-config", "--config", "\(directory)/typo.yaml"], environment: [:])
