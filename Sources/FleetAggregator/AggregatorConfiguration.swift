@@ -123,6 +123,9 @@ public struct AggregatorConfiguration: Sendable {
             outputBytes: try settings.integer("executorOutputBytes", default: 4096, range: 0...(1 << 20)))
         let maxAttempts = try settings.integer("maxAttempts", default: 5, range: 1...100)
         let dispatchInterval = try settings.duration("dispatchInterval", default: .milliseconds(500))
+        if dispatch.maximumBackoff < dispatch.backoff {
+            throw ConfigurationError(key: "retryBackoffMax", origin: settings.raw("retryBackoffMax")?.1, "must not be shorter than retryBackoff")
+        }
         try settings.rejectUnknownFileKeys()
 
         var mqtt = MQTTConfiguration(

@@ -15,8 +15,8 @@ struct AggregatorCommand: AsyncParsableCommand {
         discussion: """
             Runs once per on-premises core next to the broker. Every setting of the config file is also a flag \
             (connectedWithin: --connected-within) and an environment variable (EDGEFLEET_CONNECTED_WITHIN); flags \
-            win over the environment, which wins over the file. Durations are written 90s, 15m, 36h, 30d: shorten \
-            them to play 30 days in minutes. See deploy/aggregator.example.yaml; --check-config validates a \
+            win over the environment, which wins over the file (executors: only in the file). Durations are \
+            written 90s, 15m, 36h, 30d: shorten them to play 30 days in minutes. See deploy/aggregator.example.yaml; --check-config validates a \
             configuration and prints it.
             """,
         version: EdgeFleetVersion.current)
@@ -45,6 +45,12 @@ struct AggregatorCommand: AsyncParsableCommand {
     @Option(help: "Publish the fleet summary at most this often (default 1s).") var summaryInterval: String?
     @Option(help: "Write changed site records this often (default 1s).") var flushInterval: String?
     @Option(help: "Reject payloads larger than this many bytes (default 16384).") var maxPayloadBytes: String?
+    @Option(help: "Operations running at once across the fleet (default 4).") var dispatchLimit: String?
+    @Option(help: "Attempts an operation gets by default (default 5).") var maxAttempts: String?
+    @Option(help: "First retry delay; doubles per attempt (default 30s).") var retryBackoff: String?
+    @Option(help: "Longest retry delay (default 30m).") var retryBackoffMax: String?
+    @Option(help: "How often the dispatcher looks at the queue (default 500ms).") var dispatchInterval: String?
+    @Option(help: "Bytes of an executor's output kept in the history (default 4096).") var executorOutputBytes: String?
 
     var flagSettings: [String: Settings.Value] {
         let scalars: [(String, String?)] = [
@@ -54,6 +60,8 @@ struct AggregatorCommand: AsyncParsableCommand {
             ("warnBefore", warnBefore), ("criticalBefore", criticalBefore), ("stableFor", stableFor),
             ("staleAfter", staleAfter), ("offlineAfter", offlineAfter), ("viewRefresh", viewRefresh),
             ("summaryInterval", summaryInterval), ("flushInterval", flushInterval), ("maxPayloadBytes", maxPayloadBytes),
+            ("dispatchLimit", dispatchLimit), ("maxAttempts", maxAttempts), ("retryBackoff", retryBackoff),
+            ("retryBackoffMax", retryBackoffMax), ("dispatchInterval", dispatchInterval), ("executorOutputBytes", executorOutputBytes),
         ]
         var flags: [String: Settings.Value] = [:]
         for case let (key, value?) in scalars { flags[key] = .text(value) }

@@ -28,11 +28,17 @@ final class AggregatorProcess {
     let process: ChildProcess
     let log: String
 
-    init(broker: MosquittoBroker, database: String, extra: [String] = []) throws {
+    init(broker: MosquittoBroker, database: String, extra: [String] = [], flags: [String] = Short.flags, environment: [String: String]? = nil) throws {
         log = database + "-\(UUID().uuidString.prefix(6)).log"
         process = try ChildProcess(
             try builtProduct("edgefleet-aggregator").path,
-            ["--broker", broker.url, "--database", database, "--log-level", "debug"] + Short.flags + extra, outputPath: log)
+            ["--broker", broker.url, "--database", database, "--log-level", "debug"] + flags + extra, outputPath: log,
+            environment: environment)
+    }
+
+    func kill() {
+        process.signal(SIGKILL)
+        _ = process.wait()
     }
 
     @discardableResult
