@@ -14,6 +14,8 @@ public struct AggregatorMetrics: Sendable {
     let evaluationLag: Timer
     let publishLatency: Timer
     let publishFailures: Counter
+    let operationsByState: [OperationState: Gauge]
+    let dispatchLatency: Timer
 
     public init(factory: any MetricsFactory = MetricsSystem.factory) {
         sitesByMode = Dictionary(
@@ -36,6 +38,17 @@ public struct AggregatorMetrics: Sendable {
         evaluationLag = Timer(label: "edgefleet_evaluation_lag_seconds", preferredDisplayUnit: .seconds, factory: factory)
         publishLatency = Timer(label: "edgefleet_publish_latency_seconds", preferredDisplayUnit: .seconds, factory: factory)
         publishFailures = Counter(label: "edgefleet_publish_failures_total", factory: factory)
+        operationsByState = Dictionary(
+            uniqueKeysWithValues: OperationState.allCases.map {
+                ($0, Gauge(label: "edgefleet_operations", dimensions: [("state", $0.rawValue)], factory: factory))
+            })
+        dispatchLatency = Timer(label: "edgefleet_dispatch_latency_seconds", preferredDisplayUnit: .seconds, factory: factory)
+    }
+
+    func record(operations counts: [SiteID: [OperationState: Int]]) {
+        var totals: [OperationState: Int] = [:]
+        for byState in counts.values { for (state, n) in byState { totals[state, default: 0] += n } }
+        for state in OperationState.allCases { operationsByState[state]?.record(totals[state] ?? 0) }
     }
 
     func record(modes: ModeCounts, liveness: LivenessCounts) {

@@ -50,7 +50,7 @@ public final class AggregatorService: Service, Sendable {
         let events = queueEvents
         dispatcher = Dispatcher(
             store: operations, executors: configuration.executors, settings: configuration.dispatch, logger: logger,
-            emit: { events.add($0) })
+            emit: { events.add($0) }, dispatched: { metrics.dispatchLatency.record(duration: $0) })
 
         var mqtt = configuration.mqtt
         let topics = configuration.topics
@@ -193,6 +193,7 @@ public final class AggregatorService: Service, Sendable {
                 if queueEvents.takeChanged() {
                     let counts = try queue.store.counts()
                     state.withLock { $0.setQueue(counts, now: Date()) }
+                    metrics.record(operations: counts)
                 }
             } catch {
                 logger.error("dispatch pass failed: \(error)")

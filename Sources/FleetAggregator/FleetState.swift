@@ -201,7 +201,10 @@ public final class FleetState {
         let e = ConnectivityEvaluator.evaluate(record.knowledge, thresholds: thresholds, now: now)
         return (
             SiteSituation(mode: e.mode, stable: e.stable, deadline: e.deadline, capabilities: record.capabilities),
-            DispatchSituation(mode: e.mode, stable: e.stable, cluster: record.cluster)
+            DispatchSituation(
+                mode: e.mode, stable: e.stable,
+                readySince: e.mode == .connected ? e.modeSince.addingTimeInterval(Double(thresholds.stableFor.milliseconds) / 1000) : nil,
+                cluster: record.cluster)
         )
     }
 

@@ -2,6 +2,7 @@ import FleetAggregator
 import FleetCore
 import Foundation
 import Logging
+import MetricsTestKit
 import MQTT
 import Synchronization
 import TestSupport
@@ -15,6 +16,7 @@ struct DispatchFixture {
     let az: StandInAzure
     let service: AggregatorService
     let running: Task<Void, any Error>
+    let metrics: TestMetrics
 
     static func start(
         connectedWithin: Duration = .seconds(2), stableFor: Duration = .milliseconds(1500), limit: Int = 4, maxAttempts: Int = 3,
@@ -44,14 +46,15 @@ struct DispatchFixture {
             flushInterval: .milliseconds(200), executors: executors,
             dispatch: DispatchSettings(limit: limit, backoff: .milliseconds(200), maximumBackoff: .seconds(1)), maxAttempts: maxAttempts,
             dispatchInterval: .milliseconds(100))
-        let service = try AggregatorService(configuration: configuration, logger: logger)
+        let metrics = TestMetrics()
+        let service = try AggregatorService(configuration: configuration, logger: logger, metrics: AggregatorMetrics(factory: metrics))
         let running = Task { try await service.run() }
         // Heartbeats are not retained: wait until the aggregator is subscribed (it announces
         // itself after subscribing) before any site speaks.
         let (observer, messages) = try await fleetObserver(broker)
         try await messages.aggregatorOnline()
         await observer.shutdown()
-        return DispatchFixture(broker: broker, directory: directory, az: az, service: service, running: running)
+        return DispatchFixture(broker: broker, directory: directory, az: az, service: service, running: running, metrics: metrics)
     }
 
     func stop() async {
@@ -114,6 +117,8 @@ struct DispatchTests {
     func runsInOrderWhenStable() async throws {
         let fleet = try await DispatchFixture.start()
         defer { Task { await fleet.stop() } }
+        let (observer, messages) = try await fleetObserver(fleet.broker)
+        defer { Task { await observer.shutdown() } }
         let site = try SimulatedSite("store-7", brokerURL: fleet.broker.url)
         site.reportContact(at: Date().addingTimeInterval(-60))  // Azure gone a minute ago
         try await site.connect()
@@ -150,6 +155,18 @@ struct DispatchTests {
         let done = try #require(fleet.operation(ids[0]))
         #expect(done.history.map(\.to) == [.queued, .dispatching, .succeeded])
         #expect(done.history.last?.note.contains("stand-in az: k8s-extension create") == true)
+        // Every transition went out on the events topic, in order per operation.
+        for id in ids {
+            for type in [FleetEventType.operationQueued, .operationDispatched, .operationSucceeded] {
+                _ = try await messages.event("store-7", "\(type.rawValue) of \(id)") { $0.type == type && $0.operationID == id }
+            }
+        }
+        // Queue counts reach the summary and the metrics; dispatch latency is measured.
+        try await withTimeout(.seconds(5), "the queue counts in the summary") {
+            while fleet.service.summary().queue["succeeded"] != 3 { try await Task.sleep(for: .milliseconds(20)) }
+        }
+        #expect(try fleet.metrics.expectGauge("edgefleet_operations", [("state", "succeeded")]).lastValue == 3)
+        #expect(try fleet.metrics.expectTimer("edgefleet_dispatch_latency_seconds").values.count == 3)
         await site.shutdown()
     }
 

@@ -18,11 +18,14 @@ public struct DispatchSituation: Sendable, Hashable {
     public var mode: ConnectivityMode
     /// Connected for at least `stableFor`.
     public var stable: Bool
+    /// Since when operations may run here (connected since + `stableFor`), when connected.
+    public var readySince: Date?
     public var cluster: ClusterInfo?
 
-    public init(mode: ConnectivityMode, stable: Bool, cluster: ClusterInfo?) {
+    public init(mode: ConnectivityMode, stable: Bool, readySince: Date? = nil, cluster: ClusterInfo?) {
         self.mode = mode
         self.stable = stable
+        self.readySince = readySince
         self.cluster = cluster
     }
 }
@@ -58,6 +61,9 @@ public final class Dispatcher: Sendable {
     let logger: Logger
     /// Receives every transition as an event.
     let emit: @Sendable (FleetEvent) -> Void
+    /// Receives, for each dispatch, how long the operation waited once it could run (its
+    /// site ready, its notBefore and backoff over) for a free slot.
+    let dispatched: @Sendable (Duration) -> Void
 
     private struct State {
         /// An operation finished, so a slot is free: the next pass should not wait.
@@ -73,8 +79,9 @@ public final class Dispatcher: Sendable {
 
     public init(
         store: any OperationStore, executors: [OperationKind: ExecutorTemplate], settings: DispatchSettings, logger: Logger,
-        emit: @escaping @Sendable (FleetEvent) -> Void
+        emit: @escaping @Sendable (FleetEvent) -> Void, dispatched: @escaping @Sendable (Duration) -> Void = { _ in }
     ) {
+        self.dispatched = dispatched
         self.store = store
         self.executors = executors
         self.settings = settings
@@ -137,8 +144,11 @@ public final class Dispatcher: Sendable {
             return (sites, settings.limit - s.running.count)
         }
         for site in order.prefix(max(0, free)) {
-            guard let operation = ready[site] else { continue }
-            start(operation, cluster: situation(site)?.cluster, now: now)
+            guard let operation = ready[site], let s = situation(site) else { continue }
+            let could = [operation.createdAt, s.readySince, operation.notBefore, operation.nextAttemptAt].compactMap { $0 }.max() ?? now
+            if start(operation, cluster: s.cluster, now: now) {
+                dispatched(.milliseconds(Int64(max(0, now.timeIntervalSince(could)) * 1000)))
+            }
         }
     }
 
@@ -151,14 +161,15 @@ public final class Dispatcher: Sendable {
         }
     }
 
-    private func start(_ operation: DeferredOperation, cluster: ClusterInfo?, now: Date) {
+    @discardableResult
+    private func start(_ operation: DeferredOperation, cluster: ClusterInfo?, now: Date) -> Bool {
         let claimed = state.withLock { s -> Bool in
             guard s.running.count < settings.limit, s.running.insert(operation.site).inserted else { return false }
             s.turns += 1
             s.servedAt[operation.site] = s.turns
             return true
         }
-        guard claimed else { return }
+        guard claimed else { return false }
         let dispatched: DeferredOperation
         do {
             dispatched = try store.transition(
@@ -166,7 +177,7 @@ public final class Dispatcher: Sendable {
                 update: { $0.attempts += 1 })
         } catch {
             state.withLock { _ = $0.running.remove(operation.site) }
-            return
+            return false
         }
         emit(FleetEvent(type: .operationDispatched, site: dispatched.site, at: now, operationID: dispatched.id, kind: dispatched.kind))
         Task {
@@ -176,6 +187,7 @@ public final class Dispatcher: Sendable {
                 $0.kicked = true
             }
         }
+        return true
     }
 
     private func execute(_ operation: DeferredOperation, cluster: ClusterInfo?) async {
