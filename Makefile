@@ -30,6 +30,7 @@ bench: deps
 	python3 Benchmarks/mqtt_throughput.py --messages 200000 --rounds 3 --write docs/benchmarks.md
 	python3 Benchmarks/agent_footprint.py --duration 600 --write docs/benchmarks.md
 	python3 Benchmarks/aggregator.py --write docs/benchmarks.md
+	python3 Benchmarks/queue.py --write docs/benchmarks.md
 
 clean:
 	rm -rf .build

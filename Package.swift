@@ -110,7 +110,7 @@ let package = Package(
         .executableTarget(
             name: "edgefleet-bench",
             dependencies: [
-                "MQTT", "FleetCore",
+                "MQTT", "FleetCore", "FleetAggregator",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             path: "Benchmarks/edgefleet-bench",

@@ -16,7 +16,7 @@ struct Bench: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "edgefleet-bench",
         abstract: "EdgeFleet benchmarks.",
-        subcommands: [MQTTThroughput.self, Heartbeats.self, ModeChangeLatency.self])
+        subcommands: [MQTTThroughput.self, Heartbeats.self, ModeChangeLatency.self, QueueBench.self])
 }
 
 struct MQTTThroughput: AsyncParsableCommand {
