@@ -64,11 +64,11 @@ struct AggregatorFixture {
 
     var database: String { directory + "/fleet.sqlite" }
 
-    static func start() async throws -> AggregatorFixture {
+    static func start(flags: [String] = Short.flags, environment: [String: String]? = nil) async throws -> AggregatorFixture {
         let broker = try MosquittoBroker()
         let directory = try temporaryDirectory("edgefleet-aggregator")
         let (observer, messages) = try await fleetObserver(broker)
-        let aggregator = try AggregatorProcess(broker: broker, database: directory + "/fleet.sqlite")
+        let aggregator = try AggregatorProcess(broker: broker, database: directory + "/fleet.sqlite", flags: flags, environment: environment)
         let fixture = AggregatorFixture(broker: broker, directory: directory, observer: observer, messages: messages, aggregator: aggregator)
         do {
             try await messages.aggregatorOnline()

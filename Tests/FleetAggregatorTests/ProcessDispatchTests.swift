@@ -1,0 +1,111 @@
+import FleetAggregator
+import FleetCore
+import Foundation
+import MQTT
+import TestSupport
+import Testing
+
+/// The queue with the aggregator as its own process and the stand-in `az` on its PATH.
+/// Operations are submitted into the aggregator's SQLite file by the test (the Swift API on
+/// the shared store; the HTTP API comes with the operator surfaces), and the running
+/// aggregator picks them up, as it would after a restart.
+struct ProcessQueueFixture {
+    let fleet: AggregatorFixture
+    let az: StandInAzure
+    let queue: DeferredQueue
+
+    static func start(connectedWithin: String, stableFor: String, limit: Int = 4) async throws -> ProcessQueueFixture {
+        let az = try StandInAzure()
+        let directory = try temporaryDirectory("edgefleet-process-queue")
+        try """
+            executors:
+              extension.install:
+                argv: [az, k8s-extension, create, --cluster-name, "{cluster.name}", --name, "{params.name}"]
+                timeout: 30s
+            """.write(toFile: directory + "/aggregator.yaml", atomically: true, encoding: .utf8)
+        var environment = ProcessInfo.processInfo.environment
+        environment["PATH"] = az.directory + ":" + (environment["PATH"] ?? "/usr/bin:/bin")
+        let flags = [
+            "--config", directory + "/aggregator.yaml", "--connected-within", connectedWithin, "--budget", "1h", "--warn-before", "10m",
+            "--critical-before", "5m", "--stable-for", stableFor, "--dispatch-limit", "\(limit)", "--dispatch-interval", "100ms",
+            "--flush-interval", "100ms",
+        ]
+        let fleet = try await AggregatorFixture.start(flags: flags, environment: environment)
+        let queue = DeferredQueue(
+            store: SQLiteOperationStore(database: try AggregatorDatabase(path: fleet.database)),
+            executors: [.extensionInstall: ExecutorTemplate(argv: ["az", "{params.name}"])])
+        return ProcessQueueFixture(fleet: fleet, az: az, queue: queue)
+    }
+
+    func submit(_ site: String, _ name: String) throws -> String {
+        try queue.submit(
+            SubmissionRequest(site: site, kind: "extension.install", params: ["name": name], createdBy: "test"), situation: nil, now: Date()
+        ).operation.id
+    }
+
+    func waitUntilSucceeded(_ ids: [String], timeout: Duration = .seconds(60)) async throws {
+        let store = queue.store
+        try await withTimeout(timeout, "\(ids.count) operations to succeed") {
+            while try ids.contains(where: { try store.operation(id: $0)?.state != .succeeded }) {
+                if let failed = try ids.lazy.compactMap({ try store.operation(id: $0) }).first(where: { $0.state.isTerminal && $0.state != .succeeded }) {
+                    throw TestSupportError("\(failed.id) ended \(failed.state): \(failed.history.map(\.note))")
+                }
+                try await Task.sleep(for: .milliseconds(50))
+            }
+        }
+    }
+
+    func stop() {
+        fleet.stop()
+        az.remove()
+    }
+}
+
+@Suite("the queue with the aggregator as its own process", .timeLimit(.minutes(3)))
+struct ProcessDispatchTests {
+    @Test("semi-connected: queued and nothing runs; contact back: nothing until stableFor, then in order, one at a time, exact argv")
+    func semiConnectedThenBack() async throws {
+        let q = try await ProcessQueueFixture.start(connectedWithin: "2s", stableFor: "1500ms")
+        defer { q.stop() }
+        let site = try SimulatedSite("proc-site", brokerURL: q.fleet.broker.url)
+        site.reportContact(at: Date().addingTimeInterval(-60))
+        try await site.connect()
+        try await site.status(cluster: ClusterInfo(name: "aks-proc", resourceGroup: "rg"))
+        site.startBeating()
+        _ = try await q.fleet.messages.view("proc-site", "semi-connected") { $0.mode == .semiConnected }
+        let ids = try ["one", "two", "three $(id); 'x y'"].map { try q.submit("proc-site", $0) }
+        // The aggregator sees them (its view counts them) and runs none while the site is semi-connected.
+        _ = try await q.fleet.messages.view("proc-site", "the queue counted in the view") { $0.queue.queued == 3 }
+        try await Task.sleep(for: .milliseconds(500))
+        #expect(q.az.calls().isEmpty)
+
+        site.regainAzure()
+        _ = try await q.fleet.messages.view("proc-site", "connected again") { $0.mode == .connected }
+        let connectedAt = Date().timeIntervalSince1970
+        try await q.waitUntilSucceeded(ids)
+        let calls = q.az.calls()
+        #expect(calls.map(\.id) == ids)
+        #expect(calls.first.map { $0.start >= connectedAt + 1.5 - 0.2 } == true, "ran before stableFor")
+        for (a, b) in zip(calls, calls.dropFirst()) { #expect((a.end ?? .infinity) <= b.start) }
+        #expect(calls.last?.arguments == ["k8s-extension", "create", "--cluster-name", "aks-proc", "--name", "three $(id); 'x y'"])
+        // The aggregator announced each dispatch and success.
+        for id in ids {
+            _ = try await q.fleet.messages.event("proc-site", "operation-succeeded of \(id)") { $0.type == .operationSucceeded && $0.operationID == id }
+        }
+        await site.shutdown()
+    }
+
+    @Test("200 sites come back at once with 5 operations each: never more than the limit at once, all 1,000 run exactly once")
+    func stampede() async throws {
+        let q = try await ProcessQueueFixture.start(connectedWithin: "10m", stableFor: "500ms", limit: 4)
+        defer { q.stop() }
+        let sites = (0..<200).map { "p-site-\($0)" }
+        var ids: [String] = []
+        for site in sites { for round in 0..<5 { ids.append(try q.submit(site, "ext-\(round)")) } }
+        try await announce(sites, broker: q.fleet.broker)
+        try await q.waitUntilSucceeded(ids, timeout: .seconds(150))
+        let calls = q.az.calls()
+        #expect(calls.count == 1000 && Set(calls.map(\.id)) == Set(ids))
+        #expect(q.az.peakConcurrency() <= 4 && q.az.peakConcurrency() >= 2)
+    }
+}
