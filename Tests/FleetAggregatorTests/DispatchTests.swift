@@ -247,6 +247,18 @@ struct DispatchTests {
         #expect(leftovers.stdout.isEmpty, "a hung executor's children survived its timeout")
         let b = try #require(fleet.operation(broken))
         #expect(b.state == .failed && b.attempts == 1 && b.lastError == "exit 3")
+        // An operator retries the failed one: it runs again (and fails again, as the stand-in says).
+        _ = try fleet.service.retry(id: broken, by: "ops")
+        try await fleet.waitUntil([broken], are: [.failed])
+        #expect(fleet.az.calls().filter { $0.id == broken }.count == 2)
+        #expect(fleet.operation(broken)?.history.contains { $0.note == "retried by ops" } == true)
+        // notBefore holds an operation back even at a connected, stable site.
+        let notBefore = Date().addingTimeInterval(1.0)
+        let scheduled = try fleet.service.submit(
+            SubmissionRequest(site: "r1", kind: "extension.install", params: ["name": "later"], createdBy: "test", notBefore: notBefore)).operation.id
+        try await fleet.waitUntil([scheduled], are: [.succeeded])
+        let run = try #require(fleet.az.calls().first { $0.id == scheduled })
+        #expect(run.start >= notBefore.timeIntervalSince1970 - 0.01, "ran before notBefore")
     }
 
     @Test("expiry, cancel, bulk cancel, idempotency; a site past its deadline blocks its operations until an operator releases them")
