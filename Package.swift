@@ -79,6 +79,7 @@ let package = Package(
                 "FleetCore", "MQTT",
                 "YAMLReader",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
             ],
             swiftSettings: swiftSettings
         ),

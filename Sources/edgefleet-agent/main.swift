@@ -71,25 +71,12 @@ struct AgentCommand: AsyncParsableCommand {
     }
 
     func run() async throws {
-        let environment = processEnvironment()
-        let configuration: AgentConfiguration
-        do {
-            var settings = try Settings.load(configFile: config, environment: environment, flags: flagSettings)
-            configuration = try AgentConfiguration.load(&settings)
-        } catch {
-            throw ValidationError(error.description)
-        }
+        let configuration = try loadConfiguration(file: config, flags: flagSettings, AgentConfiguration.load)
         if checkConfig {
             print(configuration.summary)
             return
         }
-        guard let level = Logger.Level(rawValue: logLevel) else { throw ValidationError("--log-level: unknown level '\(logLevel)'") }
-        LoggingSystem.bootstrap { label in
-            var handler = StreamLogHandler.standardError(label: label)
-            handler.logLevel = level
-            return handler
-        }
-        let logger = Logger(label: "edgefleet.agent")
+        let logger = try standardErrorLogger(label: "edgefleet.agent", level: logLevel)
         let service = try AgentService(configuration: configuration, logger: logger)
         // SIGTERM and SIGINT shut the service down gracefully (offline presence, then disconnect).
         let group = ServiceGroup(services: [service], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger)

@@ -69,24 +69,12 @@ struct AggregatorCommand: AsyncParsableCommand {
     }
 
     func run() async throws {
-        let configuration: AggregatorConfiguration
-        do {
-            var settings = try Settings.load(configFile: config, environment: processEnvironment(), flags: flagSettings)
-            configuration = try AggregatorConfiguration.load(&settings)
-        } catch {
-            throw ValidationError(error.description)
-        }
+        let configuration = try loadConfiguration(file: config, flags: flagSettings, AggregatorConfiguration.load)
         if checkConfig {
             print(configuration.summary)
             return
         }
-        guard let level = Logger.Level(rawValue: logLevel) else { throw ValidationError("--log-level: unknown level '\(logLevel)'") }
-        LoggingSystem.bootstrap { label in
-            var handler = StreamLogHandler.standardError(label: label)
-            handler.logLevel = level
-            return handler
-        }
-        let logger = Logger(label: "edgefleet.aggregator")
+        let logger = try standardErrorLogger(label: "edgefleet.aggregator", level: logLevel)
         let service: AggregatorService
         do {
             service = try AggregatorService(configuration: configuration, logger: logger)

@@ -159,7 +159,7 @@ final class SimulatedSite: Sendable {
         var lastSent: Date?
     }
 
-    /// When the last heartbeat was sent.
+    /// When the last heartbeat was sent (the instant before handing it to the client).
     var lastHeartbeatSent: Date? { state.withLock { $0.lastSent } }
     private let state = Mutex(State())
     private let beat = Mutex<Task<Void, Never>?>(nil)
@@ -226,8 +226,9 @@ final class SimulatedSite: Sendable {
             site: site, session: session, seq: seq, sentAt: Date(),
             azure: AzureReport(reachable: !lost, lastContactAgeS: age, probe: "endpoints"),
             certificates: expiry.map { CertificateReport(earliestNotAfter: $0, source: "test") })
+        let sending = Date()  // before: the aggregator may receive it before the broker acknowledges it here
         try await client.publish("edgefleet/v1/sites/\(site)/heartbeat", payload: try FleetJSON.encode(heartbeat), qos: .atLeastOnce)
-        state.withLock { $0.lastSent = Date() }
+        state.withLock { $0.lastSent = sending }
     }
 
     /// Heartbeats every `Short.heartbeat` seconds until `stopBeating()` (the agent's own
