@@ -102,10 +102,10 @@ public final class Dispatcher: Sendable {
 
     /// At start-up: operations left `dispatching` by a crash go back to the queue.
     public func recover(now: Date) throws {
+        let note = "the aggregator stopped while this was running; it runs again (at least once)"
         for operation in try store.all(OperationFilter(states: [.dispatching])) {
-            try store.transition(
-                id: operation.id, expected: [.dispatching], to: .queued, at: now,
-                note: "the aggregator stopped while this was running; it runs again (at least once)", update: { _ in })
+            try store.transition(id: operation.id, expected: [.dispatching], to: .queued, at: now, note: note, update: { _ in })
+            emit(FleetEvent(type: .operationQueued, site: operation.site, at: now, operationID: operation.id, kind: operation.kind, note: note))
             logger.warning("operation \(operation.id) was running when the aggregator stopped; queued again")
         }
     }
