@@ -1,6 +1,7 @@
 public import CommandSupport
 public import FleetCore
 public import MQTT
+import YAMLReader
 
 /// Everything the aggregator needs, validated: a config file, the environment and flags
 /// layered by `Settings`.
@@ -52,9 +53,9 @@ public struct AggregatorConfiguration: Sendable {
 
     /// Every key the aggregator reads, for `--check-config` and the flags.
     public static let keys = [
-        "broker", "username", "passwordFile", "caFile", "certFile", "keyFile", "clientId", "topicRoot", "database",
-        "httpListen", "connectedWithin", "budget", "warnBefore", "criticalBefore", "stableFor", "staleAfter", "offlineAfter",
-        "viewRefresh", "summaryInterval", "flushInterval", "maxPayloadBytes", "executors", "dispatchLimit", "maxAttempts",
+        "broker", "username", "passwordFile", "caFile", "certFile", "keyFile", "clientId", "topicRoot", "db",
+        "http", "connectedWithin", "budget", "warnBefore", "criticalBefore", "stableFor", "staleAfter", "offlineAfter",
+        "viewRefresh", "summaryInterval", "flushInterval", "maxPayloadBytes", "executors", "maxConcurrentDispatches", "maxAttempts",
         "retryBackoff", "retryBackoffMax", "dispatchInterval", "executorOutputBytes",
     ]
 
@@ -62,15 +63,40 @@ public struct AggregatorConfiguration: Sendable {
     struct ExecutorEntry: Decodable {
         var argv: [String]
         var timeout: String?
+        var maxAttempts: Int?
+    }
+
+    /// `executors`: a mapping in the configuration file, or the path of a YAML file holding it
+    /// (`--executors FILE`, contract.md).
+    static func executorEntries(_ settings: inout Settings) throws(ConfigurationError) -> (entries: [String: ExecutorEntry], origin: SettingOrigin?) {
+        guard let (value, origin) = settings.raw("executors") else { return ([:], nil) }
+        if case .text(let path) = value {
+            guard let text = try? String(contentsOfFile: path, encoding: .utf8) else {
+                throw ConfigurationError(key: "executors", origin: origin, "cannot read '\(path)'")
+            }
+            let node: YAMLNode?
+            do {
+                node = try YAMLNode.parse(text)
+            } catch {
+                throw ConfigurationError(key: "executors", origin: origin, "\(path) is not valid YAML: \(error)")
+            }
+            guard let node else { return ([:], origin) }
+            do {
+                return (try YAMLDecoder().decode([String: ExecutorEntry].self, from: node), origin)
+            } catch {
+                throw ConfigurationError(key: "executors", origin: origin, "\(path): \(error)")
+            }
+        }
+        return (try settings.decode([String: ExecutorEntry].self, "executors") ?? [:], origin)
     }
 
     public static func load(_ settings: inout Settings) throws(ConfigurationError) -> AggregatorConfiguration {
         let connection = try settings.brokerSettings()
         let root = try settings.topicRoot()
         let clientID = try settings.string("clientId", default: "edgefleet-aggregator")
-        let database = try settings.string("database", default: "./edgefleet.sqlite")
-        if database.isEmpty { throw ConfigurationError(key: "database", origin: settings.raw("database")?.1, "must not be empty") }
-        let httpListen = try settings.string("httpListen", default: "127.0.0.1:8080")
+        let database = try settings.string("db", default: "./edgefleet.sqlite")
+        if database.isEmpty { throw ConfigurationError(key: "db", origin: settings.raw("db")?.1, "must not be empty") }
+        let httpListen = try settings.string("http", default: "127.0.0.1:8080")
 
         var thresholds = Thresholds()
         thresholds.connectedWithin = try settings.duration("connectedWithin", default: thresholds.connectedWithin)
@@ -90,8 +116,8 @@ public struct AggregatorConfiguration: Sendable {
         let maxPayloadBytes = try settings.integer("maxPayloadBytes", default: 16_384, range: 256...(1 << 20))
 
         var executors: [OperationKind: ExecutorTemplate] = [:]
-        let origin = settings.raw("executors")?.1
-        for (name, entry) in try settings.decode([String: ExecutorEntry].self, "executors") ?? [:] {
+        let (entries, origin) = try executorEntries(&settings)
+        for (name, entry) in entries {
             guard let kind = OperationKind(rawValue: name) else {
                 throw ConfigurationError(key: "executors.\(name)", origin: origin, "unknown operation kind")
             }
@@ -110,14 +136,17 @@ public struct AggregatorConfiguration: Sendable {
                 }
                 guard timeout > .zero else { throw ConfigurationError(key: "executors.\(name).timeout", origin: origin, "must be longer than zero") }
             }
-            let template = ExecutorTemplate(argv: entry.argv, timeout: timeout)
+            if let attempts = entry.maxAttempts, !(1...100).contains(attempts) {
+                throw ConfigurationError(key: "executors.\(name).maxAttempts", origin: origin, "must be between 1 and 100")
+            }
+            let template = ExecutorTemplate(argv: entry.argv, timeout: timeout, maxAttempts: entry.maxAttempts)
             if let unknown = template.unknownPlaceholder {
                 throw ConfigurationError(key: "executors.\(name).argv", origin: origin, "no operation can fill the placeholder {\(unknown)}")
             }
             executors[kind] = template
         }
         let dispatch = DispatchSettings(
-            limit: try settings.integer("dispatchLimit", default: 4, range: 1...1000),
+            limit: try settings.integer("maxConcurrentDispatches", default: 4, range: 1...1000),
             backoff: try settings.duration("retryBackoff", default: .seconds(30)),
             maximumBackoff: try settings.duration("retryBackoffMax", default: .seconds(1800)),
             outputBytes: try settings.integer("executorOutputBytes", default: 4096, range: 0...(1 << 20)))

@@ -32,8 +32,9 @@ struct AggregatorCommand: AsyncParsableCommand {
     @Option(help: "Client key (PEM).") var keyFile: String?
     @Option(help: "MQTT client id (default edgefleet-aggregator).") var clientId: String?
     @Option(help: "Topic root (default edgefleet/v1).") var topicRoot: String?
-    @Option(help: "SQLite database file (default ./edgefleet.sqlite).") var database: String?
-    @Option(help: "HTTP listen address (default 127.0.0.1:8080).") var httpListen: String?
+    @Option(help: "SQLite database file (default ./edgefleet.sqlite).") var db: String?
+    @Option(help: "HTTP listen address, HOST:PORT (default 127.0.0.1:8080).") var http: String?
+    @Option(help: "YAML file mapping each queueable kind to its executor (or 'executors:' in the config file).") var executors: String?
     @Option(help: "A contact this recent means connected (default 15m).") var connectedWithin: String?
     @Option(help: "How long semi-connected operation is supported (default 30d).") var budget: String?
     @Option(help: "Warning alert this long before the deadline (default 7d).") var warnBefore: String?
@@ -45,7 +46,7 @@ struct AggregatorCommand: AsyncParsableCommand {
     @Option(help: "Publish the fleet summary at most this often (default 1s).") var summaryInterval: String?
     @Option(help: "Write changed site records this often (default 1s).") var flushInterval: String?
     @Option(help: "Reject payloads larger than this many bytes (default 16384).") var maxPayloadBytes: String?
-    @Option(help: "Operations running at once across the fleet (default 4).") var dispatchLimit: String?
+    @Option(help: "Operations running at once across the fleet (default 4).") var maxConcurrentDispatches: String?
     @Option(help: "Attempts an operation gets by default (default 5).") var maxAttempts: String?
     @Option(help: "First retry delay; doubles per attempt (default 30s).") var retryBackoff: String?
     @Option(help: "Longest retry delay (default 30m).") var retryBackoffMax: String?
@@ -56,11 +57,11 @@ struct AggregatorCommand: AsyncParsableCommand {
         let scalars: [(String, String?)] = [
             ("broker", broker), ("username", username), ("passwordFile", passwordFile), ("caFile", caFile),
             ("certFile", certFile), ("keyFile", keyFile), ("clientId", clientId), ("topicRoot", topicRoot),
-            ("database", database), ("httpListen", httpListen), ("connectedWithin", connectedWithin), ("budget", budget),
+            ("db", db), ("http", http), ("executors", executors), ("connectedWithin", connectedWithin), ("budget", budget),
             ("warnBefore", warnBefore), ("criticalBefore", criticalBefore), ("stableFor", stableFor),
             ("staleAfter", staleAfter), ("offlineAfter", offlineAfter), ("viewRefresh", viewRefresh),
             ("summaryInterval", summaryInterval), ("flushInterval", flushInterval), ("maxPayloadBytes", maxPayloadBytes),
-            ("dispatchLimit", dispatchLimit), ("maxAttempts", maxAttempts), ("retryBackoff", retryBackoff),
+            ("maxConcurrentDispatches", maxConcurrentDispatches), ("maxAttempts", maxAttempts), ("retryBackoff", retryBackoff),
             ("retryBackoffMax", retryBackoffMax), ("dispatchInterval", dispatchInterval), ("executorOutputBytes", executorOutputBytes),
         ]
         var flags: [String: Settings.Value] = [:]

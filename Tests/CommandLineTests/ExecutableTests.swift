@@ -60,7 +60,7 @@ struct ExecutableTests {
         #expect(inverted.status == 2, "critical before warning must be refused: \(inverted.stdout)")
         let fromEnvironment = try run(
             aggregator, ["--check-config", "--budget", "10m", "--warn-before", "3m", "--critical-before", "1m"],
-            environment: ["EDGEFLEET_BUDGET": "5m", "EDGEFLEET_DATABASE": "/tmp/x.sqlite", "EDGEFLEET_CONNECTED_WITHIN": "30s"])
+            environment: ["EDGEFLEET_BUDGET": "5m", "EDGEFLEET_DB": "/tmp/x.sqlite", "EDGEFLEET_CONNECTED_WITHIN": "30s"])
         #expect(fromEnvironment.status == 0, "\(fromEnvironment.stderr)")
         #expect(fromEnvironment.stdout.contains("budget 10m") && fromEnvironment.stdout.contains("database: /tmp/x.sqlite"))
         #expect(fromEnvironment.stdout.contains("connected within 30s"))
@@ -84,6 +84,18 @@ struct ExecutableTests {
                      "metallb.configure", "monitoring.configure", "gitops.configure", "extension.install", "extension.update", "extension.delete"] {
             #expect(loaded.stdout.contains("executor \(kind): az "), "no executor for \(kind)")
         }
+        // --executors FILE, as contract.md names it, with a kind's own maxAttempts.
+        try """
+            cluster.upgrade:
+              argv: [az, aksarc, upgrade, --name, "{cluster.name}", --kubernetes-version, "{params.kubernetesVersion}", --yes]
+              timeout: 30m
+              maxAttempts: 5
+            """.write(toFile: "\(directory)/executors.yaml", atomically: true, encoding: .utf8)
+        let fromFile = try run(aggregator, ["--check-config", "--executors", "\(directory)/executors.yaml"], environment: [:])
+        #expect(fromFile.status == 0, "\(fromFile.stderr)")
+        #expect(fromFile.stdout.contains("executor cluster.upgrade: az aksarc upgrade"))
+        let missing = try run(aggregator, ["--check-config", "--executors", "\(directory)/none.yaml"], environment: [:])
+        #expect(missing.status == 2 && missing.stderr.contains("executors") && missing.stderr.contains("none.yaml"))
         // An executor for a kind that is never queued, or with a placeholder nothing fills, is refused.
         try (example + "  ssh:\n    argv: [ssh, x]\n").write(toFile: "\(directory)/ssh.yaml", atomically: true, encoding: .utf8)
         let ssh = try run(aggregator, ["--check-config", "--config", "\(directory)/ssh.yaml"], environment: [:])

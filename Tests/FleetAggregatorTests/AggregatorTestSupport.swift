@@ -32,7 +32,7 @@ final class AggregatorProcess {
         log = database + "-\(UUID().uuidString.prefix(6)).log"
         process = try ChildProcess(
             try builtProduct("edgefleet-aggregator").path,
-            ["--broker", broker.url, "--database", database, "--log-level", "debug"] + flags + extra, outputPath: log,
+            ["--broker", broker.url, "--db", database, "--log-level", "debug"] + flags + extra, outputPath: log,
             environment: environment)
     }
 

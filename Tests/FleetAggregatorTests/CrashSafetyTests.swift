@@ -32,7 +32,7 @@ struct CrashSafetyTests {
         environment["PATH"] = az.directory + ":" + (environment["PATH"] ?? "/usr/bin:/bin")
         let flags = [
             "--config", directory + "/aggregator.yaml", "--connected-within", "10m", "--budget", "30d", "--stable-for", "0s",
-            "--dispatch-limit", "4", "--dispatch-interval", "100ms", "--flush-interval", "100ms", "--retry-backoff", "100ms",
+            "--max-concurrent-dispatches", "4", "--dispatch-interval", "100ms", "--flush-interval", "100ms", "--retry-backoff", "100ms",
         ]
 
         // 500 operations for 50 sites, written to the aggregator's database before it starts.

@@ -82,6 +82,27 @@ struct OperationQueueTests {
         }
     }
 
+    @Test("attempts come from the request, else the kind's executor, else the queue's default")
+    func attempts() throws {
+        let directory = try temporaryDirectory("edgefleet-queue")
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let queue = DeferredQueue(
+            store: SQLiteOperationStore(database: try AggregatorDatabase(path: directory + "/fleet.sqlite")),
+            executors: [
+                .extensionInstall: ExecutorTemplate(argv: ["az", "{params.name}"], maxAttempts: 2),
+                .extensionDelete: ExecutorTemplate(argv: ["az", "{params.name}"]),
+            ], defaultMaxAttempts: 7)
+        func attempts(_ kind: String, _ requested: Int?) throws -> Int {
+            try queue.submit(
+                SubmissionRequest(site: "s1", kind: kind, params: ["name": "x"], createdBy: "a", maxAttempts: requested), situation: Self.semi,
+                now: Self.now
+            ).operation.maxAttempts
+        }
+        #expect(try attempts("extension.install", nil) == 2)
+        #expect(try attempts("extension.install", 9) == 9)
+        #expect(try attempts("extension.delete", nil) == 7)
+    }
+
     @Test("an idempotency key returns the existing operation")
     func idempotency() throws {
         let (queue, directory) = try makeQueue()

@@ -27,7 +27,7 @@ struct ProcessQueueFixture {
         environment["PATH"] = az.directory + ":" + (environment["PATH"] ?? "/usr/bin:/bin")
         let flags = [
             "--config", directory + "/aggregator.yaml", "--connected-within", connectedWithin, "--budget", "1h", "--warn-before", "10m",
-            "--critical-before", "5m", "--stable-for", stableFor, "--dispatch-limit", "\(limit)", "--dispatch-interval", "100ms",
+            "--critical-before", "5m", "--stable-for", stableFor, "--max-concurrent-dispatches", "\(limit)", "--dispatch-interval", "100ms",
             "--flush-interval", "100ms",
         ]
         let fleet = try await AggregatorFixture.start(flags: flags, environment: environment)

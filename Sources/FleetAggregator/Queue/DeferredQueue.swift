@@ -142,7 +142,7 @@ public struct DeferredQueue: Sendable {
         if let notBefore = request.notBefore, let expiresAt = request.expiresAt, notBefore >= expiresAt {
             throw QueueError(.invalid, "notBefore: must be before expiresAt")
         }
-        let maxAttempts = request.maxAttempts ?? defaultMaxAttempts
+        let maxAttempts = request.maxAttempts ?? template.maxAttempts ?? defaultMaxAttempts
         guard (1...100).contains(maxAttempts) else { throw QueueError(.invalid, "maxAttempts: must be between 1 and 100") }
 
         do {

@@ -10,10 +10,13 @@ public import FleetCore
 public struct ExecutorTemplate: Sendable, Hashable, Codable {
     public var argv: [String]
     public var timeout: Duration
+    /// Attempts an operation of this kind gets unless its submission says otherwise.
+    public var maxAttempts: Int?
 
-    public init(argv: [String], timeout: Duration = .seconds(900)) {
+    public init(argv: [String], timeout: Duration = .seconds(900), maxAttempts: Int? = nil) {
         self.argv = argv
         self.timeout = timeout
+        self.maxAttempts = maxAttempts
     }
 
     public static let clusterFields = ["name", "resourceGroup", "subscription", "customLocation", "kubernetesVersion"]
