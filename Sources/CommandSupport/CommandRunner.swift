@@ -1,4 +1,5 @@
 import Dispatch
+import Synchronization
 public import FleetCore
 
 #if canImport(Glibc)
@@ -43,6 +44,9 @@ public struct CommandOutcome: Sendable, Hashable {
     }
 }
 
+/// Serializes pipe creation (until close-on-exec is set) with spawning.
+private let spawnLock = Mutex(())
+
 /// Runs commands for probes, local checks and the aggregator's executors: never through
 /// a shell, in a process group of their own that is killed whole at the timeout, with
 /// their output read continuously (so a chatty command cannot block) and only a bounded
@@ -70,9 +74,16 @@ public enum CommandRunner {
     ) -> Result<CommandOutcome, CommandError> {
         let start = ContinuousClock.now
         var pipeFDs: [Int32] = [-1, -1]
-        guard pipe(&pipeFDs) == 0 else { return .failure(CommandError("pipe: \(String(cString: strerror(errno)))")) }
-        _ = fcntl(pipeFDs[0], F_SETFD, FD_CLOEXEC)
-        _ = fcntl(pipeFDs[1], F_SETFD, FD_CLOEXEC)
+        // Close-on-exec before any other spawn can happen: a command spawned by another thread
+        // in between would inherit this pipe, hold it open and make this command look hung.
+        // (pipe2 is not in Swift's Glibc module; one lock around pipe+fcntl and spawns does it.)
+        let created = spawnLock.withLock { _ -> Bool in
+            guard pipe(&pipeFDs) == 0 else { return false }
+            _ = fcntl(pipeFDs[0], F_SETFD, FD_CLOEXEC)
+            _ = fcntl(pipeFDs[1], F_SETFD, FD_CLOEXEC)
+            return true
+        }
+        guard created else { return .failure(CommandError("pipe: \(String(cString: strerror(errno)))")) }
 
         var actions = posix_spawn_file_actions_t()
         posix_spawn_file_actions_init(&actions)
@@ -101,12 +112,11 @@ public enum CommandRunner {
         defer { argv.forEach { free($0) } }
         var pid: pid_t = 0
         let rc: Int32
-        if let environment {
-            let envp = environment.map { strdup("\($0.key)=\($0.value)") } + [nil]
-            defer { envp.forEach { free($0) } }
-            rc = posix_spawnp(&pid, arguments[0], &actions, &attributes, argv, envp)
-        } else {
-            rc = posix_spawnp(&pid, arguments[0], &actions, &attributes, argv, environ)
+        let envp = environment.map { $0.map { strdup("\($0.key)=\($0.value)") } + [nil] }
+        defer { envp?.forEach { free($0) } }
+        rc = spawnLock.withLock { _ in
+            if let envp { return posix_spawnp(&pid, arguments[0], &actions, &attributes, argv, envp) }
+            return posix_spawnp(&pid, arguments[0], &actions, &attributes, argv, environ)
         }
         close(pipeFDs[1])
         guard rc == 0 else {
@@ -114,8 +124,15 @@ public enum CommandRunner {
             return .failure(CommandError("cannot run '\(arguments[0])': \(String(cString: strerror(rc)))"))
         }
 
-        // Read until EOF (every holder of the pipe exited) or the deadline.
+        // Read until EOF (every holder of the pipe exited) or the deadline; once the command
+        // itself has exited, only a little longer (a child it left behind may hold the pipe
+        // open, and must not turn a finished command into a timed-out one).
         let deadline = start + timeout
+        var exitedAt: ContinuousClock.Instant?
+        func leaderExited() -> Bool {
+            var info = siginfo_t()
+            return waitid(P_PID, id_t(pid), &info, WEXITED | WNOHANG | WNOWAIT) == 0 && info.si_signo == SIGCHLD
+        }
         var kept: [UInt8] = []
         var head: [UInt8] = []
         var dropped = 0
@@ -124,12 +141,14 @@ public enum CommandRunner {
         var buffer = [UInt8](repeating: 0, count: 4096)
         let readFD = pipeFDs[0]
         while true {
+            if exitedAt == nil, leaderExited() { exitedAt = ContinuousClock.now }
+            if let exitedAt, ContinuousClock.now - exitedAt > .milliseconds(200) { break }
             let remaining = deadline - ContinuousClock.now
             if remaining <= .zero {
-                timedOut = true
+                timedOut = exitedAt == nil
                 break
             }
-            let c = remaining.components
+            let c = min(remaining, .milliseconds(50)).components
             let milliseconds = Int32(clamping: c.seconds * 1000 + c.attoseconds / 1_000_000_000_000_000 + 1)
             var descriptor = pollfd(fd: readFD, events: Int16(POLLIN), revents: 0)
             let ready = poll(&descriptor, 1, milliseconds)

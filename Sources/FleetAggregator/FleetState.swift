@@ -204,7 +204,7 @@ public final class FleetState {
             DispatchSituation(
                 mode: e.mode, stable: e.stable,
                 readySince: e.mode == .connected ? e.modeSince.addingTimeInterval(Double(thresholds.stableFor.milliseconds) / 1000) : nil,
-                cluster: record.cluster)
+                expiredAt: e.expiredAt, cluster: record.cluster)
         )
     }
 

@@ -58,6 +58,25 @@ struct CommandRunnerTests {
         #expect(outcome.firstLine == String(repeating: "x", count: 40) + "…")
     }
 
+    @Test("a command that exits but leaves a child holding its output is finished, not timed out; the child is killed")
+    func leftoverChild() async throws {
+        let marker = "edgefleet-leftover-\(UInt32.random(in: 0...UInt32.max))"
+        let outcome = try await CommandRunner.run(
+            ["/bin/sh", "-c", "sh -c 'sleep 30; echo \(marker)' & echo done"], timeout: .seconds(10), capture: .head(bytes: 100))
+        #expect(!outcome.timedOut && outcome.exitCode == 0)
+        #expect(outcome.duration < .seconds(5))
+        #expect(outcome.output.hasPrefix("done"))
+        let left = try run(URL(fileURLWithPath: "/usr/bin/pgrep"), ["-f", marker])
+        #expect(left.stdout.isEmpty, "the leftover child survived")
+    }
+
+    @Test("with .head(bytes:) the output is kept up to the limit, with how much was cut")
+    func headCapture() async throws {
+        let outcome = try await CommandRunner.run(["/bin/sh", "-c", "seq 1 1000"], timeout: .seconds(10), capture: .head(bytes: 20))
+        #expect(outcome.output.hasPrefix("1\n2\n3\n4\n5\n6\n7\n8\n9\n10\n"))
+        #expect(outcome.output.contains("more bytes not kept"))
+    }
+
     @Test("a program that does not exist is an error, not a crash")
     func missing() async {
         await #expect(throws: CommandError.self) {

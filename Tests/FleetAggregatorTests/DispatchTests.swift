@@ -261,6 +261,26 @@ struct DispatchTests {
         #expect(run.start >= notBefore.timeIntervalSince1970 - 0.01, "ran before notBefore")
     }
 
+    @Test("an operation whose executor needs cluster metadata the site has not reported waits for it instead of failing")
+    func waitsForClusterMetadata() async throws {
+        let fleet = try await DispatchFixture.start(connectedWithin: .seconds(60), stableFor: .zero)
+        defer { Task { await fleet.stop() } }
+        let site = try SimulatedSite("no-meta", brokerURL: fleet.broker.url)
+        try await site.connect()
+        try await site.heartbeat()
+        try await withTimeout(.seconds(10), "the site connected") {
+            while fleet.service.view(of: try SiteID("no-meta"))?.mode != .connected { try await Task.sleep(for: .milliseconds(20)) }
+        }
+        let id = try fleet.service.submit(install("no-meta", "x")).operation.id
+        try await Task.sleep(for: .milliseconds(500))  // several dispatcher passes
+        #expect(fleet.operation(id)?.state == .queued && fleet.operation(id)?.attempts == 0)
+        #expect(fleet.az.calls().isEmpty)
+        try await site.status(cluster: ClusterInfo(name: "aks-late", resourceGroup: "rg"))
+        try await fleet.waitUntil([id], are: [.succeeded])
+        #expect(fleet.az.calls().first?.arguments.contains("aks-late") == true)
+        await site.shutdown()
+    }
+
     @Test("expiry, cancel, bulk cancel, idempotency; a site past its deadline blocks its operations until an operator releases them")
     func lifecycle() async throws {
         let fleet = try await DispatchFixture.start(connectedWithin: .seconds(2), stableFor: .zero)

@@ -28,6 +28,8 @@ public struct DeferredOperation: Codable, Sendable, Hashable, Identifiable {
     /// An operator released it from `blocked`: it waits for the link, and is not blocked
     /// again for the deadline that blocked it.
     public var released: Bool?
+    /// When it was released: a deadline the site passes after this blocks it again.
+    public var releasedAt: Date?
     public var history: [OperationHistoryEntry]
 
     public init(
@@ -121,8 +123,10 @@ public enum OperationStoreError: Error, Sendable, Hashable, CustomStringConverti
 /// Every method is one transaction; a transition checks the state it expects and
 /// records the history entry in the same transaction.
 public protocol OperationStore: Sendable {
-    /// Inserts a new operation (its `sequence` is assigned) with its first history entry.
-    func insert(_ operation: DeferredOperation) throws -> DeferredOperation
+    /// Inserts a new operation (its `sequence` is assigned) with its history so far. For a
+    /// coalescing kind, in the same transaction, every older `queued` or `blocked` operation
+    /// of the same site, kind and target becomes `superseded`; returns their ids.
+    func insert(_ operation: DeferredOperation) throws -> (operation: DeferredOperation, superseded: [String])
     func operation(id: String) throws -> DeferredOperation?
     func operation(idempotencyKey: String) throws -> DeferredOperation?
     /// Moves an operation from one of `expected` to `to`, applying `update` and appending

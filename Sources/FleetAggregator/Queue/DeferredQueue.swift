@@ -166,23 +166,16 @@ public struct DeferredQueue: Sendable {
                 expiresAt: request.expiresAt, maxAttempts: maxAttempts,
                 history: [OperationHistoryEntry(at: now, from: nil, to: .queued, note: "submitted by \(request.createdBy): \(reason)")])
 
-            // Coalescing: this one supersedes older queued ones for the same site, kind and target.
-            var superseded: [String] = []
-            if let target = operation.coalescingTarget {
-                let older = try store.all(OperationFilter(site: site, kind: kind, states: [.queued, .blocked]))
-                for old in older where old.coalescingTarget == target {
-                    let newID = operation.id
-                    try store.transition(
-                        id: old.id, expected: [.queued, .blocked], to: .superseded, at: now, note: "superseded by \(newID)", update: { _ in })
-                    superseded.append(old.id)
-                }
-                if !superseded.isEmpty {
-                    operation.history.append(
-                        OperationHistoryEntry(at: now, from: .queued, to: .queued, note: "supersedes \(superseded.joined(separator: ", "))"))
-                }
+            // Blocked at once at a site past its deadline, in the same transaction as the insert.
+            if situation?.mode == .disconnected {
+                operation.state = .blocked
+                operation.history.append(OperationHistoryEntry(at: now, from: .queued, to: .blocked, note: "the site passed its deadline"))
             }
+            // The insert supersedes older queued operations for the same site, kind and target
+            // (coalescing) in one transaction.
+            let superseded: [String]
             do {
-                operation = try store.insert(operation)
+                (operation, superseded) = try store.insert(operation)
             } catch OperationStoreError.duplicateIdempotencyKey {
                 // Lost a race with an identical submission: answer with the winner.
                 if let key = request.idempotencyKey, let existing = try store.operation(idempotencyKey: key) {
@@ -191,10 +184,6 @@ public struct DeferredQueue: Sendable {
                         deadline: situation?.deadline, superseded: [])
                 }
                 throw QueueError(.refused, "idempotency key conflict")
-            }
-            if situation?.mode == .disconnected {
-                operation = try store.transition(
-                    id: operation.id, expected: [.queued], to: .blocked, at: now, note: "the site passed its deadline", update: { _ in })
             }
             return SubmissionResult(operation: operation, existing: false, reason: reason, deadline: situation?.deadline, superseded: superseded)
         } catch let error as QueueError {
@@ -221,6 +210,7 @@ public struct DeferredQueue: Sendable {
     public func release(id: String, by who: String, now: Date) throws(QueueError) -> DeferredOperation {
         try act(id: id, expected: [.blocked], to: .queued, note: "released by \(who)", now: now) { operation in
             operation.released = true
+            operation.releasedAt = now
         }
     }
 

@@ -20,12 +20,15 @@ public struct DispatchSituation: Sendable, Hashable {
     public var stable: Bool
     /// Since when operations may run here (connected since + `stableFor`), when connected.
     public var readySince: Date?
+    /// When the site passed its deadline, while that is remembered.
+    public var expiredAt: Date?
     public var cluster: ClusterInfo?
 
-    public init(mode: ConnectivityMode, stable: Bool, readySince: Date? = nil, cluster: ClusterInfo?) {
+    public init(mode: ConnectivityMode, stable: Bool, readySince: Date? = nil, expiredAt: Date? = nil, cluster: ClusterInfo?) {
         self.mode = mode
         self.stable = stable
         self.readySince = readySince
+        self.expiredAt = expiredAt
         self.cluster = cluster
     }
 }
@@ -69,6 +72,10 @@ public final class Dispatcher: Sendable {
         /// An operation finished, so a slot is free: the next pass should not wait.
         var kicked = false
         var running: Set<SiteID> = []
+        /// Per site, how many of its operations have finished; a pass that read the queue
+        /// before one finished must not start the site's next (the finished one may be
+        /// queued again for a retry, and it goes first).
+        var finished: [SiteID: UInt64] = [:]
         /// Round robin: when each site was last served (a counter). Ready sites are served
         /// least recently served first, so a site that turns ready late (or never was
         /// served) goes before sites that already had a turn.
@@ -113,15 +120,20 @@ public final class Dispatcher: Sendable {
     /// One pass: expire, block, then start what may start. `situation` answers for a site
     /// the aggregator knows (nil: never heard from).
     public func tick(now: Date, situation: (SiteID) -> DispatchSituation?) throws {
-        let waiting = try store.all(OperationFilter(states: [.queued]))
+        let finishedBefore = state.withLock { $0.finished }
+        let waiting = try store.all(OperationFilter(states: [.queued, .blocked]))
         var candidates: [SiteID: DeferredOperation] = [:]
         for operation in waiting {  // oldest first
             if let expiresAt = operation.expiresAt, expiresAt <= now {
                 try move(operation, to: .expired, at: now, note: "expired at \(RFC3339.format(expiresAt)) before it could run", event: .operationExpired)
                 continue
             }
+            guard operation.state == .queued else { continue }  // blocked: only expiry applies
             let site = situation(operation.site)
-            if site?.mode == .disconnected, operation.released != true {
+            // Blocked at a site past its deadline, unless an operator released it after that deadline passed.
+            if let site, site.mode == .disconnected,
+                !(operation.released == true && (operation.releasedAt ?? .distantPast) >= (site.expiredAt ?? .distantPast))
+            {
                 try move(operation, to: .blocked, at: now, note: "the site passed its deadline; an operator must release or cancel it", event: .operationBlocked)
                 continue
             }
@@ -131,9 +143,19 @@ public final class Dispatcher: Sendable {
         }
 
         // Sites whose oldest operation may run now, round robin from the last one served.
+        var argvs: [String: [String]] = [:]
         let ready = candidates.filter { site, operation in
             guard let s = situation(site), s.mode == .connected, s.stable else { return false }
             if let next = operation.nextAttemptAt, next > now { return false }  // backing off: the site waits, in order
+            // Rendered before it is claimed: cluster metadata the site has not reported yet
+            // holds the operation (and its site) back instead of failing it.
+            guard let template = executors[operation.kind],
+                let argv = try? template.render(operationID: operation.id, site: site, params: operation.params, cluster: s.cluster)
+            else {
+                if executors[operation.kind] != nil { logger.debug("operation \(operation.id) waits for its site's cluster metadata") }
+                return executors[operation.kind] == nil  // no executor at all: claimed and failed with the reason
+            }
+            argvs[operation.id] = argv
             return true
         }
         let (order, free) = state.withLock { s -> ([SiteID], Int) in
@@ -146,7 +168,7 @@ public final class Dispatcher: Sendable {
         for site in order.prefix(max(0, free)) {
             guard let operation = ready[site], let s = situation(site) else { continue }
             let could = [operation.createdAt, s.readySince, operation.notBefore, operation.nextAttemptAt].compactMap { $0 }.max() ?? now
-            if start(operation, cluster: s.cluster, now: now) {
+            if start(operation, argv: argvs[operation.id], finishedBefore: finishedBefore[site] ?? 0, now: now) {
                 dispatched(.milliseconds(Int64(max(0, now.timeIntervalSince(could)) * 1000)))
             }
         }
@@ -162,9 +184,11 @@ public final class Dispatcher: Sendable {
     }
 
     @discardableResult
-    private func start(_ operation: DeferredOperation, cluster: ClusterInfo?, now: Date) -> Bool {
+    private func start(_ operation: DeferredOperation, argv: [String]?, finishedBefore: UInt64, now: Date) -> Bool {
         let claimed = state.withLock { s -> Bool in
-            guard s.running.count < settings.limit, s.running.insert(operation.site).inserted else { return false }
+            guard s.running.count < settings.limit, (s.finished[operation.site] ?? 0) == finishedBefore,
+                s.running.insert(operation.site).inserted
+            else { return false }
             s.turns += 1
             s.servedAt[operation.site] = s.turns
             return true
@@ -181,69 +205,75 @@ public final class Dispatcher: Sendable {
         }
         emit(FleetEvent(type: .operationDispatched, site: dispatched.site, at: now, operationID: dispatched.id, kind: dispatched.kind))
         Task {
-            await self.execute(dispatched, cluster: cluster)
+            await self.execute(dispatched, argv: argv)
             self.state.withLock {
                 _ = $0.running.remove(dispatched.site)
+                $0.finished[dispatched.site, default: 0] += 1
                 $0.kicked = true
             }
         }
         return true
     }
 
-    private func execute(_ operation: DeferredOperation, cluster: ClusterInfo?) async {
-        guard let template = executors[operation.kind] else {
-            finish(operation, to: .failed, note: "no executor is configured for \(operation.kind.rawValue)", event: .operationFailed)
+    private func execute(_ operation: DeferredOperation, argv: [String]?) async {
+        guard let template = executors[operation.kind], let argv else {
+            await finish(operation, to: .failed, note: "no executor is configured for \(operation.kind.rawValue)", event: .operationFailed)
             return
         }
-        let argv: [String]
-        do {
-            argv = try template.render(operationID: operation.id, site: operation.site, params: operation.params, cluster: cluster)
-        } catch {
-            finish(operation, to: .failed, note: "\(error.description): the site has not reported it", event: .operationFailed)
-            return
-        }
-        var environment = processEnvironment()
+        // The aggregator's own EDGEFLEET_* settings are not the executor's business.
+        var environment = processEnvironment().filter { !$0.key.hasPrefix("EDGEFLEET_") }
         environment["EDGEFLEET_OPERATION_ID"] = operation.id
         let outcome: CommandOutcome
         do {
             outcome = try await CommandRunner.run(
                 argv, timeout: template.timeout, capture: .head(bytes: settings.outputBytes), environment: environment)
         } catch {
-            finish(operation, to: .failed, note: "\(error.description)", event: .operationFailed)
+            await finish(operation, to: .failed, note: "\(error.description)", event: .operationFailed)
             return
         }
         let output = outcome.output.isEmpty ? "" : "\n" + outcome.output
         switch (outcome.timedOut, outcome.exitCode) {
         case (false, 0?):
-            finish(operation, to: .succeeded, note: "exit 0" + output, event: .operationSucceeded)
+            await finish(operation, to: .succeeded, note: "exit 0" + output, event: .operationSucceeded)
         case (true, _), (false, 75?):
             let why = outcome.timedOut ? "timed out after \(DurationFormat.format(template.timeout)); process group killed" : "exit 75 (try again later)"
             if operation.attempts < operation.maxAttempts {
                 let wait = backoff(afterAttempt: operation.attempts)
-                finish(
+                await finish(
                     operation, to: .queued, note: "\(why); retry in \(DurationFormat.format(wait))" + output, event: .operationRetrying,
                     update: { $0.nextAttemptAt = Date().addingTimeInterval(wait.secondsDouble); $0.lastError = why })
             } else {
-                finish(
+                await finish(
                     operation, to: .failed, note: "\(why); no attempts left (\(operation.maxAttempts))" + output, event: .operationFailed,
                     update: { $0.lastError = why })
             }
         default:
             let why = outcome.exitCode.map { "exit \($0)" } ?? "killed by signal \(outcome.signal ?? 0)"
-            finish(operation, to: .failed, note: why + output, event: .operationFailed, update: { $0.lastError = why })
+            await finish(operation, to: .failed, note: why + output, event: .operationFailed, update: { $0.lastError = why })
         }
     }
 
+    /// Records the end of an attempt, retrying until the store takes it: until then the site
+    /// stays busy, so its next operation cannot overtake an outcome that is not yet written.
     private func finish(
         _ operation: DeferredOperation, to: OperationState, note: String, event: FleetEventType,
-        update: @Sendable (inout DeferredOperation) -> Void = { _ in }
-    ) {
-        let now = Date()
-        do {
-            let done = try store.transition(id: operation.id, expected: [.dispatching], to: to, at: now, note: note, update: update)
-            emit(FleetEvent(type: event, site: done.site, at: now, operationID: done.id, kind: done.kind, note: String(note.prefix(200))))
-        } catch {
-            logger.error("cannot record the end of operation \(operation.id): \(error)")
+        update: @escaping @Sendable (inout DeferredOperation) -> Void = { _ in }
+    ) async {
+        var wait = Duration.milliseconds(200)
+        while true {
+            let now = Date()
+            do {
+                let done = try store.transition(id: operation.id, expected: [.dispatching], to: to, at: now, note: note, update: update)
+                emit(FleetEvent(type: event, site: done.site, at: now, operationID: done.id, kind: done.kind, note: String(note.prefix(200))))
+                return
+            } catch OperationStoreError.conflict, OperationStoreError.notFound {
+                logger.error("operation \(operation.id) was moved by someone else while it ran; its outcome (\(to.rawValue)) is not recorded")
+                return
+            } catch {
+                logger.error("cannot record the end of operation \(operation.id), retrying in \(DurationFormat.format(wait)): \(error)")
+                try? await Task.sleep(for: wait)
+                wait = min(wait * 2, .seconds(30))
+            }
         }
     }
 

@@ -17,23 +17,44 @@ public struct SQLiteOperationStore: OperationStore {
         self.database = database
     }
 
-    public func insert(_ operation: DeferredOperation) throws -> DeferredOperation {
+    public func insert(_ operation: DeferredOperation) throws -> (operation: DeferredOperation, superseded: [String]) {
         let encoder = FleetJSON.encoder()
+        func json(_ operation: DeferredOperation) throws -> String { String(decoding: try encoder.encode(operation), as: UTF8.self) }
         return try database.writer.write { db in
             if let key = operation.idempotencyKey,
                 try Int.fetchOne(db, sql: "SELECT 1 FROM operations WHERE idempotencyKey = ?", arguments: [key]) != nil
             {
                 throw OperationStoreError.duplicateIdempotencyKey(key)
             }
+            var stored = operation
+            var superseded: [String] = []
+            if let target = operation.coalescingTarget {
+                let older = try String.fetchAll(
+                    db, sql: "SELECT document FROM operations WHERE site = ? AND kind = ? AND state IN ('queued', 'blocked') ORDER BY sequence",
+                    arguments: [operation.site.rawValue, operation.kind.rawValue])
+                for document in older {
+                    var old = try Self.decodeOne(document)
+                    guard old.coalescingTarget == target else { continue }
+                    old.history.append(
+                        OperationHistoryEntry(at: operation.createdAt, from: old.state, to: .superseded, note: "superseded by \(operation.id)"))
+                    old.state = .superseded
+                    try db.execute(
+                        sql: "UPDATE operations SET state = 'superseded', document = ? WHERE id = ?", arguments: [try json(old), old.id])
+                    superseded.append(old.id)
+                }
+                if !superseded.isEmpty {
+                    stored.history.append(
+                        OperationHistoryEntry(
+                            at: operation.createdAt, from: operation.state, to: operation.state,
+                            note: "supersedes \(superseded.joined(separator: ", "))"))
+                }
+            }
             try db.execute(
                 sql: "INSERT INTO operations (id, site, kind, state, idempotencyKey, document) VALUES (?, ?, ?, ?, ?, '{}')",
-                arguments: [operation.id, operation.site.rawValue, operation.kind.rawValue, operation.state.rawValue, operation.idempotencyKey])
-            var stored = operation
+                arguments: [stored.id, stored.site.rawValue, stored.kind.rawValue, stored.state.rawValue, stored.idempotencyKey])
             stored.sequence = db.lastInsertedRowID
-            try db.execute(
-                sql: "UPDATE operations SET document = ? WHERE sequence = ?",
-                arguments: [String(decoding: try encoder.encode(stored), as: UTF8.self), stored.sequence])
-            return stored
+            try db.execute(sql: "UPDATE operations SET document = ? WHERE sequence = ?", arguments: [try json(stored), stored.sequence])
+            return (stored, superseded)
         }
     }
 
