@@ -252,11 +252,17 @@ actor StatusOutbox {
         if spool.dropped > 0 { status.spoolDropped = spool.dropped }
         guard let payload = try? FleetJSON.encode(status) else { return }
         if spool.isEmpty, client.state.isConnected {
-            do {
-                try await client.publish(topic, payload: payload, qos: .atLeastOnce, retain: true)
+            switch await publishUnlessCut(payload, client: client) {
+            case .acknowledged:
                 if status.spoolDropped != nil { spool.dropsReported() }
                 return
-            } catch {
+            case .inFlight:
+                // The link went down after the message was handed over: the client resends it
+                // first on reconnect. Not spooled (that would deliver it twice); the caller is
+                // not held up until the link is back, so later changes reach the spool.
+                logger.info("status in flight when the broker connection dropped; it is resent on reconnect")
+                return
+            case .failed(let error):
                 logger.info("status spooled: the broker is not reachable", metadata: ["error": "\(error)"])
             }
         }
@@ -265,6 +271,38 @@ actor StatusOutbox {
         } catch {
             logger.error("cannot spool a status change", metadata: ["problem": "\(error)"])
         }
+    }
+
+    enum PublishOutcome {
+        case acknowledged
+        /// Handed over, then the connection dropped before the acknowledgement.
+        case inFlight
+        case failed(any Error)
+    }
+
+    /// Publishes and waits for the acknowledgement, or only until the connection drops.
+    private func publishUnlessCut(_ payload: [UInt8], client: MQTTClient) async -> PublishOutcome {
+        let (outcomes, continuation) = AsyncStream<PublishOutcome>.makeStream(bufferingPolicy: .bufferingOldest(2))
+        let topic = topic
+        // Unstructured on purpose: a QoS 1 publish awaits its PUBACK and cannot be cancelled;
+        // it ends when the broker acknowledges it after a reconnect.
+        Task {
+            do {
+                try await client.publish(topic, payload: payload, qos: .atLeastOnce, retain: true)
+                continuation.yield(.acknowledged)
+            } catch {
+                continuation.yield(.failed(error))
+            }
+        }
+        let watcher = Task {
+            for await state in client.stateUpdates() where !state.isConnected {
+                continuation.yield(.inFlight)
+                return
+            }
+        }
+        defer { watcher.cancel() }
+        var iterator = outcomes.makeAsyncIterator()
+        return await iterator.next() ?? .inFlight
     }
 
     /// After a connect: deliver the spool in order, then the current status if

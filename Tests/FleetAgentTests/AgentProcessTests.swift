@@ -197,6 +197,43 @@ struct AgentProcessTests {
         await client.shutdown()
     }
 
+    @Test("a status in flight when the link drops does not hold back the changes after it: they are spooled")
+    func inFlightAtTheCut() async throws {
+        let broker = try MosquittoBroker()
+        defer { broker.stop() }
+        let proxy = try TCPProxy(upstreamPort: broker.port)
+        defer { proxy.stop() }
+        let stateDir = try temporaryDirectory()
+        defer { try? FileManager.default.removeItem(atPath: stateDir) }
+        let counter = stateDir + "/counter"
+        let config = stateDir + "/agent.yaml"
+        try """
+            checks:
+              - name: counter
+                command: [sh, -c, "n=$(cat \(counter) 2>/dev/null || echo 0); n=$((n+1)); echo $n > \(counter); echo $n"]
+                interval: 300ms
+            """.write(toFile: config, atomically: true, encoding: .utf8)
+        let (client, messages) = try await observer(broker)
+        let agent = try AgentProcess(
+            site: "s-inflight", broker: broker, stateDir: stateDir, extra: ["--config", config, "--broker", proxy.url])
+        _ = try await messages.next(timeout: .seconds(15), "a first status") { $0.topic == "edgefleet/v1/sites/s-inflight/status" }
+        // The link stalls: the next status is handed over but its acknowledgement never comes
+        // (two check intervals, so a status is in flight), then the link drops.
+        proxy.freeze()
+        try await Task.sleep(for: .milliseconds(700))
+        proxy.takeDown()
+        let spool = stateDir + "/spool"
+        try await withTimeout(.seconds(20), "status changes spooled after the cut") {
+            while ((try? FileManager.default.contentsOfDirectory(atPath: spool))?.filter { $0.hasSuffix(".json") }.count ?? 0) < 3 {
+                try await Task.sleep(for: .milliseconds(50))
+            }
+        }
+        proxy.thaw()
+        proxy.restore()
+        #expect(agent.terminate() == 0)
+        await client.shutdown()
+    }
+
     @Test("status changes made during a broker outage arrive in order after it, none lost, none duplicated")
     func outageSpool() async throws {
         let broker = try MosquittoBroker()

@@ -15,6 +15,7 @@ public final class TCPProxy: @unchecked Sendable {
     private var sockets: Set<Int32> = []
     private var stopped = false
     private var refusing = false
+    private var frozen = false
 
     public init(upstreamPort: Int) throws {
         self.upstreamPort = upstreamPort
@@ -68,6 +69,8 @@ public final class TCPProxy: @unchecked Sendable {
         while true {
             let n = buffer.withUnsafeMutableBytes { recv(source, $0.baseAddress, $0.count, 0) }
             if n <= 0 { break }
+            // Frozen: hold what arrived (a link that stalls without closing) until thawed or cut.
+            while lock.withLock({ frozen && sockets.contains(source) }) { usleep(5_000) }
             var sent = 0
             while sent < n {
                 let m = buffer.withUnsafeBytes { send(destination, $0.baseAddress! + sent, n - sent, Int32(MSG_NOSIGNAL)) }
@@ -101,6 +104,12 @@ public final class TCPProxy: @unchecked Sendable {
     public func restore() {
         lock.withLock { refusing = false }
     }
+
+    /// Stops forwarding in both directions without closing anything (a stalled link):
+    /// what is sent meanwhile waits in the proxy. `thaw()` forwards it; `cutAll()` drops it.
+    public func freeze() { lock.withLock { frozen = true } }
+
+    public func thaw() { lock.withLock { frozen = false } }
 
     /// Cuts everything and stops listening.
     public func stop() {
