@@ -56,21 +56,23 @@ public enum CommandRunner {
     /// Throws only when the command could not be started at all.
     public static func run(
         _ arguments: [String], timeout: Duration, outputLimit: Int = 256, capture: OutputCapture = .firstLine,
-        environment: [String: String]? = nil
+        environment: [String: String]? = nil, started: (@Sendable (Int32) -> Void)? = nil
     ) async throws(CommandError) -> CommandOutcome {
         guard let program = arguments.first, !program.isEmpty else { throw CommandError("empty command") }
         let result: Result<CommandOutcome, CommandError> = await withCheckedContinuation { continuation in
             // Blocking waits (poll, waitpid) run on a thread of their own, not on the cooperative pool.
             DispatchQueue.global().async {
                 continuation.resume(
-                    returning: runBlocking(arguments, timeout: timeout, outputLimit: outputLimit, capture: capture, environment: environment))
+                    returning: runBlocking(
+                        arguments, timeout: timeout, outputLimit: outputLimit, capture: capture, environment: environment, started: started))
             }
         }
         return try result.get()
     }
 
     static func runBlocking(
-        _ arguments: [String], timeout: Duration, outputLimit: Int, capture: OutputCapture, environment: [String: String]?
+        _ arguments: [String], timeout: Duration, outputLimit: Int, capture: OutputCapture, environment: [String: String]?,
+        started: (@Sendable (Int32) -> Void)? = nil
     ) -> Result<CommandOutcome, CommandError> {
         let start = ContinuousClock.now
         var pipeFDs: [Int32] = [-1, -1]
@@ -119,6 +121,7 @@ public enum CommandRunner {
             return posix_spawnp(&pid, arguments[0], &actions, &attributes, argv, environ)
         }
         close(pipeFDs[1])
+        if rc == 0 { started?(pid) }  // the pid is also the process group id
         guard rc == 0 else {
             close(pipeFDs[0])
             return .failure(CommandError("cannot run '\(arguments[0])': \(String(cString: strerror(rc)))"))

@@ -296,6 +296,7 @@ public final class AggregatorService: Service, Sendable {
     }
 
     private func finish() async {
+        await dispatcher.shutdown()
         flush()
         await announce(.offline, reason: .shutdown)
         await client.shutdown()

@@ -243,7 +243,7 @@ struct DispatchTests {
         let h = try #require(fleet.operation(hung))
         #expect(h.state == .failed && h.history.contains { $0.note.contains("timed out after 1s") })
         // The hung script's sleep died with its process group.
-        let leftovers = try run(URL(fileURLWithPath: "/usr/bin/pgrep"), ["-f", "sleep 600"])
+        let leftovers = try run(URL(fileURLWithPath: "/usr/bin/pgrep"), ["-f", fleet.az.hangCommand])
         #expect(leftovers.stdout.isEmpty, "a hung executor's children survived its timeout")
         let b = try #require(fleet.operation(broken))
         #expect(b.state == .failed && b.attempts == 1 && b.lastError == "exit 3")
@@ -259,6 +259,25 @@ struct DispatchTests {
         try await fleet.waitUntil([scheduled], are: [.succeeded])
         let run = try #require(fleet.az.calls().first { $0.id == scheduled })
         #expect(run.start >= notBefore.timeIntervalSince1970 - 0.01, "ran before notBefore")
+    }
+
+    @Test("a graceful stop terminates running executors and queues their operations again; nothing outlives the aggregator")
+    func gracefulStop() async throws {
+        let fleet = try await DispatchFixture.start(connectedWithin: .seconds(60), stableFor: .zero, timeout: .seconds(60))
+        try await announce(["busy"], broker: fleet.broker)
+        let id = try fleet.service.submit(install("busy", "hang")).operation.id
+        try await withTimeout(.seconds(10), "the executor running") {
+            while fleet.az.calls().first(where: { $0.id == id }) == nil { try await Task.sleep(for: .milliseconds(20)) }
+        }
+        #expect(fleet.operation(id)?.state == .dispatching)
+        fleet.running.cancel()
+        _ = try? await fleet.running.value
+        let stopped = try #require(fleet.operation(id))
+        #expect(stopped.state == .queued && stopped.attempts == 0)
+        #expect(stopped.history.last?.note.contains("its executor was terminated") == true)
+        let left = try run(URL(fileURLWithPath: "/usr/bin/pgrep"), ["-f", fleet.az.hangCommand])
+        #expect(left.stdout.isEmpty, "a running executor outlived the aggregator")
+        await fleet.stop()
     }
 
     @Test("an operation whose executor needs cluster metadata the site has not reported waits for it instead of failing")

@@ -7,6 +7,8 @@ import TestSupport
 /// operation, `hang` sleeps far past any timeout; every call takes `seconds` otherwise.
 struct StandInAzure {
     let directory: String
+    /// What `hang` runs: `sleep` with a duration no other stand-in uses, to find it with pgrep.
+    let hangCommand = "sleep 600.\(Int.random(in: 1000...9999))"
     var path: String { directory + "/az" }
     var log: String { directory + "/az.log" }
 
@@ -21,7 +23,7 @@ struct StandInAzure {
             for a in "$@"; do
               case "$a" in
                 exit=*) code="${a#exit=}" ;;
-                hang) echo "hanging as asked"; sleep 600 ;;
+                hang) echo "hanging as asked"; \(hangCommand) ;;
                 flaky=*)
                   f='\(directory)/'"$id.count"
                   c=$(cat "$f" 2>/dev/null || echo 0); c=$((c + 1)); echo "$c" > "$f"

@@ -72,6 +72,10 @@ public final class Dispatcher: Sendable {
         /// An operation finished, so a slot is free: the next pass should not wait.
         var kicked = false
         var running: Set<SiteID> = []
+        /// The process group of each running executor, by operation id.
+        var processes: [String: pid_t] = [:]
+        /// Shutting down: executors are being stopped, and their operations go back to the queue.
+        var stopping = false
         /// Per site, how many of its operations have finished; a pass that read the queue
         /// before one finished must not start the site's next (the finished one may be
         /// queued again for a retry, and it goes first).
@@ -94,6 +98,23 @@ public final class Dispatcher: Sendable {
         self.settings = settings
         self.logger = logger
         self.emit = emit
+    }
+
+    /// Graceful shutdown: starts nothing more, asks every running executor's process group to
+    /// stop (SIGTERM, then SIGKILL after `grace`), and waits until their operations are
+    /// recorded (queued again, or finished if they completed meanwhile). Without this a
+    /// running `az` would outlive the aggregator and run a second time after a restart.
+    public func shutdown(grace: Duration = .seconds(10)) async {
+        let groups = state.withLock { s -> [pid_t] in
+            s.stopping = true
+            return Array(s.processes.values)
+        }
+        for group in groups { kill(-group, SIGTERM) }
+        let deadline = ContinuousClock.now + grace
+        while runningCount > 0, ContinuousClock.now < deadline { try? await Task.sleep(for: .milliseconds(20)) }
+        for group in state.withLock({ Array($0.processes.values) }) { kill(-group, SIGKILL) }
+        let last = ContinuousClock.now + .seconds(5)
+        while runningCount > 0, ContinuousClock.now < last { try? await Task.sleep(for: .milliseconds(20)) }
     }
 
     /// True once after an operation finished since the last call.
@@ -186,7 +207,7 @@ public final class Dispatcher: Sendable {
     @discardableResult
     private func start(_ operation: DeferredOperation, argv: [String]?, finishedBefore: UInt64, now: Date) -> Bool {
         let claimed = state.withLock { s -> Bool in
-            guard s.running.count < settings.limit, (s.finished[operation.site] ?? 0) == finishedBefore,
+            guard !s.stopping, s.running.count < settings.limit, (s.finished[operation.site] ?? 0) == finishedBefore,
                 s.running.insert(operation.site).inserted
             else { return false }
             s.turns += 1
@@ -225,13 +246,29 @@ public final class Dispatcher: Sendable {
         environment["EDGEFLEET_OPERATION_ID"] = operation.id
         let outcome: CommandOutcome
         do {
+            let id = operation.id
             outcome = try await CommandRunner.run(
-                argv, timeout: template.timeout, capture: .head(bytes: settings.outputBytes), environment: environment)
+                argv, timeout: template.timeout, capture: .head(bytes: settings.outputBytes), environment: environment,
+                started: { pid in
+                    let stop = self.state.withLock { s -> Bool in
+                        s.processes[id] = pid
+                        return s.stopping
+                    }
+                    if stop { kill(-pid, SIGTERM) }  // started just as the aggregator began to stop
+                })
+            state.withLock { _ = $0.processes.removeValue(forKey: id) }
         } catch {
             await finish(operation, to: .failed, note: "\(error.description)", event: .operationFailed)
             return
         }
         let output = outcome.output.isEmpty ? "" : "\n" + outcome.output
+        if state.withLock({ $0.stopping }), outcome.exitCode != 0 {
+            // Stopped by the aggregator's shutdown, not by its own doing: it runs again later.
+            await finish(
+                operation, to: .queued, note: "the aggregator stopped while this was running; its executor was terminated; it runs again" + output,
+                event: .operationQueued, update: { $0.attempts -= 1 })
+            return
+        }
         switch (outcome.timedOut, outcome.exitCode) {
         case (false, 0?):
             await finish(operation, to: .succeeded, note: "exit 0" + output, event: .operationSucceeded)
