@@ -112,66 +112,87 @@ def ingest(aggregator, bench, rounds, messages, publishers, sites=10_000):
     results = []
     with tempfile.TemporaryDirectory(prefix="edgefleet-ingest-") as directory:
         broker, port, _ = start_broker(directory)
-        proc = start_aggregator(aggregator, port, directory)
-        # Warm-up: every site once, so the timed rounds measure steady-state ingest.
-        heartbeats(bench, port, sites, 1, "warmup")
-        wait_retained(port, "edgefleet/v1/fleet/sites/warmup", timeout=60)
-        for r in range(rounds):
-            marker = f"marker-{r}"
-            count = sites * per_round
-            view = subprocess.Popen([which("mosquitto_sub"), "-h", "127.0.0.1", "-p", str(port), "-t", f"edgefleet/v1/fleet/sites/{marker}",
-                                     "-C", "1", "-W", "300"], stdout=subprocess.DEVNULL)
-            drain = subprocess.Popen([which("mosquitto_sub"), "-h", "127.0.0.1", "-p", str(port), "-t", "edgefleet/v1/sites/+/heartbeat",
-                                      "-C", str(count + 1), "-W", "300"], stdout=subprocess.DEVNULL)
-            time.sleep(0.5)  # both subscriptions made before the first message
-            start = time.time()
-            sent = heartbeats(bench, port, sites, per_round, marker, publishers)
-            ends = {}
-            while len(ends) < 2:
-                for name, p in (("aggregator", view), ("mosquitto_sub", drain)):
-                    if name not in ends and p.poll() is not None:
-                        if p.returncode != 0:
-                            sys.exit(f"{name} did not see the whole stream (round {r + 1})")
-                        ends[name] = time.time()
-                time.sleep(0.001)
-            begin = sent["start"] if sent["start"] > start else start
-            results.append({
-                "round": r + 1, "messages": count,
-                "aggregator": count / (ends["aggregator"] - begin),
-                "mosquitto_sub": count / (ends["mosquitto_sub"] - begin),
-                "publisher": count / (sent["end"] - sent["start"]),
-            })
-            print(json.dumps(results[-1]), file=sys.stderr)
-        rss = vm_hwm_mb(proc.pid)
-        stop(proc)
-        stored, gaps = seq_gaps(os.path.join(directory, "fleet.sqlite"))
-        broker.terminate()
-        broker.wait()
-    if gaps:
-        sys.exit(f"the aggregator missed {gaps} heartbeats (seq gaps): the run is not valid")
-    return results, rss, stored
+        proc = None
+        try:
+            proc = start_aggregator(aggregator, port, directory)
+            rss, stored, results = ingest_rounds(proc, bench, rounds, per_round, publishers, sites, directory, port)
+        finally:
+            cleanup(proc, broker)
+    if gaps_of(stored):
+        sys.exit(f"the aggregator missed {stored[1]} heartbeats (seq gaps): the run is not valid")
+    return results, rss, stored[0]
+
+
+def gaps_of(stored):
+    return stored[1] > 0
+
+
+def ingest_rounds(proc, bench, rounds, per_round, publishers, sites, directory, port):
+    results = []
+    # Warm-up: every site once, so the timed rounds measure steady-state ingest.
+    heartbeats(bench, port, sites, 1, "warmup")
+    wait_retained(port, "edgefleet/v1/fleet/sites/warmup", timeout=60)
+    for r in range(rounds):
+        marker = f"marker-{r}"
+        count = sites * per_round
+        view = subprocess.Popen([which("mosquitto_sub"), "-h", "127.0.0.1", "-p", str(port), "-t", f"edgefleet/v1/fleet/sites/{marker}",
+                                 "-C", "1", "-W", "300"], stdout=subprocess.DEVNULL)
+        drain = subprocess.Popen([which("mosquitto_sub"), "-h", "127.0.0.1", "-p", str(port), "-t", "edgefleet/v1/sites/+/heartbeat",
+                                  "-C", str(count + 1), "-W", "300"], stdout=subprocess.DEVNULL)
+        time.sleep(0.5)  # both subscriptions made before the first message
+        start = time.time()
+        sent = heartbeats(bench, port, sites, per_round, marker, publishers)
+        ends = {}
+        while len(ends) < 2:
+            for name, p in (("aggregator", view), ("mosquitto_sub", drain)):
+                if name not in ends and p.poll() is not None:
+                    if p.returncode != 0:
+                        sys.exit(f"{name} did not see the whole stream (round {r + 1})")
+                    ends[name] = time.time()
+            time.sleep(0.001)
+        begin = sent["start"] if sent["start"] > start else start
+        results.append({
+            "round": r + 1, "messages": count,
+            "aggregator": count / (ends["aggregator"] - begin),
+            "mosquitto_sub": count / (ends["mosquitto_sub"] - begin),
+            "publisher": count / (sent["end"] - sent["start"]),
+        })
+        print(json.dumps(results[-1]), file=sys.stderr)
+    rss = vm_hwm_mb(proc.pid)
+    stop(proc)
+    stored = seq_gaps(os.path.join(directory, "fleet.sqlite"))
+    return rss, stored, results
 
 
 def scale(aggregator, bench, sites, seconds):
     with tempfile.TemporaryDirectory(prefix="edgefleet-scale-") as directory:
         broker, port, _ = start_broker(directory)
-        proc = start_aggregator(aggregator, port, directory)
-        loaded_at = time.time()
-        heartbeats(bench, port, sites, 1, "loaded")
-        wait_retained(port, "edgefleet/v1/fleet/sites/loaded", timeout=300)
-        load_seconds = time.time() - loaded_at
-        rss_loaded = vm_hwm_mb(proc.pid)
-        out = subprocess.run([bench, "mode-change-latency", "--broker", f"mqtt://127.0.0.1:{port}", "--sites", str(sites),
-                              "--rate", "10000", "--duration", str(seconds)], capture_output=True, text=True, timeout=seconds + 120)
-        if out.returncode != 0:
-            sys.exit(f"edgefleet-bench mode-change-latency failed: {out.stderr}")
-        latency = json.loads(out.stdout.strip().splitlines()[-1])
-        rss = vm_hwm_mb(proc.pid)
-        stop(proc)
-        broker_rss = vm_hwm_mb(broker.pid) if broker.poll() is None else float("nan")
-        broker.terminate()
-        broker.wait()
+        proc = None
+        try:
+            proc = start_aggregator(aggregator, port, directory)
+            loaded_at = time.time()
+            heartbeats(bench, port, sites, 1, "loaded")
+            wait_retained(port, "edgefleet/v1/fleet/sites/loaded", timeout=300)
+            load_seconds = time.time() - loaded_at
+            rss_loaded = vm_hwm_mb(proc.pid)
+            out = subprocess.run([bench, "mode-change-latency", "--broker", f"mqtt://127.0.0.1:{port}", "--sites", str(sites),
+                                  "--rate", "10000", "--duration", str(seconds)], capture_output=True, text=True, timeout=seconds + 120)
+            if out.returncode != 0:
+                sys.exit(f"edgefleet-bench mode-change-latency failed: {out.stderr}")
+            latency = json.loads(out.stdout.strip().splitlines()[-1].replace("nan", "NaN"))
+            rss = vm_hwm_mb(proc.pid)
+            stop(proc)
+            broker_rss = vm_hwm_mb(broker.pid) if broker.poll() is None else float("nan")
+        finally:
+            cleanup(proc, broker)  # a failed run must not leave a broker or an aggregator behind
     return {"sites": sites, "loadSeconds": load_seconds, "rssLoadedMB": rss_loaded, "rssMB": rss, "brokerRssMB": broker_rss, **latency}
+
+
+def cleanup(*procs):
+    for p in procs:
+        if p is not None and p.poll() is None:
+            p.kill()
+            p.wait()
 
 
 def mark(ok):

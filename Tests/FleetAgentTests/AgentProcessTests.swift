@@ -34,6 +34,14 @@ final class AgentProcess {
     }
 
     var output: String { (try? String(contentsOfFile: log, encoding: .utf8)) ?? "" }
+
+    /// A test that fails half-way must not leave its agent running.
+    deinit {
+        if process.isRunning {
+            process.signal(SIGKILL)
+            process.wait()
+        }
+    }
 }
 
 @Suite("the agent process against a real broker", .timeLimit(.minutes(2)))

@@ -51,6 +51,14 @@ final class AggregatorProcess {
     }
 
     var output: String { (try? String(contentsOfFile: log, encoding: .utf8)) ?? "" }
+
+    /// A test that fails half-way must not leave its aggregator running.
+    deinit {
+        if process.isRunning {
+            process.signal(SIGKILL)
+            process.wait()
+        }
+    }
 }
 
 /// A broker, an aggregator process on a database in a temporary directory, and an
