@@ -1,5 +1,6 @@
 import ArgumentParser
 import Dispatch
+import FleetCore
 import Logging
 import MQTT
 import Synchronization
@@ -89,8 +90,8 @@ struct MQTTThroughput: AsyncParsableCommand {
         let published = ContinuousClock.now
         let (received, end) = await receiver.value
         watchdog.cancel()
-        let seconds = (end - start).secondsDouble
-        let publishSeconds = (published - start).secondsDouble
+        let seconds = (end - start).secondsValue
+        let publishSeconds = (published - start).secondsValue
         print(
             #"{"client":"edgefleet","qos":\#(qos.rawValue),"messages":\#(messages),"received":\#(received),"payload":\#(payload),"#
                 + #""window":\#(window),"sendMaximum":\#(sendMaximum),"seconds":\#(seconds),"publishSeconds":\#(publishSeconds),"#
@@ -98,12 +99,5 @@ struct MQTTThroughput: AsyncParsableCommand {
         await publisher.shutdown()
         await subscriber.shutdown()
         if received < messages { throw ExitCode(1) }
-    }
-}
-
-extension Duration {
-    var secondsDouble: Double {
-        let c = components
-        return Double(c.seconds) + Double(c.attoseconds) / 1e18
     }
 }

@@ -78,7 +78,7 @@ struct ModeChangeLatency: AsyncParsableCommand {
                 guard let sentAt = flipped.withLock({ $0[site] }),
                     let view = try? decoder.decode(SiteView.self, from: Data(message.payload)), view.mode == .semiConnected
                 else { continue }
-                let latency = (ContinuousClock.now - sentAt).secondsDouble
+                let latency = (ContinuousClock.now - sentAt).secondsValue
                 flipped.withLock { _ = $0.removeValue(forKey: site) }
                 latencies.withLock { $0.append(latency) }
             }
@@ -117,7 +117,7 @@ struct ModeChangeLatency: AsyncParsableCommand {
             sent += 1
             await pacer.tick()
         }
-        let elapsed = (ContinuousClock.now - start).secondsDouble
+        let elapsed = (ContinuousClock.now - start).secondsValue
         // Give the last flips up to 5 s to arrive; the ones that do not count as lost.
         let grace = ContinuousClock.now + .seconds(5)
         while flipped.withLock({ !$0.isEmpty }), ContinuousClock.now < grace { try await Task.sleep(for: .milliseconds(50)) }

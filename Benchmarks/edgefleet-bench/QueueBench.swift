@@ -27,7 +27,7 @@ struct QueueBench: AsyncParsableCommand {
                     idempotencyKey: "bench-\(i)"),
                 situation: semi, now: Date())
         }
-        let submitSeconds = (ContinuousClock.now - start).secondsDouble
+        let submitSeconds = (ContinuousClock.now - start).secondsValue
 
         var pages: [Double] = []
         var cursor: Int64?
@@ -35,7 +35,7 @@ struct QueueBench: AsyncParsableCommand {
         repeat {
             let t0 = ContinuousClock.now
             let page = try store.list(OperationFilter(states: [.queued]), after: cursor, limit: pageSize)
-            pages.append((ContinuousClock.now - t0).secondsDouble)
+            pages.append((ContinuousClock.now - t0).secondsValue)
             listed += page.operations.count
             cursor = page.nextCursor
         } while cursor != nil

@@ -26,3 +26,32 @@ public func standardErrorLogger(label: String, level text: String) throws -> Log
     }
     return Logger(label: label)
 }
+
+/// The options every EdgeFleet service shares: its configuration, its log level, and how
+/// it reaches the broker. Each is also a configuration-file key and an `EDGEFLEET_*`
+/// variable (see `Settings`).
+public struct ServiceOptions: ParsableArguments {
+    @Option(help: "YAML configuration file.") public var config: String?
+    @Flag(help: "Validate the configuration, print it and exit.") public var checkConfig = false
+    @Option(help: "Log level: trace, debug, info, notice, warning, error, critical.") public var logLevel: String = "info"
+    @Option(help: "Broker URL, mqtt:// or mqtts://.") var broker: String?
+    @Option(help: "Broker username.") var username: String?
+    @Option(help: "File holding the broker password.") var passwordFile: String?
+    @Option(help: "CA certificate (PEM) for mqtts://.") var caFile: String?
+    @Option(help: "Client certificate (PEM).") var certFile: String?
+    @Option(help: "Client key (PEM).") var keyFile: String?
+    @Option(help: "Topic root (default edgefleet/v1).") var topicRoot: String?
+
+    public init() {}
+
+    /// The broker and topic settings given as flags, by file key.
+    public var flagSettings: [String: Settings.Value] {
+        let scalars: [(String, String?)] = [
+            ("broker", broker), ("username", username), ("passwordFile", passwordFile), ("caFile", caFile), ("certFile", certFile),
+            ("keyFile", keyFile), ("topicRoot", topicRoot),
+        ]
+        var flags: [String: Settings.Value] = [:]
+        for case let (key, value?) in scalars { flags[key] = .text(value) }
+        return flags
+    }
+}

@@ -107,7 +107,7 @@ public final class FleetState {
     /// loaded in one burst goes stale at once).
     @discardableResult
     public func runDue(now: Date, limit: Int = .max) -> (evaluated: Int, maxLateness: Duration) {
-        let nowMs = milliseconds(now)
+        let nowMs = now.millisecondsSince1970
         var evaluated = 0
         var lateness: Int64 = 0
         while evaluated < limit, let top = heap.min, top.atMs <= nowMs {
@@ -125,7 +125,7 @@ public final class FleetState {
     public var scheduledEntries: Int { heap.count }
 
     /// Whether `runDue(now:)` has work.
-    public func hasDue(now: Date) -> Bool { heap.min.map { $0.atMs <= milliseconds(now) } ?? false }
+    public func hasDue(now: Date) -> Bool { heap.min.map { $0.atMs <= now.millisecondsSince1970 } ?? false }
 
     /// The next instant `runDue` has work, if any.
     public var nextWake: Date? { heap.min.map { Date(timeIntervalSince1970: Double($0.atMs) / 1000) } }
@@ -203,7 +203,7 @@ public final class FleetState {
             SiteSituation(mode: e.mode, stable: e.stable, deadline: e.deadline, capabilities: record.capabilities),
             DispatchSituation(
                 mode: e.mode, stable: e.stable,
-                readySince: e.mode == .connected ? e.modeSince.addingTimeInterval(Double(thresholds.stableFor.milliseconds) / 1000) : nil,
+                readySince: e.mode == .connected ? e.modeSince.addingTimeInterval(thresholds.stableFor.secondsValue) : nil,
                 expiredAt: e.expiredAt, cluster: record.cluster)
         )
     }
@@ -233,7 +233,7 @@ public final class FleetState {
     /// without persistence has forgotten the retained views). Goes through the schedule, so
     /// the clock loop publishes them in slices and never a view older than a newer one.
     public func republishAll(now: Date) {
-        let nowMs = milliseconds(now)
+        let nowMs = now.millisecondsSince1970
         for site in records.keys {
             forceView.insert(site)
             if scheduledAt[site].map({ nowMs < $0 }) ?? true {
@@ -296,7 +296,7 @@ public final class FleetState {
         if record.alert != e.alert { publish = true }
 
         let refreshMs = viewRefresh.milliseconds
-        if !publish, let last = record.viewPublishedAt, milliseconds(now) - milliseconds(last) >= refreshMs {
+        if !publish, let last = record.viewPublishedAt, now.millisecondsSince1970 - last.millisecondsSince1970 >= refreshMs {
             publish = true
         }
         if record.viewPublishedAt == nil { publish = true }
@@ -322,23 +322,14 @@ public final class FleetState {
         dirty.insert(site)
 
         // Wake for the next change, or to refresh a view whose countdown is running.
-        var wakeMs = e.nextChangeAt.map(milliseconds)
+        var wakeMs = e.nextChangeAt.map(\.millisecondsSince1970)
         if e.deadline != nil, e.mode != .disconnected, let published = record.viewPublishedAt {
-            let refresh = milliseconds(published) + refreshMs
+            let refresh = published.millisecondsSince1970 + refreshMs
             wakeMs = min(wakeMs ?? refresh, refresh)
         }
         if let wakeMs, scheduledAt[site].map({ wakeMs < $0 }) ?? true {
             scheduledAt[site] = wakeMs
             heap.insert(Entry(atMs: wakeMs, site: site))
         }
-    }
-}
-
-func milliseconds(_ date: Date) -> Int64 { Int64((date.timeIntervalSince1970 * 1000).rounded(.down)) }
-
-extension Duration {
-    var milliseconds: Int64 {
-        let (seconds, attoseconds) = components
-        return seconds * 1000 + attoseconds / 1_000_000_000_000_000
     }
 }

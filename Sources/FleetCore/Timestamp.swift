@@ -121,6 +121,12 @@ public enum RFC3339 {
 @usableFromInline
 func milliseconds(_ date: Date) -> Int64 { Int64((date.timeIntervalSince1970 * 1000).rounded()) }
 
+extension Date {
+    /// Milliseconds since 1970, rounded as FleetCore's evaluator rounds them, for code that
+    /// schedules by the evaluator's instants.
+    public var millisecondsSince1970: Int64 { milliseconds(self) }
+}
+
 @usableFromInline
 func date(milliseconds: Int64) -> Date { Date(timeIntervalSince1970: Double(milliseconds) / 1000) }
 

@@ -23,17 +23,9 @@ struct AgentCommand: AsyncParsableCommand {
             """,
         version: EdgeFleetVersion.current)
 
-    @Option(help: "YAML configuration file.") var config: String?
-    @Flag(help: "Validate the configuration, print it and exit.") var checkConfig = false
-    @Option(help: "Log level: trace, debug, info, notice, warning, error, critical.") var logLevel: String = "info"
+    @OptionGroup var service: ServiceOptions
+
     @Option(help: "This site's id.") var site: String?
-    @Option(help: "Broker URL, mqtt:// or mqtts://.") var broker: String?
-    @Option(help: "Broker username.") var username: String?
-    @Option(help: "File holding the broker password.") var passwordFile: String?
-    @Option(help: "CA certificate (PEM) for mqtts://.") var caFile: String?
-    @Option(help: "Client certificate (PEM).") var certFile: String?
-    @Option(help: "Client key (PEM).") var keyFile: String?
-    @Option(help: "Topic root (default edgefleet/v1).") var topicRoot: String?
     @Option(help: "Heartbeat interval (default 10s).") var heartbeatInterval: String?
     @Option(help: "Azure probe interval (default 60s).") var probeInterval: String?
     @Option(help: "Status refresh (default 5m).") var statusRefresh: String?
@@ -54,10 +46,9 @@ struct AgentCommand: AsyncParsableCommand {
     @Option(help: "Kubernetes version.") var kubernetesVersion: String?
 
     var flagSettings: [String: Settings.Value] {
-        var flags: [String: Settings.Value] = [:]
+        var flags = service.flagSettings
         let scalars: [(String, String?)] = [
-            ("site", site), ("broker", broker), ("username", username), ("passwordFile", passwordFile), ("caFile", caFile),
-            ("certFile", certFile), ("keyFile", keyFile), ("topicRoot", topicRoot), ("heartbeatInterval", heartbeatInterval),
+            ("site", site), ("heartbeatInterval", heartbeatInterval),
             ("probeInterval", probeInterval), ("statusRefresh", statusRefresh), ("stateDir", stateDir),
             ("probeEndpoints", probeEndpoints), ("region", region), ("probeCommand", probeCommand), ("probeTimeout", probeTimeout),
             ("probeCaFile", probeCaFile),
@@ -71,12 +62,12 @@ struct AgentCommand: AsyncParsableCommand {
     }
 
     func run() async throws {
-        let configuration = try loadConfiguration(file: config, flags: flagSettings, AgentConfiguration.load)
-        if checkConfig {
+        let configuration = try loadConfiguration(file: service.config, flags: flagSettings, AgentConfiguration.load)
+        if service.checkConfig {
             print(configuration.summary)
             return
         }
-        let logger = try standardErrorLogger(label: "edgefleet.agent", level: logLevel)
+        let logger = try standardErrorLogger(label: "edgefleet.agent", level: service.logLevel)
         let service = try AgentService(configuration: configuration, logger: logger)
         // SIGTERM and SIGINT shut the service down gracefully (offline presence, then disconnect).
         let group = ServiceGroup(services: [service], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger)

@@ -15,23 +15,15 @@ struct AggregatorCommand: AsyncParsableCommand {
         discussion: """
             Runs once per on-premises core next to the broker. Every setting of the config file is also a flag \
             (connectedWithin: --connected-within) and an environment variable (EDGEFLEET_CONNECTED_WITHIN); flags \
-            win over the environment, which wins over the file (executors: only in the file). Durations are \
+            win over the environment, which wins over the file (executors: a mapping in the file, or --executors FILE). Durations are \
             written 90s, 15m, 36h, 30d: shorten them to play 30 days in minutes. See deploy/aggregator.example.yaml; --check-config validates a \
             configuration and prints it.
             """,
         version: EdgeFleetVersion.current)
 
-    @Option(help: "YAML configuration file.") var config: String?
-    @Flag(help: "Validate the configuration, print it and exit.") var checkConfig = false
-    @Option(help: "Log level: trace, debug, info, notice, warning, error, critical.") var logLevel: String = "info"
-    @Option(help: "Broker URL, mqtt:// or mqtts://.") var broker: String?
-    @Option(help: "Broker username.") var username: String?
-    @Option(help: "File holding the broker password.") var passwordFile: String?
-    @Option(help: "CA certificate (PEM) for mqtts://.") var caFile: String?
-    @Option(help: "Client certificate (PEM).") var certFile: String?
-    @Option(help: "Client key (PEM).") var keyFile: String?
+    @OptionGroup var service: ServiceOptions
+
     @Option(help: "MQTT client id (default edgefleet-aggregator).") var clientId: String?
-    @Option(help: "Topic root (default edgefleet/v1).") var topicRoot: String?
     @Option(help: "SQLite database file (default ./edgefleet.sqlite).") var db: String?
     @Option(help: "HTTP listen address, HOST:PORT (default 127.0.0.1:8080).") var http: String?
     @Option(help: "YAML file mapping each queueable kind to its executor (or 'executors:' in the config file).") var executors: String?
@@ -55,27 +47,25 @@ struct AggregatorCommand: AsyncParsableCommand {
 
     var flagSettings: [String: Settings.Value] {
         let scalars: [(String, String?)] = [
-            ("broker", broker), ("username", username), ("passwordFile", passwordFile), ("caFile", caFile),
-            ("certFile", certFile), ("keyFile", keyFile), ("clientId", clientId), ("topicRoot", topicRoot),
-            ("db", db), ("http", http), ("executors", executors), ("connectedWithin", connectedWithin), ("budget", budget),
+            ("clientId", clientId), ("db", db), ("http", http), ("executors", executors), ("connectedWithin", connectedWithin), ("budget", budget),
             ("warnBefore", warnBefore), ("criticalBefore", criticalBefore), ("stableFor", stableFor),
             ("staleAfter", staleAfter), ("offlineAfter", offlineAfter), ("viewRefresh", viewRefresh),
             ("summaryInterval", summaryInterval), ("flushInterval", flushInterval), ("maxPayloadBytes", maxPayloadBytes),
             ("maxConcurrentDispatches", maxConcurrentDispatches), ("maxAttempts", maxAttempts), ("retryBackoff", retryBackoff),
             ("retryBackoffMax", retryBackoffMax), ("dispatchInterval", dispatchInterval), ("executorOutputBytes", executorOutputBytes),
         ]
-        var flags: [String: Settings.Value] = [:]
+        var flags = service.flagSettings
         for case let (key, value?) in scalars { flags[key] = .text(value) }
         return flags
     }
 
     func run() async throws {
-        let configuration = try loadConfiguration(file: config, flags: flagSettings, AggregatorConfiguration.load)
-        if checkConfig {
+        let configuration = try loadConfiguration(file: service.config, flags: flagSettings, AggregatorConfiguration.load)
+        if service.checkConfig {
             print(configuration.summary)
             return
         }
-        let logger = try standardErrorLogger(label: "edgefleet.aggregator", level: logLevel)
+        let logger = try standardErrorLogger(label: "edgefleet.aggregator", level: service.logLevel)
         let service: AggregatorService
         do {
             service = try AggregatorService(configuration: configuration, logger: logger)

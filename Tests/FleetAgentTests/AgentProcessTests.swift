@@ -207,70 +207,38 @@ struct AgentProcessTests {
 
     @Test("a status in flight when the link drops does not hold back the changes after it: they are spooled")
     func inFlightAtTheCut() async throws {
-        let broker = try MosquittoBroker()
-        defer { broker.stop() }
-        let proxy = try TCPProxy(upstreamPort: broker.port)
-        defer { proxy.stop() }
-        let stateDir = try temporaryDirectory()
-        defer { try? FileManager.default.removeItem(atPath: stateDir) }
-        let counter = stateDir + "/counter"
-        let config = stateDir + "/agent.yaml"
-        try """
-            checks:
-              - name: counter
-                command: [sh, -c, "n=$(cat \(counter) 2>/dev/null || echo 0); n=$((n+1)); echo $n > \(counter); echo $n"]
-                interval: 300ms
-            """.write(toFile: config, atomically: true, encoding: .utf8)
-        let (client, messages) = try await observer(broker)
-        let agent = try AgentProcess(
-            site: "s-inflight", broker: broker, stateDir: stateDir, extra: ["--config", config, "--broker", proxy.url])
+        let site = try await CountingAgentSite("s-inflight", observer: observer)
+        defer { site.remove() }
+        let (proxy, messages) = (site.proxy, site.messages)
         _ = try await messages.next(timeout: .seconds(15), "a first status") { $0.topic == "edgefleet/v1/sites/s-inflight/status" }
         // The link stalls: the next status is handed over but its acknowledgement never comes
         // (two check intervals, so a status is in flight), then the link drops.
         proxy.freeze()
         try await Task.sleep(for: .milliseconds(700))
         proxy.takeDown()
-        let spool = stateDir + "/spool"
+        let stateDir = site.stateDir
         try await withTimeout(.seconds(20), "status changes spooled after the cut") {
-            while ((try? FileManager.default.contentsOfDirectory(atPath: spool))?.filter { $0.hasSuffix(".json") }.count ?? 0) < 3 {
-                try await Task.sleep(for: .milliseconds(50))
-            }
+            while CountingAgentSite.spooled(in: stateDir) < 3 { try await Task.sleep(for: .milliseconds(50)) }
         }
         proxy.thaw()
         proxy.restore()
-        #expect(agent.terminate() == 0)
-        await client.shutdown()
+        #expect(site.agent.terminate() == 0)
+        await site.client.shutdown()
     }
 
     @Test("status changes made during a broker outage arrive in order after it, none lost, none duplicated")
     func outageSpool() async throws {
-        let broker = try MosquittoBroker()
-        defer { broker.stop() }
-        let proxy = try TCPProxy(upstreamPort: broker.port)
-        defer { proxy.stop() }
-        let stateDir = try temporaryDirectory()
-        defer { try? FileManager.default.removeItem(atPath: stateDir) }
-        let counter = stateDir + "/counter"
-        let config = stateDir + "/agent.yaml"
-        // A check whose output changes on every run: every run is a status change.
-        try """
-            checks:
-              - name: counter
-                command: [sh, -c, "n=$(cat \(counter) 2>/dev/null || echo 0); n=$((n+1)); echo $n > \(counter); echo $n"]
-                interval: 300ms
-            """.write(toFile: config, atomically: true, encoding: .utf8)
-        let (client, messages) = try await observer(broker)  // straight to the broker, never cut
-        let agent = try AgentProcess(
-            site: "s-outage", broker: broker, stateDir: stateDir, extra: ["--config", config, "--broker", proxy.url])
+        let site = try await CountingAgentSite("s-outage", observer: observer)
+        defer { site.remove() }
+        let (proxy, messages, agent, client, counter) = (site.proxy, site.messages, site.agent, site.client, site.counter)
         @Sendable func counterValue(_ m: MQTTMessage) -> Int? {
             (try? FleetJSON.decode(SiteStatus.self, from: m.payload))?.checks.first { $0.name == "counter" }.flatMap { Int($0.output) }
         }
         _ = try await messages.next(timeout: .seconds(15), "a first status") { $0.topic.hasSuffix("/status") && counterValue($0) != nil }
 
         proxy.takeDown()  // the site's link to the broker is down; the check keeps running
-        let spool = stateDir + "/spool"
         let deadline = ContinuousClock.now + .seconds(40)  // a loaded machine notices the cut link late
-        while ((try? FileManager.default.contentsOfDirectory(atPath: spool))?.filter { $0.hasSuffix(".json") }.count ?? 0) < 4 {
+        while CountingAgentSite.spooled(in: site.stateDir) < 4 {
             #expect(ContinuousClock.now < deadline, "no status changes were spooled during the outage")
             if ContinuousClock.now >= deadline { break }
             try await Task.sleep(for: .milliseconds(50))
@@ -291,5 +259,44 @@ struct AgentProcessTests {
         #expect(Set(values).count == collapsed.count)
         #expect(values.count >= 6)
         await client.shutdown()
+    }
+}
+
+/// An agent behind a cuttable proxy whose one check's output changes on every run (every
+/// run is a status change), with an observer straight on the broker (never cut).
+final class CountingAgentSite {
+    let broker: MosquittoBroker
+    let proxy: TCPProxy
+    let stateDir: String
+    let counter: String
+    let client: MQTTClient
+    let messages: MessageCollector
+    let agent: AgentProcess
+
+    init(_ site: String, observer: (MosquittoBroker) async throws -> (MQTTClient, MessageCollector)) async throws {
+        broker = try MosquittoBroker()
+        proxy = try TCPProxy(upstreamPort: broker.port)
+        stateDir = try temporaryDirectory()
+        counter = stateDir + "/counter"
+        let config = stateDir + "/agent.yaml"
+        try """
+            checks:
+              - name: counter
+                command: [sh, -c, "n=$(cat \(counter) 2>/dev/null || echo 0); n=$((n+1)); echo $n > \(counter); echo $n"]
+                interval: 300ms
+            """.write(toFile: config, atomically: true, encoding: .utf8)
+        (client, messages) = try await observer(broker)
+        agent = try AgentProcess(site: site, broker: broker, stateDir: stateDir, extra: ["--config", config, "--broker", proxy.url])
+    }
+
+    /// Status changes waiting in the on-disk spool of the agent whose state is in `stateDir`.
+    static func spooled(in stateDir: String) -> Int {
+        (try? FileManager.default.contentsOfDirectory(atPath: stateDir + "/spool"))?.filter { $0.hasSuffix(".json") }.count ?? 0
+    }
+
+    func remove() {
+        proxy.stop()
+        broker.stop()
+        try? FileManager.default.removeItem(atPath: stateDir)
     }
 }

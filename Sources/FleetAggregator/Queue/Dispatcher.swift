@@ -278,7 +278,7 @@ public final class Dispatcher: Sendable {
                 let wait = backoff(afterAttempt: operation.attempts)
                 await finish(
                     operation, to: .queued, note: "\(why); retry in \(DurationFormat.format(wait))" + output, event: .operationRetrying,
-                    update: { $0.nextAttemptAt = Date().addingTimeInterval(wait.secondsDouble); $0.lastError = why })
+                    update: { $0.nextAttemptAt = Date().addingTimeInterval(wait.secondsValue); $0.lastError = why })
             } else {
                 await finish(
                     operation, to: .failed, note: "\(why); no attempts left (\(operation.maxAttempts))" + output, event: .operationFailed,
@@ -316,16 +316,9 @@ public final class Dispatcher: Sendable {
 
     /// Exponential backoff with ±20% jitter.
     func backoff(afterAttempt attempt: Int) -> Duration {
-        let base = settings.backoff.secondsDouble * pow(2, Double(max(0, attempt - 1)))
-        let capped = min(base, settings.maximumBackoff.secondsDouble)
+        let base = settings.backoff.secondsValue * pow(2, Double(max(0, attempt - 1)))
+        let capped = min(base, settings.maximumBackoff.secondsValue)
         let jittered = capped * Double.random(in: 0.8...1.2)
         return .milliseconds(Int64(jittered * 1000))
-    }
-}
-
-extension Duration {
-    var secondsDouble: Double {
-        let (seconds, attoseconds) = components
-        return Double(seconds) + Double(attoseconds) / 1e18
     }
 }
