@@ -86,8 +86,9 @@ public final class FleetState {
     @discardableResult
     public func ingest(_ input: SiteInput, now: Date, live: Bool = true) -> ApplyOutcome {
         let site = input.site
-        var record = records[site] ?? SiteRecord(site: site)
-        let isNew = records[site] == nil
+        let existing = records[site]
+        var record = existing ?? SiteRecord(site: site)
+        let isNew = existing == nil
         let before = record.checks
         let outcome = record.apply(input, now: now, live: live)
         guard case .applied = outcome else {
