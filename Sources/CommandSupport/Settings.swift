@@ -170,6 +170,17 @@ public struct Settings: Sendable {
         return number
     }
 
+    /// `true`/`false` (also `yes`/`no`, `1`/`0`, `on`/`off`).
+    public mutating func boolean(_ key: String, default fallback: Bool) throws(ConfigurationError) -> Bool {
+        guard let (value, origin) = raw(key) else { return fallback }
+        guard case .text(let text) = value else { throw ConfigurationError(key: key, origin: origin, "expected true or false") }
+        switch text.lowercased() {
+        case "true", "yes", "1", "on": return true
+        case "false", "no", "0", "off": return false
+        default: throw ConfigurationError(key: key, origin: origin, "expected true or false, got '\(text)'")
+        }
+    }
+
     /// A list: a YAML sequence in the file, a repeated flag, or comma-separated text.
     public mutating func list(_ key: String) throws(ConfigurationError) -> [String] {
         guard let (value, origin) = raw(key) else { return [] }

@@ -10,8 +10,12 @@ public struct AggregatorConfiguration: Sendable {
     public var topics: FleetTopics
     /// The SQLite file (WAL): site records, later the operation queue.
     public var databasePath: String
-    /// Where the HTTP API listens (used by the operator surfaces).
+    /// Where the HTTP API, the dashboard and `/metrics` listen, `HOST:PORT` (port 0: any free one).
     public var httpListen: String
+    /// Bearer tokens, one per line (`--token-file`); without it every change is refused.
+    public var tokenFile: String?
+    /// Reads (`GET`, the dashboard, `/metrics`) without a token.
+    public var publicReads: Bool
     public var thresholds: Thresholds
     /// A site view is republished at least this often while its countdown runs.
     public var viewRefresh: Duration
@@ -34,8 +38,10 @@ public struct AggregatorConfiguration: Sendable {
         httpListen: String = "127.0.0.1:8080", thresholds: Thresholds = Thresholds(), viewRefresh: Duration = .seconds(300),
         summaryInterval: Duration = .seconds(1), flushInterval: Duration = .seconds(1), maxPayloadBytes: Int = 16_384,
         executors: [OperationKind: ExecutorTemplate] = [:], dispatch: DispatchSettings = DispatchSettings(), maxAttempts: Int = 5,
-        dispatchInterval: Duration = .milliseconds(500)
+        dispatchInterval: Duration = .milliseconds(500), tokenFile: String? = nil, publicReads: Bool = false
     ) {
+        self.tokenFile = tokenFile
+        self.publicReads = publicReads
         self.executors = executors
         self.dispatch = dispatch
         self.maxAttempts = maxAttempts
@@ -56,7 +62,7 @@ public struct AggregatorConfiguration: Sendable {
         "broker", "username", "passwordFile", "caFile", "certFile", "keyFile", "clientId", "topicRoot", "db",
         "http", "connectedWithin", "budget", "warnBefore", "criticalBefore", "stableFor", "staleAfter", "offlineAfter",
         "viewRefresh", "summaryInterval", "flushInterval", "maxPayloadBytes", "executors", "maxConcurrentDispatches", "maxAttempts",
-        "retryBackoff", "retryBackoffMax", "dispatchInterval", "executorOutputBytes",
+        "retryBackoff", "retryBackoffMax", "dispatchInterval", "executorOutputBytes", "tokenFile", "publicReads",
     ]
 
     /// One executor as written in the file: `argv` and an optional `timeout`.
@@ -97,6 +103,18 @@ public struct AggregatorConfiguration: Sendable {
         let database = try settings.string("db", default: "./edgefleet.sqlite")
         if database.isEmpty { throw ConfigurationError(key: "db", origin: settings.raw("db")?.1, "must not be empty") }
         let httpListen = try settings.string("http", default: "127.0.0.1:8080")
+        if HTTPAddress(httpListen) == nil {
+            throw ConfigurationError(key: "http", origin: settings.raw("http")?.1, "expected HOST:PORT, like 127.0.0.1:8080 or [::1]:8080")
+        }
+        let tokenFile = try settings.string("tokenFile")
+        if let tokenFile {
+            do {
+                _ = try TokenStore.read(path: tokenFile)
+            } catch {
+                throw ConfigurationError(key: "tokenFile", origin: settings.raw("tokenFile")?.1, error.description)
+            }
+        }
+        let publicReads = try settings.boolean("publicReads", default: false)
 
         var thresholds = Thresholds()
         thresholds.connectedWithin = try settings.duration("connectedWithin", default: thresholds.connectedWithin)
@@ -170,7 +188,7 @@ public struct AggregatorConfiguration: Sendable {
             mqtt: mqtt, topics: FleetTopics(root: root), databasePath: database, httpListen: httpListen, thresholds: thresholds,
             viewRefresh: viewRefresh, summaryInterval: summaryInterval, flushInterval: flushInterval,
             maxPayloadBytes: maxPayloadBytes, executors: executors, dispatch: dispatch, maxAttempts: maxAttempts,
-            dispatchInterval: dispatchInterval)
+            dispatchInterval: dispatchInterval, tokenFile: tokenFile, publicReads: publicReads)
     }
 
     /// A readable summary for `--check-config` (no secrets).
@@ -181,7 +199,9 @@ public struct AggregatorConfiguration: Sendable {
             "client id: \(mqtt.clientID)",
             "topic root: \(topics.root)",
             "database: \(databasePath)",
-            "http: \(httpListen)",
+            "http: \(httpListen), "
+                + (tokenFile.map { "tokens from \($0)" } ?? "no token file (changes refused)")
+                + (publicReads ? ", reads open" : ", reads need a token"),
             "connected within \(DurationFormat.format(t.connectedWithin)), budget \(DurationFormat.format(t.budget)), "
                 + "warn \(DurationFormat.format(t.warnBefore)) and critical \(DurationFormat.format(t.criticalBefore)) before the deadline, "
                 + "stable after \(DurationFormat.format(t.stableFor))",

@@ -1,4 +1,4 @@
-public import FleetCore
+import FleetCore
 public import GRDB
 
 #if canImport(FoundationEssentials)

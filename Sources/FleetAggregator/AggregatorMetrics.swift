@@ -1,5 +1,5 @@
 public import CoreMetrics
-public import FleetCore
+import FleetCore
 
 /// The aggregator's metrics through swift-metrics, named as Prometheus expects
 /// (`edgefleet_sites{mode="semi-connected"}`). The HTTP `/metrics` endpoint comes with
@@ -16,6 +16,20 @@ public struct AggregatorMetrics: Sendable {
     let publishFailures: Counter
     let operationsByState: [OperationState: Gauge]
     let dispatchLatency: Timer
+
+    /// Each metric's `# HELP` text for `/metrics` (swift-metrics carries none).
+    public static let help: [String: String] = [
+        "edgefleet_sites": "Sites by connectivity mode (connected, semi-connected, disconnected, unknown).",
+        "edgefleet_sites_liveness": "Sites by the liveness of their agent (online, stale, offline).",
+        "edgefleet_messages_ingested_total": "Valid messages taken from the site topics, by channel.",
+        "edgefleet_messages_rejected_total": "Messages from the site topics refused, by reason.",
+        "edgefleet_messages_ignored_total": "Valid messages that changed nothing (repeats, older sessions, retained heartbeats).",
+        "edgefleet_evaluation_lag_seconds": "How late due site evaluations ran.",
+        "edgefleet_publish_latency_seconds": "Time from publishing a view, event or summary to the broker's acknowledgement.",
+        "edgefleet_publish_failures_total": "Publications that failed (the broker was unreachable).",
+        "edgefleet_operations": "Deferred operations by state.",
+        "edgefleet_dispatch_latency_seconds": "Time from an operation becoming dispatchable to its executor starting.",
+    ]
 
     public init(factory: any MetricsFactory = MetricsSystem.factory) {
         sitesByMode = Dictionary(

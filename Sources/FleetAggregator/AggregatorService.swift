@@ -86,6 +86,40 @@ public final class AggregatorService: Service, Sendable {
         state.withLock { $0.summary(now: Date()) }
     }
 
+    /// Every site's view now, ordered by site id, filtered.
+    public func views(mode: ConnectivityMode? = nil, liveness: Liveness? = nil) -> [SiteView] {
+        let now = Date()
+        return state.withLock { fleet in
+            fleet.allViews(now: now) { view in (mode.map { view.mode == $0 } ?? true) && (liveness.map { view.liveness == $0 } ?? true) }
+        }
+    }
+
+    /// One site's view and what its agent last reported.
+    public func detail(of site: SiteID) -> SiteDetail? {
+        let now = Date()
+        return state.withLock { fleet in
+            guard let record = fleet.records[site], let view = fleet.view(of: site, now: now) else { return nil }
+            return SiteDetail(
+                view: view, presence: record.presence, agent: record.agent, heartbeatIntervalS: record.heartbeatIntervalS,
+                lastSeenAt: record.lastSeenAt, azureReachable: record.azureReachable, certificateExpiry: record.earliestCertificateExpiry,
+                certificateSource: record.certificateSource, expiredAt: record.expiredAt, statusAt: record.statusAt, cluster: record.cluster,
+                checks: record.checkResults, capabilities: record.capabilities, seqGaps: record.seqGaps)
+        }
+    }
+
+    /// "What works here now" at one site: every kind of the catalog, for its mode now.
+    public func capabilities(of site: SiteID) -> SiteCapabilities? {
+        let now = Date()
+        return state.withLock { fleet in
+            guard let record = fleet.records[site], let view = fleet.view(of: site, now: now) else { return nil }
+            return SiteCapabilities(
+                site: site, mode: view.mode, at: now, kinds: OperationCatalog.availability(mode: view.mode, capabilities: record.capabilities))
+        }
+    }
+
+    /// Whether the aggregator's broker connection is up now.
+    public var brokerConnected: Bool { client.state.isConnected }
+
     public func run() async throws {
         let (restored, problems) = try store.loadAll()
         for problem in problems { logger.error("\(problem)") }

@@ -196,6 +196,11 @@ public final class FleetState {
             lastAzureContactAt: record.lastAzureContactAt, queue: queueCounts[site] ?? QueueCounts(), checks: record.checks)
     }
 
+    /// Every site's view now, ordered by site id (for the operator surfaces).
+    public func allViews(now: Date, where include: (SiteView) -> Bool = { _ in true }) -> [SiteView] {
+        records.keys.sorted().compactMap { site in view(of: site, now: now).flatMap { include($0) ? $0 : nil } }
+    }
+
     /// What the queue and the dispatcher need to know about a site now (nil: never heard from).
     public func situation(of site: SiteID, now: Date) -> (submission: SiteSituation, dispatch: DispatchSituation)? {
         guard let record = records[site] else { return nil }

@@ -33,6 +33,8 @@ public struct SiteRecord: Codable, Sendable, Hashable {
     // Status.
     public var statusAt: Date?
     public var checks = CheckCounts()
+    /// The checks of the newest status, for the operator surfaces.
+    public var checkResults: [CheckResult] = []
     public var capabilities: [String: Bool] = [:]
     public var cluster: ClusterInfo?
 
@@ -73,6 +75,7 @@ public struct SiteRecord: Codable, Sendable, Hashable {
         certificateSource = try c.decodeIfPresent(String.self, forKey: .certificateSource)
         statusAt = try c.decodeIfPresent(Date.self, forKey: .statusAt)
         checks = try c.decodeIfPresent(CheckCounts.self, forKey: .checks) ?? CheckCounts()
+        checkResults = try c.decodeIfPresent([CheckResult].self, forKey: .checkResults) ?? []
         capabilities = try c.decodeIfPresent([String: Bool].self, forKey: .capabilities) ?? [:]
         cluster = try c.decodeIfPresent(ClusterInfo.self, forKey: .cluster)
         mode = try c.decodeIfPresent(ConnectivityMode.self, forKey: .mode)
@@ -177,6 +180,7 @@ extension SiteRecord {
             }
             statusAt = s.at
             checks = CheckCounts(s.checks)
+            checkResults = s.checks
             capabilities = s.capabilities
             cluster = s.cluster
             if live { lastSeenAt = now }

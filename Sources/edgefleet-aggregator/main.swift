@@ -3,6 +3,7 @@ import CommandSupport
 import FleetAggregator
 import FleetCore
 import Logging
+import Prometheus
 import ServiceLifecycle
 
 /// The fleet aggregator: ingests every site's presence, heartbeats and status, computes
@@ -44,6 +45,8 @@ struct AggregatorCommand: AsyncParsableCommand {
     @Option(help: "Longest retry delay (default 30m).") var retryBackoffMax: String?
     @Option(help: "How often the dispatcher looks at the queue (default 500ms).") var dispatchInterval: String?
     @Option(help: "Bytes of an executor's output kept in the history (default 4096).") var executorOutputBytes: String?
+    @Option(help: "File of API bearer tokens, one per line; without it every change through the API is refused.") var tokenFile: String?
+    @Option(help: "Reads (GET, the dashboard, /metrics) without a token: true or false (default false).") var publicReads: String?
 
     var flagSettings: [String: Settings.Value] {
         let scalars: [(String, String?)] = [
@@ -53,6 +56,7 @@ struct AggregatorCommand: AsyncParsableCommand {
             ("summaryInterval", summaryInterval), ("flushInterval", flushInterval), ("maxPayloadBytes", maxPayloadBytes),
             ("maxConcurrentDispatches", maxConcurrentDispatches), ("maxAttempts", maxAttempts), ("retryBackoff", retryBackoff),
             ("retryBackoffMax", retryBackoffMax), ("dispatchInterval", dispatchInterval), ("executorOutputBytes", executorOutputBytes),
+            ("tokenFile", tokenFile), ("publicReads", publicReads),
         ]
         var flags = service.flagSettings
         for case let (key, value?) in scalars { flags[key] = .text(value) }
@@ -66,13 +70,27 @@ struct AggregatorCommand: AsyncParsableCommand {
             return
         }
         let logger = try standardErrorLogger(label: "edgefleet.aggregator", level: service.logLevel)
+        // Every metric goes to one Prometheus registry, served at /metrics.
+        let registry = PrometheusCollectorRegistry()
+        var factory = PrometheusMetricsFactory(registry: registry)
+        factory.durationHistogramBuckets["edgefleet_dispatch_latency_seconds"] = [
+            .seconds(1), .seconds(5), .seconds(30), .seconds(60), .seconds(300), .seconds(900), .seconds(3600), .seconds(6 * 3600),
+            .seconds(86_400), .seconds(7 * 86_400),
+        ]
         let service: AggregatorService
         do {
-            service = try AggregatorService(configuration: configuration, logger: logger)
+            service = try AggregatorService(configuration: configuration, logger: logger, metrics: AggregatorMetrics(factory: factory))
         } catch {
             throw ValidationError("cannot open the database '\(configuration.databasePath)': \(error)")
         }
-        let group = ServiceGroup(services: [service], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger)
+        let tokens = try TokenStore(path: configuration.tokenFile)
+        if !tokens.isConfigured { logger.warning("no --token-file: every change through the HTTP API is refused") }
+        let api = OperatorAPI(service: service, tokens: tokens, publicReads: configuration.publicReads, registry: registry)
+        let address = HTTPAddress(configuration.httpListen)!  // validated with the configuration
+        let http = api.application(address: address, logger: logger) { bound in
+            logger.info("HTTP API listening on http://\(bound)", metadata: ["dashboard": "http://\(bound)/"])
+        }
+        let group = ServiceGroup(services: [service, http], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger)
         try await group.run()
     }
 }

@@ -218,8 +218,8 @@ final class SimulatedSite: Sendable {
     func setCertificateExpiry(_ date: Date?) { state.withLock { $0.certificateExpiry = date } }
 
     /// Publishes a status with this site's cluster metadata (retained, as the agent does).
-    func status(cluster: ClusterInfo) async throws {
-        let status = SiteStatus(site: site, session: session, at: Date(), cluster: cluster)
+    func status(cluster: ClusterInfo, checks: [CheckResult] = [], capabilities: [String: Bool] = [:]) async throws {
+        let status = SiteStatus(site: site, session: session, at: Date(), cluster: cluster, checks: checks, capabilities: capabilities)
         try await client.publish("edgefleet/v1/sites/\(site)/status", payload: try FleetJSON.encode(status), qos: .atLeastOnce, retain: true)
     }
 

@@ -58,9 +58,9 @@ struct OperationQueueTests {
         #expect(refusal(SubmissionRequest(site: "Bad/Site", kind: "cluster.upgrade", createdBy: "a"))?.message.hasPrefix("site:") == true)
         #expect(refusal(SubmissionRequest(site: "s1", kind: "cluster.explode", createdBy: "a"))?.message.contains("unknown 'cluster.explode'") == true)
         let ssh = refusal(SubmissionRequest(site: "s1", kind: "ssh", createdBy: "a"))
-        #expect(ssh?.category == .refused && ssh?.message.contains("never queued") == true)
+        #expect(ssh?.category == .notQueueable && ssh?.message.contains("never queued") == true)
         let entra = refusal(SubmissionRequest(site: "s1", kind: "access.entra", createdBy: "a"))
-        #expect(entra?.category == .refused && entra?.workaround?.contains("kubeconfig") == true)
+        #expect(entra?.category == .notQueueable && entra?.workaround?.contains("kubeconfig") == true)
         let missing = refusal(SubmissionRequest(site: "s1", kind: "cluster.upgrade", createdBy: "a"))
         #expect(missing?.category == .invalid && missing?.message.contains("{params.kubernetesVersion}") == true)
         let noExecutor = refusal(SubmissionRequest(site: "s1", kind: "cluster.delete", createdBy: "a"))
@@ -77,7 +77,7 @@ struct OperationQueueTests {
         let queue = DeferredQueue(
             store: SQLiteOperationStore(database: try AggregatorDatabase(path: directory + "/fleet.sqlite")),
             executors: [.gitopsConfigure: ExecutorTemplate(argv: ["az", "k8s-configuration", "--url", "{repo.url}"])])
-        #expect(throws: QueueError(.refused, "the executor for gitops.configure has a placeholder nothing can fill: {repo.url}")) {
+        #expect(throws: QueueError(.notQueueable, "the executor for gitops.configure has a placeholder nothing can fill: {repo.url}")) {
             try queue.submit(SubmissionRequest(site: "s1", kind: "gitops.configure", createdBy: "a"), situation: nil, now: Self.now)
         }
     }

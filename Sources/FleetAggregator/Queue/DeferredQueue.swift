@@ -66,9 +66,13 @@ public struct QueueError: Error, Sendable, Hashable, CustomStringConvertible {
     public enum Category: String, Sendable, Hashable {
         /// Bad input: the request can never work as written (400).
         case invalid
-        /// Valid, but the catalog or the operation's state says no (409/422).
-        case refused
+        /// The catalog or the configuration says this kind cannot wait in the queue (422).
+        case notQueueable = "not-queueable"
+        /// The operation is not in a state that allows this (somebody moved it first) (409).
+        case conflict
         case notFound = "not-found"
+        /// The store failed; the request may work when retried (503).
+        case unavailable
     }
 
     public var category: Category
@@ -120,19 +124,19 @@ public struct DeferredQueue: Sendable {
         let entry = OperationCatalog.entry(kind)
         switch entry.queueability {
         case .neverQueued:
-            throw QueueError(.refused, "\(kind.rawValue) works without Azure and is never queued: run it at the site now")
+            throw QueueError(.notQueueable, "\(kind.rawValue) works without Azure and is never queued: run it at the site now")
         case .notQueueable:
             throw QueueError(
-                .refused, "\(kind.rawValue) needs Azure and cannot wait in a queue",
+                .notQueueable, "\(kind.rawValue) needs Azure and cannot wait in a queue",
                 workaround: OperationCatalog.workaround(for: kind, capabilities: situation?.capabilities ?? [:]) ?? entry.workaround?.text)
         case .queueable:
             break
         }
         guard let template = executors[kind] else {
-            throw QueueError(.refused, "no executor is configured for \(kind.rawValue)")
+            throw QueueError(.notQueueable, "no executor is configured for \(kind.rawValue)")
         }
         if let unknown = template.unknownPlaceholder {
-            throw QueueError(.refused, "the executor for \(kind.rawValue) has a placeholder nothing can fill: {\(unknown)}")
+            throw QueueError(.notQueueable, "the executor for \(kind.rawValue) has a placeholder nothing can fill: {\(unknown)}")
         }
         for name in template.requiredParams where request.params[name] == nil {
             throw QueueError(.invalid, "params: missing '\(name)', which the executor's placeholder {params.\(name)} needs")
@@ -183,13 +187,13 @@ public struct DeferredQueue: Sendable {
                         operation: existing, existing: true, reason: "idempotency key '\(key)' already used",
                         deadline: situation?.deadline, superseded: [])
                 }
-                throw QueueError(.refused, "idempotency key conflict")
+                throw QueueError(.conflict, "idempotency key conflict")
             }
             return SubmissionResult(operation: operation, existing: false, reason: reason, deadline: situation?.deadline, superseded: superseded)
         } catch let error as QueueError {
             throw error
         } catch {
-            throw QueueError(.refused, "the queue could not store the operation: \(error)")
+            throw QueueError(.unavailable, "the queue could not store the operation: \(error)")
         }
     }
 
@@ -232,7 +236,7 @@ public struct DeferredQueue: Sendable {
             }
             return cancelled
         } catch {
-            throw QueueError(.refused, "bulk cancel failed: \(error)")
+            throw QueueError(.unavailable, "bulk cancel failed: \(error)")
         }
     }
 
@@ -246,9 +250,9 @@ public struct DeferredQueue: Sendable {
             throw QueueError(.notFound, "no operation \(id)")
         } catch OperationStoreError.conflict(_, _, let found) {
             throw QueueError(
-                .refused, "operation \(id) is \(found.rawValue); this needs it \(expected.map(\.rawValue).sorted().joined(separator: " or "))")
+                .conflict, "operation \(id) is \(found.rawValue); this needs it \(expected.map(\.rawValue).sorted().joined(separator: " or "))")
         } catch {
-            throw QueueError(.refused, "\(error)")
+            throw QueueError(.unavailable, "\(error)")
         }
     }
 }

@@ -1,4 +1,4 @@
-public import CommandSupport
+import CommandSupport
 public import FleetCore
 public import Logging
 import Synchronization

@@ -116,7 +116,7 @@ public struct SQLiteOperationStore: OperationStore {
         let limit = max(1, limit)
         let sql = "SELECT document FROM operations \(whereClause) ORDER BY sequence LIMIT \(limit + 1)"
         let documents = try database.writer.read { db in
-            try String.fetchAll(db, sql: sql, arguments: StatementArguments(arguments) ?? [])
+            try String.fetchAll(db, sql: sql, arguments: StatementArguments(arguments))
         }
         var operations = try documents.prefix(limit).map { try Self.decodeOne($0) }
         let more = documents.count > limit

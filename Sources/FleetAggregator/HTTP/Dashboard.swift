@@ -1,0 +1,384 @@
+import FleetCore
+import Hummingbird
+
+#if canImport(FoundationEssentials)
+import FoundationEssentials
+#else
+import Foundation
+#endif
+
+/// The dashboard: server-rendered HTML with no external assets (it runs on premises
+/// without internet), refreshing itself every 10 s. The fleet at `/`, a site at
+/// `/sites/{site}`, the queue at `/queue`. Opened as `/?token=...` it sets an HttpOnly,
+/// SameSite=Strict cookie and shows cancel/retry/release buttons, which post plain forms.
+extension OperatorAPI {
+    func addDashboard(to router: Router<BasicRequestContext>) {
+        router.get("/") { request, _ in
+            htmlErrors {
+                let query = try Query(request)
+                if let token = query["token"] {
+                    return login(token: token)
+                }
+                let signedIn = try dashboardAccess(request)
+                return html(fleetPage(query: query, signedIn: signedIn))
+            }
+        }
+        router.get("/sites/{site}") { request, context in
+            htmlErrors {
+                let signedIn = try dashboardAccess(request)
+                let site = try siteParameter(context)
+                guard let page = sitePage(site, signedIn: signedIn) else {
+                    throw APIError.notFound("no site \(site) has reported to this aggregator")
+                }
+                return html(page)
+            }
+        }
+        router.get("/queue") { request, _ in
+            htmlErrors {
+                let signedIn = try dashboardAccess(request)
+                return html(try queuePage(query: try Query(request), signedIn: signedIn))
+            }
+        }
+        router.post("/ui/operations/{id}/{action}") { request, context in
+            try authorize(request, .change, cookie: true)
+            let id = try context.parameters.require("id")
+            guard let action = OperatorAction(rawValue: try context.parameters.require("action")) else {
+                throw APIError.notFound("no action \(context.parameters.get("action") ?? "")")
+            }
+            var request = request
+            let form = (try? await request.collectBody(upTo: 4096)).map { String(buffer: $0) } ?? ""
+            var back = "/queue"
+            for pair in form.split(separator: "&") where pair.hasPrefix("back=") {
+                let value = Query.decode(pair.dropFirst(5))
+                if value.hasPrefix("/") && !value.hasPrefix("//") { back = value }
+            }
+            _ = try perform(action, id: id, by: Self.operatorName(request, fallback: "dashboard"))
+            return Response(status: .seeOther, headers: [.location: back])
+        }
+        router.post("/ui/logout") { _, _ in
+            Response(status: .seeOther, headers: [.location: "/", .setCookie: "\(Self.cookieName)=; Path=/; Max-Age=0; HttpOnly; SameSite=Strict"])
+        }
+    }
+
+    /// A page needs a token unless reads are public; answers whether buttons are shown.
+    func dashboardAccess(_ request: Request) throws(APIError) -> Bool {
+        do {
+            return try authorize(request, .read, cookie: true)
+        } catch let error where error.status == .unauthorized || error.status == .forbidden {
+            throw APIError(
+                status: error.status, code: error.code,
+                message: "\(error.message). Open the dashboard as /?token=YOUR_TOKEN (a token from the aggregator's --token-file).",
+                headers: error.headers)
+        }
+    }
+
+    /// A page's errors as an HTML page with the same status (a person reads these).
+    func htmlErrors(_ build: () throws -> Response) -> Response {
+        do {
+            return try build()
+        } catch let error as APIError {
+            var response = html(page(title: "Error", refresh: false, body: "<p class=error>\(escape(error.message))</p>"), status: error.status)
+            for field in error.headers { response.headers.append(field) }
+            return response
+        } catch {
+            return html(page(title: "Error", refresh: false, body: "<p class=error>\(escape("\(error)"))</p>"), status: .internalServerError)
+        }
+    }
+
+    func login(token: String) -> Response {
+        guard tokens.accepts(token) else {
+            return html(page(title: "Not signed in", refresh: false, body: "<p class=error>That token is not valid.</p>"), status: .forbidden)
+        }
+        let value = percentEncoded(token)
+        return Response(
+            status: .seeOther,
+            headers: [.location: "/", .setCookie: "\(Self.cookieName)=\(value); Path=/; HttpOnly; SameSite=Strict"])
+    }
+
+    func html(_ text: String, status: HTTPResponse.Status = .ok) -> Response {
+        Response(
+            status: status,
+            headers: [
+                .contentType: "text/html; charset=utf-8", .cacheControl: "no-store",
+                .contentSecurityPolicy: "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; frame-ancestors 'none'",
+            ],
+            body: ResponseBody(byteBuffer: ByteBuffer(string: text)))
+    }
+
+    // MARK: - Pages
+
+    func fleetPage(query: Query, signedIn: Bool) -> String {
+        let now = Date()
+        let summary = service.summary()
+        let budget = service.configuration.thresholds.budget.secondsValue
+        let mode = ConnectivityMode(rawValue: query["mode"] ?? "")
+        var views = service.views(mode: mode)
+        let sort = ["site", "mode", "deadline"].contains(query["sort"] ?? "") ? query["sort"]! : "deadline"
+        let descending = query["order"] == "desc"
+        views.sort { a, b in
+            let ordered: Bool
+            switch sort {
+            case "site": ordered = a.site < b.site
+            case "mode": ordered = a.mode.rawValue != b.mode.rawValue ? a.mode.rawValue < b.mode.rawValue : a.site < b.site
+            default:
+                // Nearest deadline first; sites without one (unknown) last.
+                switch (a.deadline, b.deadline) {
+                case let (x?, y?): ordered = x != y ? x < y : a.site < b.site
+                case (nil, nil): ordered = a.site < b.site
+                case (_?, nil): ordered = true
+                case (nil, _?): ordered = false
+                }
+            }
+            return ordered
+        }
+        if descending { views.reverse() }
+        let shown = views.prefix(1000)
+
+        var body = "<section class=cards>"
+        body += card("sites", "\(summary.sites)", "fleet \(summary.fleetMode.rawValue)")
+        for (m, n) in [
+            (ConnectivityMode.connected, summary.modes.connected), (.semiConnected, summary.modes.semiConnected),
+            (.disconnected, summary.modes.disconnected), (.unknown, summary.modes.unknown),
+        ] {
+            body += "<a class='card mode-\(m.rawValue)' href='/?mode=\(m.rawValue)'><b>\(n)</b><span>\(m.rawValue)</span></a>"
+        }
+        body += card(
+            "liveness", "\(summary.liveness.online)", "online · \(summary.liveness.stale) stale · \(summary.liveness.offline) offline")
+        let queued = (summary.queue["queued"] ?? 0) + (summary.queue["blocked"] ?? 0) + (summary.queue["dispatching"] ?? 0)
+        body += card(
+            "queue", "\(queued)",
+            "\(summary.queue["queued"] ?? 0) queued · \(summary.queue["blocked"] ?? 0) blocked · \(summary.queue["failed"] ?? 0) failed")
+        body += "</section>"
+
+        func header(_ key: String, _ label: String) -> String {
+            let order = sort == key && !descending ? "desc" : "asc"
+            let arrow = sort == key ? (descending ? " ▾" : " ▴") : ""
+            let modeQuery = mode.map { "&mode=\($0.rawValue)" } ?? ""
+            return "<th><a href='/?sort=\(key)&order=\(order)\(modeQuery)'>\(escape(label))\(arrow)</a></th>"
+        }
+        body += "<h2>Sites\(mode.map { " · \(escape($0.rawValue)) <a class=small href='/'>all</a>" } ?? "")</h2>"
+        body += "<table id=sites><thead><tr>\(header("site", "Site"))\(header("mode", "Mode"))<th>Liveness</th>"
+        body += "\(header("deadline", "Deadline"))<th>Time left</th><th>Queue</th><th>Checks</th></tr></thead><tbody>"
+        for view in shown {
+            body += "<tr data-site='\(escape(view.site.rawValue))' data-mode='\(view.mode.rawValue)'>"
+            body += "<td><a href='/sites/\(escape(view.site.rawValue))'>\(escape(view.site.rawValue))</a></td>"
+            body += "<td>\(modeBadge(view.mode, projected: view.projected))</td>"
+            body += "<td class='live-\(view.liveness.rawValue)'>\(view.liveness.rawValue)</td>"
+            body += "<td>\(view.deadline.map { escape(timestamp($0)) } ?? "—")\(view.deadlineReason.map { " <span class=small>(\($0.rawValue))</span>" } ?? "")</td>"
+            body += "<td>\(timeLeft(view, budget: budget, now: now))</td>"
+            let depth = view.queue.queued + view.queue.blocked + view.queue.dispatching
+            body += "<td><a href='/queue?site=\(escape(view.site.rawValue))'>\(depth)</a>"
+            if view.queue.blocked > 0 { body += " <span class='tag blocked'>\(view.queue.blocked) blocked</span>" }
+            if view.queue.failed > 0 { body += " <span class='tag failed'>\(view.queue.failed) failed</span>" }
+            body += "</td><td>\(checks(view.checks))</td></tr>"
+        }
+        body += "</tbody></table>"
+        if views.count > shown.count {
+            body += "<p class=small>Showing \(shown.count) of \(views.count) sites; filter by mode to see the others.</p>"
+        }
+        if views.isEmpty { body += "<p class=small>No site has reported yet.</p>" }
+        return page(title: "Fleet", signedIn: signedIn, body: body)
+    }
+
+    func sitePage(_ site: SiteID, signedIn: Bool) -> String? {
+        guard let detail = service.detail(of: site), let capabilities = service.capabilities(of: site) else { return nil }
+        let view = detail.view
+        let now = Date()
+        var body = "<h2>\(escape(site.rawValue)) \(modeBadge(view.mode, projected: view.projected))</h2><table class=facts>"
+        func fact(_ name: String, _ value: String?) {
+            body += "<tr><th>\(escape(name))</th><td>\(value ?? "—")</td></tr>"
+        }
+        fact("Time left", timeLeft(view, budget: service.configuration.thresholds.budget.secondsValue, now: now))
+        fact("Deadline", view.deadline.map { escape(timestamp($0)) + (view.deadlineReason.map { " (\($0.rawValue))" } ?? "") })
+        fact("Mode since", view.modeSince.map { escape(timestamp($0)) })
+        fact("Last Azure contact", view.lastAzureContactAt.map { escape(timestamp($0)) })
+        fact("Agent", "<span class='live-\(view.liveness.rawValue)'>\(view.liveness.rawValue)</span>"
+            + (detail.agent.map { " · \(escape($0.version)) on \(escape($0.host))" } ?? ""))
+        fact("Last heartbeat", view.lastHeartbeatAt.map { escape(timestamp($0)) })
+        fact("Certificates expire", detail.certificateExpiry.map { escape(timestamp($0)) + (detail.certificateSource.map { " (\(escape($0)))" } ?? "") })
+        if let cluster = detail.cluster {
+            fact("Cluster", [cluster.name, cluster.resourceGroup.map { "resource group \($0)" }, cluster.kubernetesVersion.map { "Kubernetes \($0)" }]
+                .compactMap { $0.map(escape) }.joined(separator: " · "))
+        }
+        body += "</table>"
+
+        body += "<h3>What works here now</h3><table id=capabilities><thead><tr><th>Operation</th><th>Now</th><th>Why</th><th>Workaround</th></tr></thead><tbody>"
+        for kind in capabilities.kinds {
+            body += "<tr><td><code>\(kind.kind.rawValue)</code></td>"
+            body += kind.available ? "<td class=yes>works</td>" : "<td class=no>\(kind.queueable ? "queue it" : "not now")</td>"
+            body += "<td>\(escape(kind.reason))</td><td>\(kind.workaround.map(escape) ?? "")</td></tr>"
+        }
+        body += "</tbody></table>"
+
+        body += "<h3>Checks</h3>"
+        if detail.checks.isEmpty {
+            body += "<p class=small>No checks reported.</p>"
+        } else {
+            body += "<table><thead><tr><th>Check</th><th>State</th><th>Observed</th><th>Output</th></tr></thead><tbody>"
+            for check in detail.checks {
+                body += "<tr><td>\(escape(check.name))</td><td class='check-\(check.state.rawValue)'>\(check.state.rawValue)</td>"
+                body += "<td>\(escape(timestamp(check.observedAt)))</td><td><code>\(escape(String(check.output.prefix(300))))</code></td></tr>"
+            }
+            body += "</tbody></table>"
+        }
+
+        body += "<h3>Operations <a class=small href='/queue?site=\(escape(site.rawValue))'>in the queue view</a></h3>"
+        let operations = (try? service.queue.store.list(OperationFilter(site: site), after: nil, limit: 1000).operations) ?? []
+        body += operationsTable(Array(operations.suffix(50).reversed()), signedIn: signedIn, back: "/sites/\(site.rawValue)")
+        return page(title: site.rawValue, signedIn: signedIn, body: body)
+    }
+
+    func queuePage(query: Query, signedIn: Bool) throws(APIError) -> String {
+        let filter = OperationFilter(site: try query.site(), kind: try query.kind(), states: try query.states())
+        let cursor = query["cursor"].flatMap { Int64($0) }
+        let page: OperationPage
+        do {
+            page = try service.queue.store.list(filter, after: cursor, limit: 100)
+        } catch {
+            throw APIError(status: .serviceUnavailable, code: "unavailable", message: "the queue cannot be read: \(error)")
+        }
+        var body = "<h2>Queue</h2><form class=filters method=get action='/queue'>"
+        body += "<label>Site <input name=site value='\(escape(query["site"] ?? ""))' size=16></label> "
+        body += "<label>State <select name=state><option value=''>any</option>"
+        for state in OperationState.allCases {
+            body += "<option\(query["state"] == state.rawValue ? " selected" : "")>\(state.rawValue)</option>"
+        }
+        body += "</select></label> <label>Kind <select name=kind><option value=''>any</option>"
+        for entry in OperationCatalog.entries where entry.queueability == .queueable {
+            body += "<option\(query["kind"] == entry.kind.rawValue ? " selected" : "")>\(entry.kind.rawValue)</option>"
+        }
+        body += "</select></label> <button>Filter</button></form>"
+        var back = "/queue"
+        if let q = query.values.filter({ $0.key != "cursor" && !$0.value.isEmpty }).sorted(by: { $0.key < $1.key }).map({ "\($0.key)=\($0.value)" })
+            .joined(separator: "&") as String?, !q.isEmpty
+        {
+            back += "?" + q
+        }
+        body += operationsTable(page.operations, signedIn: signedIn, back: back)
+        if let next = page.nextCursor {
+            body += "<p><a href='\(escape(back + (back.contains("?") ? "&" : "?") + "cursor=\(next)"))'>Next page →</a></p>"
+        }
+        return self.page(title: "Queue", signedIn: signedIn, body: body)
+    }
+
+    func operationsTable(_ operations: [DeferredOperation], signedIn: Bool, back: String) -> String {
+        if operations.isEmpty { return "<p class=small>No operations.</p>" }
+        var body = "<table id=operations><thead><tr><th>Operation</th><th>Site</th><th>Kind</th><th>State</th><th>Attempts</th>"
+        body += "<th>Created</th><th>Last error</th>\(signedIn ? "<th></th>" : "")</tr></thead><tbody>"
+        for operation in operations {
+            body += "<tr data-operation='\(escape(operation.id))' data-state='\(operation.state.rawValue)'>"
+            body += "<td><details><summary><code>\(escape(operation.id))</code></summary><ul class=history>"
+            for entry in operation.history {
+                body += "<li>\(escape(timestamp(entry.at))) \(entry.from.map { "\($0.rawValue) → " } ?? "")<b>\(entry.to.rawValue)</b>: \(escape(entry.note))</li>"
+            }
+            if !operation.params.isEmpty {
+                body += "<li>params: <code>\(escape(operation.params.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }.joined(separator: " ")))</code></li>"
+            }
+            body += "</ul></details></td>"
+            body += "<td><a href='/sites/\(escape(operation.site.rawValue))'>\(escape(operation.site.rawValue))</a></td>"
+            body += "<td><code>\(operation.kind.rawValue)</code></td><td><span class='tag \(operation.state.rawValue)'>\(operation.state.rawValue)</span></td>"
+            body += "<td>\(operation.attempts)/\(operation.maxAttempts)</td><td>\(escape(timestamp(operation.createdAt)))<br><span class=small>by \(escape(operation.createdBy))</span></td>"
+            body += "<td class=small>\(escape(String((operation.lastError ?? "").prefix(120))))</td>"
+            if signedIn {
+                body += "<td class=actions>"
+                var actions: [OperatorAction] = []
+                if operation.state == .queued || operation.state == .blocked { actions.append(.cancel) }
+                if operation.state == .failed { actions.append(.retry) }
+                if operation.state == .blocked { actions.append(.release) }
+                for action in actions {
+                    body += "<form method=post action='/ui/operations/\(escape(operation.id))/\(action.rawValue)'>"
+                    body += "<input type=hidden name=back value='\(escape(back))'><button class='\(action.rawValue)'>\(action.rawValue)</button></form>"
+                }
+                body += "</td>"
+            }
+            body += "</tr>"
+        }
+        return body + "</tbody></table>"
+    }
+
+    // MARK: - Pieces
+
+    func page(title: String, signedIn: Bool = false, refresh: Bool = true, body: String) -> String {
+        """
+        <!doctype html><html lang=en><head><meta charset=utf-8><title>\(escape(title)) · EdgeFleet</title>
+        <meta name=viewport content='width=device-width, initial-scale=1'>\(refresh ? "<meta http-equiv=refresh content=10>" : "")
+        <style>\(Self.style)</style></head><body>
+        <header><h1><a href='/'>EdgeFleet</a></h1><nav><a href='/'>Fleet</a><a href='/queue'>Queue</a></nav>
+        <span class=small>\(escape(timestamp(Date()))) · \(signedIn ? "signed in <form method=post action='/ui/logout' class=inline><button>sign out</button></form>" : "read only")</span></header>
+        <main>\(body)</main></body></html>
+        """
+    }
+
+    func card(_ label: String, _ value: String, _ detail: String) -> String {
+        "<div class=card><b>\(escape(value))</b><span>\(escape(label))</span><span class=small>\(escape(detail))</span></div>"
+    }
+
+    func modeBadge(_ mode: ConnectivityMode, projected: Bool) -> String {
+        "<span class='mode mode-\(mode.rawValue)'>\(mode.rawValue)</span>\(projected ? " <span class=small title='the agent is silent: projected from its last report'>projected</span>" : "")"
+    }
+
+    func timeLeft(_ view: SiteView, budget: Double, now: Date) -> String {
+        guard let remaining = view.remainingS ?? view.deadline.map({ $0.timeIntervalSince(now) }) else { return "—" }
+        if view.mode == .disconnected || remaining <= 0 {
+            return "<div class=bar><i class=alert-expired style='width:100%'></i></div><span class=small>passed \(escape(DurationFormat.human(seconds: -remaining))) ago</span>"
+        }
+        let fraction = max(0, min(1, remaining / max(budget, 1)))
+        let label = view.mode == .connected ? "connected" : DurationFormat.human(seconds: remaining)
+        return "<div class=bar><i class='alert-\(view.alert.rawValue)' style='width:\(Int((fraction * 100).rounded()))%'></i></div><span class=small>\(escape(label))</span>"
+    }
+
+    func checks(_ counts: CheckCounts) -> String {
+        var parts: [String] = []
+        if counts.fail > 0 { parts.append("<span class=check-fail>\(counts.fail) fail</span>") }
+        if counts.warn > 0 { parts.append("<span class=check-warn>\(counts.warn) warn</span>") }
+        if counts.pass > 0 { parts.append("<span class=check-pass>\(counts.pass) pass</span>") }
+        if counts.unknown > 0 { parts.append("<span class=small>\(counts.unknown) unknown</span>") }
+        return parts.isEmpty ? "—" : parts.joined(separator: " ")
+    }
+
+    func timestamp(_ date: Date) -> String {
+        // FleetJSON's own format (RFC 3339 UTC, milliseconds), without the quotes.
+        (try? String(decoding: FleetJSON.encode(date).dropFirst().dropLast(), as: UTF8.self)) ?? "\(date)"
+    }
+
+    static let style = """
+        body{font:14px/1.4 system-ui,sans-serif;margin:0;color:#1d2330;background:#f5f6f8}
+        header{display:flex;gap:1.5em;align-items:center;background:#1d2330;color:#fff;padding:.5em 1.5em}
+        header h1{font-size:1.2em;margin:0}header a{color:#fff;text-decoration:none}nav a{margin-right:1em}
+        main{padding:1em 1.5em}h2{margin:.8em 0 .4em}a{color:#1f5fbf}
+        .cards{display:flex;flex-wrap:wrap;gap:.8em}.card{background:#fff;border-radius:6px;padding:.6em 1em;min-width:8em;
+        display:flex;flex-direction:column;text-decoration:none;color:inherit;border-left:5px solid #aab}.card b{font-size:1.8em}
+        table{border-collapse:collapse;background:#fff;width:100%;margin-bottom:1em}th,td{text-align:left;padding:.35em .6em;border-bottom:1px solid #e3e5ea;vertical-align:top}
+        th a{color:inherit}.facts{width:auto}.small{font-size:.85em;color:#667}
+        .mode{border-radius:3px;padding:.1em .45em;font-weight:600;color:#fff}
+        .mode-connected{background:#1e8e3e;border-left-color:#1e8e3e}.mode-semi-connected{background:#d98c00;border-left-color:#d98c00}
+        .mode-disconnected{background:#c5221f;border-left-color:#c5221f}.mode-unknown{background:#80868b;border-left-color:#80868b}
+        .card.mode-connected,.card.mode-semi-connected,.card.mode-disconnected,.card.mode-unknown{background:#fff;color:inherit}
+        .bar{background:#e3e5ea;width:10em;height:.6em;border-radius:3px;overflow:hidden}.bar i{display:block;height:100%;background:#1e8e3e}
+        .bar i.alert-warning{background:#d98c00}.bar i.alert-critical,.bar i.alert-expired{background:#c5221f}
+        .live-online{color:#1e8e3e}.live-stale{color:#d98c00}.live-offline{color:#c5221f}
+        .check-pass{color:#1e8e3e}.check-warn{color:#d98c00}.check-fail{color:#c5221f;font-weight:600}
+        .yes{color:#1e8e3e;font-weight:600}.no{color:#c5221f;font-weight:600}
+        .tag{border-radius:3px;padding:0 .4em;background:#e3e5ea}.tag.blocked,.tag.failed{background:#fbe0df;color:#a50e0e}
+        .tag.succeeded{background:#dcf3e2}.tag.dispatching{background:#fff0c2}
+        .actions form,.inline{display:inline}button{cursor:pointer}.history{margin:.3em 0;padding-left:1.2em}
+        .filters{margin-bottom:.8em}.error{color:#c5221f}
+        """
+}
+
+/// HTML text escaping for element content and single- or double-quoted attributes.
+func escape(_ text: String) -> String {
+    var out = ""
+    out.reserveCapacity(text.utf8.count)
+    for c in text.unicodeScalars {
+        switch c {
+        case "&": out += "&amp;"
+        case "<": out += "&lt;"
+        case ">": out += "&gt;"
+        case "\"": out += "&quot;"
+        case "'": out += "&#39;"
+        default: out.unicodeScalars.append(c)
+        }
+    }
+    return out
+}

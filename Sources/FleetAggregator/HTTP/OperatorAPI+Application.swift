@@ -1,0 +1,18 @@
+import Hummingbird
+public import Logging
+public import ServiceLifecycle
+
+extension OperatorAPI {
+    /// The HTTP server as a `Service` for the aggregator's `ServiceGroup`. `listening` is
+    /// called with the bound address once it accepts connections (port 0: the one chosen).
+    public func application(address: HTTPAddress, logger: Logger, listening: @escaping @Sendable (HTTPAddress) -> Void) -> any Service {
+        Application(
+            router: router(),
+            configuration: ApplicationConfiguration(address: .hostname(address.host, port: address.port), serverName: "edgefleet-aggregator"),
+            onServerRunning: { channel in
+                let port = channel.localAddress?.port ?? address.port
+                listening(HTTPAddress("\(address.host.contains(":") ? "[\(address.host)]" : address.host):\(port)") ?? address)
+            },
+            logger: logger)
+    }
+}

@@ -1,0 +1,357 @@
+import FleetCore
+public import Hummingbird
+public import Prometheus
+
+#if canImport(FoundationEssentials)
+import FoundationEssentials
+#else
+import Foundation
+#endif
+
+/// The aggregator's HTTP surface (contract.md, "Operator surfaces"; `docs/openapi.yaml`):
+/// the JSON API under `/v1`, `/metrics`, `/healthz` and the dashboard.
+///
+/// Every change needs a bearer token from the token file; reads need one too unless
+/// `publicReads`. `/healthz` is always open. The dashboard also takes the token from a
+/// cookie set by opening `/?token=...` (SameSite=Strict, HttpOnly), so its buttons work
+/// without JavaScript and a page from another site cannot use them.
+public struct OperatorAPI: Sendable {
+    let service: AggregatorService
+    let tokens: TokenStore
+    let publicReads: Bool
+    let registry: PrometheusCollectorRegistry
+
+    public init(service: AggregatorService, tokens: TokenStore, publicReads: Bool, registry: PrometheusCollectorRegistry) {
+        self.service = service
+        self.tokens = tokens
+        self.publicReads = publicReads
+        self.registry = registry
+    }
+
+    enum Access { case read, change }
+
+    static let cookieName = "edgefleet_token"
+
+    /// Checks the request's credentials; returns whether it carries a valid token.
+    /// `cookie`: the dashboard's routes also accept the token cookie.
+    @discardableResult
+    func authorize(_ request: Request, _ access: Access, cookie: Bool = false) throws(APIError) -> Bool {
+        var candidate: String?
+        if let header = request.headers[.authorization] {
+            guard header.lowercased().hasPrefix("bearer ") else {
+                throw APIError(status: .unauthorized, code: "unauthorized", message: "use 'Authorization: Bearer TOKEN'", headers: Self.challenge)
+            }
+            candidate = String(header.dropFirst(7)).trimmed
+        } else if cookie, let value = cookies(of: request)[Self.cookieName] {
+            candidate = Query.decode(Substring(value))
+        }
+        let valid = candidate.map { tokens.accepts($0) } ?? false
+        if valid { return true }
+        if access == .read && publicReads { return false }
+        if access == .change && !tokens.isConfigured {
+            throw APIError(
+                status: .forbidden, code: "forbidden", message: "changes are disabled: the aggregator was started without --token-file")
+        }
+        guard candidate != nil else {
+            throw APIError(status: .unauthorized, code: "unauthorized", message: "a bearer token is required", headers: Self.challenge)
+        }
+        throw APIError(status: .forbidden, code: "forbidden", message: "the token is not valid")
+    }
+
+    static let challenge: HTTPFields = [.wwwAuthenticate: #"Bearer realm="edgefleet""#]
+
+    /// Who asked, for the history: the `X-EdgeFleet-Operator` header (the CLI sends
+    /// `user@host`), printable and at most 64 characters; `api` without it.
+    static func operatorName(_ request: Request, fallback: String = "api") -> String {
+        guard let value = request.headers.first(where: { $0.name.canonicalName == "x-edgefleet-operator" })?.value else { return fallback }
+        let printable = value.unicodeScalars.filter { $0.value >= 0x20 && $0.value != 0x7F }
+        let clean = String(String.UnicodeScalarView(printable.prefix(64))).trimmed
+        return clean.isEmpty ? fallback : clean
+    }
+
+    /// The router with every route.
+    public func router() -> Router<BasicRequestContext> {
+        let router = Router(context: BasicRequestContext.self)
+        router.add(middleware: JSONErrorMiddleware())
+        addAPI(to: router)
+        addDashboard(to: router)
+        return router
+    }
+
+    // MARK: - /v1
+
+    func addAPI(to router: Router<BasicRequestContext>) {
+        router.get("/healthz") { _, _ in
+            JSONBody.response(
+                HealthStatus(
+                    status: "ok", version: EdgeFleetVersion.current, broker: service.brokerConnected ? "connected" : "disconnected",
+                    sites: service.summary().sites))
+        }
+
+        router.get("/metrics") { request, _ in
+            try authorize(request, .read)
+            return Response(
+                status: .ok, headers: [.contentType: "text/plain; version=0.0.4; charset=utf-8"],
+                body: ResponseBody(byteBuffer: ByteBuffer(bytes: scrape())))
+        }
+
+        router.get("/v1/fleet") { request, _ in
+            try authorize(request, .read)
+            _ = try Query(request, allowed: [])
+            return JSONBody.response(service.summary())
+        }
+
+        router.get("/v1/sites") { request, _ in
+            try authorize(request, .read)
+            let query = try Query(request, allowed: ["mode", "liveness", "limit", "cursor"])
+            let limit = try query.limit()
+            let views = service.views(mode: try query.mode(), liveness: try query.liveness())
+            var page = views[...]
+            if let cursor = query["cursor"] {
+                guard SiteID.isValid(cursor) else { throw APIError.badRequest("cursor: not a cursor this API gave out") }
+                page = page.drop { $0.site.rawValue <= cursor }
+            }
+            let sites = Array(page.prefix(limit))
+            let next = page.count > limit ? sites.last?.site.rawValue : nil
+            return JSONBody.response(SiteList(sites: sites, nextCursor: next, total: views.count))
+        }
+
+        router.get("/v1/sites/{site}") { request, context in
+            try authorize(request, .read)
+            _ = try Query(request, allowed: [])
+            let site = try siteParameter(context)
+            guard let detail = service.detail(of: site) else { throw APIError.notFound("no site \(site) has reported to this aggregator") }
+            return JSONBody.response(detail)
+        }
+
+        router.get("/v1/sites/{site}/capabilities") { request, context in
+            try authorize(request, .read)
+            _ = try Query(request, allowed: [])
+            let site = try siteParameter(context)
+            guard let capabilities = service.capabilities(of: site) else {
+                throw APIError.notFound("no site \(site) has reported to this aggregator")
+            }
+            return JSONBody.response(capabilities)
+        }
+
+        router.get("/v1/operations") { request, _ in
+            try authorize(request, .read)
+            let query = try Query(request, allowed: ["site", "state", "kind", "limit", "cursor"])
+            let filter = OperationFilter(site: try query.site(), kind: try query.kind(), states: try query.states())
+            var cursor: Int64?
+            if let text = query["cursor"] {
+                guard let value = Int64(text), value >= 0 else { throw APIError.badRequest("cursor: not a cursor this API gave out") }
+                cursor = value
+            }
+            let page: OperationPage
+            do {
+                page = try service.queue.store.list(filter, after: cursor, limit: try query.limit())
+            } catch {
+                throw APIError(status: .serviceUnavailable, code: "unavailable", message: "the queue cannot be read: \(error)")
+            }
+            return JSONBody.response(OperationList(operations: page.operations, nextCursor: page.nextCursor.map(String.init)))
+        }
+
+        router.post("/v1/operations") { request, _ in
+            try authorize(request, .change)
+            _ = try Query(request, allowed: [])
+            let body = try await JSONBody.decode(SubmitOperationRequest.self, from: request)
+            let result = try submit(body, by: Self.operatorName(request, fallback: body.createdBy ?? "api"))
+            return JSONBody.response(
+                SubmitOperationResponse(
+                    operation: result.operation, existing: result.existing, reason: result.reason, deadline: result.deadline,
+                    superseded: result.superseded),
+                status: result.existing ? .ok : .created)
+        }
+
+        router.post("/v1/operations/cancel") { request, _ in
+            try authorize(request, .change)
+            _ = try Query(request, allowed: [])
+            let body = try await JSONBody.decode(BulkCancelRequest.self, from: request)
+            let cancelled = try bulkCancel(body, by: Self.operatorName(request, fallback: body.by ?? "api"))
+            return JSONBody.response(BulkCancelResponse(cancelled: cancelled.map(\.id)))
+        }
+
+        router.get("/v1/operations/{id}") { request, context in
+            try authorize(request, .read)
+            _ = try Query(request, allowed: [])
+            let id = try context.parameters.require("id")
+            let operation: DeferredOperation?
+            do {
+                operation = try service.queue.store.operation(id: id)
+            } catch {
+                throw APIError(status: .serviceUnavailable, code: "unavailable", message: "the queue cannot be read: \(error)")
+            }
+            guard let operation else { throw APIError.notFound("no operation \(id)") }
+            return JSONBody.response(operation)
+        }
+
+        for action in OperatorAction.allCases {
+            router.post("/v1/operations/{id}/\(action.rawValue)") { request, context in
+                try authorize(request, .change)
+                _ = try Query(request, allowed: [])
+                let id = try context.parameters.require("id")
+                return JSONBody.response(try perform(action, id: id, by: Self.operatorName(request)))
+            }
+        }
+    }
+
+    enum OperatorAction: String, CaseIterable, Sendable {
+        case cancel, retry, release
+    }
+
+    func perform(_ action: OperatorAction, id: String, by who: String) throws(APIError) -> DeferredOperation {
+        do {
+            switch action {
+            case .cancel: return try service.cancel(id: id, by: who)
+            case .retry: return try service.retry(id: id, by: who)
+            case .release: return try service.release(id: id, by: who)
+            }
+        } catch {
+            throw APIError(error)
+        }
+    }
+
+    func submit(_ body: SubmitOperationRequest, by who: String) throws(APIError) -> SubmissionResult {
+        var expiresAt = body.expiresAt
+        if let text = body.expiresIn {
+            if expiresAt != nil { throw .badRequest("give expiresAt or expiresIn, not both") }
+            do {
+                let duration = try DurationFormat.parse(text)
+                guard duration > .zero else { throw APIError.badRequest("expiresIn: must be longer than zero") }
+                expiresAt = Date().addingTimeInterval(duration.secondsValue)
+            } catch let error as APIError {
+                throw error
+            } catch {
+                throw .badRequest("expiresIn: \(error)")
+            }
+        }
+        let request = SubmissionRequest(
+            site: body.site, kind: body.kind, params: body.params ?? [:], createdBy: who, idempotencyKey: body.idempotencyKey,
+            notBefore: body.notBefore, expiresAt: expiresAt, maxAttempts: body.maxAttempts)
+        do {
+            return try service.submit(request)
+        } catch {
+            throw APIError(error)
+        }
+    }
+
+    func bulkCancel(_ body: BulkCancelRequest, by who: String) throws(APIError) -> [DeferredOperation] {
+        var filter = OperationFilter()
+        if let site = body.site {
+            do { filter.site = try SiteID(site) } catch { throw .badRequest("site: \(error.description)") }
+        }
+        if let kind = body.kind {
+            guard let value = OperationKind(rawValue: kind) else { throw .badRequest("kind: unknown '\(kind)'") }
+            filter.kind = value
+        }
+        if let state = body.state {
+            guard let value = OperationState(rawValue: state), value == .queued || value == .blocked else {
+                throw .badRequest("state: only queued or blocked operations can be cancelled, got '\(state)'")
+            }
+            filter.states = [value]
+        }
+        if filter.site == nil && filter.kind == nil && body.all != true {
+            throw .badRequest("name a site or a kind to cancel, or set \"all\": true to cancel every queued and blocked operation")
+        }
+        do {
+            return try service.cancelAll(filter, by: who)
+        } catch {
+            throw APIError(error)
+        }
+    }
+
+    func siteParameter(_ context: BasicRequestContext) throws(APIError) -> SiteID {
+        guard let text = context.parameters.get("site") else { throw .badRequest("a site id is required") }
+        do { return try SiteID(text) } catch { throw .badRequest("site: \(error.description)") }
+    }
+
+    // MARK: - /metrics
+
+    /// The registry's metrics (the aggregator's swift-metrics counters, gauges and timers),
+    /// then what is read from the fleet at scrape time: each site's deadline, and the
+    /// thresholds an alert rule compares it with.
+    func scrape() -> [UInt8] {
+        var buffer: [UInt8] = []
+        registry.emit(into: &buffer)
+        buffer = Self.addingHelp(to: buffer)
+        let snapshot = PrometheusCollectorRegistry()
+        let thresholds = service.configuration.thresholds
+        let threshold = MetricNameDescriptor(
+            namespace: "edgefleet", metricName: "threshold", unitName: "seconds",
+            helpText: "The aggregator's thresholds, so alert rules follow its configuration.")
+        for (name, value) in [
+            ("connected_within", thresholds.connectedWithin), ("budget", thresholds.budget), ("warn_before", thresholds.warnBefore),
+            ("critical_before", thresholds.criticalBefore), ("stable_for", thresholds.stableFor),
+        ] {
+            snapshot.makeGauge(descriptor: threshold, labels: [("threshold", name)]).set(value.secondsValue)
+        }
+        snapshot.makeGauge(
+            descriptor: MetricNameDescriptor(
+                namespace: "edgefleet", metricName: "broker", unitName: "connected", helpText: "1 while the aggregator's broker connection is up.")
+        ).set(service.brokerConnected ? 1.0 : 0.0)
+        snapshot.makeGauge(
+            descriptor: MetricNameDescriptor(namespace: "edgefleet", metricName: "build", unitName: "info", helpText: "The aggregator's version."),
+            labels: [("version", EdgeFleetVersion.current)]
+        ).set(1.0)
+        let deadline = MetricNameDescriptor(
+            namespace: "edgefleet", subsystem: "site", metricName: "deadline", unitName: "seconds",
+            helpText: "Unix time of each site's deadline: the earlier of its last Azure contact plus the budget and its earliest certificate expiry.")
+        for view in service.views() {
+            guard let date = view.deadline else { continue }
+            snapshot.makeGauge(descriptor: deadline, labels: [("site", view.site.rawValue)]).set(date.timeIntervalSince1970)
+        }
+        snapshot.emit(into: &buffer)
+        return buffer
+    }
+}
+
+extension OperatorAPI {
+    /// Adds a `# HELP` line before each `# TYPE` line that has none (the metrics made through
+    /// swift-metrics carry no help text, and `promtool check metrics` wants it).
+    static func addingHelp(to exposition: [UInt8]) -> [UInt8] {
+        var out = ""
+        var helped = Set<String>()
+        for line in String(decoding: exposition, as: UTF8.self).split(separator: "\n", omittingEmptySubsequences: false) {
+            if line.hasPrefix("# HELP ") { helped.insert(String(line.split(separator: " ")[2])) }
+            if line.hasPrefix("# TYPE ") {
+                let name = String(line.split(separator: " ")[2])
+                if !helped.contains(name), let help = AggregatorMetrics.help[name] {
+                    out += "# HELP \(name) \(help)\n"
+                    helped.insert(name)
+                }
+            }
+            out += line + "\n"
+        }
+        if out.hasSuffix("\n\n") { out.removeLast() }
+        return Array(out.utf8)
+    }
+}
+
+/// Turns every error into the API's JSON error body: routes that do not exist (404), a
+/// body too large (413), and anything unexpected (500, logged).
+struct JSONErrorMiddleware: RouterMiddleware {
+    typealias Context = BasicRequestContext
+
+    func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
+        do {
+            return try await next(request, context)
+        } catch let error as APIError {
+            return try error.response(from: request, context: context)
+        } catch let error as HTTPError {
+            let code =
+                switch error.status {
+                case .notFound: "not-found"
+                case .methodNotAllowed: "method-not-allowed"
+                case .contentTooLarge: "bad-request"
+                case .unauthorized: "unauthorized"
+                default: error.status.code < 500 ? "bad-request" : "internal"
+                }
+            let message = error.status == .notFound ? "no route \(request.method.rawValue) \(request.uri.path)" : (error.body ?? error.status.reasonPhrase)
+            return JSONBody.response(APIErrorBody(code: code, message: message), status: error.status)
+        } catch {
+            context.logger.error("request \(request.method.rawValue) \(request.uri.path) failed: \(error)")
+            return JSONBody.response(APIErrorBody(code: "internal", message: "internal error"), status: .internalServerError)
+        }
+    }
+}

@@ -1,0 +1,122 @@
+import Synchronization
+
+#if canImport(FoundationEssentials)
+import FoundationEssentials
+#else
+import Foundation
+#endif
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// The API's bearer tokens: a file with one token per line (blank lines and `#` comments
+/// ignored), read again when it changes, so a token is added or revoked without a restart.
+/// Tokens are compared in constant time: every configured token is compared in full,
+/// whatever matches.
+public final class TokenStore: Sendable {
+    public struct ReadError: Error, CustomStringConvertible, Sendable {
+        public var description: String
+    }
+
+    let path: String?
+    private let state: Mutex<(tokens: [[UInt8]], modified: timespec?, checkedAt: ContinuousClock.Instant?)>
+
+    /// `path` nil: no tokens (every change is refused).
+    public init(path: String?) throws(ReadError) {
+        self.path = path
+        let tokens = try path.map { path throws(ReadError) in try Self.read(path: path) } ?? []
+        state = Mutex((tokens, path.flatMap(Self.modificationTime), ContinuousClock.now))
+    }
+
+    public var isConfigured: Bool { path != nil }
+
+    /// Reads a token file: one token per line, blank lines and `#` comments ignored.
+    public static func read(path: String) throws(ReadError) -> [[UInt8]] {
+        let text: String
+        do {
+            text = try String(contentsOfFile: path, encoding: .utf8)
+        } catch {
+            throw ReadError(description: "cannot read the token file '\(path)': \(error.localizedDescription)")
+        }
+        let tokens = text.split(whereSeparator: \.isNewline)
+            .map { $0.trimmed }
+            .filter { !$0.isEmpty && !$0.hasPrefix("#") }
+        for token in tokens where token.count < 16 || token.contains(where: \.isWhitespace) {
+            throw ReadError(description: "the token file '\(path)' holds a token shorter than 16 characters or with spaces; use long random tokens (openssl rand -hex 32)")
+        }
+        return tokens.map { Array($0.utf8) }
+    }
+
+    static func modificationTime(_ path: String) -> timespec? {
+        var info = stat()
+        guard stat(path, &info) == 0 else { return nil }
+        return info.st_mtim
+    }
+
+    /// Whether `candidate` is one of the tokens.
+    public func accepts(_ candidate: some StringProtocol) -> Bool {
+        let tokens = current()
+        let bytes = Array(candidate.utf8)
+        var matched: UInt8 = 0
+        for token in tokens { matched |= Self.constantTimeEqual(token, bytes) ? 1 : 0 }
+        return matched == 1
+    }
+
+    /// Compares every byte of the longer of the two, so the time taken does not tell how
+    /// much of a guess was right.
+    static func constantTimeEqual(_ a: [UInt8], _ b: [UInt8]) -> Bool {
+        var difference = UInt8(truncatingIfNeeded: a.count ^ b.count)
+        let n = max(a.count, b.count)
+        for i in 0..<n {
+            let x = i < a.count ? a[i] : 0
+            let y = i < b.count ? b[i] : 0
+            difference |= x ^ y
+        }
+        return difference == 0
+    }
+
+    /// The tokens, read again when the file changed (looked at most once a second). A file
+    /// that became unreadable keeps the last good tokens.
+    private func current() -> [[UInt8]] {
+        guard let path else { return [] }
+        return state.withLock { s in
+            let now = ContinuousClock.now
+            if let checked = s.checkedAt, now - checked < .seconds(1) { return s.tokens }
+            s.checkedAt = now
+            let modified = Self.modificationTime(path)
+            if let modified, let previous = s.modified, modified.tv_sec == previous.tv_sec, modified.tv_nsec == previous.tv_nsec {
+                return s.tokens
+            }
+            if let tokens = try? Self.read(path: path) {
+                s.tokens = tokens
+                s.modified = modified
+            }
+            return s.tokens
+        }
+    }
+}
+
+/// `HOST:PORT`, `[IPv6]:PORT`.
+public struct HTTPAddress: Sendable, Hashable, CustomStringConvertible {
+    public var host: String
+    public var port: Int
+
+    public init?(_ text: String) {
+        let host: Substring
+        let port: Substring
+        if text.hasPrefix("[") {
+            guard let close = text.firstIndex(of: "]"), text[text.index(after: close)...].hasPrefix(":") else { return nil }
+            host = text[text.index(after: text.startIndex)..<close]
+            port = text[text.index(close, offsetBy: 2)...]
+        } else {
+            guard let colon = text.lastIndex(of: ":") else { return nil }
+            host = text[..<colon]
+            port = text[text.index(after: colon)...]
+        }
+        guard !host.isEmpty, let number = Int(port), (0...65535).contains(number) else { return nil }
+        self.host = String(host)
+        self.port = number
+    }
+
+    public var description: String { host.contains(":") ? "[\(host)]:\(port)" : "\(host):\(port)" }
+}

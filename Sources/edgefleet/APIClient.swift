@@ -1,0 +1,146 @@
+import ArgumentParser
+import CommandSupport
+import FleetCore
+import Foundation
+
+#if canImport(FoundationNetworking)
+import FoundationNetworking
+#endif
+
+/// A failure the CLI reports in one line and maps to its exit code (contract: 0 ok,
+/// 1 failure, 2 usage, 3 not found, 4 refused by the server).
+struct CLIFailure: Error, CustomStringConvertible {
+    var code: Int32
+    var description: String
+
+    static func failure(_ message: String) -> CLIFailure { CLIFailure(code: EdgeFleetExit.failure, description: message) }
+    static func usage(_ message: String) -> CLIFailure { CLIFailure(code: EdgeFleetExit.usage, description: message) }
+}
+
+/// The options every command that talks to the aggregator takes.
+struct ClientOptions: ParsableArguments {
+    @Option(help: "The aggregator's HTTP API (default $EDGEFLEET_SERVER or http://127.0.0.1:8080).") var server: String?
+    @Option(help: "File holding the API token (default: $EDGEFLEET_TOKEN, or the file $EDGEFLEET_TOKEN_FILE).") var tokenFile: String?
+    @Option(help: "table or json.") var output: OutputFormat = .table
+
+    func client() throws -> APIClient {
+        let environment = ProcessInfo.processInfo.environment
+        let text = server ?? environment["EDGEFLEET_SERVER"] ?? "http://127.0.0.1:8080"
+        guard let url = URL(string: text.hasSuffix("/") ? String(text.dropLast()) : text), let scheme = url.scheme,
+            scheme == "http" || scheme == "https", url.host != nil
+        else {
+            throw CLIFailure.usage("--server: expected a URL like http://127.0.0.1:8080, got '\(text)'")
+        }
+        var token: String?
+        if let path = tokenFile ?? (environment["EDGEFLEET_TOKEN"] == nil ? environment["EDGEFLEET_TOKEN_FILE"] : nil) {
+            guard let contents = try? String(contentsOfFile: path, encoding: .utf8) else {
+                throw CLIFailure.usage("--token-file: cannot read '\(path)'")
+            }
+            token = contents.split(whereSeparator: \.isNewline).map { $0.trimmingCharacters(in: .whitespaces) }
+                .first { !$0.isEmpty && !$0.hasPrefix("#") }
+            if token == nil { throw CLIFailure.usage("--token-file: '\(path)' holds no token") }
+        } else if let value = environment["EDGEFLEET_TOKEN"], !value.isEmpty {
+            token = value
+        }
+        return APIClient(base: url, token: token)
+    }
+}
+
+enum OutputFormat: String, ExpressibleByArgument, CaseIterable {
+    case table, json
+}
+
+/// The aggregator's HTTP API, through URLSession.
+struct APIClient {
+    let base: URL
+    let token: String?
+
+    static let session: URLSession = {
+        let configuration = URLSessionConfiguration.ephemeral
+        configuration.timeoutIntervalForRequest = 30
+        return URLSession(configuration: configuration)
+    }()
+
+    /// The operator's name for the queue's history: `user@host`.
+    static let operatorName: String = {
+        let environment = ProcessInfo.processInfo.environment
+        let user = environment["USER"] ?? environment["LOGNAME"] ?? "operator"
+        return "\(user)@\(ProcessInfo.processInfo.hostName)"
+    }()
+
+    func get<T: Decodable>(_ path: String, query: [(String, String?)] = [], as type: T.Type) async throws -> T {
+        try await send("GET", path, query: query, body: nil as String?, as: type)
+    }
+
+    func post<T: Decodable, B: Encodable>(_ path: String, body: B?, as type: T.Type) async throws -> T {
+        try await send("POST", path, query: [], body: body, as: type)
+    }
+
+    func send<T: Decodable, B: Encodable>(_ method: String, _ path: String, query: [(String, String?)], body: B?, as type: T.Type)
+        async throws -> T
+    {
+        var components = URLComponents(url: base.appendingPathComponent(path), resolvingAgainstBaseURL: false)!
+        let items = query.compactMap { name, value in value.map { URLQueryItem(name: name, value: $0) } }
+        if !items.isEmpty { components.queryItems = items }
+        var request = URLRequest(url: components.url!)
+        request.httpMethod = method
+        request.setValue("application/json", forHTTPHeaderField: "Accept")
+        request.setValue(Self.operatorName, forHTTPHeaderField: "X-EdgeFleet-Operator")
+        if let token { request.setValue("Bearer \(token)", forHTTPHeaderField: "Authorization") }
+        if let body {
+            request.httpBody = Data(try FleetJSON.encode(body))
+            request.setValue("application/json", forHTTPHeaderField: "Content-Type")
+        }
+        let data: Data
+        let response: URLResponse
+        do {
+            (data, response) = try await Self.session.data(for: request)
+        } catch {
+            throw CLIFailure.failure(
+                "cannot reach the aggregator at \(base.absoluteString): \(error.localizedDescription). Is it running? Point --server or EDGEFLEET_SERVER at it."
+            )
+        }
+        let status = (response as? HTTPURLResponse)?.statusCode ?? 0
+        guard (200..<300).contains(status) else { throw Self.failure(status: status, data: data, base: base) }
+        do {
+            return try FleetJSON.decode(T.self, from: Array(data))
+        } catch {
+            throw CLIFailure.failure("the aggregator at \(base.absoluteString) answered something this CLI cannot read (\(error)); is it the same version?")
+        }
+    }
+
+    static func failure(status: Int, data: Data, base: URL) -> CLIFailure {
+        let body = try? FleetJSON.decode(APIErrorBody.self, from: Array(data))
+        var message = body?.error.message ?? "HTTP \(status)"
+        if let workaround = body?.error.workaround { message += "\nworkaround: \(workaround)" }
+        switch status {
+        case 401:
+            return CLIFailure(
+                code: EdgeFleetExit.refused, description: "\(message): pass --token-file FILE or set EDGEFLEET_TOKEN (a token from the aggregator's --token-file)")
+        case 403:
+            return CLIFailure(code: EdgeFleetExit.refused, description: "refused: \(message)")
+        case 404:
+            return CLIFailure(code: EdgeFleetExit.notFound, description: message)
+        case 400..<500:
+            return CLIFailure(code: EdgeFleetExit.refused, description: "refused: \(message)")
+        default:
+            return CLIFailure(code: EdgeFleetExit.failure, description: "the aggregator at \(base.absoluteString) failed: \(message)")
+        }
+    }
+
+    /// Every page of a paginated listing.
+    func all<Page: Decodable>(
+        _ path: String, query: [(String, String?)], as type: Page.Type, items: (Page) -> Int, next: (Page) -> String?, max: Int = .max
+    ) async throws -> [Page] {
+        var pages: [Page] = []
+        var cursor: String?
+        var count = 0
+        repeat {
+            let page = try await get(path, query: query + [("limit", "1000"), ("cursor", cursor)], as: type)
+            pages.append(page)
+            count += items(page)
+            cursor = next(page)
+        } while cursor != nil && count < max
+        return pages
+    }
+}

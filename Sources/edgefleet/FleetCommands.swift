@@ -1,0 +1,139 @@
+import ArgumentParser
+import FleetCore
+import Foundation
+
+/// `edgefleet status`: the fleet summary.
+struct StatusCommand: ClientCommand {
+    static let configuration = CommandConfiguration(commandName: "status", abstract: "The fleet at a glance: modes, liveness, queue, nearest deadlines.")
+    @OptionGroup var options: ClientOptions
+
+    func execute(_ api: APIClient) async throws {
+        let summary = try await api.get("/v1/fleet", as: FleetSummary.self)
+        if options.output == .json { return try Out.json(summary) }
+        print("\(Terminal.bold("\(summary.sites) sites")) · fleet \(summary.fleetMode.rawValue) · \(Out.time(summary.at))")
+        var modes = Table(["MODE", "SITES"])
+        for (mode, count) in [
+            (ConnectivityMode.connected, summary.modes.connected), (.semiConnected, summary.modes.semiConnected),
+            (.disconnected, summary.modes.disconnected), (.unknown, summary.modes.unknown),
+        ] {
+            modes.add([Terminal.mode(mode), "\(count)"])
+        }
+        print(modes.render())
+        print("agents: \(summary.liveness.online) online · \(summary.liveness.stale) stale · \(summary.liveness.offline) offline")
+        let queue = summary.queue
+        print(
+            "queue: \(queue["queued"] ?? 0) queued · \(queue["blocked"] ?? 0) blocked · \(queue["dispatching"] ?? 0) running · \(queue["failed"] ?? 0) failed"
+        )
+        if !summary.nearestDeadlines.isEmpty {
+            print("\nnearest deadlines")
+            var table = Table(["SITE", "MODE", "LEFT", "DEADLINE"])
+            for entry in summary.nearestDeadlines {
+                table.add([entry.site.rawValue, Terminal.mode(entry.mode), DurationFormat.human(seconds: entry.remainingS), Out.time(entry.deadline)])
+            }
+            print(table.render())
+        }
+    }
+}
+
+/// `edgefleet sites [--mode M]`: every site, nearest deadline first.
+struct SitesCommand: ClientCommand {
+    static let configuration = CommandConfiguration(commandName: "sites", abstract: "Every site with its mode, time left and queue, nearest deadline first.")
+    @OptionGroup var options: ClientOptions
+    @Option(help: "Only sites in this mode: connected, semi-connected, disconnected, unknown.") var mode: ConnectivityMode?
+    @Option(help: "Only sites whose agent is online, stale or offline.") var liveness: Liveness?
+
+    func execute(_ api: APIClient) async throws {
+        let pages = try await api.all(
+            "/v1/sites", query: [("mode", mode?.rawValue), ("liveness", liveness?.rawValue)], as: SiteList.self, items: { $0.sites.count },
+            next: { $0.nextCursor })
+        var sites = pages.flatMap(\.sites)
+        sites.sort { a, b in
+            switch (a.deadline, b.deadline) {
+            case let (x?, y?): x != y ? x < y : a.site < b.site
+            case (nil, nil): a.site < b.site
+            case (_?, nil): true
+            case (nil, _?): false
+            }
+        }
+        if options.output == .json { return try Out.json(sites) }
+        if sites.isEmpty {
+            print(mode.map { "no site is \($0.rawValue)" } ?? "no site has reported yet")
+            return
+        }
+        var table = Table(["SITE", "MODE", "AGENT", "LEFT", "DEADLINE", "QUEUE", "CHECKS"], flexible: 0)
+        for view in sites {
+            let depth = view.queue.queued + view.queue.blocked + view.queue.dispatching
+            var queue = "\(depth)"
+            if view.queue.blocked > 0 { queue += " (\(view.queue.blocked) blocked)" }
+            if view.queue.failed > 0 { queue += " +\(view.queue.failed) failed" }
+            let checks = view.checks.fail > 0 ? Terminal.paint("\(view.checks.fail) fail", "31") : view.checks.warn > 0 ? "\(view.checks.warn) warn" : view.checks.pass > 0 ? "ok" : "—"
+            table.add([
+                view.site.rawValue, Terminal.mode(view.mode) + (view.projected ? "*" : ""), Terminal.liveness(view.liveness),
+                view.mode == .connected ? "—" : Out.left(view), Out.time(view.deadline), queue, checks,
+            ])
+        }
+        print(table.render())
+        if sites.contains(where: \.projected) { print("* projected from the agent's last report (the agent is silent)") }
+    }
+}
+
+/// `edgefleet site SITE`: one site, what works there now, and its operations.
+struct SiteCommand: ClientCommand {
+    static let configuration = CommandConfiguration(commandName: "site", abstract: "One site: its mode and deadline, what works there now, its operations.")
+    @OptionGroup var options: ClientOptions
+    @Argument(help: "The site id.") var site: String
+
+    struct Combined: Encodable {
+        var detail: SiteDetail
+        var capabilities: SiteCapabilities
+        var operations: [DeferredOperation]
+    }
+
+    func validate() throws {
+        if let problem = SiteID.problem(with: site) { throw ValidationError("SITE: \(problem)") }
+    }
+
+    func execute(_ api: APIClient) async throws {
+        let detail = try await api.get("/v1/sites/\(site)", as: SiteDetail.self)
+        let capabilities = try await api.get("/v1/sites/\(site)/capabilities", as: SiteCapabilities.self)
+        let operations = try await api.get("/v1/operations", query: [("site", site), ("limit", "1000")], as: OperationList.self).operations
+        if options.output == .json { return try Out.json(Combined(detail: detail, capabilities: capabilities, operations: operations)) }
+        let view = detail.view
+        print("\(Terminal.bold(site))  \(Terminal.mode(view.mode))\(view.projected ? " (projected: the agent is silent)" : "")")
+        var facts: [(String, String)] = [
+            ("time left", view.mode == .connected ? "— (connected)" : Out.left(view)),
+            ("deadline", view.deadline.map { "\(Out.time($0)) (\(view.deadlineReason?.rawValue ?? ""))" } ?? "—"),
+            ("last Azure contact", "\(Out.time(view.lastAzureContactAt)) (\(Out.ago(view.lastAzureContactAt)))"),
+            ("agent", "\(Terminal.liveness(view.liveness)), last heartbeat \(Out.ago(view.lastHeartbeatAt))"
+                + (detail.agent.map { ", \($0.version) on \($0.host)" } ?? "")),
+            ("certificates", detail.certificateExpiry.map { "expire \(Out.time($0))" } ?? "—"),
+        ]
+        if let cluster = detail.cluster {
+            facts.append(("cluster", [cluster.name, cluster.resourceGroup, cluster.kubernetesVersion.map { "Kubernetes \($0)" }].compactMap { $0 }.joined(separator: " · ")))
+        }
+        for (name, value) in facts { print("  \(name.padding(toLength: 19, withPad: " ", startingAt: 0)) \(value)") }
+
+        print("\nwhat works here now")
+        var table = Table(["OPERATION", "NOW", "WHY / WORKAROUND"])
+        for kind in capabilities.kinds {
+            let now = kind.available ? Terminal.paint("works", "32") : Terminal.paint(kind.queueable ? "queue it" : "not now", "31")
+            table.add([kind.kind.rawValue, now, kind.workaround.map { "\(kind.reason); workaround: \($0)" } ?? kind.reason])
+        }
+        print(table.render())
+
+        if !detail.checks.isEmpty {
+            print("\nchecks")
+            var checks = Table(["CHECK", "STATE", "OUTPUT"])
+            for check in detail.checks {
+                checks.add([check.name, check.state.rawValue, check.output.replacingOccurrences(of: "\n", with: " ")])
+            }
+            print(checks.render())
+        }
+        print("\noperations")
+        if operations.isEmpty {
+            print("  none")
+        } else {
+            print(QueueTable.render(operations.suffix(20)))
+        }
+    }
+}

@@ -1,0 +1,148 @@
+import FleetCore
+import Foundation
+import TestSupport
+
+/// The aggregator as its own process with its HTTP API on a free port, a token file, the
+/// stand-in `az` on its PATH, and thresholds that hold four modes still for minutes:
+/// connected within 2 s, a 1 h budget.
+struct OperatorFixture {
+    static let token = "test-token-0123456789abcdef"
+
+    let fleet: AggregatorFixture
+    let az: StandInAzure
+    let port: Int
+    let directory: String
+    var tokenFile: String { directory + "/tokens" }
+
+    static func start(publicReads: Bool = false, withTokens: Bool = true, extra: [String] = []) async throws -> OperatorFixture {
+        let az = try StandInAzure()
+        let directory = try temporaryDirectory("edgefleet-operator")
+        try "# operators\n\(token)\n\nsecond-token-abcdefghijklmnop\n".write(toFile: directory + "/tokens", atomically: true, encoding: .utf8)
+        try """
+            executors:
+              cluster.upgrade:
+                argv: [az, aksarc, upgrade, --name, "{cluster.name}", --kubernetes-version, "{params.kubernetesVersion}", --yes]
+                timeout: 30s
+              extension.install:
+                argv: [az, k8s-extension, create, --cluster-name, "{cluster.name}", --name, "{params.name}"]
+                timeout: 30s
+              nodepool.scale:
+                argv: [az, aksarc, nodepool, scale, --cluster-name, "{cluster.name}", --name, "{params.pool}", --node-count, "{params.count}"]
+                timeout: 30s
+            """.write(toFile: directory + "/aggregator.yaml", atomically: true, encoding: .utf8)
+        var environment = ProcessInfo.processInfo.environment
+        environment["PATH"] = az.directory + ":" + (environment["PATH"] ?? "/usr/bin:/bin")
+        var flags = [
+            "--config", directory + "/aggregator.yaml", "--connected-within", "2s", "--budget", "1h", "--warn-before", "10m",
+            "--critical-before", "5m", "--stable-for", "500ms", "--view-refresh", "1s", "--summary-interval", "200ms",
+            "--flush-interval", "200ms", "--dispatch-interval", "100ms", "--http", "127.0.0.1:0",
+        ]
+        if withTokens { flags += ["--token-file", directory + "/tokens"] }
+        if publicReads { flags += ["--public-reads", "true"] }
+        let fleet = try await AggregatorFixture.start(flags: flags + extra, environment: environment)
+        do {
+            let port = try await Self.listeningPort(fleet.aggregator)
+            return OperatorFixture(fleet: fleet, az: az, port: port, directory: directory)
+        } catch {
+            fleet.stop()
+            az.remove()
+            throw error
+        }
+    }
+
+    /// The port from the aggregator's "HTTP API listening on http://127.0.0.1:PORT" line.
+    static func listeningPort(_ aggregator: AggregatorProcess) async throws -> Int {
+        try await withTimeout(.seconds(20), "the HTTP API to listen") {
+            while true {
+                if let range = aggregator.output.range(of: #"HTTP API listening on http://127\.0\.0\.1:[0-9]+"#, options: .regularExpression),
+                    let port = Int(aggregator.output[range].split(separator: ":").last ?? "")
+                {
+                    return port
+                }
+                try await Task.sleep(for: .milliseconds(50))
+            }
+        }
+    }
+
+    /// Four sites, one in each mode, reporting cluster metadata; waits until the aggregator
+    /// shows each in its mode.
+    func fourModes() async throws -> [SimulatedSite] {
+        let now = Date()
+        let plan: [(String, Date?, ConnectivityMode)] = [
+            ("site-connected", now, .connected), ("site-semi", now.addingTimeInterval(-20 * 60), .semiConnected),
+            ("site-gone", now.addingTimeInterval(-2 * 3600), .disconnected), ("site-new", nil, .unknown),
+        ]
+        var sites: [SimulatedSite] = []
+        for (name, contact, mode) in plan {
+            let site = try SimulatedSite(name, brokerURL: fleet.broker.url)
+            if mode != .connected { site.reportContact(at: contact) }
+            try await site.connect()
+            try await site.status(
+                cluster: ClusterInfo(name: "aks-\(name)", resourceGroup: "rg-edge", kubernetesVersion: "1.29.4"),
+                checks: [
+                    CheckResult(name: "nodes-ready", state: .pass, observedAt: now, durationMs: 40, output: "3/3 nodes Ready"),
+                    CheckResult(
+                        name: "arc-agents", state: mode == .connected ? .pass : .warn, observedAt: now, durationMs: 55,
+                        output: mode == .connected ? "all Arc agents running" : "clusterconnect-agent cannot reach Azure"),
+                ],
+                capabilities: ["clusterAutoscaler": name == "site-semi"])
+            site.startBeating()
+            sites.append(site)
+        }
+        for (name, _, mode) in plan {
+            _ = try await fleet.messages.view(name, "\(name) \(mode.rawValue)") { $0.mode == mode }
+        }
+        return sites
+    }
+
+    // MARK: - HTTP
+
+    func get(_ target: String, token: String? = OperatorFixture.token) throws -> HTTPResponse {
+        try HTTP.get(port: port, target, token: token)
+    }
+
+    func post(_ target: String, _ json: String? = nil, token: String? = OperatorFixture.token) throws -> HTTPResponse {
+        try HTTP.post(port: port, target, token: token, json: json)
+    }
+
+    /// Submits through the API; returns the operation id.
+    func submit(_ site: String, _ kind: String, _ params: [String: String] = [:], extra: String = "") throws -> String {
+        let paramsJSON = params.map { "\"\($0.key)\": \"\($0.value)\"" }.joined(separator: ", ")
+        let response = try post("/v1/operations", #"{"site": "\#(site)", "kind": "\#(kind)", "params": {\#(paramsJSON)}\#(extra)}"#)
+        guard response.status == 201, let operation = try response.json()["operation"] as? [String: Any], let id = operation["id"] as? String
+        else {
+            throw TestSupportError("submission failed: \(response.status) \(response.text)")
+        }
+        return id
+    }
+
+    func operation(_ id: String) throws -> [String: Any] { try get("/v1/operations/\(id)").json() }
+
+    func waitForState(_ id: String, _ state: String, timeout: Duration = .seconds(30)) async throws {
+        try await withTimeout(timeout, "\(id) to be \(state)") {
+            while try operation(id)["state"] as? String != state { try await Task.sleep(for: .milliseconds(50)) }
+        }
+    }
+
+    // MARK: - The CLI
+
+    /// Runs the built `edgefleet` against this aggregator, with the token in the environment
+    /// unless `token` is nil, and `NO_COLOR` so the output is plain.
+    func cli(_ arguments: [String], token: String? = OperatorFixture.token, environment extra: [String: String] = [:]) throws
+        -> (status: Int32, stdout: String, stderr: String)
+    {
+        var environment = ProcessInfo.processInfo.environment
+        environment["EDGEFLEET_SERVER"] = "http://127.0.0.1:\(port)"
+        environment["EDGEFLEET_TOKEN"] = token
+        environment["NO_COLOR"] = "1"
+        environment.removeValue(forKey: "COLUMNS")
+        for (key, value) in extra { environment[key] = value }
+        return try run(builtProduct("edgefleet"), arguments, environment: environment)
+    }
+
+    func stop() {
+        fleet.stop()
+        az.remove()
+        try? FileManager.default.removeItem(atPath: directory)
+    }
+}
