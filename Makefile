@@ -1,5 +1,5 @@
 # EdgeFleet: the commands a new user needs. See README.md.
-.PHONY: deps build release test demo bench clean
+.PHONY: deps build release test demo bench screenshot clean
 
 deps:
 	@scripts/install-deps.sh
@@ -24,6 +24,11 @@ demo:
 	@echo "it arrives with the fleet simulator issue. Today EdgeFleet has its MQTT client," >&2
 	@echo "the contract in code and their tests: run 'make test'." >&2
 	@exit 1
+
+# Refreshes docs/dashboard.png: the dashboard with a site in each mode, in headless Chromium.
+screenshot: deps
+	swift build --build-tests
+	EDGEFLEET_SCREENSHOT=$(CURDIR)/docs/dashboard.png swift test --skip-build --filter "DashboardTests/chromium"
 
 # Runs every benchmark and rewrites docs/benchmarks.md.
 bench: deps

@@ -47,7 +47,7 @@ def bin_dir():
 def start_aggregator(binary, port, directory, extra=()):
     log = open(os.path.join(directory, "aggregator.log"), "a")
     proc = subprocess.Popen([binary, "--broker", f"mqtt://127.0.0.1:{port}", "--db", os.path.join(directory, "fleet.sqlite"),
-                             "--log-level", "warning", *extra], stdout=log, stderr=subprocess.STDOUT)
+                             "--http", "127.0.0.1:0", "--log-level", "warning", *extra], stdout=log, stderr=subprocess.STDOUT)
     wait_retained(port, "edgefleet/v1/aggregator/presence", timeout=30)
     return proc
 

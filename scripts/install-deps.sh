@@ -3,7 +3,11 @@
 # Safe to run again: it does nothing when everything is there.
 set -euo pipefail
 
-packages=(mosquitto mosquitto-clients libmosquitto-dev libsqlite3-dev libssl-dev libyaml-dev openssl pkg-config python3)
+# Build and run: the broker, libmosquitto, SQLite, OpenSSL, libyaml. Tests also use Debian's
+# chromium (the dashboard, headless), prometheus (promtool checks /metrics and the alerting
+# rules) and bsdutils (`script` gives the CLI a terminal).
+packages=(mosquitto mosquitto-clients libmosquitto-dev libsqlite3-dev libssl-dev libyaml-dev openssl pkg-config python3
+    chromium fonts-dejavu-core prometheus bsdutils curl)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -91,7 +91,12 @@ struct AggregatorCommand: AsyncParsableCommand {
             logger.info("HTTP API listening on http://\(bound)", metadata: ["dashboard": "http://\(bound)/"])
         }
         let group = ServiceGroup(services: [service, http], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger)
-        try await group.run()
+        do {
+            try await group.run()
+        } catch where "\(error)".contains("bind(") {
+            printError("edgefleet-aggregator: cannot listen on \(address) (--http): \(error)")
+            throw ExitCode(EdgeFleetExit.failure)
+        }
     }
 }
 

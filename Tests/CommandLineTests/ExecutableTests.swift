@@ -28,11 +28,32 @@ struct ExecutableTests {
         #expect(result.stderr.contains("--no-such-flag"))
     }
 
-    @Test("running the stubs says plainly that the service is not built yet", arguments: ["edgefleet"])
-    func stub(_ name: String) throws {
-        let result = try run(try builtProduct(name), [])
-        #expect(result.status == 2)
-        #expect(result.stderr.contains("not part of this build yet"))
+    @Test("edgefleet without a command lists its commands and the exit codes")
+    func cliOverview() throws {
+        let result = try run(try builtProduct("edgefleet"), [])
+        #expect(result.status == 0)
+        for command in ["status", "sites", "site", "ops", "queue", "watch"] {
+            #expect(result.stdout.contains("\n  \(command) "), "\(command) is not listed")
+        }
+        #expect(result.stdout.contains("4 refused"))
+    }
+
+    @Test("the aggregator refuses a bad HTTP address, an unreadable or weak token file, a bad --public-reads")
+    func aggregatorHTTPSettings() throws {
+        let aggregator = try builtProduct("edgefleet-aggregator")
+        let directory = try temporaryDirectory("edgefleet-http-settings")
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        try "short\n".write(toFile: directory + "/weak", atomically: true, encoding: .utf8)
+        for (flags, key) in [
+            (["--http", "8080"], "http"), (["--http", "host:99999"], "http"), (["--token-file", directory + "/none"], "tokenFile"),
+            (["--token-file", directory + "/weak"], "tokenFile"), (["--public-reads", "maybe"], "publicReads"),
+        ] {
+            let result = try run(aggregator, ["--check-config"] + flags, environment: [:])
+            #expect(result.status == 2, "\(flags)")
+            #expect(result.stderr.contains(key), "\(flags): \(result.stderr)")
+        }
+        let good = try run(aggregator, ["--check-config", "--http", "[::1]:0", "--public-reads", "yes"], environment: [:])
+        #expect(good.status == 0 && good.stdout.contains("reads open") && good.stdout.contains("changes refused"))
     }
 
     @Test("the agent validates its configuration: a bad setting exits 2 naming the key; --check-config prints it")
@@ -71,14 +92,15 @@ struct ExecutableTests {
         defer { try? FileManager.default.removeItem(atPath: directory) }
         let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
         var example = try String(contentsOf: root.appendingPathComponent("deploy/aggregator.example.yaml"), encoding: .utf8)
-        for name in ["password", "ca.crt"] {
-            FileManager.default.createFile(atPath: "\(directory)/\(name)", contents: Data("secret\n".utf8))
+        for name in ["password", "ca.crt", "tokens"] {
+            FileManager.default.createFile(atPath: "\(directory)/\(name)", contents: Data("secret-long-enough-for-a-token\n".utf8))
             example = example.replacingOccurrences(of: "/etc/edgefleet/aggregator/\(name)", with: "\(directory)/\(name)")
         }
         try example.write(toFile: "\(directory)/aggregator.yaml", atomically: true, encoding: .utf8)
         let loaded = try run(aggregator, ["--check-config", "--config", "\(directory)/aggregator.yaml"], environment: [:])
         #expect(loaded.status == 0, "\(loaded.stderr)")
         #expect(loaded.stdout.contains("budget 30d") && loaded.stdout.contains("as edgefleet-aggregator (password set)"))
+        #expect(loaded.stdout.contains("tokens from \(directory)/tokens, reads need a token"))
         // Every queueable kind has its az command.
         for kind in ["cluster.create", "cluster.update", "cluster.upgrade", "cluster.delete", "nodepool.add", "nodepool.scale",
                      "metallb.configure", "monitoring.configure", "gitops.configure", "extension.install", "extension.update", "extension.delete"] {

@@ -24,7 +24,7 @@ enum Short {
 }
 
 /// The real `edgefleet-aggregator` binary as a subprocess.
-final class AggregatorProcess {
+final class AggregatorProcess: @unchecked Sendable {  // immutable; ChildProcess guards its own state
     let process: ChildProcess
     let log: String
 
@@ -32,7 +32,8 @@ final class AggregatorProcess {
         log = database + "-\(UUID().uuidString.prefix(6)).log"
         process = try ChildProcess(
             try builtProduct("edgefleet-aggregator").path,
-            ["--broker", broker.url, "--db", database, "--log-level", "debug"] + flags + extra, outputPath: log,
+            // Any free port for the HTTP API: tests run side by side, and 8080 may be taken.
+            ["--broker", broker.url, "--db", database, "--log-level", "debug"] + (flags + extra).withDefaultHTTP + flags + extra, outputPath: log,
             environment: environment)
     }
 
@@ -59,6 +60,11 @@ final class AggregatorProcess {
             process.wait()
         }
     }
+}
+
+extension [String] {
+    /// `--http 127.0.0.1:0` unless these flags name an address.
+    var withDefaultHTTP: [String] { contains("--http") ? [] : ["--http", "127.0.0.1:0"] }
 }
 
 /// A broker, an aggregator process on a database in a temporary directory, and an

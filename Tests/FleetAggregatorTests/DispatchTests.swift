@@ -85,7 +85,8 @@ struct DispatchFixture {
         } catch {
             let all = ids.compactMap { try? service.queue.store.operation(id: $0) }
             let byState = Dictionary(grouping: all, by: \.state).mapValues(\.count)
-            throw TestSupportError("\(error); states: \(byState)")
+            let unexpected = all.first { !states.contains($0.state) }.map { " first other: \($0.id) \($0.state): \($0.history.map(\.note))" } ?? ""
+            throw TestSupportError("\(error); states: \(byState)\(unexpected)")
         }
     }
 }

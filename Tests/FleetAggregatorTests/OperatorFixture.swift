@@ -4,8 +4,8 @@ import TestSupport
 
 /// The aggregator as its own process with its HTTP API on a free port, a token file, the
 /// stand-in `az` on its PATH, and thresholds that hold four modes still for minutes:
-/// connected within 2 s, a 1 h budget.
-struct OperatorFixture {
+/// connected within 5 s, a 1 h budget.
+struct OperatorFixture: @unchecked Sendable {  // immutable after start; its parts are used from test tasks
     static let token = "test-token-0123456789abcdef"
 
     let fleet: AggregatorFixture
@@ -27,13 +27,13 @@ struct OperatorFixture {
                 argv: [az, k8s-extension, create, --cluster-name, "{cluster.name}", --name, "{params.name}"]
                 timeout: 30s
               nodepool.scale:
-                argv: [az, aksarc, nodepool, scale, --cluster-name, "{cluster.name}", --name, "{params.pool}", --node-count, "{params.count}"]
+                argv: [az, aksarc, nodepool, scale, --cluster-name, "{cluster.name}", --name, "{params.nodepool}", --node-count, "{params.count}"]
                 timeout: 30s
             """.write(toFile: directory + "/aggregator.yaml", atomically: true, encoding: .utf8)
         var environment = ProcessInfo.processInfo.environment
         environment["PATH"] = az.directory + ":" + (environment["PATH"] ?? "/usr/bin:/bin")
         var flags = [
-            "--config", directory + "/aggregator.yaml", "--connected-within", "2s", "--budget", "1h", "--warn-before", "10m",
+            "--config", directory + "/aggregator.yaml", "--connected-within", "5s", "--budget", "1h", "--warn-before", "10m",
             "--critical-before", "5m", "--stable-for", "500ms", "--view-refresh", "1s", "--summary-interval", "200ms",
             "--flush-interval", "200ms", "--dispatch-interval", "100ms", "--http", "127.0.0.1:0",
         ]
@@ -97,18 +97,18 @@ struct OperatorFixture {
 
     // MARK: - HTTP
 
-    func get(_ target: String, token: String? = OperatorFixture.token) throws -> HTTPResponse {
-        try HTTP.get(port: port, target, token: token)
+    func get(_ target: String, token: String? = OperatorFixture.token) async throws -> HTTPResponse {
+        try await HTTP.get(port: port, target, token: token)
     }
 
-    func post(_ target: String, _ json: String? = nil, token: String? = OperatorFixture.token) throws -> HTTPResponse {
-        try HTTP.post(port: port, target, token: token, json: json)
+    func post(_ target: String, _ json: String? = nil, token: String? = OperatorFixture.token) async throws -> HTTPResponse {
+        try await HTTP.post(port: port, target, token: token, json: json)
     }
 
     /// Submits through the API; returns the operation id.
-    func submit(_ site: String, _ kind: String, _ params: [String: String] = [:], extra: String = "") throws -> String {
+    func submit(_ site: String, _ kind: String, _ params: [String: String] = [:], extra: String = "") async throws -> String {
         let paramsJSON = params.map { "\"\($0.key)\": \"\($0.value)\"" }.joined(separator: ", ")
-        let response = try post("/v1/operations", #"{"site": "\#(site)", "kind": "\#(kind)", "params": {\#(paramsJSON)}\#(extra)}"#)
+        let response = try await post("/v1/operations", #"{"site": "\#(site)", "kind": "\#(kind)", "params": {\#(paramsJSON)}\#(extra)}"#)
         guard response.status == 201, let operation = try response.json()["operation"] as? [String: Any], let id = operation["id"] as? String
         else {
             throw TestSupportError("submission failed: \(response.status) \(response.text)")
@@ -116,11 +116,13 @@ struct OperatorFixture {
         return id
     }
 
-    func operation(_ id: String) throws -> [String: Any] { try get("/v1/operations/\(id)").json() }
+    func operation(_ id: String) async throws -> [String: Any] { try await get("/v1/operations/\(id)").json() }
+
+    func state(_ id: String) async throws -> String? { try await operation(id)["state"] as? String }
 
     func waitForState(_ id: String, _ state: String, timeout: Duration = .seconds(30)) async throws {
         try await withTimeout(timeout, "\(id) to be \(state)") {
-            while try operation(id)["state"] as? String != state { try await Task.sleep(for: .milliseconds(50)) }
+            while try await self.state(id) != state { try await Task.sleep(for: .milliseconds(50)) }
         }
     }
 
@@ -128,7 +130,7 @@ struct OperatorFixture {
 
     /// Runs the built `edgefleet` against this aggregator, with the token in the environment
     /// unless `token` is nil, and `NO_COLOR` so the output is plain.
-    func cli(_ arguments: [String], token: String? = OperatorFixture.token, environment extra: [String: String] = [:]) throws
+    func cli(_ arguments: [String], token: String? = OperatorFixture.token, environment extra: [String: String] = [:]) async throws
         -> (status: Int32, stdout: String, stderr: String)
     {
         var environment = ProcessInfo.processInfo.environment
@@ -137,7 +139,7 @@ struct OperatorFixture {
         environment["NO_COLOR"] = "1"
         environment.removeValue(forKey: "COLUMNS")
         for (key, value) in extra { environment[key] = value }
-        return try run(builtProduct("edgefleet"), arguments, environment: environment)
+        return try await runAsync(builtProduct("edgefleet"), arguments, environment: environment)
     }
 
     func stop() {

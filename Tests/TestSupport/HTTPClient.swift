@@ -1,4 +1,4 @@
-import Foundation
+public import Foundation
 
 #if canImport(Glibc)
 import Glibc
@@ -26,8 +26,16 @@ public struct HTTPResponse: Sendable {
 }
 
 public enum HTTP {
-    /// Sends one request to `127.0.0.1:port` and reads the whole answer (`Connection: close`).
+    /// Sends one request to `127.0.0.1:port` and reads the whole answer (`Connection: close`),
+    /// on a thread of its own: a test's blocking socket must not hold one of the few threads
+    /// that run every task of the test process (the simulated sites' heartbeats among them).
     public static func request(
+        _ method: String, port: Int, _ target: String, token: String? = nil, headers: [String: String] = [:], body: [UInt8]? = nil
+    ) async throws -> HTTPResponse {
+        try await offload { try requestBlocking(method, port: port, target, token: token, headers: headers, body: body) }
+    }
+
+    static func requestBlocking(
         _ method: String, port: Int, _ target: String, token: String? = nil, headers: [String: String] = [:], body: [UInt8]? = nil
     ) throws -> HTTPResponse {
         let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
@@ -71,14 +79,14 @@ public enum HTTP {
         return try parse(received)
     }
 
-    public static func get(port: Int, _ target: String, token: String? = nil, headers: [String: String] = [:]) throws -> HTTPResponse {
-        try request("GET", port: port, target, token: token, headers: headers)
+    public static func get(port: Int, _ target: String, token: String? = nil, headers: [String: String] = [:]) async throws -> HTTPResponse {
+        try await request("GET", port: port, target, token: token, headers: headers)
     }
 
-    public static func post(port: Int, _ target: String, token: String? = nil, json: String? = nil, headers: [String: String] = [:]) throws
-        -> HTTPResponse
+    public static func post(port: Int, _ target: String, token: String? = nil, json: String? = nil, headers: [String: String] = [:])
+        async throws -> HTTPResponse
     {
-        try request("POST", port: port, target, token: token, headers: headers, body: json.map { Array($0.utf8) })
+        try await request("POST", port: port, target, token: token, headers: headers, body: json.map { Array($0.utf8) })
     }
 
     static func parse(_ bytes: [UInt8]) throws -> HTTPResponse {
@@ -115,4 +123,21 @@ public enum HTTP {
         }
         return out
     }
+}
+
+private let blockingWork = DispatchQueue(label: "edgefleet.test.blocking", attributes: .concurrent)
+
+/// Runs blocking work (a socket, `waitpid`) on a dispatch thread and awaits it, so the
+/// cooperative threads stay free for the test's other tasks.
+public func offload<T: Sendable>(_ body: @escaping @Sendable () throws -> T) async throws -> T {
+    try await withCheckedThrowingContinuation { continuation in
+        blockingWork.async { continuation.resume(with: Result { try body() }) }
+    }
+}
+
+/// `run` without holding a cooperative thread while the command runs.
+public func runAsync(_ executablePath: URL, _ arguments: [String], environment: [String: String]? = nil) async throws
+    -> (status: Int32, stdout: String, stderr: String)
+{
+    try await offload { try run(executablePath, arguments, environment: environment) }
 }

@@ -142,8 +142,7 @@ extension OperatorAPI {
         ] {
             body += "<a class='card mode-\(m.rawValue)' href='/?mode=\(m.rawValue)'><b>\(n)</b><span>\(m.rawValue)</span></a>"
         }
-        body += card(
-            "liveness", "\(summary.liveness.online)", "online · \(summary.liveness.stale) stale · \(summary.liveness.offline) offline")
+        body += card("agents online", "\(summary.liveness.online)", "\(summary.liveness.stale) stale · \(summary.liveness.offline) offline")
         let queued = (summary.queue["queued"] ?? 0) + (summary.queue["blocked"] ?? 0) + (summary.queue["dispatching"] ?? 0)
         body += card(
             "queue", "\(queued)",

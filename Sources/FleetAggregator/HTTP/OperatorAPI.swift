@@ -143,9 +143,10 @@ public struct OperatorAPI: Sendable {
                 guard let value = Int64(text), value >= 0 else { throw APIError.badRequest("cursor: not a cursor this API gave out") }
                 cursor = value
             }
+            let limit = try query.limit()
             let page: OperationPage
             do {
-                page = try service.queue.store.list(filter, after: cursor, limit: try query.limit())
+                page = try service.queue.store.list(filter, after: cursor, limit: limit)
             } catch {
                 throw APIError(status: .serviceUnavailable, code: "unavailable", message: "the queue cannot be read: \(error)")
             }
