@@ -93,6 +93,17 @@ struct SiteCommand: ClientCommand {
         if let problem = SiteID.problem(with: site) { throw ValidationError("SITE: \(problem)") }
     }
 
+    /// What the mode means for operations, in one line.
+    static func summary(of mode: ConnectivityMode) -> String {
+        switch mode {
+        case .connected: "Azure is reachable; everything works."
+        case .semiConnected: "Azure is not reachable; what needs it fails now, and queueable operations wait for the link."
+        case .disconnected:
+            "past its deadline; the cluster may need redeploying, and queued operations stay blocked until an operator releases them."
+        case .unknown: "the site has never reported Azure contact; what needs Azure may fail."
+        }
+    }
+
     func execute(_ api: APIClient) async throws {
         let detail = try await api.get("/v1/sites/\(site)", as: SiteDetail.self)
         let capabilities = try await api.get("/v1/sites/\(site)/capabilities", as: SiteCapabilities.self)
@@ -113,11 +124,16 @@ struct SiteCommand: ClientCommand {
         }
         for (name, value) in facts { print("  \(name.padding(toLength: 19, withPad: " ", startingAt: 0)) \(value)") }
 
-        print("\nwhat works here now")
-        var table = Table(["OPERATION", "NOW", "WHY / WORKAROUND"])
+        print("\nwhat works here now: " + Self.summary(of: capabilities.mode))
+        var table = Table(["OPERATION", "NOW", "NOTE"])
         for kind in capabilities.kinds {
+            let entry = OperationCatalog.entry(kind.kind)
             let now = kind.available ? Terminal.paint("works", "32") : Terminal.paint(kind.queueable ? "queue it" : "not now", "31")
-            table.add([kind.kind.rawValue, now, kind.workaround.map { "\(kind.reason); workaround: \($0)" } ?? kind.reason])
+            var note: [String] = []
+            if !entry.azureRequired { note.append("local") }
+            if !kind.available, let offline = entry.offlineNote { note.append(offline) }
+            if let workaround = kind.workaround { note.append("workaround: \(workaround)") }
+            table.add([kind.kind.rawValue, now, note.joined(separator: "; ")])
         }
         print(table.render())
 

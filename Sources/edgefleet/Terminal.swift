@@ -57,7 +57,7 @@ enum Terminal {
 }
 
 /// A table of text columns, with the widths of what is shown (escape codes do not count).
-/// When it is wider than the terminal, the flexible column is cut with an ellipsis.
+/// When it is wider than the terminal, the flexible column is cut first, with an ellipsis.
 struct Table {
     var headers: [String]
     var rows: [[String]] = []
@@ -100,9 +100,16 @@ struct Table {
         }
         let flexible = self.flexible ?? headers.count - 1
         if let terminal = Terminal.width {
-            let total = widths.reduce(0, +) + 2 * (widths.count - 1)
-            if total > terminal {
-                widths[flexible] = max(headers[flexible].count, widths[flexible] - (total - terminal))
+            var total = widths.reduce(0, +) + 2 * (widths.count - 1)
+            // The flexible column gives way first (down to 8), then the widest of the others (down to 6).
+            let cut = min(total - terminal, widths[flexible] - 8)
+            if cut > 0 {
+                widths[flexible] -= cut
+                total -= cut
+            }
+            while total > terminal, let widest = widths.indices.max(by: { widths[$0] < widths[$1] }), widths[widest] > 6 {
+                widths[widest] -= 1
+                total -= 1
             }
         }
         func line(_ cells: [String], bold: Bool) -> String {

@@ -45,12 +45,39 @@ struct OperatorCLITests {
         #expect(site.stdout.contains("site-gone  disconnected"))
         #expect(site.stdout.contains("what works here now"))
         let upgrade = try #require(site.stdout.split(separator: "\n").first { $0.hasPrefix("cluster.upgrade") })
-        #expect(upgrade.contains("queue it") && upgrade.contains("passed its deadline"))
+        #expect(upgrade.contains("queue it"))
+        #expect(site.stdout.contains("what works here now: past its deadline"))
+        let entra = try #require(site.stdout.split(separator: "\n").first { $0.hasPrefix("access.entra") })
+        #expect(entra.contains("not now") && entra.contains("workaround: retrieve the admin kubeconfig"))
         #expect(site.stdout.split(separator: "\n").first { $0.hasPrefix("ssh ") }?.contains("works") == true)
         #expect(site.stdout.contains("aks-site-gone"))
         let siteJSON = try JSONSerialization.jsonObject(with: Data(try await f.cli(["site", "site-semi", "--output", "json"]).stdout.utf8)) as? [String: Any]
         #expect(((siteJSON?["detail"] as? [String: Any])?["view"] as? [String: Any])?["mode"] as? String == "semi-connected")
         #expect(((siteJSON?["capabilities"] as? [String: Any])?["kinds"] as? [Any])?.count == OperationKind.allCases.count)
+    }
+
+    @Test("on a terminal modes are coloured (not with NO_COLOR); a table is cut to the terminal's width, piped output never")
+    func terminalOutput() async throws {
+        let f = try await OperatorFixture.start()
+        defer { f.stop() }
+        let sites = try await f.fourModes()
+        defer { Task { for site in sites { await site.shutdown() } } }
+        let program = try builtProduct("edgefleet").path
+        let environment = ["EDGEFLEET_SERVER": "http://127.0.0.1:\(f.port)", "EDGEFLEET_TOKEN": OperatorFixture.token, "TERM": "xterm"]
+        let coloured = try await runOnTerminal(program, ["sites"], answer: "", environment: environment)
+        #expect(coloured.output.contains("\u{1B}[33msemi-connected\u{1B}[0m") && coloured.output.contains("\u{1B}[1;31mdisconnected"))
+        var plain = environment
+        plain["NO_COLOR"] = "1"
+        #expect(!(try await runOnTerminal(program, ["sites"], answer: "", environment: plain)).output.contains("\u{1B}["))
+
+        // 40 columns: every line fits, the site column gives way with an ellipsis.
+        let narrow = try await f.cli(["site", "site-gone"], environment: ["COLUMNS": "40"])
+        #expect(narrow.status == 0)
+        let lines = narrow.stdout.split(separator: "\n").filter { $0.hasPrefix("cluster.") || $0.hasPrefix("OPERATION") }
+        #expect(!lines.isEmpty && lines.allSatisfy { $0.count <= 40 }, "\(lines)")
+        #expect(lines.contains { $0.hasSuffix("…") })
+        let piped = try await f.cli(["site", "site-gone"])
+        #expect(piped.stdout.split(separator: "\n").contains { $0.count > 40 }, "piped output is not cut")
     }
 
     @Test("ops submit, queue list/show/cancel/retry/release and bulk cancel, each reaching the aggregator")

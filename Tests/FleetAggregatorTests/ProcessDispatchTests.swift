@@ -6,9 +6,9 @@ import TestSupport
 import Testing
 
 /// The queue with the aggregator as its own process and the stand-in `az` on its PATH.
-/// Operations are submitted into the aggregator's SQLite file by the test (the Swift API on
-/// the shared store; the HTTP API comes with the operator surfaces), and the running
-/// aggregator picks them up, as it would after a restart.
+/// Operations are written into the aggregator's SQLite file by the test, as another writer of
+/// the database would (the running aggregator picks them up and recounts); the tests of the
+/// operator surfaces submit through the HTTP API.
 struct ProcessQueueFixture {
     let fleet: AggregatorFixture
     let az: StandInAzure
