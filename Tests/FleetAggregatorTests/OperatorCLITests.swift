@@ -73,7 +73,7 @@ struct OperatorCLITests {
         // 40 columns: every line fits, the site column gives way with an ellipsis.
         let narrow = try await f.cli(["site", "site-gone"], environment: ["COLUMNS": "40"])
         #expect(narrow.status == 0)
-        let lines = narrow.stdout.split(separator: "\n").filter { $0.hasPrefix("cluster.") || $0.hasPrefix("OPERATION") }
+        let lines = narrow.stdout.split(separator: "\n").filter { $0.hasPrefix("cluster.") || $0.hasPrefix("access.") || $0.hasPrefix("OPERATION") }
         #expect(!lines.isEmpty && lines.allSatisfy { $0.count <= 40 }, "\(lines)")
         #expect(lines.contains { $0.hasSuffix("…") })
         let piped = try await f.cli(["site", "site-gone"])
