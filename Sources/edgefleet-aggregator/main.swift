@@ -83,7 +83,7 @@ struct AggregatorCommand: AsyncParsableCommand {
         } catch {
             throw ValidationError("cannot open the database '\(configuration.databasePath)': \(error)")
         }
-        let tokens = try TokenStore(path: configuration.tokenFile)
+        let tokens = try TokenStore(path: configuration.tokenFile, logger: logger)
         if !tokens.isConfigured { logger.warning("no --token-file: every change through the HTTP API is refused") }
         let api = OperatorAPI(service: service, tokens: tokens, publicReads: configuration.publicReads, registry: registry)
         let address = HTTPAddress(configuration.httpListen)!  // validated with the configuration

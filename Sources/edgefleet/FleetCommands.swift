@@ -60,7 +60,7 @@ struct SitesCommand: ClientCommand {
             print(mode.map { "no site is \($0.rawValue)" } ?? "no site has reported yet")
             return
         }
-        var table = Table(["SITE", "MODE", "AGENT", "LEFT", "DEADLINE", "QUEUE", "CHECKS"], flexible: 0)
+        var table = Table(["SITE", "MODE", "AGENT", "LEFT", "DEADLINE", "QUEUE", "CHECKS"])
         for view in sites {
             let depth = view.queue.queued + view.queue.blocked + view.queue.dispatching
             var queue = "\(depth)"
@@ -107,7 +107,10 @@ struct SiteCommand: ClientCommand {
     func execute(_ api: APIClient) async throws {
         let detail = try await api.get("/v1/sites/\(site)", as: SiteDetail.self)
         let capabilities = try await api.get("/v1/sites/\(site)/capabilities", as: SiteCapabilities.self)
-        let operations = try await api.get("/v1/operations", query: [("site", site), ("limit", "1000")], as: OperationList.self).operations
+        // The newest 20, shown oldest first.
+        let operations = Array(
+            try await api.get("/v1/operations", query: [("site", site), ("order", "newest"), ("limit", "20")], as: OperationList.self)
+                .operations.reversed())
         if options.output == .json { return try Out.json(Combined(detail: detail, capabilities: capabilities, operations: operations)) }
         let view = detail.view
         print("\(Terminal.bold(site))  \(Terminal.mode(view.mode))\(view.projected ? " (projected: the agent is silent)" : "")")
@@ -116,11 +119,12 @@ struct SiteCommand: ClientCommand {
             ("deadline", view.deadline.map { "\(Out.time($0)) (\(view.deadlineReason?.rawValue ?? ""))" } ?? "—"),
             ("last Azure contact", "\(Out.time(view.lastAzureContactAt)) (\(Out.ago(view.lastAzureContactAt)))"),
             ("agent", "\(Terminal.liveness(view.liveness)), last heartbeat \(Out.ago(view.lastHeartbeatAt))"
-                + (detail.agent.map { ", \($0.version) on \($0.host)" } ?? "")),
+                + (detail.agent.map { ", \(Out.clean($0.version)) on \(Out.clean($0.host))" } ?? "")),
             ("certificates", detail.certificateExpiry.map { "expire \(Out.time($0))" } ?? "—"),
         ]
         if let cluster = detail.cluster {
-            facts.append(("cluster", [cluster.name, cluster.resourceGroup, cluster.kubernetesVersion.map { "Kubernetes \($0)" }].compactMap { $0 }.joined(separator: " · ")))
+            facts.append(
+                ("cluster", Out.clean([cluster.name, cluster.resourceGroup, cluster.kubernetesVersion.map { "Kubernetes \($0)" }].compactMap { $0 }.joined(separator: " · "))))
         }
         for (name, value) in facts { print("  \(name.padding(toLength: 19, withPad: " ", startingAt: 0)) \(value)") }
 
@@ -141,7 +145,7 @@ struct SiteCommand: ClientCommand {
             print("\nchecks")
             var checks = Table(["CHECK", "STATE", "OUTPUT"])
             for check in detail.checks {
-                checks.add([check.name, check.state.rawValue, check.output.replacingOccurrences(of: "\n", with: " ")])
+                checks.add([Out.clean(check.name), check.state.rawValue, Out.clean(check.output)])
             }
             print(checks.render())
         }
@@ -149,7 +153,7 @@ struct SiteCommand: ClientCommand {
         if operations.isEmpty {
             print("  none")
         } else {
-            print(QueueTable.render(operations.suffix(20)))
+            print(QueueTable.render(operations))
         }
     }
 }

@@ -55,7 +55,7 @@ struct SubmitCommand: ClientCommand {
             print("already submitted: \(operation.id) (\(operation.kind.rawValue) at \(operation.site)) is \(Terminal.state(operation.state))")
         } else {
             print("\(operation.id): \(operation.kind.rawValue) at \(operation.site) \(Terminal.state(operation.state))")
-            print("  \(response.reason)")
+            print("  \(Out.clean(response.reason))")
             if !response.superseded.isEmpty { print("  supersedes \(response.superseded.joined(separator: ", "))") }
             if let deadline = response.deadline, operation.state != .blocked {
                 print("  the site's deadline: \(Out.time(deadline))")
@@ -76,9 +76,9 @@ enum QueueTable {
         var table = Table(["OPERATION", "SITE", "KIND", "STATE", "TRIES", "CREATED", "LAST NOTE"])
         for operation in operations {
             table.add([
-                operation.id, operation.site.rawValue, operation.kind.rawValue, Terminal.state(operation.state),
+                Out.clean(operation.id), operation.site.rawValue, operation.kind.rawValue, Terminal.state(operation.state),
                 "\(operation.attempts)/\(operation.maxAttempts)", Out.time(operation.createdAt),
-                (operation.lastError ?? operation.history.last?.note ?? "").replacingOccurrences(of: "\n", with: " "),
+                Out.clean(operation.lastError ?? operation.history.last?.note ?? ""),
             ])
         }
         return table.render()
@@ -122,9 +122,9 @@ struct QueueShow: ClientCommand {
     func execute(_ api: APIClient) async throws {
         let operation = try await api.get("/v1/operations/\(id)", as: DeferredOperation.self)
         if options.output == .json { return try Out.json(operation) }
-        print("\(Terminal.bold(operation.id))  \(operation.kind.rawValue) at \(operation.site)  \(Terminal.state(operation.state))")
+        print("\(Terminal.bold(Out.clean(operation.id)))  \(operation.kind.rawValue) at \(operation.site)  \(Terminal.state(operation.state))")
         var facts: [(String, String)] = [
-            ("created", "\(Out.time(operation.createdAt)) by \(operation.createdBy)"),
+            ("created", "\(Out.time(operation.createdAt)) by \(Out.clean(operation.createdBy))"),
             ("attempts", "\(operation.attempts) of \(operation.maxAttempts)"),
         ]
         if !operation.params.isEmpty {
@@ -135,11 +135,11 @@ struct QueueShow: ClientCommand {
         if let date = operation.expiresAt { facts.append(("expires", Out.time(date))) }
         if let date = operation.nextAttemptAt { facts.append(("next attempt", Out.time(date))) }
         if let error = operation.lastError { facts.append(("last error", error)) }
-        for (name, value) in facts { print("  \(name.padding(toLength: 16, withPad: " ", startingAt: 0)) \(value)") }
+        for (name, value) in facts { print("  \(name.padding(toLength: 16, withPad: " ", startingAt: 0)) \(Out.clean(value))") }
         print("\nhistory")
         var table = Table(["AT", "FROM", "TO", "NOTE"])
         for entry in operation.history {
-            table.add([Out.time(entry.at), entry.from?.rawValue ?? "—", Terminal.state(entry.to), entry.note.replacingOccurrences(of: "\n", with: " ⏎ ")])
+            table.add([Out.time(entry.at), entry.from?.rawValue ?? "—", Terminal.state(entry.to), Out.clean(entry.note)])
         }
         print(table.render())
     }

@@ -18,8 +18,8 @@ enum Terminal {
     }()
 
     static let width: Int? = {
-        if let columns = ProcessInfo.processInfo.environment["COLUMNS"].flatMap(Int.init), columns > 20 { return columns }
         guard isTerminal else { return nil }
+        if let columns = ProcessInfo.processInfo.environment["COLUMNS"].flatMap(Int.init), columns > 20 { return columns }
         var size = winsize()
         guard ioctl(1, UInt(TIOCGWINSZ), &size) == 0, size.ws_col > 20 else { return nil }
         return Int(size.ws_col)
@@ -69,6 +69,8 @@ struct Table {
         self.flexible = flexible
     }
 
+    /// Cells are shown as given: pass text from sites or the queue through `Out.clean` first
+    /// (the CLI's own colours are escape codes too).
     mutating func add(_ row: [String]) { rows.append(row) }
 
     static func visibleWidth(_ text: String) -> Int {
@@ -128,6 +130,21 @@ struct Table {
 
 /// Printing helpers shared by the commands.
 enum Out {
+    /// Text from sites, operators or the queue, made safe for a terminal: control characters
+    /// (C0, DEL, C1: escape sequences that could rewrite the screen or the clipboard) become
+    /// `?`, line breaks become spaces.
+    static func clean(_ text: String) -> String {
+        var out = String.UnicodeScalarView()
+        for scalar in text.unicodeScalars {
+            switch scalar.value {
+            case 0x0A, 0x0D, 0x09: out.append(" ")
+            case 0..<0x20, 0x7F...0x9F: out.append("?")
+            default: out.append(scalar)
+            }
+        }
+        return String(out)
+    }
+
     static func json<T: Encodable>(_ value: T) throws {
         let encoder = FleetJSON.encoder()
         encoder.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]

@@ -69,13 +69,13 @@ struct WatchCommand: AsyncParsableCommand {
         var detail: [String] = []
         if let from = event.from, let to = event.to {
             let paint: (String) -> String = { ConnectivityMode(rawValue: $0).map(Terminal.mode) ?? $0 }
-            detail.append("\(paint(from)) → \(paint(to))")
+            detail.append("\(paint(Out.clean(from))) → \(paint(Out.clean(to)))")
         }
         if let level = event.level { detail.append(level.rawValue) }
         if let remaining = event.remainingS { detail.append(remaining > 0 ? "\(DurationFormat.human(seconds: remaining)) left" : "deadline passed") }
-        if let id = event.operationID { detail.append(id) }
+        if let id = event.operationID { detail.append(Out.clean(id)) }
         if let kind = event.kind { detail.append(kind.rawValue) }
-        if let note = event.note { detail.append(note) }
+        if let note = event.note { detail.append(Out.clean(note)) }
         return [Out.time(event.at), event.site?.rawValue ?? "-", event.type.rawValue, detail.joined(separator: "  ")].joined(separator: "  ")
     }
 }

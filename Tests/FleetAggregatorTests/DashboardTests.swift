@@ -45,8 +45,26 @@ struct DashboardTests {
 
         let queue = try await HTTP.get(port: f.port, "/queue?site=site-semi", headers: ["Cookie": cookie])
         #expect(queue.text.contains("action='/ui/operations/\(id)/cancel'"))
-        // Read-only when reads are public and nobody signed in: no buttons.
         #expect(try await HTTP.get(port: f.port, "/queue?state=bogus", headers: ["Cookie": cookie]).status == 400)
+
+        // What sites and operators send is shown as text, never as markup.
+        let hostile = try SimulatedSite("site-hostile", brokerURL: f.fleet.broker.url)
+        try await hostile.connect()
+        try await hostile.status(
+            cluster: ClusterInfo(name: "aks'\"><img src=x onerror=alert(1)>"),
+            checks: [CheckResult(name: "<b>x</b>", state: .fail, observedAt: Date(), durationMs: 1, output: "<script>alert(1)</script>")])
+        defer { Task { await hostile.shutdown() } }
+        let hostileID = try await f.submit("site-hostile", "extension.install", ["name": "<script>alert(2)</script>"])
+        let page = try await withTimeout(.seconds(10), "the hostile site's page") { () -> String in
+            while true {
+                let response = try await HTTP.get(port: f.port, "/sites/site-hostile", headers: ["Cookie": cookie])
+                if response.status == 200, response.text.contains("alert(1)") { return response.text }
+                try await Task.sleep(for: .milliseconds(100))
+            }
+        }
+        #expect(!page.contains("<script>") && !page.contains("<img") && !page.contains("<b>x"))
+        #expect(page.contains("&lt;script&gt;alert(1)&lt;/script&gt;") && page.contains("aks&#39;&quot;&gt;&lt;img"))
+        #expect(page.contains("data-operation='\(hostileID)'") && page.contains("&lt;script&gt;alert(2)"))
 
         // The button: a form post with the cookie; without it, refused.
         let form = Array("back=%2Fqueue%3Fsite%3Dsite-semi".utf8)
@@ -55,8 +73,28 @@ struct DashboardTests {
         let pressed = try await HTTP.request(
             "POST", port: f.port, "/ui/operations/\(id)/cancel", headers: ["Cookie": cookie, "Content-Type": "application/x-www-form-urlencoded"], body: form)
         #expect(pressed.status == 303 && pressed.headers["location"] == "/queue?site=site-semi")
+        #expect(try await f.state(id) == "cancelled")
+
+        // A post from another origin (another port of the same host counts) is refused; the
+        // way back never leads to another host.
+        let other = try await f.submit("site-semi", "extension.install", ["name": "csrf"])
+        let formHeaders = ["Cookie": cookie, "Content-Type": "application/x-www-form-urlencoded"]
+        for headers in [["Origin": "http://127.0.0.1:1"], ["Sec-Fetch-Site": "same-site"], ["Origin": "null"]] {
+            let forged = try await HTTP.request(
+                "POST", port: f.port, "/ui/operations/\(other)/cancel", headers: formHeaders.merging(headers) { $1 }, body: form)
+            #expect(forged.status == 403, "\(headers)")
+        }
+        #expect(try await f.state(other) == "queued")
+        for (back, expected) in [("%2F%2Fevil.example", "/queue"), ("%2F%5Cevil.example", "/queue"), ("%2F%09%2Fevil.example", "/queue"),
+            ("https%3A%2F%2Fevil.example", "/queue"), ("%2Fsites%2Fsite-semi", "/sites/site-semi")]
+        {
+            let again = try await f.submit("site-semi", "extension.install", ["name": "back-\(expected.count)-\(back.count)"])
+            let sameOrigin = formHeaders.merging(["Origin": "http://127.0.0.1:\(f.port)", "Sec-Fetch-Site": "same-origin"]) { $1 }
+            let response = try await HTTP.request(
+                "POST", port: f.port, "/ui/operations/\(again)/cancel", headers: sameOrigin, body: Array("back=\(back)".utf8))
+            #expect(response.status == 303 && response.headers["location"] == expected, "back=\(back): \(response.headers["location"] ?? "")")
+        }
         let cancelled = try await f.operation(id)
-        #expect(cancelled["state"] as? String == "cancelled")
         #expect(((cancelled["history"] as? [[String: Any]])?.last?["note"] as? String)?.contains("dashboard") == true)
     }
 

@@ -29,6 +29,11 @@ struct OperatorAPITests {
         #expect(try await HTTP.get(port: f.port, "/v1/fleet", headers: ["Authorization": "Basic dXNlcjpwYXNz"]).status == 401)
         #expect(try await f.get("/v1/fleet").status == 200)
         #expect(try await f.get("/v1/fleet", token: "second-token-abcdefghijklmnop").status == 200)
+        // The dashboard's cookie is not a credential for the API (another site's page could make a browser send it).
+        #expect(try await HTTP.get(port: f.port, "/v1/fleet", headers: ["Cookie": "edgefleet_token=\(OperatorFixture.token)"]).status == 401)
+        #expect(try await HTTP.post(port: f.port, "/v1/operations/op-x/cancel", headers: ["Cookie": "edgefleet_token=\(OperatorFixture.token)"]).status == 401)
+        // A token followed by NUL bytes is not the token.
+        #expect(try await f.get("/v1/fleet", token: OperatorFixture.token + String(repeating: "\u{0}", count: 256)).status != 200)
 
         // Tokens are read again when the file changes: a revoked token stops working.
         try "\(OperatorFixture.token)\n".write(toFile: f.tokenFile, atomically: true, encoding: .utf8)
@@ -52,6 +57,12 @@ struct OperatorAPITests {
         #expect(refused.status == 403)
         #expect(refused.text.contains("--token-file"))
         #expect(closed.fleet.aggregator.output.contains("no --token-file"))
+
+        // No token file and no public reads: nothing can be read, and the answer says why.
+        let sealed = try await OperatorFixture.start(withTokens: false)
+        defer { sealed.stop() }
+        let read = try await sealed.get("/v1/fleet")
+        #expect(read.status == 403 && read.text.contains("--token-file"))
     }
 
     @Test("sites, one site, capabilities: each mode answered as the catalog says, with the workaround where the site has it")
@@ -125,6 +136,16 @@ struct OperatorAPITests {
             pages += 1
         } while cursor != nil
         #expect(pages == 3 && seen == ids)
+        // Newest first, also across pages.
+        var newest: [String] = []
+        cursor = nil
+        repeat {
+            let body = try await f.get("/v1/operations?order=newest&limit=10" + (cursor.map { "&cursor=\($0)" } ?? "")).json()
+            newest += (body["operations"] as? [[String: Any]] ?? []).compactMap { $0["id"] as? String }
+            cursor = body["nextCursor"] as? String
+        } while cursor != nil
+        #expect(newest == ids.reversed())
+        #expect(try await f.get("/v1/operations?order=sideways").status == 400)
 
         let filtered = try await f.get("/v1/operations?site=quiet-1&state=queued&kind=extension.install&limit=1000").json()["operations"] as? [[String: Any]]
         #expect(filtered?.compactMap { $0["id"] as? String } == ids.enumerated().filter { $0.offset % 3 == 1 }.map(\.element))
@@ -190,6 +211,11 @@ struct OperatorAPITests {
         #expect(try await f.get("/v1/operations/op-none").status == 404)
         #expect(try await f.post("/v1/operations/op-none/cancel").status == 404)
         #expect(try await f.get("/v1/nothing/here").errorCode == "not-found")
+
+        // Who asked, from the body when no header says: control characters never reach the history.
+        let named = try await f.post(
+            "/v1/operations", #"{"site":"site-new","kind":"extension.install","params":{"name":"n"},"createdBy":"eve\u001b[2J\u009b\u0007"}"#)
+        #expect(((try named.json()["operation"] as? [String: Any])?["createdBy"] as? String) == "eve[2J")
 
         // Cancel: 200, then 409 (already cancelled); retry of a non-failed one: 409.
         let cancelled = try await HTTP.post(

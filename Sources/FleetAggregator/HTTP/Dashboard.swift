@@ -40,20 +40,22 @@ extension OperatorAPI {
             }
         }
         router.post("/ui/operations/{id}/{action}") { request, context in
-            try authorize(request, .change, cookie: true)
-            let id = try context.parameters.require("id")
-            guard let action = OperatorAction(rawValue: try context.parameters.require("action")) else {
-                throw APIError.notFound("no action \(context.parameters.get("action") ?? "")")
-            }
             var request = request
             let form = (try? await request.collectBody(upTo: 4096)).map { String(buffer: $0) } ?? ""
-            var back = "/queue"
-            for pair in form.split(separator: "&") where pair.hasPrefix("back=") {
-                let value = Query.decode(pair.dropFirst(5))
-                if value.hasPrefix("/") && !value.hasPrefix("//") { back = value }
+            return htmlErrors {
+                try sameOrigin(request)
+                try authorize(request, .change, cookie: true)
+                let id = try context.parameters.require("id")
+                guard let action = OperatorAction(rawValue: try context.parameters.require("action")) else {
+                    throw APIError.notFound("no action \(context.parameters.get("action") ?? "")")
+                }
+                var back = "/queue"
+                for pair in form.split(separator: "&") where pair.hasPrefix("back=") {
+                    back = Self.safeReturnPath(Query.decode(pair.dropFirst(5)))
+                }
+                _ = try perform(action, id: id, by: Self.operatorName(request, fallback: "dashboard"))
+                return Response(status: .seeOther, headers: [.location: back])
             }
-            _ = try perform(action, id: id, by: Self.operatorName(request, fallback: "dashboard"))
-            return Response(status: .seeOther, headers: [.location: back])
         }
         router.post("/ui/logout") { _, _ in
             Response(status: .seeOther, headers: [.location: "/", .setCookie: "\(Self.cookieName)=; Path=/; Max-Age=0; HttpOnly; SameSite=Strict"])
@@ -69,6 +71,32 @@ extension OperatorAPI {
                 status: error.status, code: error.code,
                 message: "\(error.message). Open the dashboard as /?token=YOUR_TOKEN (a token from the aggregator's --token-file).",
                 headers: error.headers)
+        }
+    }
+
+    /// Where a button may send the browser back to: the queue (with its filters) or a site's
+    /// page, nothing else (no other host, however the path is spelled).
+    static func safeReturnPath(_ path: String) -> String {
+        if path.hasPrefix("/sites/"), SiteID.isValid(String(path.dropFirst(7))) { return path }
+        let allowed = Set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-._=&,")
+        if path == "/queue" { return path }
+        if path.hasPrefix("/queue?"), path.dropFirst(7).allSatisfy({ allowed.contains($0) }) { return path }
+        return "/queue"
+    }
+
+    /// A form post must come from the dashboard's own pages: a browser says where a post comes
+    /// from (`Origin`, `Sec-Fetch-Site`), and a page of another origin (another port on the
+    /// same host included, which SameSite does not stop) is refused.
+    func sameOrigin(_ request: Request) throws(APIError) {
+        let refused = APIError(status: .forbidden, code: "forbidden", message: "this form was not posted from the dashboard")
+        if let site = request.headers.first(where: { $0.name.canonicalName == "sec-fetch-site" })?.value,
+            site != "same-origin" && site != "none"
+        {
+            throw refused
+        }
+        if let origin = request.headers.first(where: { $0.name.canonicalName == "origin" })?.value {
+            let host = request.headers.first(where: { $0.name.canonicalName == "host" })?.value ?? request.head.authority ?? ""
+            guard let schemeEnd = origin.range(of: "://"), origin[schemeEnd.upperBound...] == host[...] else { throw refused }
         }
     }
 
@@ -222,8 +250,8 @@ extension OperatorAPI {
         }
 
         body += "<h3>Operations <a class=small href='/queue?site=\(escape(site.rawValue))'>in the queue view</a></h3>"
-        let operations = (try? service.queue.store.list(OperationFilter(site: site), after: nil, limit: 1000).operations) ?? []
-        body += operationsTable(Array(operations.suffix(50).reversed()), signedIn: signedIn, back: "/sites/\(site.rawValue)")
+        let operations = (try? service.queue.store.listNewestFirst(OperationFilter(site: site), before: nil, limit: 50).operations) ?? []
+        body += operationsTable(operations, signedIn: signedIn, back: "/sites/\(site.rawValue)")
         return page(title: site.rawValue, signedIn: signedIn, body: body)
     }
 

@@ -8,6 +8,8 @@ extension OperatorAPI {
     public func application(address: HTTPAddress, logger: Logger, listening: @escaping @Sendable (HTTPAddress) -> Void) -> any Service {
         Application(
             router: router(),
+            // Idle keep-alive connections are closed after a minute, so they cannot pile up.
+            server: .http1(configuration: .init(idleTimeout: .seconds(60))),
             configuration: ApplicationConfiguration(address: .hostname(address.host, port: address.port), serverName: "edgefleet-aggregator"),
             onServerRunning: { channel in
                 let port = channel.localAddress?.port ?? address.port

@@ -1,3 +1,4 @@
+import Dispatch
 import FleetCore
 public import Hummingbird
 public import Prometheus
@@ -48,9 +49,10 @@ public struct OperatorAPI: Sendable {
         let valid = candidate.map { tokens.accepts($0) } ?? false
         if valid { return true }
         if access == .read && publicReads { return false }
-        if access == .change && !tokens.isConfigured {
+        if !tokens.isConfigured {
+            let what = access == .change ? "changes are disabled" : "reads need a token and none is configured"
             throw APIError(
-                status: .forbidden, code: "forbidden", message: "changes are disabled: the aggregator was started without --token-file")
+                status: .forbidden, code: "forbidden", message: "\(what): the aggregator was started without --token-file")
         }
         guard candidate != nil else {
             throw APIError(status: .unauthorized, code: "unauthorized", message: "a bearer token is required", headers: Self.challenge)
@@ -63,10 +65,20 @@ public struct OperatorAPI: Sendable {
     /// Who asked, for the history: the `X-EdgeFleet-Operator` header (the CLI sends
     /// `user@host`), printable and at most 64 characters; `api` without it.
     static func operatorName(_ request: Request, fallback: String = "api") -> String {
-        guard let value = request.headers.first(where: { $0.name.canonicalName == "x-edgefleet-operator" })?.value else { return fallback }
-        let printable = value.unicodeScalars.filter { $0.value >= 0x20 && $0.value != 0x7F }
-        let clean = String(String.UnicodeScalarView(printable.prefix(64))).trimmed
-        return clean.isEmpty ? fallback : clean
+        let header = request.headers.first(where: { $0.name.canonicalName == "x-edgefleet-operator" })?.value
+        for candidate in [header, fallback] {
+            guard let candidate else { continue }
+            let clean = printable(candidate, limit: 64)
+            if !clean.isEmpty { return clean }
+        }
+        return "api"
+    }
+
+    /// `text` without control characters (C0, DEL, C1: a name ends up in histories that
+    /// terminals print), at most `limit` characters, trimmed.
+    static func printable(_ text: String, limit: Int) -> String {
+        let kept = text.unicodeScalars.filter { !($0.value < 0x20 || (0x7F...0x9F).contains($0.value)) }
+        return String(String.UnicodeScalarView(kept.prefix(limit))).trimmed
     }
 
     /// The router with every route.
@@ -136,17 +148,26 @@ public struct OperatorAPI: Sendable {
 
         router.get("/v1/operations") { request, _ in
             try authorize(request, .read)
-            let query = try Query(request, allowed: ["site", "state", "kind", "limit", "cursor"])
+            let query = try Query(request, allowed: ["site", "state", "kind", "limit", "cursor", "order"])
             let filter = OperationFilter(site: try query.site(), kind: try query.kind(), states: try query.states())
             var cursor: Int64?
             if let text = query["cursor"] {
                 guard let value = Int64(text), value >= 0 else { throw APIError.badRequest("cursor: not a cursor this API gave out") }
                 cursor = value
             }
+            let newest: Bool
+            switch query["order"] {
+            case nil, "oldest": newest = false
+            case "newest": newest = true
+            case let other?: throw APIError.badRequest("order: oldest or newest, got '\(other)'")
+            }
             let limit = try query.limit()
             let page: OperationPage
             do {
-                page = try service.queue.store.list(filter, after: cursor, limit: limit)
+                page =
+                    newest
+                    ? try service.queue.store.listNewestFirst(filter, before: cursor, limit: limit)
+                    : try service.queue.store.list(filter, after: cursor, limit: limit)
             } catch {
                 throw APIError(status: .serviceUnavailable, code: "unavailable", message: "the queue cannot be read: \(error)")
             }
@@ -169,7 +190,9 @@ public struct OperatorAPI: Sendable {
             try authorize(request, .change)
             _ = try Query(request, allowed: [])
             let body = try await JSONBody.decode(BulkCancelRequest.self, from: request)
-            let cancelled = try bulkCancel(body, by: Self.operatorName(request, fallback: body.by ?? "api"))
+            let by = Self.operatorName(request, fallback: body.by ?? "api")
+            // One SQLite transaction per operation: on a thread of its own, not the cooperative pool.
+            let cancelled = try await offloaded { () throws(APIError) in try bulkCancel(body, by: by) }
             return JSONBody.response(BulkCancelResponse(cancelled: cancelled.map(\.id)))
         }
 
@@ -327,6 +350,17 @@ extension OperatorAPI {
         if out.hasSuffix("\n\n") { out.removeLast() }
         return Array(out.utf8)
     }
+}
+
+/// Runs blocking work (a long SQLite transaction) on a dispatch thread, so the cooperative
+/// threads that ingest and the dispatcher run on stay free.
+func offloaded<T: Sendable>(_ body: @escaping @Sendable () throws(APIError) -> T) async throws(APIError) -> T {
+    let result: Result<T, APIError> = await withCheckedContinuation { continuation in
+        DispatchQueue.global().async {
+            continuation.resume(returning: Result { () throws(APIError) -> T in try body() })
+        }
+    }
+    return try result.get()
 }
 
 /// Turns every error into the API's JSON error body: routes that do not exist (404), a

@@ -1,3 +1,4 @@
+public import Logging
 import Synchronization
 
 #if canImport(FoundationEssentials)
@@ -19,13 +20,23 @@ public final class TokenStore: Sendable {
     }
 
     let path: String?
-    private let state: Mutex<(tokens: [[UInt8]], modified: timespec?, checkedAt: ContinuousClock.Instant?)>
+    let logger: Logger?
+    private struct State {
+        var tokens: [[UInt8]]
+        var modified: timespec?
+        var checkedAt: ContinuousClock.Instant?
+        /// The last reading problem logged (each is logged once).
+        var reported: String?
+    }
+
+    private let state: Mutex<State>
 
     /// `path` nil: no tokens (every change is refused).
-    public init(path: String?) throws(ReadError) {
+    public init(path: String?, logger: Logger? = nil) throws(ReadError) {
         self.path = path
+        self.logger = logger
         let tokens = try path.map { path throws(ReadError) in try Self.read(path: path) } ?? []
-        state = Mutex((tokens, path.flatMap(Self.modificationTime), ContinuousClock.now))
+        state = Mutex(State(tokens: tokens, modified: path.flatMap(Self.modificationTime), checkedAt: ContinuousClock.now))
     }
 
     public var isConfigured: Bool { path != nil }
@@ -65,7 +76,7 @@ public final class TokenStore: Sendable {
     /// Compares every byte of the longer of the two, so the time taken does not tell how
     /// much of a guess was right.
     static func constantTimeEqual(_ a: [UInt8], _ b: [UInt8]) -> Bool {
-        var difference = UInt8(truncatingIfNeeded: a.count ^ b.count)
+        var difference: UInt8 = a.count == b.count ? 0 : 1
         let n = max(a.count, b.count)
         for i in 0..<n {
             let x = i < a.count ? a[i] : 0
@@ -79,7 +90,7 @@ public final class TokenStore: Sendable {
     /// that became unreadable keeps the last good tokens.
     private func current() -> [[UInt8]] {
         guard let path else { return [] }
-        return state.withLock { s in
+        return state.withLock { (s: inout State) -> [[UInt8]] in
             let now = ContinuousClock.now
             if let checked = s.checkedAt, now - checked < .seconds(1) { return s.tokens }
             s.checkedAt = now
@@ -87,10 +98,17 @@ public final class TokenStore: Sendable {
             if let modified, let previous = s.modified, modified.tv_sec == previous.tv_sec, modified.tv_nsec == previous.tv_nsec {
                 return s.tokens
             }
-            if let tokens = try? Self.read(path: path) {
-                s.tokens = tokens
+            do {
+                s.tokens = try Self.read(path: path)
                 s.modified = modified
-            }
+                s.reported = nil
+            } catch let error as ReadError {
+                // Keep serving with the last good tokens, and say so (once per problem).
+                if s.reported != error.description {
+                    s.reported = error.description
+                    logger?.error("\(error.description); keeping the \(s.tokens.count) token(s) read before")
+                }
+            } catch {}
             return s.tokens
         }
     }

@@ -62,6 +62,8 @@ public protocol OperationStore: Sendable {
     ) throws -> DeferredOperation
     /// Operations matching `filter`, oldest first, after `cursor` (a `sequence`).
     func list(_ filter: OperationFilter, after cursor: Int64?, limit: Int) throws -> OperationPage
+    /// Operations matching `filter`, newest first, before `cursor` (a `sequence`).
+    func listNewestFirst(_ filter: OperationFilter, before cursor: Int64?, limit: Int) throws -> OperationPage
     /// Counts by site and state, for views, the summary and metrics.
     func counts() throws -> [SiteID: [OperationState: Int]]
 }

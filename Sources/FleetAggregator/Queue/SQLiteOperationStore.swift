@@ -94,6 +94,14 @@ public struct SQLiteOperationStore: OperationStore {
     }
 
     public func list(_ filter: OperationFilter, after cursor: Int64?, limit: Int) throws -> OperationPage {
+        try page(filter, cursor: cursor, limit: limit, newestFirst: false)
+    }
+
+    public func listNewestFirst(_ filter: OperationFilter, before cursor: Int64?, limit: Int) throws -> OperationPage {
+        try page(filter, cursor: cursor, limit: limit, newestFirst: true)
+    }
+
+    private func page(_ filter: OperationFilter, cursor: Int64?, limit: Int, newestFirst: Bool) throws -> OperationPage {
         var clauses: [String] = []
         var arguments: [(any DatabaseValueConvertible)?] = []
         if let site = filter.site {
@@ -109,18 +117,17 @@ public struct SQLiteOperationStore: OperationStore {
             arguments += states.map(\.rawValue).sorted().map { $0 as (any DatabaseValueConvertible)? }
         }
         if let cursor {
-            clauses.append("sequence > ?")
+            clauses.append(newestFirst ? "sequence < ?" : "sequence > ?")
             arguments.append(cursor)
         }
         let whereClause = clauses.isEmpty ? "" : "WHERE " + clauses.joined(separator: " AND ")
         let limit = max(1, limit)
-        let sql = "SELECT document FROM operations \(whereClause) ORDER BY sequence LIMIT \(limit + 1)"
+        let sql = "SELECT document FROM operations \(whereClause) ORDER BY sequence \(newestFirst ? "DESC" : "ASC") LIMIT \(limit + 1)"
         let documents = try database.writer.read { db in
             try String.fetchAll(db, sql: sql, arguments: StatementArguments(arguments))
         }
-        var operations = try documents.prefix(limit).map { try Self.decodeOne($0) }
+        let operations = try documents.prefix(limit).map { try Self.decodeOne($0) }
         let more = documents.count > limit
-        if operations.count > limit { operations.removeLast() }
         return OperationPage(operations: operations, nextCursor: more ? operations.last?.sequence : nil)
     }
 
