@@ -18,7 +18,7 @@ struct EdgeFleetCommand: AsyncParsableCommand {
             """,
         version: EdgeFleetVersion.current,
         subcommands: [
-            StatusCommand.self, SitesCommand.self, SiteCommand.self, OpsCommand.self, QueueCommand.self, WatchCommand.self,
+            StatusCommand.self, SitesCommand.self, SiteCommand.self, OpsCommand.self, QueueCommand.self, WatchCommand.self, BrokerCommand.self,
         ])
 }
 

@@ -28,12 +28,17 @@ final class AggregatorProcess: @unchecked Sendable {  // immutable; ChildProcess
     let process: ChildProcess
     let log: String
 
-    init(broker: MosquittoBroker, database: String, extra: [String] = [], flags: [String] = Short.flags, environment: [String: String]? = nil) throws {
+    /// `brokerURL` overrides the broker's plain URL (an `mqtts://` listener; credentials go in `extra`).
+    init(
+        broker: MosquittoBroker, database: String, extra: [String] = [], flags: [String] = Short.flags, environment: [String: String]? = nil,
+        brokerURL: String? = nil
+    ) throws {
         log = database + "-\(UUID().uuidString.prefix(6)).log"
         process = try ChildProcess(
             try builtProduct("edgefleet-aggregator").path,
             // Any free port for the HTTP API: tests run side by side, and 8080 may be taken.
-            ["--broker", broker.url, "--db", database, "--log-level", "debug"] + (flags + extra).withDefaultHTTP + flags + extra, outputPath: log,
+            ["--broker", brokerURL ?? broker.url, "--db", database, "--log-level", "debug"] + (flags + extra).withDefaultHTTP + flags + extra,
+            outputPath: log,
             environment: environment)
     }
 

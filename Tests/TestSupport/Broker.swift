@@ -76,6 +76,27 @@ public final class MosquittoBroker: @unchecked Sendable {
         throw lastError ?? TestSupportError("mosquitto did not start")
     }
 
+    /// Starts mosquitto from a configuration the test rendered itself (several listeners on
+    /// ports it chose, files in `directory`); waits until `port` accepts connections. As root
+    /// it adds `user root` (mosquitto would drop to a `mosquitto` user that cannot read the
+    /// test's files).
+    public init(configText: String, port: Int, directory: URL) throws {
+        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+        self.directory = directory
+        self.logFile = directory.appendingPathComponent("mosquitto.log")
+        self.configFile = directory.appendingPathComponent("mosquitto.conf")
+        self.port = port
+        var text = configText
+        if geteuid() == 0 { text += "\nuser root\n" }
+        try text.write(to: configFile, atomically: true, encoding: .utf8)
+        try launch()
+    }
+
+    /// Sends SIGHUP: mosquitto reads its password file and ACL again.
+    public func reload() {
+        if let pid = brokerPID { Glibc.kill(pid, SIGHUP) }
+    }
+
     /// The URL clients use: `mqtt://127.0.0.1:PORT`.
     public var url: String { "mqtt://127.0.0.1:\(port)" }
 
