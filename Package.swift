@@ -142,7 +142,7 @@ let package = Package(
             ],
             swiftSettings: swiftSettings
         ),
-        .testTarget(name: "CommandLineTests", dependencies: ["TestSupport", "CommandSupport", "FleetCore"], swiftSettings: swiftSettings),
+        .testTarget(name: "CommandLineTests", dependencies: ["TestSupport", "CommandSupport", "FleetCore", "YAMLReader"], swiftSettings: swiftSettings),
         .testTarget(
             name: "FleetAggregatorTests",
             dependencies: [

@@ -276,4 +276,56 @@ struct BrokerSecurityTests {
         #expect(try await HTTP.get(port: port, "/v1/sites/site-b").status == 404)
         aggregator.terminate()
     }
+
+    @Test("a regional broker bridged with the shipped example carries a site to the central aggregator; the view survives a central restart")
+    func bridge() async throws {
+        let central = try await SecureBroker.start(sites: [])
+        defer { central.stop() }
+        // The central aggregator, over TLS with its account.
+        let aggregator = try AggregatorProcess(
+            broker: central.broker, database: central.directory + "/fleet.sqlite",
+            extra: ["--username", "edgefleet.aggregator", "--password-file", central.directory + "/edgefleet.aggregator.pw", "--ca-file", central.ca],
+            brokerURL: "mqtts://127.0.0.1:\(central.tlsPort)")
+        let alice = try central.client("operator.alice")
+        let atCentral = try await subscriber(alice, ["edgefleet/v1/fleet/#", "edgefleet/v1/aggregator/#"])
+        try await atCentral.aggregatorOnline()
+
+        // The regional broker: the development listener for its sites plus the shipped bridge
+        // section, pointed at the central broker's TLS listener with the bridge's account.
+        var bridge = try String(contentsOfFile: repositoryRoot.path + "/broker-config/bridge/region-bridge.conf", encoding: .utf8)
+        for (shipped, test) in [
+            ("address central-broker.example.net:8883", "address 127.0.0.1:\(central.tlsPort)"),
+            ("/etc/mosquitto/edgefleet/central-ca.crt", central.ca), ("remote_password CHANGE-ME", "remote_password \(try central.password("bridge.region-eu"))"),
+        ] {
+            guard bridge.contains(shipped) else { throw TestSupportError("the shipped bridge example no longer contains '\(shipped)'") }
+            bridge = bridge.replacingOccurrences(of: shipped, with: test)
+        }
+        let regional = try MosquittoBroker(extraLines: bridge.split(separator: "\n", omittingEmptySubsequences: false).map(String.init))
+        defer { regional.stop() }
+        let (watcher, atRegion) = try await fleetObserver(regional)
+        defer { Task { await watcher.shutdown() } }
+
+        // A site at the region, speaking to its regional broker only.
+        let site = try SimulatedSite("store-eu-1", brokerURL: regional.url)
+        try await site.connect()
+        site.startBeating()
+        defer { Task { await site.shutdown() } }
+        let view = try await atCentral.view("store-eu-1", timeout: .seconds(30), "the site's view at the central broker") { $0.mode == .connected }
+        #expect(view.liveness == .online)
+        // The fleet's topics come back to the region.
+        _ = try await atRegion.view("store-eu-1", timeout: .seconds(30), "the site's view bridged back to the region") { $0.mode == .connected }
+
+        // The aggregator stops; the central broker restarts: the retained view is still there (persistence).
+        aggregator.terminate()
+        await alice.shutdown()
+        central.broker.stop()
+        try central.broker.restart()
+        let later = try central.client("operator.alice")
+        let afterRestart = try await subscriber(later, ["edgefleet/v1/fleet/sites/+"])
+        defer { Task { await later.shutdown() } }
+        let restored = try await afterRestart.next(timeout: .seconds(10), "the retained view after the restart") { message in
+            message.retain && message.topic == "edgefleet/v1/fleet/sites/store-eu-1"
+        }
+        #expect(try FleetJSON.decode(SiteView.self, from: restored.payload).site.rawValue == "store-eu-1")
+    }
 }
