@@ -76,6 +76,13 @@ let package = Package(
             ],
             swiftSettings: swiftSettings
         ),
+        // Virtual sites speaking the contract through the real broker (`edgefleet simulate`,
+        // the demo, load benchmarks).
+        .target(
+            name: "FleetSimulator",
+            dependencies: ["FleetCore", "MQTT", "YAMLReader", .product(name: "Logging", package: "swift-log")],
+            swiftSettings: swiftSettings
+        ),
         // What the three executables share: EdgeFleet's exit codes around ArgumentParser.
         .target(
             name: "CommandSupport",
@@ -111,7 +118,7 @@ let package = Package(
         .executableTarget(
             name: "edgefleet",
             dependencies: [
-                "FleetCore", "MQTT", "CommandSupport", .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                "FleetCore", "MQTT", "CommandSupport", "FleetSimulator", .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ],
             swiftSettings: swiftSettings

@@ -27,6 +27,8 @@ final class ClientCore: MosquittoEventSink, Sendable {
         var connection: MQTTConnectionState = .idle
         var started = false
         var stopRequested = false
+        /// Stop without DISCONNECT (as a crash would): the broker publishes the Last Will.
+        var abandon = false
         var finished = false
         /// Topic filters in subscription order, restored after every connect.
         var subscriptions: [(filter: String, qos: MQTTQoS)] = []
@@ -92,10 +94,13 @@ final class ClientCore: MosquittoEventSink, Sendable {
         }
     }
 
-    func requestStop() -> StopRequest {
+    var abandoning: Bool { state.withLock { $0.abandon } }
+
+    func requestStop(abandon: Bool = false) -> StopRequest {
         state.withLock { s in
             if s.stopRequested { return .alreadyStopping }
             s.stopRequested = true
+            s.abandon = abandon
             return s.started ? .running : .notStarted
         }
     }

@@ -164,7 +164,18 @@ public final class MQTTClient: Sendable {
     /// operations fail with `MQTTError.shutdown`; `messages` and the state streams
     /// finish. Safe to call more than once and when the broker is gone.
     public func shutdown() async {
-        switch core.requestStop() {
+        await stop(abandon: false)
+    }
+
+    /// Ends the connection as a crash would: no DISCONNECT, the socket just closes, so the
+    /// broker publishes the Last Will. For simulations and tests of what a dead client
+    /// looks like to the others; otherwise as `shutdown()`.
+    public func abandon() async {
+        await stop(abandon: true)
+    }
+
+    private func stop(abandon: Bool) async {
+        switch core.requestStop(abandon: abandon) {
         case .notStarted:
             handle.destroy()
             core.finish()
@@ -324,7 +335,7 @@ private struct LoopDriver {
     }
 
     private func finishShutdown() {
-        if core.currentState.isConnected {
+        if core.currentState.isConnected && !core.abandoning {
             _ = handle.disconnect()
             // Let the loop write the DISCONNECT; libmosquitto closes the socket after it.
             for _ in 0..<20 where core.currentState.isConnected {

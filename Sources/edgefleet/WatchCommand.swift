@@ -15,13 +15,7 @@ struct WatchCommand: AsyncParsableCommand {
         commandName: "watch", abstract: "Follow the fleet's events live (mode changes, deadline alerts, operations), one line each.",
         discussion: "Reads the broker, not the HTTP API. Ctrl-C stops it.")
 
-    @Option(help: "Broker URL, mqtt:// or mqtts:// (default $EDGEFLEET_BROKER or mqtt://127.0.0.1:1883).") var broker: String?
-    @Option(help: "Broker username.") var username: String?
-    @Option(help: "File holding the broker password.") var passwordFile: String?
-    @Option(help: "CA certificate (PEM) for mqtts://.") var caFile: String?
-    @Option(help: "Client certificate (PEM).") var certFile: String?
-    @Option(help: "Client key (PEM).") var keyFile: String?
-    @Option(help: "Topic root (default edgefleet/v1).") var topicRoot: String?
+    @OptionGroup var brokerOptions: BrokerOptions
     @Option(help: "Only this site's events.") var site: String?
     @Option(help: "table (one line per event) or json (one JSON object per line).") var output: OutputFormat = .table
 
@@ -30,31 +24,19 @@ struct WatchCommand: AsyncParsableCommand {
     }
 
     func run() async throws {
-        var flags: [String: Settings.Value] = [:]
-        for case let (key, value?) in [
-            ("broker", broker), ("username", username), ("passwordFile", passwordFile), ("caFile", caFile), ("certFile", certFile),
-            ("keyFile", keyFile), ("topicRoot", topicRoot),
-        ] {
-            flags[key] = .text(value)
-        }
-        let (connection, root) = try loadConfiguration(file: nil, flags: flags) { settings throws(ConfigurationError) in
-            (try settings.brokerSettings(), try settings.topicRoot())
-        }
+        let (configuration, root, broker) = try brokerOptions.resolve(clientID: "edgefleet-watch-\(getpid())-\(UInt32.random(in: 0...UInt32.max))")
         var logger = Logger(label: "edgefleet.watch")
         logger.logLevel = .critical
-        let configuration = MQTTConfiguration(
-            broker: connection.broker, clientID: "edgefleet-watch-\(getpid())-\(UInt32.random(in: 0...UInt32.max))",
-            username: connection.username, password: connection.password, tls: connection.tls, keepAlive: .seconds(30))
         let client = try MQTTClient(configuration: configuration, logger: logger)
         do {
             try await client.connect(timeout: .seconds(10))
         } catch {
-            printError("edgefleet: cannot connect to the broker at \(connection.broker): \(error)")
+            printError("edgefleet: cannot connect to the broker at \(broker): \(error)")
             throw ExitCode(EdgeFleetExit.failure)
         }
         let topic = FleetTopics(root: root).name(.fleetEvents)
         try await client.subscribe(to: topic, qos: .atLeastOnce)
-        printError("watching \(topic) on \(connection.broker) (Ctrl-C stops)")
+        printError("watching \(topic) on \(broker) (Ctrl-C stops)")
         for await message in client.messages where message.topic == topic {
             guard let event = try? FleetJSON.decode(FleetEvent.self, from: message.payload) else { continue }
             if let site, event.site?.rawValue != site { continue }
@@ -77,5 +59,35 @@ struct WatchCommand: AsyncParsableCommand {
         if let kind = event.kind { detail.append(kind.rawValue) }
         if let note = event.note { detail.append(Out.clean(note)) }
         return [Out.time(event.at), event.site?.rawValue ?? "-", event.type.rawValue, detail.joined(separator: "  ")].joined(separator: "  ")
+    }
+}
+
+/// How the CLI reaches the broker (`watch`, `simulate`).
+struct BrokerOptions: ParsableArguments {
+    @Option(help: "Broker URL, mqtt:// or mqtts:// (default $EDGEFLEET_BROKER or mqtt://127.0.0.1:1883).") var broker: String?
+    @Option(help: "Broker username.") var username: String?
+    @Option(help: "File holding the broker password.") var passwordFile: String?
+    @Option(help: "CA certificate (PEM) for mqtts://.") var caFile: String?
+    @Option(help: "Client certificate (PEM).") var certFile: String?
+    @Option(help: "Client key (PEM).") var keyFile: String?
+    @Option(help: "Topic root (default edgefleet/v1).") var topicRoot: String?
+
+    /// The client configuration, the topic root and the broker URL, from the flags and the
+    /// `EDGEFLEET_*` environment.
+    func resolve(clientID: String) throws -> (MQTTConfiguration, TopicRoot, BrokerURL) {
+        var flags: [String: Settings.Value] = [:]
+        for case let (key, value?) in [
+            ("broker", broker), ("username", username), ("passwordFile", passwordFile), ("caFile", caFile), ("certFile", certFile),
+            ("keyFile", keyFile), ("topicRoot", topicRoot),
+        ] {
+            flags[key] = .text(value)
+        }
+        let (connection, root) = try loadConfiguration(file: nil, flags: flags) { settings throws(ConfigurationError) in
+            (try settings.brokerSettings(), try settings.topicRoot())
+        }
+        let configuration = MQTTConfiguration(
+            broker: connection.broker, clientID: clientID, username: connection.username, password: connection.password, tls: connection.tls,
+            keepAlive: .seconds(30))
+        return (configuration, root, connection.broker)
     }
 }

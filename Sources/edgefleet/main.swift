@@ -18,7 +18,8 @@ struct EdgeFleetCommand: AsyncParsableCommand {
             """,
         version: EdgeFleetVersion.current,
         subcommands: [
-            StatusCommand.self, SitesCommand.self, SiteCommand.self, OpsCommand.self, QueueCommand.self, WatchCommand.self, BrokerCommand.self,
+            StatusCommand.self, SitesCommand.self, SiteCommand.self, OpsCommand.self, QueueCommand.self, WatchCommand.self, SimulateCommand.self,
+            BrokerCommand.self,
         ])
 }
 
