@@ -64,7 +64,7 @@ enum BrokerTool {
             let candidate = URL(fileURLWithPath: "\(directory)/\(tool)")
             if FileManager.default.isExecutableFile(atPath: candidate.path) { return candidate }
         }
-        throw CLIFailure.failure("\(tool) is not installed (Debian: \(tool == "openssl" ? "openssl" : "mosquitto-clients or mosquitto"))")
+        throw CLIFailure.failure("\(tool) is not installed (Debian package: \(tool == "openssl" ? "openssl" : "mosquitto"))")
     }
 
     /// A new random password: 32 hex digits.
@@ -73,13 +73,22 @@ enum BrokerTool {
         return (0..<4).map { _ in String(format: "%08x", UInt32.random(in: 0...UInt32.max, using: &generator)) }.joined()
     }
 
-    /// Sets `user`'s password in the mosquitto password file (created, mode 0600, if missing).
+    /// Sets `user`'s password in the mosquitto password file (created if missing, readable
+    /// by the broker's group only: root:mosquitto 0640).
     static func setPassword(user: String, password: String, file: String) throws {
         if !FileManager.default.fileExists(atPath: file) {
             _ = FileManager.default.createFile(atPath: file, contents: nil, attributes: [.posixPermissions: 0o600])
         }
         // -b: batch mode (the password is an argument for the moment mosquitto_passwd runs).
         try run("mosquitto_passwd", ["-b", file, user, password])
+        shareWithBroker(file)
+    }
+
+    /// mosquitto reads its files after dropping to the `mosquitto` user: give them to that
+    /// group (when it exists), readable, never writable, never world-readable.
+    static func shareWithBroker(_ path: String, mode: mode_t = 0o640) {
+        if let group = getgrnam("mosquitto") { _ = chown(path, uid_t.max, group.pointee.gr_gid) }
+        _ = chmod(path, mode)
     }
 
     static func users(in file: String) -> [String] {
@@ -173,6 +182,9 @@ struct BrokerRemoveSite: AsyncParsableCommand {
                 }
             }
             guard done else { throw CLIFailure(code: EdgeFleetExit.notFound, description: "\(site) has no account or certificate") }
+            print(
+                "reload the broker (systemctl reload mosquitto; restart it for a revoked certificate), then clear the site's retained topics as the admin:\n"
+                    + "  mosquitto_pub -r -n -t edgefleet/v1/sites/\(site)/presence ... and -t edgefleet/v1/sites/\(site)/status")
         }
     }
 }
@@ -180,7 +192,7 @@ struct BrokerRemoveSite: AsyncParsableCommand {
 /// Role accounts: `edgefleet.aggregator`, `operator.NAME`, `bridge.NAME` (NAME as a site id).
 enum RoleName {
     static func isRole(_ name: String) -> Bool {
-        if name == "edgefleet.aggregator" { return true }
+        if name == "edgefleet.aggregator" || name == "edgefleet.admin" { return true }
         for prefix in ["operator.", "bridge."] where name.hasPrefix(prefix) {
             return SiteID.isValid(String(name.dropFirst(prefix.count)))
         }
@@ -194,10 +206,11 @@ struct BrokerAddRole: AsyncParsableCommand {
         abstract: "An account for the aggregator, an operator or a bridge, with a new random password; operators and bridges get their ACL block.",
         discussion: """
             edgefleet broker add-account aggregator          -> edgefleet.aggregator (its ACL block ships in the ACL)
+            edgefleet broker add-account admin               -> edgefleet.admin: reads everything, clears a removed site's retained topics
             edgefleet broker add-account operator alice      -> operator.alice: reads {root}/fleet/# and the aggregator's presence
             edgefleet broker add-account bridge region-eu    -> bridge.region-eu: writes {root}/sites/#, reads the fleet's topics
             """)
-    enum Role: String, ExpressibleByArgument, CaseIterable { case aggregator, `operator`, bridge }
+    enum Role: String, ExpressibleByArgument, CaseIterable { case aggregator, admin, `operator`, bridge }
     @Argument(help: "aggregator, operator or bridge.") var role: Role
     @Argument(help: "The operator's or bridge's name (a-z, 0-9, '-').") var name: String?
     @OptionGroup var files: BrokerFiles
@@ -206,7 +219,7 @@ struct BrokerAddRole: AsyncParsableCommand {
 
     func validate() throws {
         switch (role, name) {
-        case (.aggregator, _?): throw ValidationError("the aggregator's account has no name")
+        case (.aggregator, _?), (.admin, _?): throw ValidationError("the \(role.rawValue)'s account has no name")
         case (.operator, nil), (.bridge, nil): throw ValidationError("name the \(role.rawValue)")
         case (_, let name?): if let problem = SiteID.problem(with: name) { throw ValidationError("NAME: \(problem.replacingOccurrences(of: "site id", with: "name"))") }
         default: break
@@ -217,6 +230,7 @@ struct BrokerAddRole: AsyncParsableCommand {
     var username: String {
         switch role {
         case .aggregator: "edgefleet.aggregator"
+        case .admin: "edgefleet.admin"
         case .operator: "operator.\(name!)"
         case .bridge: "bridge.\(name!)"
         }
@@ -230,7 +244,7 @@ struct BrokerAddRole: AsyncParsableCommand {
             }
             let block: String? =
                 switch role {
-                case .aggregator: nil
+                case .aggregator, .admin: nil
                 case .operator:
                     "\nuser \(user)\ntopic read \(topicRoot)/fleet/#\ntopic read \(topicRoot)/aggregator/#\n"
                 case .bridge:
@@ -326,7 +340,8 @@ func cliFailures(_ body: () throws -> Void) throws {
 struct CertificateAuthority {
     let directory: String
 
-    init(directory: String) throws {
+    init(directory relative: String) throws {
+        let directory = URL(fileURLWithPath: relative).standardizedFileURL.path
         self.directory = directory
         guard FileManager.default.fileExists(atPath: "\(directory)/openssl.cnf") else {
             throw CLIFailure.usage("--ca-dir: \(directory) is not a CA directory made by `edgefleet broker init-ca`")
@@ -335,7 +350,12 @@ struct CertificateAuthority {
 
     private init(unchecked directory: String) { self.directory = directory }
 
-    static func create(directory: String) throws -> CertificateAuthority {
+    static func create(directory relative: String) throws -> CertificateAuthority {
+        // openssl.cnf names the directory: absolute, and nothing openssl would expand.
+        let directory = URL(fileURLWithPath: relative).standardizedFileURL.path
+        guard !directory.contains(where: { $0 == "$" || $0.isWhitespace || $0 == "\"" }) else {
+            throw CLIFailure.usage("--ca-dir: a path without spaces, quotes or '$', got '\(directory)'")
+        }
         let manager = FileManager.default
         if manager.fileExists(atPath: "\(directory)/ca.key") {
             throw CLIFailure(code: EdgeFleetExit.refused, description: "\(directory) already holds a CA; refusing to overwrite it")
@@ -386,15 +406,21 @@ struct CertificateAuthority {
              "\(directory)/ca.crt", "-days", "3650", "-subj", "/CN=EdgeFleet broker CA", "-addext", "basicConstraints=critical,CA:TRUE",
              "-addext", "keyUsage=critical,keyCertSign,cRLSign"])
         chmod("\(directory)/ca.key", 0o600)
+        // The broker reads ca.crt, server.* and crl.pem from here: the directory is the
+        // broker group's to enter, the CA key stays root's.
+        BrokerTool.shareWithBroker(directory, mode: 0o750)
         let ca = CertificateAuthority(unchecked: directory)
         try ca.writeCRL()
         return ca
     }
 
     func issueServer(names: [String], days: Int) throws {
-        let san = names.map { name in name.allSatisfy({ $0.isNumber || $0 == "." || $0 == ":" }) ? "IP:\(name)" : "DNS:\(name)" }
-            .joined(separator: ",")
+        let san = names.map { name in
+            let isIP = name.contains(":") || name.allSatisfy({ $0.isNumber || $0 == "." })  // IPv4, or IPv6 (hex with colons)
+            return isIP ? "IP:\(name)" : "DNS:\(name)"
+        }.joined(separator: ",")
         try sign(commonName: names[0], extensions: "server", san: san, days: days, key: "\(directory)/server.key", certificate: "\(directory)/server.crt")
+        BrokerTool.shareWithBroker("\(directory)/server.key")
     }
 
     func issueClient(commonName: String, days: Int, into out: String) throws -> (String, String) {
@@ -438,5 +464,6 @@ struct CertificateAuthority {
 
     func writeCRL() throws {
         try BrokerTool.run("openssl", ["ca", "-config", "\(directory)/openssl.cnf", "-gencrl", "-out", "\(directory)/crl.pem"])
+        BrokerTool.shareWithBroker("\(directory)/crl.pem", mode: 0o644)
     }
 }

@@ -100,6 +100,15 @@ struct DeployTests {
                     mountedFiles[file] = content
                 }
             }
+            // Environment from Secrets and ConfigMaps: the object and its key exist.
+            for variable in container["env"]?.sequence ?? [] {
+                for (field, kind) in [("secretKeyRef", "Secret"), ("configMapKeyRef", "ConfigMap")] {
+                    guard let reference = variable["valueFrom"]?[field] else { continue }
+                    let object = try #require(Self.find(documents, kind: kind, name: reference["name"]!.string!), "\(kind) \(reference["name"]!.string!)")
+                    let keys = ((object["stringData"]?.mapping ?? []) + (object["data"]?.mapping ?? [])).compactMap(\.key.string)
+                    #expect(keys.contains(reference["key"]!.string!), "\(kind) \(reference["name"]!.string!) has no key \(reference["key"]!.string!)")
+                }
+            }
             let resources = try #require(container["resources"])
             for part in ["requests", "limits"] {
                 #expect(resources[part]?["cpu"] != nil && resources[part]?["memory"] != nil, "resources.\(part)")

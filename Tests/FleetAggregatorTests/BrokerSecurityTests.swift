@@ -5,6 +5,10 @@ import MQTT
 import TestSupport
 import Testing
 
+#if canImport(Glibc)
+import Glibc
+#endif
+
 /// The shipped production broker configuration (`broker-config/production/`) with its
 /// ACL, credentials made by `edgefleet broker`, against a real mosquitto.
 struct SecureBroker {
@@ -48,8 +52,7 @@ struct SecureBroker {
         let (tlsPort, certificatePort, localPort) = (try freeLoopbackPort(), try freeLoopbackPort(), try freeLoopbackPort())
         var text = try String(contentsOfFile: repositoryRoot.path + "/broker-config/production/mosquitto.conf", encoding: .utf8)
         for (shipped, test) in [
-            ("/etc/mosquitto/edgefleet/ca.crt", directory + "/ca/ca.crt"), ("/etc/mosquitto/edgefleet/server.crt", directory + "/ca/server.crt"),
-            ("/etc/mosquitto/edgefleet/server.key", directory + "/ca/server.key"), ("/etc/mosquitto/edgefleet/crl.pem", directory + "/ca/crl.pem"),
+            ("/etc/mosquitto/edgefleet/ca/", directory + "/ca/"),
             ("/etc/mosquitto/edgefleet/passwd", directory + "/passwd"), ("/etc/mosquitto/edgefleet/acl", directory + "/acl"),
             ("/var/lib/mosquitto/", directory + "/data/"), ("\nlistener 8883\n", "\nlistener \(tlsPort) 127.0.0.1\n"),
             ("\nlistener 8884\n", "\nlistener \(certificatePort) 127.0.0.1\n"), ("\nlistener 1883 127.0.0.1\n", "\nlistener \(localPort) 127.0.0.1\n"),
@@ -60,7 +63,11 @@ struct SecureBroker {
             text = text.replacingOccurrences(of: shipped, with: test)
         }
         try FileManager.default.createDirectory(atPath: directory + "/data", withIntermediateDirectories: true)
-        let broker = try MosquittoBroker(configText: text, port: tlsPort, directory: URL(fileURLWithPath: directory + "/broker"))
+        // mosquitto drops to its own user, as installed: it must be able to read what the tool
+        // made (the password file, the server key) and write its persistence directory.
+        if let user = getpwnam("mosquitto") { chown(directory + "/data", user.pointee.pw_uid, user.pointee.pw_gid) }
+        let broker = try MosquittoBroker(
+            configText: text, port: tlsPort, directory: URL(fileURLWithPath: directory + "/broker"), asRoot: getpwnam("mosquitto") == nil)
         return SecureBroker(directory: directory, broker: broker, tlsPort: tlsPort, certificatePort: certificatePort, localPort: localPort)
     }
 
@@ -142,6 +149,17 @@ struct BrokerSecurityTests {
         #expect(!seen.received.contains { $0.payload == Array("forged".utf8) })
         #expect(seen.received.contains { $0.payload == Array("b-secret".utf8) }, "the aggregator reads B")
         #expect(aSees.received.allSatisfy { $0.topic.hasPrefix("edgefleet/v1/sites/site-a/") }, "\(aSees.received.map(\.topic))")
+
+        // B reusing A's client id does not take A's session over (the broker uses usernames as client ids).
+        var configuration = a.configuration
+        configuration.username = "site-b"
+        configuration.password = try secure.password("site-b")
+        let impostor = try MQTTClient(configuration: configuration, logger: Logger(label: "impostor"))
+        try await impostor.connect()
+        try await a.publish("edgefleet/v1/sites/site-a/heartbeat", payload: Array("still-here".utf8), qos: .atLeastOnce)
+        _ = try await seen.next(timeout: .seconds(10), "A still publishing after B used its client id") { $0.payload == Array("still-here".utf8) }
+        #expect(a.state.isConnected)
+        await impostor.shutdown()
 
         // No credentials, a wrong password, plaintext on the TLS port, a site on the
         // certificate listener without a certificate: refused.

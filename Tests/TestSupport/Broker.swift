@@ -80,14 +80,17 @@ public final class MosquittoBroker: @unchecked Sendable {
     /// ports it chose, files in `directory`); waits until `port` accepts connections. As root
     /// it adds `user root` (mosquitto would drop to a `mosquitto` user that cannot read the
     /// test's files).
-    public init(configText: String, port: Int, directory: URL) throws {
+    ///
+    /// `asRoot: false` lets mosquitto drop to its `mosquitto` user as it does when installed,
+    /// so the test sees whether that user can read the files it is given.
+    public init(configText: String, port: Int, directory: URL, asRoot: Bool = true) throws {
         try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
         self.directory = directory
         self.logFile = directory.appendingPathComponent("mosquitto.log")
         self.configFile = directory.appendingPathComponent("mosquitto.conf")
         self.port = port
         var text = configText
-        if geteuid() == 0 { text += "\nuser root\n" }
+        if geteuid() == 0 && asRoot { text += "\nuser root\n" }
         try text.write(to: configFile, atomically: true, encoding: .utf8)
         try launch()
     }
