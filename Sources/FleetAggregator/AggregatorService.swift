@@ -332,8 +332,20 @@ public final class AggregatorService: Service, Sendable {
     private func finish() async {
         await dispatcher.shutdown()
         flush()
-        await announce(.offline, reason: .shutdown)
-        await client.shutdown()
+        // Say goodbye if the broker takes it within 2 s; a broker that is gone must not keep the
+        // process from stopping (its Last Will says `lost` instead).
+        let client = client
+        let said = Mutex(false)
+        let goodbye = Task {
+            await self.announce(.offline, reason: .shutdown)
+            said.withLock { $0 = true }
+        }
+        let deadline = ContinuousClock.now + .seconds(2)
+        while ContinuousClock.now < deadline, client.state.isConnected, !said.withLock({ $0 }) {
+            try? await Task.sleep(for: .milliseconds(20))
+        }
+        await client.shutdown()  // fails a publish still waiting for its acknowledgement
+        await goodbye.value
         logger.info("aggregator stopped")
     }
 

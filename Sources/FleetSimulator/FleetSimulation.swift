@@ -156,15 +156,23 @@ public final class FleetSimulation: Sendable {
         }
     }
 
-    /// Disconnects every live site cleanly (their presence says shutdown).
+    /// Disconnects every live site cleanly (their presence says shutdown), giving the broker
+    /// 3 s to take the goodbyes: a broker that is gone must not keep the simulation running.
     public func shutdown() async {
-        for (index, site) in sites.withLock({ $0 }).enumerated() where site.alive {
-            let presence = Presence(site: site.id, state: .offline, reason: .shutdown, session: session, at: Date())
-            try? await clients[site.connection].publish(
-                settings.topics.name(.site(site.id, .presence)), payload: FleetJSON.encode(presence), qos: .atLeastOnce, retain: true)
-            _ = index
+        let live = sites.withLock { $0 }.filter(\.alive)
+        let done = Mutex(false)
+        let goodbyes = Task {
+            for site in live where clients[site.connection].state.isConnected {
+                let presence = Presence(site: site.id, state: .offline, reason: .shutdown, session: session, at: Date())
+                try? await clients[site.connection].publish(
+                    settings.topics.name(.site(site.id, .presence)), payload: FleetJSON.encode(presence), qos: .atLeastOnce, retain: true)
+            }
+            done.withLock { $0 = true }
         }
-        for client in clients { await client.shutdown() }
+        let deadline = ContinuousClock.now + .seconds(3)
+        while ContinuousClock.now < deadline, !done.withLock({ $0 }) { try? await Task.sleep(for: .milliseconds(20)) }
+        for client in clients { await client.shutdown() }  // fails whatever still waits
+        await goodbyes.value
     }
 
     // MARK: -
