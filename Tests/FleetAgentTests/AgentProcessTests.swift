@@ -9,41 +9,6 @@ import Testing
 import Glibc
 #endif
 
-/// The real `edgefleet-agent` binary as a subprocess, against a real broker.
-final class AgentProcess {
-    let process: ChildProcess
-    let log: String
-
-    init(site: String, broker: MosquittoBroker, stateDir: String, probe: [String] = ["--probe-command", "true"], extra: [String] = []) throws {
-        log = stateDir + "/agent-\(UUID().uuidString.prefix(6)).log"
-        process = try ChildProcess(
-            try builtProduct("edgefleet-agent").path,
-            ["--site", site, "--broker", broker.url, "--state-dir", stateDir, "--heartbeat-interval", "1s", "--probe-interval", "1s",
-             "--log-level", "debug"] + probe + extra,
-            outputPath: log)
-    }
-
-    func terminate() -> Int32 {
-        process.signal(SIGTERM)
-        return process.wait(timeout: .seconds(10)) ?? { process.signal(SIGKILL); return process.wait() }()
-    }
-
-    func kill() {
-        process.signal(SIGKILL)
-        process.wait()
-    }
-
-    var output: String { (try? String(contentsOfFile: log, encoding: .utf8)) ?? "" }
-
-    /// A test that fails half-way must not leave its agent running.
-    deinit {
-        if process.isRunning {
-            process.signal(SIGKILL)
-            process.wait()
-        }
-    }
-}
-
 @Suite("the agent process against a real broker", .timeLimit(.minutes(2)))
 struct AgentProcessTests {
     func observer(_ broker: MosquittoBroker) async throws -> (MQTTClient, MessageCollector) {

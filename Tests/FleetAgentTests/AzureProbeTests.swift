@@ -7,39 +7,8 @@ import Testing
 import Glibc
 #endif
 
-/// A stand-in for an Azure endpoint: `openssl s_server` on a free loopback port
-/// with a certificate for localhost from a test PKI.
-final class StandInEndpoint {
-    let port: Int
-    let pki: TestPKI
-    private var server: ChildProcess?
-
-    init(pki: TestPKI) throws {
-        self.pki = pki
-        self.port = try freeLoopbackPort()
-        try start()
-    }
-
-    func start() throws {
-        let openssl = try executable("openssl")
-        server = try ChildProcess(
-            openssl.path, ["s_server", "-accept", "127.0.0.1:\(port)", "-cert", pki.serverCertificate, "-key", pki.serverKey, "-www", "-quiet"])
-        let deadline = ContinuousClock.now + .seconds(10)
-        while !canConnect(port: port) {
-            guard ContinuousClock.now < deadline, server?.isRunning == true else { throw TestSupportError("openssl s_server did not start") }
-            usleep(10_000)
-        }
-    }
-
-    func stop() {
-        server?.signal(SIGTERM)
-        server?.wait()
-        server = nil
-    }
-
+extension StandInEndpoint {
     var endpoint: AzureProbeConfiguration.Endpoint { .init(host: "localhost", port: port) }
-
-    deinit { stop() }
 }
 
 /// A listener that accepts TCP connections (in the kernel's backlog) and never says a word.

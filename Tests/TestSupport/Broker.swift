@@ -64,6 +64,8 @@ public final class MosquittoBroker: @unchecked Sendable {
                 }
             }
             lines.append(contentsOf: extraLines)
+            // "running" (information) is how launch() knows every listener is open.
+            if !lines.contains("log_type information") && !lines.contains("log_type all") { lines.append("log_type information") }
             try lines.joined(separator: "\n").write(to: configFile, atomically: true, encoding: .utf8)
             do {
                 self.port = port
@@ -91,6 +93,7 @@ public final class MosquittoBroker: @unchecked Sendable {
         self.port = port
         var text = configText
         if geteuid() == 0 && asRoot { text += "\nuser root\n" }
+        if !text.contains("log_type information") && !text.contains("log_type all") { text += "\nlog_type information\n" }
         try text.write(to: configFile, atomically: true, encoding: .utf8)
         try launch()
     }
@@ -137,7 +140,9 @@ public final class MosquittoBroker: @unchecked Sendable {
                 stop()
                 throw TestSupportError("mosquitto exited: \(log)")
             }
-            if canConnect(port: port) { return }
+            // Listening is not enough: another process may hold the port (it was free a moment
+            // ago), and mosquitto opens its listeners one by one. "running" comes after all of them.
+            if canConnect(port: port) && log.contains(" running") { return }
             usleep(10_000)
         }
         stop()
