@@ -33,6 +33,7 @@ bench: deps
 	python3 Benchmarks/agent_footprint.py --duration 600 --write docs/benchmarks.md
 	python3 Benchmarks/aggregator.py --write docs/benchmarks.md
 	python3 Benchmarks/queue.py --write docs/benchmarks.md
+	python3 Benchmarks/reconnect_storm.py --write docs/benchmarks.md
 
 clean:
 	rm -rf .build
