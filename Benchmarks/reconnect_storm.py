@@ -97,7 +97,7 @@ def main():
             agg = subprocess.Popen(
                 [aggregator, "--broker", f"mqtt://127.0.0.1:{mqtt_port}", "--db", os.path.join(directory, "fleet.sqlite"),
                  "--http", f"127.0.0.1:{http_port}", "--token-file", os.path.join(directory, "tokens"), "--public-reads", "true",
-                 "--executors", os.path.join(directory, "executors.yaml"), "--connected-within", "20s", "--budget", "1h",
+                 "--executors", os.path.join(directory, "executors.yaml"), "--connected-within", "20s", "--budget", "1h", "--warn-before", "10m", "--critical-before", "5m",
                  "--stable-for", "2s", "--max-concurrent-dispatches", str(args.limit), "--dispatch-interval", "200ms",
                  "--log-level", "warning"], env=env, stdout=open(os.path.join(directory, "aggregator.log"), "w"), stderr=subprocess.STDOUT)
             procs.append(agg)
@@ -111,6 +111,8 @@ def main():
                     http(http_port, "/healthz")
                     break
                 except OSError:
+                    if agg.poll() is not None:
+                        sys.exit("the aggregator did not start: " + open(os.path.join(directory, "aggregator.log")).read())
                     time.sleep(0.1)
             sim_start = time.time()
             sim = subprocess.Popen([cli, "simulate", "--broker", f"mqtt://127.0.0.1:{mqtt_port}", "--scenario", scenario],

@@ -3,12 +3,13 @@
 # Safe to run again: it does nothing when everything is there.
 set -euo pipefail
 
-# Build and run: the broker, libmosquitto, SQLite, OpenSSL, libyaml. Tests also use Debian's
+# Build and run: the broker, libmosquitto, SQLite, OpenSSL, libyaml, libcurl (the CLI statically
+# linked by scripts/build-release.sh needs it to link). Tests also use Debian's
 # chromium (the dashboard, headless), prometheus (promtool checks /metrics and the alerting
 # rules), bsdutils (`script` gives the CLI a terminal) and systemd (`systemd-analyze verify`
 # checks the units in deploy/).
 packages=(mosquitto mosquitto-clients libmosquitto-dev libsqlite3-dev libssl-dev libyaml-dev openssl pkg-config python3
-    chromium fonts-dejavu-core prometheus bsdutils curl systemd)
+    libcurl4-openssl-dev chromium fonts-dejavu-core prometheus bsdutils curl systemd)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -246,6 +246,7 @@ public final class AggregatorService: Service, Sendable {
         let now = Date()
         let situation = (try? SiteID(request.site)).flatMap { site in state.withLock { $0.situation(of: site, now: now)?.submission } }
         let result = try queue.submit(request, situation: situation, now: now)
+        dispatcher.invalidate()
         if !result.existing {
             for id in result.superseded {
                 queueEvents.add(FleetEvent(type: .operationSuperseded, site: result.operation.site, at: now, operationID: id, note: "superseded by \(result.operation.id)"))
@@ -260,24 +261,28 @@ public final class AggregatorService: Service, Sendable {
 
     public func cancel(id: String, by who: String) throws(QueueError) -> DeferredOperation {
         let operation = try queue.cancel(id: id, by: who, now: Date())
+        dispatcher.invalidate()
         queueEvents.add(FleetEvent(type: .operationCancelled, site: operation.site, at: Date(), operationID: id, kind: operation.kind, note: "by \(who)"))
         return operation
     }
 
     public func retry(id: String, by who: String) throws(QueueError) -> DeferredOperation {
         let operation = try queue.retry(id: id, by: who, now: Date())
+        dispatcher.invalidate()
         queueEvents.add(FleetEvent(type: .operationQueued, site: operation.site, at: Date(), operationID: id, kind: operation.kind, note: "retried by \(who)"))
         return operation
     }
 
     public func release(id: String, by who: String) throws(QueueError) -> DeferredOperation {
         let operation = try queue.release(id: id, by: who, now: Date())
+        dispatcher.invalidate()
         queueEvents.add(FleetEvent(type: .operationQueued, site: operation.site, at: Date(), operationID: id, kind: operation.kind, note: "released by \(who)"))
         return operation
     }
 
     public func cancelAll(_ filter: OperationFilter, by who: String) throws(QueueError) -> [DeferredOperation] {
         let cancelled = try queue.cancelAll(filter, by: who, now: Date())
+        dispatcher.invalidate()
         for operation in cancelled {
             queueEvents.add(
                 FleetEvent(type: .operationCancelled, site: operation.site, at: Date(), operationID: operation.id, kind: operation.kind, note: "by \(who) (bulk)"))

@@ -85,6 +85,13 @@ public final class Dispatcher: Sendable {
         /// served) goes before sites that already had a turn.
         var servedAt: [SiteID: UInt64] = [:]
         var turns: UInt64 = 0
+        /// The queued and blocked operations, oldest first, as the last pass left them: a pass
+        /// reads the store only when this is nil (a submission, an operator's action, a retry
+        /// invalidates it) or 2 s old (another writer of the database may have changed it).
+        /// With 10,000 operations queued, reading them all was most of a pass.
+        var waiting: [DeferredOperation]?
+        var waitingReadAt = ContinuousClock.now
+        var generation: UInt64 = 0
     }
     private let state = Mutex(State())
 
@@ -140,24 +147,45 @@ public final class Dispatcher: Sendable {
 
     /// One pass: expire, block, then start what may start. `situation` answers for a site
     /// the aggregator knows (nil: never heard from).
+    /// Forgets the operations the last pass read: the next pass reads the store again. For
+    /// whoever changes the queue (submission, cancel, retry, release, another writer).
+    public func invalidate() {
+        state.withLock {
+            $0.waiting = nil
+            $0.generation += 1
+        }
+    }
+
     public func tick(now: Date, situation: (SiteID) -> DispatchSituation?) throws {
-        let finishedBefore = state.withLock { $0.finished }
-        let waiting = try store.all(OperationFilter(states: [.queued, .blocked]))
+        let (finishedBefore, cached, generation) = state.withLock { s in
+            (s.finished, ContinuousClock.now - s.waitingReadAt < .seconds(2) ? s.waiting : nil, s.generation)
+        }
+        let readAt = ContinuousClock.now
+        let waiting = try cached ?? store.all(OperationFilter(states: [.queued, .blocked]))
+        var remaining: [DeferredOperation] = []  // what stays queued or blocked after this pass
+        remaining.reserveCapacity(waiting.count)
         var candidates: [SiteID: DeferredOperation] = [:]
         for operation in waiting {  // oldest first
             if let expiresAt = operation.expiresAt, expiresAt <= now {
                 try move(operation, to: .expired, at: now, note: "expired at \(RFC3339.format(expiresAt)) before it could run", event: .operationExpired)
                 continue
             }
-            guard operation.state == .queued else { continue }  // blocked: only expiry applies
+            guard operation.state == .queued else {  // blocked: only expiry applies
+                remaining.append(operation)
+                continue
+            }
             let site = situation(operation.site)
             // Blocked at a site past its deadline, unless an operator released it after that deadline passed.
             if let site, site.mode == .disconnected,
                 !(operation.released == true && (operation.releasedAt ?? .distantPast) >= (site.expiredAt ?? .distantPast))
             {
                 try move(operation, to: .blocked, at: now, note: "the site passed its deadline; an operator must release or cancel it", event: .operationBlocked)
+                var blocked = operation
+                blocked.state = .blocked
+                remaining.append(blocked)
                 continue
             }
+            remaining.append(operation)
             guard candidates[operation.site] == nil else { continue }  // the site's oldest goes first
             if let notBefore = operation.notBefore, notBefore > now { continue }  // scheduled later: the next one may go
             candidates[operation.site] = operation
@@ -186,12 +214,21 @@ public final class Dispatcher: Sendable {
             }
             return (sites, settings.limit - s.running.count)
         }
+        var started = Set<String>()
         for site in order.prefix(max(0, free)) {
             guard let operation = ready[site], let s = situation(site) else { continue }
             let could = [operation.createdAt, s.readySince, operation.notBefore, operation.nextAttemptAt].compactMap { $0 }.max() ?? now
             if start(operation, argv: argvs[operation.id], finishedBefore: finishedBefore[site] ?? 0, now: now) {
+                started.insert(operation.id)
                 dispatched(.milliseconds(Int64(max(0, now.timeIntervalSince(could)) * 1000)))
             }
+        }
+        // Keep what is still waiting for the next pass, unless the queue changed meanwhile.
+        let left = started.isEmpty ? remaining : remaining.filter { !started.contains($0.id) }
+        state.withLock { s in
+            guard s.generation == generation else { return }
+            s.waiting = left
+            if cached == nil { s.waitingReadAt = readAt }
         }
     }
 
@@ -201,6 +238,7 @@ public final class Dispatcher: Sendable {
             emit(FleetEvent(type: event, site: moved.site, at: now, operationID: moved.id, kind: moved.kind, note: note))
         } catch OperationStoreError.conflict {
             // An operator acted on it meanwhile; theirs stands.
+            invalidate()
         }
     }
 
@@ -222,6 +260,7 @@ public final class Dispatcher: Sendable {
                 update: { $0.attempts += 1 })
         } catch {
             state.withLock { _ = $0.running.remove(operation.site) }
+            invalidate()  // moved by someone else: read the queue again
             return false
         }
         emit(FleetEvent(type: .operationDispatched, site: dispatched.site, at: now, operationID: dispatched.id, kind: dispatched.kind))
@@ -301,6 +340,7 @@ public final class Dispatcher: Sendable {
             let now = Date()
             do {
                 let done = try store.transition(id: operation.id, expected: [.dispatching], to: to, at: now, note: note, update: update)
+                if to == .queued { invalidate() }  // a retry waits in the queue again
                 emit(FleetEvent(type: event, site: done.site, at: now, operationID: done.id, kind: done.kind, note: String(note.prefix(200))))
                 return
             } catch OperationStoreError.conflict, OperationStoreError.notFound {
