@@ -66,6 +66,15 @@ def machine():
     return f"{os.cpu_count()} cores ({cpu}), {mem:.0f} GiB, {platform.system()} {platform.release()}; {mosq}; {swift}"
 
 
+def release_binaries(skip_build, *products):
+    """The shipped builds of products: built now, or (skip_build) as they are."""
+    if not skip_build:
+        return build_release(*products)
+    bindir = subprocess.run(["swift", "build", "-c", "release", "--show-bin-path"], capture_output=True, text=True,
+                            check=True, cwd=ROOT).stdout.strip()
+    return [os.path.join(bindir, p) for p in products]
+
+
 def build_release(*products):
     """Builds products the way they ship (scripts/build-release.sh); returns their paths."""
     subprocess.run([os.path.join(ROOT, "scripts/build-release.sh"), *products], check=True, cwd=ROOT)

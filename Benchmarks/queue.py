@@ -20,7 +20,7 @@ import sys
 import tempfile
 import time
 
-from benchlib import ROOT, build_release, machine, write_section
+from benchlib import ROOT, machine, release_binaries, write_section
 
 SUBMIT_TARGET = 5_000
 PAGE_TARGET_MS = 50
@@ -48,12 +48,7 @@ def main():
     parser.add_argument("--write")
     parser.add_argument("--skip-build", action="store_true")
     args = parser.parse_args()
-    if args.skip_build:
-        bindir = subprocess.run(["swift", "build", "-c", "release", "--show-bin-path"], capture_output=True, text=True,
-                                check=True, cwd=ROOT).stdout.strip()
-        bench = os.path.join(bindir, "edgefleet-bench")
-    else:
-        bench, = build_release("edgefleet-bench")
+    bench, = release_binaries(args.skip_build, "edgefleet-bench")
 
     with tempfile.TemporaryDirectory(prefix="edgefleet-queue-") as directory:
         database = os.path.join(directory, "fleet.sqlite")

@@ -34,6 +34,17 @@ public struct ServiceOptions: ParsableArguments {
     @Option(help: "YAML configuration file.") public var config: String?
     @Flag(help: "Validate the configuration, print it and exit.") public var checkConfig = false
     @Option(help: "Log level: trace, debug, info, notice, warning, error, critical.") public var logLevel: String = "info"
+    @OptionGroup public var broker: BrokerFlags
+
+    public init() {}
+
+    /// The broker and topic settings given as flags, by file key.
+    public var flagSettings: [String: Settings.Value] { broker.flagSettings }
+}
+
+/// How a program reaches the broker: the URL, credentials, TLS files and the topic root
+/// (the services' and the CLI's `watch` and `simulate`).
+public struct BrokerFlags: ParsableArguments {
     @Option(help: "Broker URL, mqtt:// or mqtts://.") var broker: String?
     @Option(help: "Broker username.") var username: String?
     @Option(help: "File holding the broker password.") var passwordFile: String?
@@ -44,7 +55,7 @@ public struct ServiceOptions: ParsableArguments {
 
     public init() {}
 
-    /// The broker and topic settings given as flags, by file key.
+    /// The settings given as flags, by file key.
     public var flagSettings: [String: Settings.Value] {
         let scalars: [(String, String?)] = [
             ("broker", broker), ("username", username), ("passwordFile", passwordFile), ("caFile", caFile), ("certFile", certFile),

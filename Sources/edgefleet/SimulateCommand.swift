@@ -122,8 +122,9 @@ struct SimulateCommand: AsyncParsableCommand {
         let terminal = isatty(2) == 1
         printError("simulating \(scenario.sites) sites (\(simulation.connectionCount) connections) on \(broker); Ctrl-C stops")
         let progressLines = progressLines
+        let limit = try duration.map { try DurationFormat.parse($0) }
         let work = Task {
-            try await simulation.run(for: try duration.map { try DurationFormat.parse($0) }) { progress in
+            try await simulation.run(for: limit) { progress in
                 let line = "\(DurationFormat.human(seconds: progress.elapsed.secondsValue)): \(progress.sites) sites, \(progress.alive) agents alive, "
                     + "\(progress.azureUp) reaching Azure, \(progress.connected)/\(progress.connections) connections, \(progress.heartbeats) heartbeats"
                     + (progress.failures > 0 ? ", \(progress.failures) failed" : "")

@@ -62,27 +62,14 @@ struct WatchCommand: AsyncParsableCommand {
     }
 }
 
-/// How the CLI reaches the broker (`watch`, `simulate`).
+/// How the CLI reaches the broker (`watch`, `simulate`): the services' broker flags.
 struct BrokerOptions: ParsableArguments {
-    @Option(help: "Broker URL, mqtt:// or mqtts:// (default $EDGEFLEET_BROKER or mqtt://127.0.0.1:1883).") var broker: String?
-    @Option(help: "Broker username.") var username: String?
-    @Option(help: "File holding the broker password.") var passwordFile: String?
-    @Option(help: "CA certificate (PEM) for mqtts://.") var caFile: String?
-    @Option(help: "Client certificate (PEM).") var certFile: String?
-    @Option(help: "Client key (PEM).") var keyFile: String?
-    @Option(help: "Topic root (default edgefleet/v1).") var topicRoot: String?
+    @OptionGroup var flags: BrokerFlags
 
     /// The client configuration, the topic root and the broker URL, from the flags and the
     /// `EDGEFLEET_*` environment.
     func resolve(clientID: String) throws -> (MQTTConfiguration, TopicRoot, BrokerURL) {
-        var flags: [String: Settings.Value] = [:]
-        for case let (key, value?) in [
-            ("broker", broker), ("username", username), ("passwordFile", passwordFile), ("caFile", caFile), ("certFile", certFile),
-            ("keyFile", keyFile), ("topicRoot", topicRoot),
-        ] {
-            flags[key] = .text(value)
-        }
-        let (connection, root) = try loadConfiguration(file: nil, flags: flags) { settings throws(ConfigurationError) in
+        let (connection, root) = try loadConfiguration(file: nil, flags: flags.flagSettings) { settings throws(ConfigurationError) in
             (try settings.brokerSettings(), try settings.topicRoot())
         }
         let configuration = MQTTConfiguration(

@@ -93,7 +93,7 @@ struct ExecutableTests {
         let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
         var example = try String(contentsOf: root.appendingPathComponent("deploy/aggregator.example.yaml"), encoding: .utf8)
         for name in ["password", "ca.crt", "tokens"] {
-            FileManager.default.createFile(atPath: "\(directory)/\(name)", contents: Data("secret-long-enough-for-a-token\n".utf8))
+            _ = FileManager.default.createFile(atPath: "\(directory)/\(name)", contents: Data("secret-long-enough-for-a-token\n".utf8))
             example = example.replacingOccurrences(of: "/etc/edgefleet/aggregator/\(name)", with: "\(directory)/\(name)")
         }
         try example.write(toFile: "\(directory)/aggregator.yaml", atomically: true, encoding: .utf8)

@@ -35,7 +35,7 @@ struct StandInAzure {
             printf 'end %s %s %s\\n' "$id" "$(date +%s.%N)" "$code" >> "$log"
             exit "$code"
             """
-        FileManager.default.createFile(atPath: path, contents: Data(script.utf8), attributes: [.posixPermissions: 0o755])
+        _ = FileManager.default.createFile(atPath: path, contents: Data(script.utf8), attributes: [.posixPermissions: 0o755])
     }
 
     struct Call: Sendable {
