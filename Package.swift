@@ -153,7 +153,7 @@ let package = Package(
         .testTarget(
             name: "FleetAggregatorTests",
             dependencies: [
-                "FleetAggregator", "FleetCore", "MQTT", "TestSupport", "CommandSupport", "YAMLReader",
+                "FleetAggregator", "FleetCore", "FleetSimulator", "MQTT", "TestSupport", "CommandSupport", "YAMLReader",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "MetricsTestKit", package: "swift-metrics"),
             ],
