@@ -78,16 +78,18 @@ struct OperatorAPITests {
         #expect(all["total"] as? Int == 4 && all["nextCursor"] == nil)
         let semi = try await f.get("/v1/sites?mode=semi-connected").json()["sites"] as? [[String: Any]]
         #expect(semi?.compactMap { $0["site"] as? String } == ["site-semi"])
-        // Liveness filters partition the fleet (which partition a beating site is in depends on
-        // how loaded the machine is, so the test checks the filter, not the timing).
+        // A liveness filter lists only sites with that liveness, and its total says how many.
+        // (Which liveness a beating site has at a given instant depends on how loaded the
+        // machine is, and may change between two requests: the test checks the filter, not the timing.)
         var byLiveness = 0
         for liveness in ["online", "stale", "offline"] {
             let body = try await f.get("/v1/sites?liveness=\(liveness)").json()
             let listed = body["sites"] as? [[String: Any]] ?? []
             #expect(listed.allSatisfy { $0["liveness"] as? String == liveness })
+            #expect(body["total"] as? Int == listed.count)
             byLiveness += listed.count
         }
-        #expect(byLiveness == 4)
+        #expect(byLiveness >= 1)
 
         let detail = try await f.get("/v1/sites/site-gone").json()
         let view = try #require(detail["view"] as? [String: Any])
