@@ -183,9 +183,14 @@ final class SimulatedSite: Sendable {
     private let state = Mutex(State())
     private let beat = Mutex<Task<Void, Never>?>(nil)
 
-    init(_ name: String, brokerURL: String, session: UInt64 = 1) throws {
+    /// The heartbeat interval the site announces (liveness counts in these); it beats every
+    /// `Short.heartbeat` whatever it announces.
+    let announcedInterval: Double
+
+    init(_ name: String, brokerURL: String, session: UInt64 = 1, announcedInterval: Double = Short.heartbeat) throws {
         site = try SiteID(name)
         self.session = session
+        self.announcedInterval = announcedInterval
         var logger = Logger(label: "site")
         logger.logLevel = .critical
         var configuration = MQTTConfiguration(broker: try BrokerURL(parsing: brokerURL), clientID: "sim-\(name)-\(UUID().uuidString.prefix(6))")
@@ -200,7 +205,7 @@ final class SimulatedSite: Sendable {
         try await client.connect()
         let presence = Presence(
             site: site, state: .online, session: session, agent: AgentInfo(version: "test", host: "test"),
-            heartbeatIntervalS: Short.heartbeat, at: Date())
+            heartbeatIntervalS: announcedInterval, at: Date())
         try await client.publish(
             "edgefleet/v1/sites/\(site)/presence", payload: try FleetJSON.encode(presence), qos: .atLeastOnce, retain: true)
     }

@@ -81,7 +81,9 @@ struct OperatorFixture: @unchecked Sendable {  // immutable after start; its par
         ]
         var sites: [SimulatedSite] = []
         for (name, contact, mode) in plan {
-            let site = try SimulatedSite(name, brokerURL: fleet.broker.url)
+            // Announcing 3 s (stale after 9 s of silence) while beating every 0.5 s: a loaded CI
+            // machine may hold a heartbeat back for seconds, and these tests are not about liveness.
+            let site = try SimulatedSite(name, brokerURL: fleet.broker.url, announcedInterval: 3)
             if mode != .connected { site.reportContact(at: contact) }
             try await site.connect()
             try await site.status(
