@@ -110,7 +110,8 @@ struct AgentProcessTests {
             site: "s-flip", broker: broker, stateDir: stateDir,
             probe: ["--probe-endpoints", "localhost:\(azure.port)", "--probe-ca-file", pki.caCertificate, "--probe-timeout", "2s"])
         func heartbeat(_ what: String, _ predicate: @escaping @Sendable (Heartbeat) -> Bool) async throws -> Heartbeat {
-            let message = try await messages.next(timeout: .seconds(15), what) {
+            // (30 s: with the whole suite running, restarting openssl and the next probe can take a while.)
+            let message = try await messages.next(timeout: .seconds(30), what) {
                 $0.topic.hasSuffix("/heartbeat") && (try? FleetJSON.decode(Heartbeat.self, from: $0.payload)).map(predicate) == true
             }
             return try FleetJSON.decode(Heartbeat.self, from: message.payload)
