@@ -216,6 +216,7 @@ public final class AggregatorService: Service, Sendable {
     private func dispatchLoop() async {
         var last = ContinuousClock.now - configuration.dispatchInterval
         var lastCounts = ContinuousClock.now
+        var countsStale = true
         while !isStopping {
             // A pass every dispatchInterval, or at once when an operation finished or was submitted.
             try? await Task.sleep(for: .milliseconds(20))
@@ -225,10 +226,14 @@ public final class AggregatorService: Service, Sendable {
             let now = Date()
             do {
                 try dispatcher.tick(now: now) { site in self.state.withLock { $0.situation(of: site, now: now)?.dispatch } }
-                // After every change, and every 2 s in any case: another writer of the database
-                // (an operator tool, a restarted aggregator) changes counts without an event here.
-                if queueEvents.takeChanged() || ContinuousClock.now - lastCounts >= .seconds(2) {
+                // After a change (at most 4 times a second: a recount reads the whole table), and every
+                // 2 s in any case: another writer of the database (an operator tool, a restarted
+                // aggregator) changes counts without an event here.
+                if queueEvents.takeChanged() { countsStale = true }
+                let sinceCount = ContinuousClock.now - lastCounts
+                if (countsStale && sinceCount >= .milliseconds(250)) || sinceCount >= .seconds(2) {
                     lastCounts = ContinuousClock.now
+                    countsStale = false
                     let counts = try queue.store.counts()
                     state.withLock { $0.setQueue(counts, now: Date()) }
                     metrics.record(operations: counts)

@@ -65,7 +65,7 @@ struct ProcessQueueFixture {
 struct ProcessDispatchTests {
     @Test("semi-connected: queued and nothing runs; contact back: nothing until stableFor, then in order, one at a time, exact argv")
     func semiConnectedThenBack() async throws {
-        let q = try await ProcessQueueFixture.start(connectedWithin: "2s", stableFor: "1500ms")
+        let q = try await ProcessQueueFixture.start(connectedWithin: "5s", stableFor: "1500ms")  // 5 s: a loaded machine delays heartbeats
         defer { q.stop() }
         let site = try SimulatedSite("proc-site", brokerURL: q.fleet.broker.url)
         site.reportContact(at: Date().addingTimeInterval(-60))
