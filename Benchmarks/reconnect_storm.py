@@ -194,8 +194,7 @@ then every site gets its link back in the same instant. The aggregator (release 
 The spawning itself is the baseline's {result['baseline_xargs_s']} s; the rest
 ({result['drained_after_restore_s'] / max(result['baseline_xargs_s'], 0.1):.1f}x the baseline) is the aggregator's own cost per operation: a claim and
 a result, each a SQLite transaction with its history entry, the events, the queue recount, and a dispatch pass
-that runs every 20 ms or when an operation ends (which is also why the stand-in's few milliseconds rarely fill all
-{args.limit} slots). With real `az` commands, which take seconds to minutes each, the fleet-wide limit and Azure set
+that runs every 20 ms. With real `az` commands, which take seconds to minutes each, the fleet-wide limit and Azure set
 the pace, not this overhead. Target (issue 8): the fleet-wide limit holds and nothing is lost;
 {'met' if ok else 'NOT met'}.
 <!-- reconnect-storm:end -->"""
