@@ -266,33 +266,35 @@ public final class AggregatorService: Service, Sendable {
 
     public func cancel(id: String, by who: String) throws(QueueError) -> DeferredOperation {
         let operation = try queue.cancel(id: id, by: who, now: Date())
-        dispatcher.invalidate()
-        queueEvents.add(FleetEvent(type: .operationCancelled, site: operation.site, at: Date(), operationID: id, kind: operation.kind, note: "by \(who)"))
+        queueChanged([operation], .operationCancelled, note: "by \(who)")
         return operation
     }
 
     public func retry(id: String, by who: String) throws(QueueError) -> DeferredOperation {
         let operation = try queue.retry(id: id, by: who, now: Date())
-        dispatcher.invalidate()
-        queueEvents.add(FleetEvent(type: .operationQueued, site: operation.site, at: Date(), operationID: id, kind: operation.kind, note: "retried by \(who)"))
+        queueChanged([operation], .operationQueued, note: "retried by \(who)")
         return operation
     }
 
     public func release(id: String, by who: String) throws(QueueError) -> DeferredOperation {
         let operation = try queue.release(id: id, by: who, now: Date())
-        dispatcher.invalidate()
-        queueEvents.add(FleetEvent(type: .operationQueued, site: operation.site, at: Date(), operationID: id, kind: operation.kind, note: "released by \(who)"))
+        queueChanged([operation], .operationQueued, note: "released by \(who)")
         return operation
     }
 
     public func cancelAll(_ filter: OperationFilter, by who: String) throws(QueueError) -> [DeferredOperation] {
         let cancelled = try queue.cancelAll(filter, by: who, now: Date())
-        dispatcher.invalidate()
-        for operation in cancelled {
-            queueEvents.add(
-                FleetEvent(type: .operationCancelled, site: operation.site, at: Date(), operationID: operation.id, kind: operation.kind, note: "by \(who) (bulk)"))
-        }
+        queueChanged(cancelled, .operationCancelled, note: "by \(who) (bulk)")
         return cancelled
+    }
+
+    /// An operator changed the queue: the dispatcher reads it again, and each change is an event.
+    private func queueChanged(_ operations: [DeferredOperation], _ type: FleetEventType, note: String) {
+        dispatcher.invalidate()
+        let now = Date()
+        for operation in operations {
+            queueEvents.add(FleetEvent(type: type, site: operation.site, at: now, operationID: operation.id, kind: operation.kind, note: note))
+        }
     }
 
     private func storeLoop() async {

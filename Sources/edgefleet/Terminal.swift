@@ -152,8 +152,7 @@ enum Out {
     }
 
     static func time(_ date: Date?) -> String {
-        guard let date else { return "—" }
-        return (try? String(decoding: FleetJSON.encode(date).dropFirst().dropLast(), as: UTF8.self)) ?? "\(date)"
+        date.map(RFC3339.format) ?? "—"
     }
 
     /// `12d 4h left`, `passed 3h ago`, `—`.

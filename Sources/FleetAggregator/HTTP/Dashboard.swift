@@ -363,10 +363,7 @@ extension OperatorAPI {
         return parts.isEmpty ? "—" : parts.joined(separator: " ")
     }
 
-    func timestamp(_ date: Date) -> String {
-        // FleetJSON's own format (RFC 3339 UTC, milliseconds), without the quotes.
-        (try? String(decoding: FleetJSON.encode(date).dropFirst().dropLast(), as: UTF8.self)) ?? "\(date)"
-    }
+    func timestamp(_ date: Date) -> String { RFC3339.format(date) }
 
     static let style = """
         body{font:14px/1.4 system-ui,sans-serif;margin:0;color:#1d2330;background:#f5f6f8}
