@@ -113,13 +113,21 @@ public enum CommandRunner {
         let argv = arguments.map { strdup($0) } + [nil]
         defer { argv.forEach { free($0) } }
         var pid: pid_t = 0
-        let rc: Int32
+        var rc: Int32
         let envp = environment.map { $0.map { strdup("\($0.key)=\($0.value)") } + [nil] }
         defer { envp?.forEach { free($0) } }
-        rc = spawnLock.withLock { _ in
-            if let envp { return posix_spawnp(&pid, arguments[0], &actions, &attributes, argv, envp) }
-            return posix_spawnp(&pid, arguments[0], &actions, &attributes, argv, environ)
-        }
+        // ETXTBSY: the executable was just written, and a process forked elsewhere in this
+        // program at that moment still holds it open for writing; it closes as soon as that
+        // child execs. Try again briefly rather than fail the command.
+        var attempt = 0
+        repeat {
+            if attempt > 0 { usleep(20_000) }
+            attempt += 1
+            rc = spawnLock.withLock { _ in
+                if let envp { return posix_spawnp(&pid, arguments[0], &actions, &attributes, argv, envp) }
+                return posix_spawnp(&pid, arguments[0], &actions, &attributes, argv, environ)
+            }
+        } while rc == ETXTBSY && attempt < 50
         close(pipeFDs[1])
         if rc == 0 { started?(pid) }  // the pid is also the process group id
         guard rc == 0 else {
