@@ -50,6 +50,9 @@ let package = Package(
         .target(name: "YAMLReader", dependencies: ["CYAML"], swiftSettings: swiftSettings),
         // The agent's Azure probe: TCP connect + TLS handshake with a deadline (OpenSSL, already
         // loaded through libmosquitto).
+        // What Swift's Glibc module does not import: closing inherited descriptors in a spawned
+        // child (posix_spawn_file_actions_addclosefrom_np) and becoming a child subreaper.
+        .target(name: "CProcess"),
         .target(name: "CTLSProbe", linkerSettings: [.linkedLibrary("ssl"), .linkedLibrary("crypto")]),
         // The site agent's parts: durable state, probes, checks, certificates, spool, the service.
         .target(
@@ -87,7 +90,7 @@ let package = Package(
         .target(
             name: "CommandSupport",
             dependencies: [
-                "FleetCore", "MQTT",
+                "FleetCore", "MQTT", "CProcess",
                 "YAMLReader",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
@@ -136,7 +139,7 @@ let package = Package(
         // a cuttable TCP proxy, openssl-made certificates, subprocesses.
         .target(
             name: "TestSupport",
-            dependencies: ["MQTT"],
+            dependencies: ["MQTT", "CProcess"],
             path: "Tests/TestSupport",
             swiftSettings: swiftSettings
         ),

@@ -1,3 +1,4 @@
+import CProcess
 import Dispatch
 import Synchronization
 public import FleetCore
@@ -93,6 +94,11 @@ public enum CommandRunner {
         posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
         posix_spawn_file_actions_adddup2(&actions, pipeFDs[1], 1)
         posix_spawn_file_actions_adddup2(&actions, pipeFDs[1], 2)
+        // Standard input, output and error and nothing else: close-on-exec is not enough, since
+        // libraries (SwiftNIO's listening socket and epoll, libmosquitto's socket and its socket
+        // pair, SQLite's files) open descriptors without it. A child that held them would keep the
+        // HTTP port bound and the MQTT connection open after the aggregator died.
+        edgefleet_spawn_closefrom(&actions, 3)
 
         var attributes = posix_spawnattr_t()
         posix_spawnattr_init(&attributes)

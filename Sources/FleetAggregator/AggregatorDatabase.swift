@@ -46,6 +46,18 @@ public final class AggregatorDatabase: Sendable {
             try db.create(index: "operations_by_site", on: "operations", columns: ["site", "state", "sequence"])
             try db.create(index: "operations_by_state", on: "operations", columns: ["state", "sequence"])
         }
+        migrator.registerMigration("v3-runs") { db in
+            // One row per executor started and not yet recorded as ended: how to find it again
+            // after the aggregator was killed (docs/design-notes.md, "An executor outlives its aggregator").
+            try db.create(table: "runs") { t in
+                t.primaryKey("operationID", .text)
+                t.column("processGroup", .integer).notNull()
+                t.column("startTicks", .integer).notNull()  // /proc/PID/stat field 22, clock ticks since boot
+                t.column("bootID", .text).notNull()
+                t.column("host", .text).notNull()
+                t.column("startedAt", .double).notNull()
+            }
+        }
         return migrator
     }
 }

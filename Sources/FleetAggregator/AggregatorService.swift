@@ -125,7 +125,11 @@ public final class AggregatorService: Service, Sendable {
         for problem in problems { logger.error("\(problem)") }
         let start = Date()
         state.withLock { $0.restore(restored, now: start) }
-        try dispatcher.recover(now: start)
+        // Ending executors a killed predecessor left running blocks: not on the cooperative pool.
+        let dispatcher = dispatcher
+        try await withCheckedThrowingContinuation { (done: CheckedContinuation<Void, any Error>) in
+            DispatchQueue.global().async { done.resume(with: Result { try dispatcher.recover(now: start) }) }
+        }
         logger.info("aggregator started", metadata: ["sites": "\(restored.count)", "database": "\(configuration.databasePath)"])
 
         let topics = configuration.topics

@@ -18,7 +18,12 @@ struct StandInAzure {
             #!/bin/sh
             id="$EDGEFLEET_OPERATION_ID"
             log='\(directory)/az.log'
-            { printf 'start %s %s\\n' "$id" "$(date +%s.%N)"; for a in "$@"; do printf 'arg %s %s\\n' "$id" "$a"; done; } >> "$log"
+            # Ended by a signal (the aggregator's timeout, its shutdown, a restart ending a leftover):
+            # the end is logged all the same, so that overlapping runs show in the log.
+            # (An orphan's output pipe has no reader: a write there must not kill it before it logs.)
+            trap '' PIPE
+            trap 'printf "end %s %s 143\\n" "$id" "$(date +%s.%N)" >> "$log"; exit 143' TERM
+            { printf 'start %s %s\\n' "$id" "$(date +%s.%N)"; printf 'pid %s %s\\n' "$id" "$$"; for a in "$@"; do printf 'arg %s %s\\n' "$id" "$a"; done; } >> "$log"
             code=0
             for a in "$@"; do
               case "$a" in
@@ -75,6 +80,15 @@ struct StandInAzure {
             }
         }
         return calls
+    }
+
+    /// The process id of each call of `id` (the shell running the stand-in), in order.
+    func pids(of id: String) -> [Int32] {
+        let text = (try? String(contentsOfFile: log, encoding: .utf8)) ?? ""
+        return text.split(separator: "\n").compactMap { line in
+            let parts = line.split(separator: " ")
+            return parts.count == 3 && parts[0] == "pid" && parts[1] == id ? Int32(parts[2]) : nil
+        }
     }
 
     /// The most calls running at the same instant.

@@ -1,4 +1,5 @@
 public import Foundation
+import CProcess
 
 #if canImport(Glibc)
 import Glibc
@@ -26,6 +27,8 @@ public final class ChildProcess: @unchecked Sendable {
         }
         posix_spawn_file_actions_addopen(&actions, 1, outputPath ?? "/dev/null", O_WRONLY | O_CREAT | O_APPEND, 0o644)
         posix_spawn_file_actions_addopen(&actions, 2, errorPath ?? outputPath ?? "/dev/null", O_WRONLY | O_CREAT | O_APPEND, 0o644)
+        // Only 0-2: the test process's brokers, listeners and pipes stay its own.
+        edgefleet_spawn_closefrom(&actions, 3)
         let argv = ([executable] + arguments).map { strdup($0) } + [nil]
         defer { argv.forEach { free($0) } }
         let env = (environment ?? ProcessInfo.processInfo.environment).map { strdup("\($0.key)=\($0.value)") } + [nil]

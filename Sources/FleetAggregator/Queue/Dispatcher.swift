@@ -135,14 +135,36 @@ public final class Dispatcher: Sendable {
     /// How many operations are running now.
     public var runningCount: Int { state.withLock { $0.running.count } }
 
-    /// At start-up: operations left `dispatching` by a crash go back to the queue.
-    public func recover(now: Date) throws {
-        let note = "the aggregator stopped while this was running; it runs again (at least once)"
+    /// At start-up: operations left `dispatching` by a crash go back to the queue, each only
+    /// once its executor, if the killed aggregator left it running, has been ended (SIGTERM,
+    /// SIGKILL after `grace`): one operation never runs twice at the same time. An executor
+    /// that cannot be ended leaves its operation `dispatching` (logged); the next start tries again.
+    /// Blocks while it waits for leftovers to end: call it off the cooperative pool.
+    public func recover(now: Date, grace: Duration = .seconds(10)) throws {
+        let boot = LeftoverExecutors.bootID()
+        let host = LeftoverExecutors.hostName()
+        var runs: [String: ExecutorRun] = [:]
+        for run in try store.runs() { runs[run.operationID] = run }
         for operation in try store.all(OperationFilter(states: [.dispatching])) {
+            // A record from another boot or host names processes that are not these.
+            let run = runs[operation.id].flatMap { $0.bootID == boot && $0.host == host ? $0 : nil }
+            let (found, gone) = LeftoverExecutors.end(operationID: operation.id, run: run, grace: grace)
+            guard gone else {
+                logger.error("operation \(operation.id): its executor from before the restart cannot be ended; it stays dispatching")
+                continue
+            }
+            var note = "the aggregator stopped while this was running; it runs again (at least once)"
+            if found > 0 {
+                note += "; its executor was still running (\(found) process(es), group \(run.map { "\($0.processGroup)" } ?? "unrecorded")) and was ended first"
+            }
             try store.transition(id: operation.id, expected: [.dispatching], to: .queued, at: now, note: note, update: { _ in })
+            try? store.forgetRun(operationID: operation.id)
             emit(FleetEvent(type: .operationQueued, site: operation.site, at: now, operationID: operation.id, kind: operation.kind, note: note))
-            logger.warning("operation \(operation.id) was running when the aggregator stopped; queued again")
+            logger.warning("operation \(operation.id) was running when the aggregator stopped; queued again", metadata: ["leftovers": "\(found)"])
         }
+        // Records of runs whose outcome was written but whose record was not yet forgotten.
+        let stillDispatching = Set(try store.all(OperationFilter(states: [.dispatching])).map(\.id))
+        for id in runs.keys where !stillDispatching.contains(id) { try? store.forgetRun(operationID: id) }
     }
 
     /// One pass: expire, block, then start what may start. `situation` answers for a site
@@ -289,6 +311,12 @@ public final class Dispatcher: Sendable {
             outcome = try await CommandRunner.run(
                 argv, timeout: template.timeout, capture: .head(bytes: settings.outputBytes), environment: environment,
                 started: { pid in
+                    // Durably, so that a restart after a SIGKILL finds it (recover(now:)).
+                    do {
+                        try self.store.recordRun(LeftoverExecutors.run(operationID: id, pid: pid, startedAt: Date()))
+                    } catch {
+                        self.logger.error("cannot record the run of operation \(id) (a restart finds it by its environment): \(error)")
+                    }
                     let stop = self.state.withLock { s -> Bool in
                         s.processes[id] = pid
                         return s.stopping
@@ -340,6 +368,7 @@ public final class Dispatcher: Sendable {
             let now = Date()
             do {
                 let done = try store.transition(id: operation.id, expected: [.dispatching], to: to, at: now, note: note, update: update)
+                try? store.forgetRun(operationID: operation.id)
                 if to == .queued { invalidate() }  // a retry waits in the queue again
                 emit(FleetEvent(type: event, site: done.site, at: now, operationID: done.id, kind: done.kind, note: String(note.prefix(200))))
                 return

@@ -66,6 +66,35 @@ public protocol OperationStore: Sendable {
     func listNewestFirst(_ filter: OperationFilter, before cursor: Int64?, limit: Int) throws -> OperationPage
     /// Counts by site and state, for views, the summary and metrics.
     func counts() throws -> [SiteID: [OperationState: Int]]
+    /// Records, durably, that an executor for an operation was started (replacing an older record).
+    func recordRun(_ run: ExecutorRun) throws
+    /// Forgets the run of an operation (its outcome is recorded, or it is known to be gone).
+    func forgetRun(operationID: String) throws
+    /// Every run recorded and not forgotten.
+    func runs() throws -> [ExecutorRun]
+}
+
+/// An executor as started: enough to find it, and only it, again after the aggregator that
+/// started it was killed (its process group, and when its leader started on which boot, so
+/// that a reused process id is never mistaken for it).
+public struct ExecutorRun: Sendable, Hashable {
+    public var operationID: String
+    public var processGroup: Int32
+    /// The leader's start time, in clock ticks since boot (`/proc/PID/stat` field 22).
+    public var startTicks: UInt64
+    /// `/proc/sys/kernel/random/boot_id` when it started.
+    public var bootID: String
+    public var host: String
+    public var startedAt: Date
+
+    public init(operationID: String, processGroup: Int32, startTicks: UInt64, bootID: String, host: String, startedAt: Date) {
+        self.operationID = operationID
+        self.processGroup = processGroup
+        self.startTicks = startTicks
+        self.bootID = bootID
+        self.host = host
+        self.startedAt = startedAt
+    }
 }
 
 extension OperationStore {

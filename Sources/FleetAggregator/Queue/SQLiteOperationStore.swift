@@ -145,6 +145,30 @@ public struct SQLiteOperationStore: OperationStore {
         }
     }
 
+    public func recordRun(_ run: ExecutorRun) throws {
+        try database.writer.write { db in
+            try db.execute(
+                sql: "INSERT OR REPLACE INTO runs (operationID, processGroup, startTicks, bootID, host, startedAt) VALUES (?, ?, ?, ?, ?, ?)",
+                arguments: [run.operationID, run.processGroup, Int64(clamping: run.startTicks), run.bootID, run.host, run.startedAt.timeIntervalSince1970])
+        }
+    }
+
+    public func forgetRun(operationID: String) throws {
+        try database.writer.write { db in
+            try db.execute(sql: "DELETE FROM runs WHERE operationID = ?", arguments: [operationID])
+        }
+    }
+
+    public func runs() throws -> [ExecutorRun] {
+        try database.writer.read { db in
+            try Row.fetchAll(db, sql: "SELECT * FROM runs").map { row in
+                ExecutorRun(
+                    operationID: row["operationID"], processGroup: row["processGroup"], startTicks: UInt64(max(0, row["startTicks"] as Int64)),
+                    bootID: row["bootID"], host: row["host"], startedAt: Date(timeIntervalSince1970: row["startedAt"]))
+            }
+        }
+    }
+
     static func decode(_ document: String?) throws -> DeferredOperation? {
         try document.map(decodeOne)
     }

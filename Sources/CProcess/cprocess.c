@@ -1,0 +1,12 @@
+#define _GNU_SOURCE
+#include <spawn.h>
+#include <sys/prctl.h>
+#include "cprocess.h"
+
+int edgefleet_spawn_closefrom(posix_spawn_file_actions_t *actions, int from) {
+    return posix_spawn_file_actions_addclosefrom_np(actions, from);
+}
+
+int edgefleet_become_subreaper(void) {
+    return prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0);
+}

@@ -1,0 +1,13 @@
+#ifndef EDGEFLEET_CPROCESS_H
+#define EDGEFLEET_CPROCESS_H
+
+#include <spawn.h>
+
+/// posix_spawn_file_actions_addclosefrom_np (glibc >= 2.34), which Swift's Glibc module does
+/// not import: the child closes every descriptor from `from` up before it execs.
+int edgefleet_spawn_closefrom(posix_spawn_file_actions_t *actions, int from);
+
+/// prctl(PR_SET_CHILD_SUBREAPER, 1): orphaned descendants are reparented to this process.
+int edgefleet_become_subreaper(void);
+
+#endif
