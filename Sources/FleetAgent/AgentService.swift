@@ -26,6 +26,9 @@ public final class AgentService: Service, Sendable {
     private let now: @Sendable () -> Date
     private let status: Mutex<StatusState>
     private let outbox: StatusOutbox
+    /// Drawn at every start: the aggregator takes a new instance as a new session whatever the
+    /// counter says, so an agent whose state file was lost (its counter back at 1) is heard at once.
+    let instance = AgentInstance.random()
 
     struct StatusState {
         var checks: [CheckResult] = []
@@ -58,7 +61,7 @@ public final class AgentService: Service, Sendable {
     private func presence(_ state: PresenceState, reason: OfflineReason?, session: UInt64) -> [UInt8] {
         let presence = Presence(
             site: configuration.site, state: state, reason: reason, session: session, agent: agentInfo,
-            heartbeatIntervalS: configuration.heartbeatInterval.secondsValue, at: now())
+            heartbeatIntervalS: configuration.heartbeatInterval.secondsValue, at: now(), instance: instance)
         return (try? FleetJSON.encode(presence)) ?? []
     }
 
@@ -138,7 +141,8 @@ public final class AgentService: Service, Sendable {
                     azure: AzureReport(reachable: probe?.reachable ?? false, lastContactAgeS: tracker.lastContactAge, probe: probeKind),
                     certificates: CertificateReport(
                         earliestNotAfter: certificates.earliestNotAfter, source: certificates.source,
-                        error: certificates.problems.isEmpty ? nil : certificates.problems.joined(separator: "; ")))
+                        error: certificates.problems.isEmpty ? nil : certificates.problems.joined(separator: "; ")),
+                    instance: instance)
                 if let payload = try? FleetJSON.encode(heartbeat) {
                     // Heartbeats missed while offline are not replayed: a failed one is dropped.
                     try? await client.publish(configuration.topics.name(.site(configuration.site, .heartbeat)), payload: payload, qos: .atMostOnce)
@@ -228,7 +232,7 @@ public final class AgentService: Service, Sendable {
         }
         return SiteStatus(
             site: configuration.site, session: tracker.currentSession, at: now(), cluster: configuration.cluster, checks: all,
-            capabilities: LocalChecks.capabilities(configuration.checks, results: checks))
+            capabilities: LocalChecks.capabilities(configuration.checks, results: checks), instance: instance)
     }
 }
 

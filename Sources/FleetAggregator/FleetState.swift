@@ -90,7 +90,7 @@ public final class FleetState {
         var record = existing ?? SiteRecord(site: site)
         let isNew = existing == nil
         let before = record.checks
-        let outcome = record.apply(input, now: now, live: live)
+        let outcome = record.apply(input, now: now, live: live, offlineAfterIntervals: thresholds.offlineAfterIntervals)
         guard case .applied = outcome else {
             if !isNew { records[site] = record }  // counters moved
             return outcome

@@ -43,6 +43,15 @@ public enum SiteInput: Sendable, Hashable {
         case .status(let s): s.site
         }
     }
+
+    /// The agent instance the message names, if it names one.
+    public var instance: String? {
+        switch self {
+        case .presence(let p): p.instance
+        case .heartbeat(let h): h.instance
+        case .status(let s): s.instance
+        }
+    }
 }
 
 /// A dropped message: the reason, the topic and a short explanation for the log.
@@ -109,6 +118,9 @@ public struct IngestDecoder: Sendable {
             return reject(.siteMismatch, "the payload says site '\(input.site)'")
         }
 
+        if let instance = input.instance, !AgentInstance.isValid(instance) {
+            return reject(.invalidPayload, "instance must be 1 to 64 characters of a-z, 0-9 and '-'")
+        }
         func plausible(_ date: Date) -> Bool {
             date >= Self.earliest && date.timeIntervalSince(now) <= Self.maximumLead
         }

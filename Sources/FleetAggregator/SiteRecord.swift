@@ -13,6 +13,8 @@ public struct SiteRecord: Codable, Sendable, Hashable {
 
     // Presence: the newest session and whether the agent said it is offline.
     public var session: UInt64?
+    /// The agent instance of the newest session, when its agent names one.
+    public var instance: String?
     public var presence: PresenceState?
     public var offlineReason: OfflineReason?
     public var presenceAt: Date?
@@ -61,6 +63,7 @@ public struct SiteRecord: Codable, Sendable, Hashable {
         let c = try decoder.container(keyedBy: CodingKeys.self)
         site = try c.decode(SiteID.self, forKey: .site)
         session = try c.decodeIfPresent(UInt64.self, forKey: .session)
+        instance = try c.decodeIfPresent(String.self, forKey: .instance)
         presence = try c.decodeIfPresent(PresenceState.self, forKey: .presence)
         offlineReason = try c.decodeIfPresent(OfflineReason.self, forKey: .offlineReason)
         presenceAt = try c.decodeIfPresent(Date.self, forKey: .presenceAt)
@@ -107,19 +110,50 @@ public enum ApplyOutcome: Sendable, Hashable {
 }
 
 extension SiteRecord {
+    /// How a message's session stands to the newest one known (docs/contract.md, "Sessions").
+    enum SessionRelation { case current, newer, older }
+
+    /// A message of another agent instance is a new session whatever its counter says (a
+    /// restarted agent, or one whose state file was lost, is heard at once). Within one
+    /// instance, or for agents that name none, the counter orders sessions; but once nothing
+    /// has been taken from the site for `silenceLimit` seconds (offlineAfter heartbeat
+    /// intervals) any session is taken as new, so a forged high counter silences a site for
+    /// at most that long.
+    func relation(session s: UInt64, instance i: String?, now: Date, silenceLimit: Double) -> SessionRelation {
+        guard let session else { return .newer }
+        if let i, i != instance { return .newer }
+        if s > session { return .newer }
+        if s == session { return .current }
+        return silent(now: now, limit: silenceLimit) ? .newer : .older
+    }
+
+    func silent(now: Date, limit: Double) -> Bool {
+        lastSeenAt.map { now.timeIntervalSince($0) >= limit } ?? true
+    }
+
+    private mutating func adopt(session s: UInt64, instance i: String?) {
+        if s != session || i != instance { lastSeq = nil }
+        session = s
+        instance = i
+    }
+
     /// Applies a validated message received at `now` (the aggregator's clock). The rules
-    /// are contract.md's: an offline presence of an older session is ignored; heartbeats
-    /// count `seq` gaps and drop repeats; contact time is receive time minus age.
+    /// are docs/contract.md's: sessions as `relation` says; an offline presence of another
+    /// instance (the Last Will of an earlier run) is ignored; heartbeats count `seq` gaps and
+    /// drop repeats; contact time is receive time minus age.
     /// `live` is false for a retained message the broker replays on subscribing: it says
     /// what the agent last said, not that it is there now, so it does not count as seen.
-    mutating func apply(_ input: SiteInput, now: Date, live: Bool = true) -> ApplyOutcome {
+    mutating func apply(_ input: SiteInput, now: Date, live: Bool = true, offlineAfterIntervals: Int = 10) -> ApplyOutcome {
+        let silenceLimit = Double(max(1, offlineAfterIntervals)) * heartbeatIntervalS
         switch input {
         case .presence(let p):
-            if let session, p.session < session {
-                return .ignored("presence of session \(p.session), older than \(session)")
+            if p.state == .offline, let theirs = p.instance, let ours = instance, theirs != ours {
+                return .ignored("offline presence of instance \(theirs), not the current \(ours)")
             }
-            if p.session != session { lastSeq = nil }
-            session = p.session
+            if relation(session: p.session, instance: p.instance, now: now, silenceLimit: silenceLimit) == .older {
+                return .ignored("presence of session \(p.session), older than \(session ?? 0)")
+            }
+            adopt(session: p.session, instance: p.instance)
             presence = p.state
             offlineReason = p.state == .offline ? p.reason : nil
             presenceAt = p.at
@@ -129,22 +163,31 @@ extension SiteRecord {
             return .applied
 
         case .heartbeat(let h):
-            if let session, h.session < session {
+            switch relation(session: h.session, instance: h.instance, now: now, silenceLimit: silenceLimit) {
+            case .older:
                 duplicates += 1
-                return .ignored("heartbeat of session \(h.session), older than \(session)")
+                return .ignored("heartbeat of session \(h.session), older than \(session ?? 0)")
+            case .current:
+                if let lastSeq, h.seq <= lastSeq {
+                    // A repeat or a late one: a few behind. Further behind than offlineAfter
+                    // heartbeats, the counter itself went back (a forged seq far ahead of the
+                    // agent's): taken, so that a forgery silences the site for at most
+                    // offlineAfter intervals (and a big one for none); so is anything after
+                    // that much silence.
+                    guard lastSeq - h.seq > UInt64(max(1, offlineAfterIntervals)) || silent(now: now, limit: silenceLimit) else {
+                        duplicates += 1
+                        return .ignored("heartbeat seq \(h.seq) after \(lastSeq)")
+                    }
+                } else if let lastSeq, h.seq > lastSeq &+ 1 {
+                    // Saturating: a jump to UInt64.max from a broken agent must not trap.
+                    let (sum, overflow) = seqGaps.addingReportingOverflow(h.seq &- lastSeq &- 1)
+                    seqGaps = overflow ? .max : sum
+                }
+            case .newer:
+                adopt(session: h.session, instance: h.instance)
             }
-            if let session, h.session == session, let lastSeq, h.seq <= lastSeq {
-                duplicates += 1
-                return .ignored("heartbeat seq \(h.seq) after \(lastSeq)")
-            }
-            if let session, h.session == session, let lastSeq, h.seq > lastSeq &+ 1 {
-                // Saturating: a jump to UInt64.max from a broken agent must not trap.
-                let (sum, overflow) = seqGaps.addingReportingOverflow(h.seq &- lastSeq &- 1)
-                seqGaps = overflow ? .max : sum
-            }
-            if session != h.session {
-                // A newer session's heartbeat is proof the agent is back, whatever presence says.
-                session = h.session
+            // A heartbeat is proof the agent is there, whatever presence said last.
+            if live {
                 presence = .online
                 offlineReason = nil
             }
@@ -175,8 +218,10 @@ extension SiteRecord {
         case .status(let s):
             // Ordered by session and arrival, not by the agent's clock (which may be wrong):
             // only a status of an older session is stale.
-            if let session, s.session < session {
-                return .ignored("status of session \(s.session), older than \(session)")
+            switch relation(session: s.session, instance: s.instance, now: now, silenceLimit: silenceLimit) {
+            case .older: return .ignored("status of session \(s.session), older than \(session ?? 0)")
+            case .newer where live: adopt(session: s.session, instance: s.instance)
+            case .newer, .current: break
             }
             statusAt = s.at
             checks = CheckCounts(s.checks)

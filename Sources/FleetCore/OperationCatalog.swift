@@ -163,3 +163,39 @@ public enum OperationCatalog {
         }
     }
 }
+
+/// What may become one argument of an executor (docs/contract.md, "Executors"): a value
+/// from an operation's params or a site's cluster metadata. Each placeholder becomes exactly
+/// one argument, never through a shell, but the program still parses it: a value beginning
+/// with `-` would be read as an option (argument injection), a NUL would cut it short in
+/// the C argument vector, and other control characters reach logs and terminals.
+public enum ExecutorArgument {
+    /// The longest value, in UTF-8 bytes.
+    public static let maximumBytes = 1024
+
+    /// Why `value` cannot be an argument, or nil when it can.
+    public static func problem(_ value: String) -> String? {
+        if value.isEmpty { return "is empty" }
+        if value.utf8.count > maximumBytes { return "is \(value.utf8.count) bytes long; at most \(maximumBytes)" }
+        if value.hasPrefix("-") { return "begins with '-', which the executor would read as an option" }
+        if let bad = value.unicodeScalars.first(where: { $0.properties.generalCategory == .control || $0 == "\u{2028}" || $0 == "\u{2029}" }) {
+            return "contains the control character U+\(String(bad.value, radix: 16, uppercase: true).leftPadded(to: 4))"
+        }
+        return nil
+    }
+
+    /// Why `name` cannot be a parameter name, or nil when it can: 1 to 64 of `A-Z a-z 0-9 _ . -`.
+    public static func nameProblem(_ name: String) -> String? {
+        guard (1...64).contains(name.utf8.count) else { return "must be 1 to 64 characters" }
+        let allowed = name.utf8.allSatisfy { b in
+            (b >= 0x30 && b <= 0x39) || (b >= 0x41 && b <= 0x5A) || (b >= 0x61 && b <= 0x7A) || b == 0x5F || b == 0x2E || b == 0x2D
+        }
+        return allowed ? nil : "may hold only letters, digits, '_', '.' and '-'"
+    }
+}
+
+extension String {
+    fileprivate func leftPadded(to width: Int) -> String {
+        count >= width ? self : String(repeating: "0", count: width - count) + self
+    }
+}

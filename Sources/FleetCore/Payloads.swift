@@ -104,14 +104,18 @@ public struct Presence: Codable, Sendable, Hashable, SchemaIdentified {
     public var reason: OfflineReason?
     /// Goes up by one on every connection; kept on disk by the agent.
     public var session: UInt64
+    /// A random id the agent draws at every start (docs/contract.md, "Sessions"): a new one
+    /// is a new session whatever the counter says.
+    public var instance: String?
     public var agent: AgentInfo?
     public var heartbeatIntervalS: Double?
     public var at: Date
 
     public init(
         site: SiteID, state: PresenceState, reason: OfflineReason? = nil, session: UInt64, agent: AgentInfo? = nil,
-        heartbeatIntervalS: Double? = nil, at: Date
+        heartbeatIntervalS: Double? = nil, at: Date, instance: String? = nil
     ) {
+        self.instance = instance
         self.site = site
         self.state = state
         self.reason = reason
@@ -166,6 +170,8 @@ public struct Heartbeat: Codable, Sendable, Hashable, SchemaIdentified {
     public var schema = SchemaTag<Heartbeat>()
     public var site: SiteID
     public var session: UInt64
+    /// The agent's instance (see `Presence.instance`).
+    public var instance: String?
     /// Goes up by one per heartbeat within a session.
     public var seq: UInt64
     /// The agent's wall clock; informative only (the aggregator never trusts it for modes).
@@ -173,7 +179,10 @@ public struct Heartbeat: Codable, Sendable, Hashable, SchemaIdentified {
     public var azure: AzureReport
     public var certificates: CertificateReport?
 
-    public init(site: SiteID, session: UInt64, seq: UInt64, sentAt: Date, azure: AzureReport, certificates: CertificateReport? = nil) {
+    public init(
+        site: SiteID, session: UInt64, seq: UInt64, sentAt: Date, azure: AzureReport, certificates: CertificateReport? = nil, instance: String? = nil
+    ) {
+        self.instance = instance
         self.site = site
         self.session = session
         self.seq = seq
@@ -247,6 +256,8 @@ public struct SiteStatus: Codable, Sendable, Hashable, SchemaIdentified {
     public var schema = SchemaTag<SiteStatus>()
     public var site: SiteID
     public var session: UInt64
+    /// The agent's instance (see `Presence.instance`).
+    public var instance: String?
     public var at: Date
     public var cluster: ClusterInfo?
     public var checks: [CheckResult]
@@ -257,8 +268,9 @@ public struct SiteStatus: Codable, Sendable, Hashable, SchemaIdentified {
 
     public init(
         site: SiteID, session: UInt64, at: Date, cluster: ClusterInfo? = nil, checks: [CheckResult] = [],
-        capabilities: [String: Bool] = [:], spoolDropped: Int? = nil
+        capabilities: [String: Bool] = [:], spoolDropped: Int? = nil, instance: String? = nil
     ) {
+        self.instance = instance
         self.spoolDropped = spoolDropped
         self.site = site
         self.session = session
@@ -496,5 +508,20 @@ public struct FleetEvent: Codable, Sendable, Hashable, SchemaIdentified {
         self.operationID = operationID
         self.kind = kind
         self.note = note
+    }
+}
+
+/// An agent's instance id: 1 to 64 characters of `a-z`, `0-9` and `-` (the agent draws 16 hex digits).
+public enum AgentInstance {
+    /// A new random instance id.
+    public static func random() -> String {
+        var generator = SystemRandomNumberGenerator()
+        let value = generator.next() as UInt64
+        let hex = String(value, radix: 16)
+        return String(repeating: "0", count: 16 - hex.count) + hex
+    }
+
+    public static func isValid(_ id: String) -> Bool {
+        (1...64).contains(id.utf8.count) && id.utf8.allSatisfy { (0x61...0x7A).contains($0) || (0x30...0x39).contains($0) || $0 == 0x2D }
     }
 }

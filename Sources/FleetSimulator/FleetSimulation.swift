@@ -59,6 +59,8 @@ public final class FleetSimulation: Sendable {
     let settings: Settings
     let logger: Logger
     let session: UInt64
+    /// One agent instance for the whole simulation (docs/contract.md, "Sessions").
+    let instance: String
     private let sites: Mutex<[SiteState]>
     private let counters = Mutex((heartbeats: 0, failures: 0))
     let clients: [MQTTClient]
@@ -71,6 +73,8 @@ public final class FleetSimulation: Sendable {
         self.settings = settings
         self.logger = logger
         session = UInt64(max(0, Date().timeIntervalSince1970 * 1000))
+        let instance = AgentInstance.random()
+        self.instance = instance
         let ids = scenario.siteIDs
         let regions = scenario.regionOfSite
         dedicated = min(ids.count, max(0, settings.dedicatedConnections))
@@ -92,7 +96,7 @@ public final class FleetSimulation: Sendable {
             mqtt.reconnect = ReconnectPolicy(initialDelay: .milliseconds(500), maximumDelay: .seconds(10))
             if connection < dedicated {
                 let site = ids[connection]
-                let will = Presence(site: site, state: .offline, reason: .lost, session: session, at: now)
+                let will = Presence(site: site, state: .offline, reason: .lost, session: session, at: now, instance: instance)
                 mqtt.will = LastWill(
                     topic: settings.topics.name(.site(site, .presence)), payload: try FleetJSON.encode(will), qos: .atLeastOnce, retain: true)
             }
@@ -163,7 +167,7 @@ public final class FleetSimulation: Sendable {
         let done = Mutex(false)
         let goodbyes = Task {
             for site in live where clients[site.connection].state.isConnected {
-                let presence = Presence(site: site.id, state: .offline, reason: .shutdown, session: session, at: Date())
+                let presence = Presence(site: site.id, state: .offline, reason: .shutdown, session: session, at: Date(), instance: instance)
                 try? await clients[site.connection].publish(
                     settings.topics.name(.site(site.id, .presence)), payload: FleetJSON.encode(presence), qos: .atLeastOnce, retain: true)
             }
@@ -182,7 +186,7 @@ public final class FleetSimulation: Sendable {
         let client = clients[site.connection]
         let presence = Presence(
             site: site.id, state: .online, session: session, agent: AgentInfo(version: "simulated", host: "sim-\(site.id)"),
-            heartbeatIntervalS: scenario.heartbeatInterval.secondsValue, at: Date())
+            heartbeatIntervalS: scenario.heartbeatInterval.secondsValue, at: Date(), instance: instance)
         try await client.publish(settings.topics.name(.site(site.id, .presence)), payload: FleetJSON.encode(presence), qos: .atLeastOnce, retain: true)
         try await publishStatus(site)
     }
@@ -203,7 +207,7 @@ public final class FleetSimulation: Sendable {
                 CheckResult(name: "arc-agents", state: up ? .pass : .warn, observedAt: now, durationMs: 30,
                             output: up ? "Arc agents connected" : "clusterconnect-agent cannot reach Azure"),
             ],
-            capabilities: ["clusterAutoscaler": number % 3 == 0])
+            capabilities: ["clusterAutoscaler": number % 3 == 0], instance: instance)
         try await clients[site.connection].publish(
             settings.topics.name(.site(site.id, .status)), payload: FleetJSON.encode(status), qos: .atLeastOnce, retain: true)
     }
@@ -240,7 +244,7 @@ public final class FleetSimulation: Sendable {
                     s,
                     Heartbeat(
                         site: s.id, session: session, seq: s.seq, sentAt: now, azure: report,
-                        certificates: s.certificateExpiry.map { CertificateReport(earliestNotAfter: $0, source: "simulated") })
+                        certificates: s.certificateExpiry.map { CertificateReport(earliestNotAfter: $0, source: "simulated") }, instance: instance)
                 )
             })
         else { return }
@@ -309,7 +313,7 @@ public final class FleetSimulation: Sendable {
         if site.connection < dedicated {
             await clients[site.connection].abandon()
         } else {
-            let presence = Presence(site: site.id, state: .offline, reason: .lost, session: session, at: Date())
+            let presence = Presence(site: site.id, state: .offline, reason: .lost, session: session, at: Date(), instance: instance)
             try? await clients[site.connection].publish(
                 settings.topics.name(.site(site.id, .presence)), payload: FleetJSON.encode(presence), qos: .atLeastOnce, retain: true)
         }

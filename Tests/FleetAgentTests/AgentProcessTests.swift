@@ -43,6 +43,7 @@ struct AgentProcessTests {
             .map { try FleetJSON.decode(Heartbeat.self, from: $0.payload) }
         #expect(beats.map(\.seq) == [beats[0].seq, beats[0].seq + 1])
         #expect(beats.allSatisfy { $0.session == 1 && $0.azure.probe == "command" })
+        #expect(online.instance != nil && beats.allSatisfy { $0.instance == online.instance } && status.instance == online.instance)
         #expect(beats.last?.azure.reachable == true)
         #expect((beats.last?.azure.lastContactAgeS ?? 99) < 5)
 
@@ -93,6 +94,11 @@ struct AgentProcessTests {
         #expect(ages.count == 2, "the restart lost the last contact: \(beats)")
         #expect(ages[0] >= before && ages[1] > ages[0])
         #expect(beats.allSatisfy { !$0.azure.reachable })
+        // Every start draws a new instance (docs/contract.md, "Sessions"), so a restart whose
+        // state file was lost (its counter back at 1) is still a new session to the aggregator.
+        let instances = [reached.instance] + beats.map(\.instance)
+        #expect(instances.allSatisfy { $0.map(AgentInstance.isValid) == true }, "\(instances)")
+        #expect(beats[0].instance == beats[1].instance && beats[0].instance != reached.instance)
         await client.shutdown()
     }
 

@@ -98,6 +98,15 @@ struct AggregatorFixture {
         return fixture
     }
 
+    /// Stops the aggregator (SIGTERM) and starts another on the same database and broker;
+    /// returns once it announced itself.
+    func restartAggregator(flags: [String] = Short.flags) async throws -> AggregatorFixture {
+        aggregator.terminate()
+        let next = try AggregatorProcess(broker: broker, database: database, flags: flags)
+        try await messages.aggregatorOnline()
+        return AggregatorFixture(broker: broker, directory: directory, observer: observer, messages: messages, aggregator: next)
+    }
+
     func stop() {
         aggregator.terminate()
         let observer = observer
@@ -187,14 +196,18 @@ final class SimulatedSite: Sendable {
     /// `Short.heartbeat` whatever it announces.
     let announcedInterval: Double
 
-    init(_ name: String, brokerURL: String, session: UInt64 = 1, announcedInterval: Double = Short.heartbeat) throws {
+    /// The agent instance its messages name (nil: an agent from before instances).
+    let instance: String?
+
+    init(_ name: String, brokerURL: String, session: UInt64 = 1, announcedInterval: Double = Short.heartbeat, instance: String? = nil) throws {
         site = try SiteID(name)
         self.session = session
+        self.instance = instance
         self.announcedInterval = announcedInterval
         var logger = Logger(label: "site")
         logger.logLevel = .critical
         var configuration = MQTTConfiguration(broker: try BrokerURL(parsing: brokerURL), clientID: "sim-\(name)-\(UUID().uuidString.prefix(6))")
-        let will = Presence(site: site, state: .offline, reason: .lost, session: session, at: Date())
+        let will = Presence(site: site, state: .offline, reason: .lost, session: session, at: Date(), instance: instance)
         configuration.will = LastWill(
             topic: "edgefleet/v1/sites/\(name)/presence", payload: try FleetJSON.encode(will), qos: .atLeastOnce, retain: true)
         configuration.keepAlive = .seconds(5)
@@ -205,7 +218,7 @@ final class SimulatedSite: Sendable {
         try await client.connect()
         let presence = Presence(
             site: site, state: .online, session: session, agent: AgentInfo(version: "test", host: "test"),
-            heartbeatIntervalS: announcedInterval, at: Date())
+            heartbeatIntervalS: announcedInterval, at: Date(), instance: instance)
         try await client.publish(
             "edgefleet/v1/sites/\(site)/presence", payload: try FleetJSON.encode(presence), qos: .atLeastOnce, retain: true)
     }
@@ -235,7 +248,8 @@ final class SimulatedSite: Sendable {
 
     /// Publishes a status with this site's cluster metadata (retained, as the agent does).
     func status(cluster: ClusterInfo, checks: [CheckResult] = [], capabilities: [String: Bool] = [:]) async throws {
-        let status = SiteStatus(site: site, session: session, at: Date(), cluster: cluster, checks: checks, capabilities: capabilities)
+        let status = SiteStatus(
+            site: site, session: session, at: Date(), cluster: cluster, checks: checks, capabilities: capabilities, instance: instance)
         try await client.publish("edgefleet/v1/sites/\(site)/status", payload: try FleetJSON.encode(status), qos: .atLeastOnce, retain: true)
     }
 
@@ -249,7 +263,7 @@ final class SimulatedSite: Sendable {
         let heartbeat = Heartbeat(
             site: site, session: session, seq: seq, sentAt: Date(),
             azure: AzureReport(reachable: !lost, lastContactAgeS: age, probe: "endpoints"),
-            certificates: expiry.map { CertificateReport(earliestNotAfter: $0, source: "test") })
+            certificates: expiry.map { CertificateReport(earliestNotAfter: $0, source: "test") }, instance: instance)
         let sending = Date()  // before: the aggregator may receive it before the broker acknowledges it here
         try await client.publish("edgefleet/v1/sites/\(site)/heartbeat", payload: try FleetJSON.encode(heartbeat), qos: .atLeastOnce)
         state.withLock { $0.lastSent = sending }

@@ -210,6 +210,25 @@ struct OperatorAPITests {
             let response = try await f.post("/v1/operations", bad.isEmpty ? nil : bad)
             #expect(response.status == 400, "\(bad): \(response.status) \(response.text)")
         }
+        // 422 naming the parameter: a value that could never be a safe argument. Before the rule,
+        // "x\u0000y" reached az as "x" and the operation succeeded; "--subscription=..." was an option.
+        let before = try await f.get("/v1/operations?limit=500").json()["operations"] as? [[String: Any]]
+        for (value, why) in [
+            (#"x\u0000y"#, "U+0000"), (#""#, "empty"), (String(repeating: "a", count: 1025), "1025 bytes"),
+            (#"--subscription=evil"#, "begins with '-'"), (#"-x"#, "begins with '-'"), (#"a\u001b[2Jb"#, "U+001B"),
+            (#"a\u0085b"#, "U+0085"), (#"line\nbreak"#, "U+000A"),
+        ] {
+            let response = try await f.post("/v1/operations", #"{"site":"site-semi","kind":"extension.install","params":{"name":""# + value + #""}}"#)
+            #expect(response.status == 422 && response.errorCode == "invalid-parameter", "\(value.prefix(30)): \(response.status) \(response.text)")
+            let message = ((try? response.json()["error"] as? [String: Any])?["message"] as? String) ?? ""
+            #expect(message.contains("params.name") && message.contains(why), "\(message)")
+        }
+        let badName = try await f.post("/v1/operations", #"{"site":"site-semi","kind":"extension.install","params":{"name":"ok","a b":"x"}}"#)
+        #expect(badName.status == 422 && badName.errorCode == "invalid-parameter")
+        let after = try await f.get("/v1/operations?limit=500").json()["operations"] as? [[String: Any]]
+        #expect(before?.count == after?.count, "a refused submission was stored")
+        // Values that merely look odd are fine: one argument each, never through a shell.
+        #expect(try await f.post("/v1/operations", #"{"site":"site-new","kind":"extension.install","params":{"name":"a b;$(id) 'c' x-y --"}}"#).status == 201)
         #expect(try await f.get("/v1/operations/op-none").status == 404)
         #expect(try await f.post("/v1/operations/op-none/cancel").status == 404)
         #expect(try await f.get("/v1/nothing/here").errorCode == "not-found")

@@ -30,6 +30,7 @@ struct APIError: HTTPResponseError {
         switch error.category {
         case .invalid: self.init(status: .badRequest, code: "bad-request", message: error.message)
         case .notQueueable: self.init(status: .unprocessableContent, code: "not-queueable", message: error.message, workaround: error.workaround)
+        case .invalidParameter: self.init(status: .unprocessableContent, code: "invalid-parameter", message: error.message)
         case .conflict: self.init(status: .conflict, code: "conflict", message: error.message)
         case .notFound: self.init(status: .notFound, code: "not-found", message: error.message)
         case .unavailable: self.init(status: .serviceUnavailable, code: "unavailable", message: error.message)

@@ -68,6 +68,9 @@ public struct QueueError: Error, Sendable, Hashable, CustomStringConvertible {
         case invalid
         /// The catalog or the configuration says this kind cannot wait in the queue (422).
         case notQueueable = "not-queueable"
+        /// A parameter can never become a safe executor argument (422): control characters,
+        /// empty, over 1 KB, or beginning with `-`.
+        case invalidParameter = "invalid-parameter"
         /// The operation is not in a state that allows this (somebody moved it first) (409).
         case conflict
         case notFound = "not-found"
@@ -137,6 +140,15 @@ public struct DeferredQueue: Sendable {
         }
         if let unknown = template.unknownPlaceholder {
             throw QueueError(.notQueueable, "the executor for \(kind.rawValue) has a placeholder nothing can fill: {\(unknown)}")
+        }
+        // Every parameter, used by the template or not (a later template may use it).
+        for (name, value) in request.params.sorted(by: { $0.key < $1.key }) {
+            if let problem = ExecutorArgument.nameProblem(name) {
+                throw QueueError(.invalidParameter, "params: the name '\(name.debugDescription.dropFirst().dropLast())' \(problem)")
+            }
+            if let problem = ExecutorArgument.problem(value) {
+                throw QueueError(.invalidParameter, "params.\(name) \(problem)")
+            }
         }
         for name in template.requiredParams where request.params[name] == nil {
             throw QueueError(.invalid, "params: missing '\(name)', which the executor's placeholder {params.\(name)} needs")

@@ -77,7 +77,9 @@ public struct ExecutorTemplate: Sendable, Hashable, Codable {
             while let open = rest.firstIndex(of: "{"), let close = rest[open...].firstIndex(of: "}") {
                 out += rest[..<open]
                 let name = String(rest[rest.index(after: open)..<close])
-                guard let filled = value(name) else { throw UnfilledPlaceholder(name: name) }
+                // A value that cannot be a safe argument (cluster metadata a site reported, or a
+                // parameter stored before the rule existed) fills nothing: the operation waits.
+                guard let filled = value(name), ExecutorArgument.problem(filled) == nil else { throw UnfilledPlaceholder(name: name) }
                 out += filled
                 rest = rest[rest.index(after: close)...]
             }
