@@ -61,11 +61,13 @@ def wait_retained(port, topic, timeout):
     return out.stdout
 
 
-def heartbeats(bench, port, sites, rounds, marker, publishers=1):
-    """PUBLISHERS processes share the sites; when all are done, one more sends the marker."""
+def heartbeats(bench, port, sites, rounds, marker, publishers=1, announce=False):
+    """PUBLISHERS processes share the sites; when all are done, one more sends the marker (a presence, then a
+    heartbeat). With ANNOUNCE each site first publishes its presence (a site exists once it has announced itself)."""
     share = sites // publishers
     procs = [subprocess.Popen([bench, "heartbeats", "--broker", f"mqtt://127.0.0.1:{port}", "--sites", str(share),
-                               "--offset", str(i * share), "--rounds", str(rounds)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                               "--offset", str(i * share), "--rounds", str(rounds), *(["--announce"] if announce else [])],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for i in range(publishers)]
     results = []
     for p in procs:
@@ -130,7 +132,7 @@ def gaps_of(stored):
 def ingest_rounds(proc, bench, rounds, per_round, publishers, sites, directory, port):
     results = []
     # Warm-up: every site once, so the timed rounds measure steady-state ingest.
-    heartbeats(bench, port, sites, 1, "warmup")
+    heartbeats(bench, port, sites, 1, "warmup", announce=True)
     wait_retained(port, "edgefleet/v1/fleet/sites/warmup", timeout=60)
     for r in range(rounds):
         marker = f"marker-{r}"
@@ -171,7 +173,7 @@ def scale(aggregator, bench, sites, seconds):
         try:
             proc = start_aggregator(aggregator, port, directory)
             loaded_at = time.time()
-            heartbeats(bench, port, sites, 1, "loaded")
+            heartbeats(bench, port, sites, 1, "loaded", announce=True)
             wait_retained(port, "edgefleet/v1/fleet/sites/loaded", timeout=300)
             load_seconds = time.time() - loaded_at
             rss_loaded = vm_hwm_mb(proc.pid)

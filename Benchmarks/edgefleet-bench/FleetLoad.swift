@@ -21,6 +21,8 @@ struct Heartbeats: AsyncParsableCommand {
     @Option(help: "lastContactAgeS to report.") var age: Double = 0
     @Option(help: "A site whose heartbeat is sent last (its view appearing means all before it were processed).")
     var marker: String?
+    @Flag(help: "First announce every site with its presence (a site exists once it has announced itself).")
+    var announce = false
 
     func run() async throws {
         let client = try await connect(broker, "bench-heartbeats-\(getpid())")
@@ -29,6 +31,13 @@ struct Heartbeats: AsyncParsableCommand {
         let start = Date()
         var sent = 0
         let pacer = Pacer(rate: rate)
+        if announce {
+            for name in names {
+                try await client.publish(
+                    "\(root)/sites/\(name)/presence", payload: presenceJSON(site: name, session: session, at: RFC3339.format(Date())),
+                    qos: .atLeastOnce, retain: true)
+            }
+        }
         for round in 0..<rounds {
             let sentAt = RFC3339.format(Date())
             for name in names {
@@ -39,6 +48,9 @@ struct Heartbeats: AsyncParsableCommand {
             }
         }
         if let marker {
+            try await client.publish(
+                "\(root)/sites/\(marker)/presence", payload: presenceJSON(site: marker, session: session, at: RFC3339.format(Date())),
+                qos: .atLeastOnce, retain: true)
             let payload = heartbeatJSON(site: marker, session: session, seq: 1, sentAt: RFC3339.format(Date()), age: 0)
             try await client.publish("\(root)/sites/\(marker)/heartbeat", payload: payload, qos: .atLeastOnce)
         }
@@ -139,6 +151,12 @@ struct ModeChangeLatency: AsyncParsableCommand {
 func siteName(_ index: Int) -> String {
     let digits = String(index)
     return "site-" + String(repeating: "0", count: max(0, 6 - digits.count)) + digits
+}
+
+func presenceJSON(site: String, session: UInt64, at: String) -> [UInt8] {
+    Array(
+        #"{"schema":"edgefleet.presence/1","site":"\#(site)","state":"online","session":\#(session),"heartbeatIntervalS":10,"at":"\#(at)"}"#
+            .utf8)
 }
 
 func heartbeatJSON(site: String, session: UInt64, seq: UInt64, sentAt: String, age: Double) -> [UInt8] {

@@ -32,6 +32,8 @@ public struct AggregatorConfiguration: Sendable {
     public var maxAttempts: Int
     /// How often the dispatcher looks at the queue.
     public var dispatchInterval: Duration
+    /// The most sites the fleet holds; a presence of a new site beyond it is refused and counted.
+    public var maxSites: Int = 250_000
 
     public init(
         mqtt: MQTTConfiguration, topics: FleetTopics = FleetTopics(), databasePath: String = "./edgefleet.sqlite",
@@ -63,6 +65,7 @@ public struct AggregatorConfiguration: Sendable {
         "http", "connectedWithin", "budget", "warnBefore", "criticalBefore", "stableFor", "staleAfter", "offlineAfter",
         "viewRefresh", "summaryInterval", "flushInterval", "maxPayloadBytes", "executors", "maxConcurrentDispatches", "maxAttempts",
         "retryBackoff", "retryBackoffMax", "dispatchInterval", "executorOutputBytes", "tokenFile", "publicReads",
+        "maxSites",
     ]
 
     /// One executor as written in the file: `argv` and an optional `timeout`.
@@ -173,6 +176,7 @@ public struct AggregatorConfiguration: Sendable {
         if dispatch.maximumBackoff < dispatch.backoff {
             throw ConfigurationError(key: "retryBackoffMax", origin: settings.raw("retryBackoffMax")?.1, "must not be shorter than retryBackoff")
         }
+        let maxSites = try settings.integer("maxSites", default: 250_000, range: 1...10_000_000)
         try settings.rejectUnknownFileKeys()
 
         var mqtt = MQTTConfiguration(
@@ -184,11 +188,13 @@ public struct AggregatorConfiguration: Sendable {
         } catch {
             throw ConfigurationError(key: "broker", origin: nil, error.description)
         }
-        return AggregatorConfiguration(
+        var configuration = AggregatorConfiguration(
             mqtt: mqtt, topics: FleetTopics(root: root), databasePath: database, httpListen: httpListen, thresholds: thresholds,
             viewRefresh: viewRefresh, summaryInterval: summaryInterval, flushInterval: flushInterval,
             maxPayloadBytes: maxPayloadBytes, executors: executors, dispatch: dispatch, maxAttempts: maxAttempts,
             dispatchInterval: dispatchInterval, tokenFile: tokenFile, publicReads: publicReads)
+        configuration.maxSites = maxSites
+        return configuration
     }
 
     /// A readable summary for `--check-config` (no secrets).

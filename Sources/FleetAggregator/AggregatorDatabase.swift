@@ -1,4 +1,4 @@
-import FleetCore
+public import FleetCore
 public import GRDB
 
 #if canImport(FoundationEssentials)
@@ -58,6 +58,13 @@ public final class AggregatorDatabase: Sendable {
                 t.column("startedAt", .double).notNull()
             }
         }
+        migrator.registerMigration("v4-forgotten-sites") { db in
+            // Sites an operator forgot: their retained presence must not make them again.
+            try db.create(table: "forgotten_sites") { t in
+                t.primaryKey("site", .text)
+                t.column("forgottenAt", .text).notNull()
+            }
+        }
         return migrator
     }
 }
@@ -113,12 +120,38 @@ public struct SiteStore: Sendable {
         try database.writer.write { db in
             let statement = try db.cachedStatement(
                 sql: """
-                    INSERT INTO sites (site, record, updatedAt) VALUES (?, ?, ?)
+                    INSERT INTO sites (site, record, updatedAt)
+                    SELECT ?, ?, ? WHERE NOT EXISTS (SELECT 1 FROM forgotten_sites WHERE site = ?)
                     ON CONFLICT(site) DO UPDATE SET record = excluded.record, updatedAt = excluded.updatedAt
                     """)
+            // A record taken for writing just before its site was forgotten is not written back.
             for (site, json) in rows {
-                try statement.execute(arguments: [site, json, stamp])
+                try statement.execute(arguments: [site, json, stamp, site])
             }
+        }
+    }
+
+    /// Removes a site's record and remembers that it was forgotten, in one transaction.
+    public func forget(_ site: SiteID, at now: Date) throws {
+        try database.writer.write { db in
+            try db.execute(sql: "DELETE FROM sites WHERE site = ?", arguments: [site.rawValue])
+            try db.execute(
+                sql: "INSERT OR REPLACE INTO forgotten_sites (site, forgottenAt) VALUES (?, ?)", arguments: [site.rawValue, RFC3339.format(now)])
+        }
+    }
+
+    /// Drops the tombstones of forgotten sites that came back.
+    public func revive(_ sites: Set<SiteID>) throws {
+        guard !sites.isEmpty else { return }
+        try database.writer.write { db in
+            for site in sites { try db.execute(sql: "DELETE FROM forgotten_sites WHERE site = ?", arguments: [site.rawValue]) }
+        }
+    }
+
+    /// Every forgotten site.
+    public func forgotten() throws -> Set<SiteID> {
+        try database.writer.read { db in
+            Set(try String.fetchAll(db, sql: "SELECT site FROM forgotten_sites").compactMap { try? SiteID($0) })
         }
     }
 

@@ -6,9 +6,9 @@ public import ServiceLifecycle
 import Synchronization
 
 #if canImport(FoundationEssentials)
-import FoundationEssentials
+public import FoundationEssentials
 #else
-import Foundation
+public import Foundation
 #endif
 #if canImport(Glibc)
 import Glibc
@@ -42,7 +42,9 @@ public final class AggregatorService: Service, Sendable {
         self.metrics = metrics
         database = try AggregatorDatabase(path: configuration.databasePath)
         store = SiteStore(database: database)
-        state = Mutex(FleetState(thresholds: configuration.thresholds, viewRefresh: configuration.viewRefresh))
+        let fleet = FleetState(thresholds: configuration.thresholds, viewRefresh: configuration.viewRefresh)
+        fleet.siteLimit = configuration.maxSites
+        state = Mutex(fleet)
         session = UInt64(max(0, Date().timeIntervalSince1970 * 1000))
         rejectLog = Mutex(RejectLog())
         let operations = SQLiteOperationStore(database: database)
@@ -94,6 +96,11 @@ public final class AggregatorService: Service, Sendable {
         }
     }
 
+    /// Every site's deadline as last evaluated, ordered by site id (for `/metrics`).
+    public func siteDeadlines() -> [(site: SiteID, deadline: Date)] {
+        state.withLock { $0.deadlineEntries() }.sorted { $0.site < $1.site }
+    }
+
     /// One site's view and what its agent last reported.
     public func detail(of site: SiteID) -> SiteDetail? {
         let now = Date()
@@ -124,7 +131,8 @@ public final class AggregatorService: Service, Sendable {
         let (restored, problems) = try store.loadAll()
         for problem in problems { logger.error("\(problem)") }
         let start = Date()
-        state.withLock { $0.restore(restored, now: start) }
+        let forgotten = try store.forgotten()
+        state.withLock { $0.restore(restored, forgotten: forgotten, now: start) }
         // Ending executors a killed predecessor left running blocks: not on the cooperative pool.
         let dispatcher = dispatcher
         try await withCheckedThrowingContinuation { (done: CheckedContinuation<Void, any Error>) in
@@ -175,13 +183,23 @@ public final class AggregatorService: Service, Sendable {
                 case .heartbeat: metrics.ingested[.heartbeat]?.increment()
                 case .status: metrics.ingested[.status]?.increment()
                 }
-                if case .ignored = outcome { metrics.ignored.increment() }
-            case .failure(let rejection):
-                metrics.rejected[rejection.reason]?.increment()
-                if let line = rejectLog.withLock({ $0.admit(rejection, now: now) }) {
-                    logger.warning("\(line)")
+                switch outcome {
+                case .applied: break
+                case .ignored: metrics.ignored.increment()
+                case .unannounced: reject(Rejection(reason: .unannouncedSite, topic: message.topic, detail: "no presence from this site yet"), now: now)
+                case .overLimit:
+                    reject(Rejection(reason: .siteLimit, topic: message.topic, detail: "the fleet holds maxSites (\(configuration.maxSites)) sites"), now: now)
                 }
+            case .failure(let rejection):
+                reject(rejection, now: now)
             }
+        }
+    }
+
+    private func reject(_ rejection: Rejection, now: Date) {
+        metrics.rejected[rejection.reason]?.increment()
+        if let line = rejectLog.withLock({ $0.admit(rejection, now: now) }) {
+            logger.warning("\(line)")
         }
     }
 
@@ -292,6 +310,41 @@ public final class AggregatorService: Service, Sendable {
         return cancelled
     }
 
+    /// Removes a decommissioned site: refused (conflict) while operations wait for it or run
+    /// there, unless `force`, which cancels the waiting ones (a running one is never cut short).
+    /// Its record goes from the store, its retained view is cleared, and its retained presence
+    /// no longer makes it again; a live presence from its agent does.
+    public func forget(site text: String, force: Bool, by who: String) throws(QueueError) -> SiteForgotten {
+        let site: SiteID
+        do { site = try SiteID(text) } catch { throw QueueError(.invalid, "site: \(error.description)") }
+        guard state.withLock({ $0.records[site] != nil }) else { throw QueueError(.notFound, "no site \(site)") }
+        let open: [DeferredOperation]
+        do {
+            open = try queue.store.all(OperationFilter(site: site, states: [.queued, .dispatching, .blocked]))
+        } catch {
+            throw QueueError(.unavailable, "the queue could not be read: \(error)")
+        }
+        if let running = open.first(where: { $0.state == .dispatching }) {
+            throw QueueError(.conflict, "operation \(running.id) is running at \(site); forget the site once it has ended")
+        }
+        var cancelled: [DeferredOperation] = []
+        if !open.isEmpty {
+            guard force else {
+                throw QueueError(.conflict, "\(open.count) operation(s) wait for \(site); cancel them, or forget it with force")
+            }
+            cancelled = try cancelAll(OperationFilter(site: site), by: who)
+        }
+        let now = Date()
+        do {
+            try store.forget(site, at: now)
+        } catch {
+            throw QueueError(.unavailable, "the site could not be removed from the store: \(error)")
+        }
+        state.withLock { _ = $0.forget(site, now: now, note: "forgotten by \(who)") }
+        logger.notice("site \(site) forgotten by \(who)", metadata: ["cancelled": "\(cancelled.count)"])
+        return SiteForgotten(site: site, forgottenAt: now, cancelled: cancelled.map(\.id))
+    }
+
     /// An operator changed the queue: the dispatcher reads it again, and each change is an event.
     private func queueChanged(_ operations: [DeferredOperation], _ type: FleetEventType, note: String) {
         dispatcher.invalidate()
@@ -331,6 +384,12 @@ public final class AggregatorService: Service, Sendable {
     /// Writes changed records in batches of 2,000, taking each batch from the state
     /// just before writing it (a whole fleet's records are never copied at once).
     private func flush() {
+        let revived = state.withLock { $0.takeRevived() }
+        do {
+            try store.revive(revived)
+        } catch {
+            logger.error("cannot drop the tombstones of \(revived.count) site(s) that came back: \(error)")
+        }
         while true {
             let dirty = state.withLock { $0.takeDirty(limit: 2_000) }
             if dirty.isEmpty { return }
@@ -388,6 +447,14 @@ public final class AggregatorService: Service, Sendable {
                 }
                 group.addTask { await self.send(self.configuration.topics.name(.siteView(view.site)), view, retain: true) }
                 inFlight += 1
+            }
+        }
+        for site in output.cleared {
+            do {
+                try await client.publish(configuration.topics.name(.siteView(site)), payload: [], qos: .atLeastOnce, retain: true)
+            } catch {
+                metrics.publishFailures.increment()
+                logger.warning("cannot clear the retained view of forgotten site \(site): \(error)")
             }
         }
         for event in output.events {

@@ -13,8 +13,10 @@ public struct FleetOutput: Sendable {
     public var views: [SiteView] = []
     /// Events for `{root}/fleet/events`.
     public var events: [FleetEvent] = []
+    /// Forgotten sites whose retained view is to be cleared (an empty retained message).
+    public var cleared: [SiteID] = []
 
-    public var isEmpty: Bool { views.isEmpty && events.isEmpty }
+    public var isEmpty: Bool { views.isEmpty && events.isEmpty && cleared.isEmpty }
 }
 
 /// Every site's record, its evaluation, and when each site next needs a look.
@@ -59,6 +61,13 @@ public final class FleetState {
     private var dirty: Set<SiteID> = []
     /// Something the fleet summary shows has changed since `takeSummaryChange()`.
     private var summaryChanged = true
+    /// Sites an operator forgot and no live presence has brought back: their retained
+    /// presence (which the aggregator cannot clear) does not make them again.
+    public private(set) var forgotten: Set<SiteID> = []
+    /// Forgotten sites a live presence brought back, for the store to drop their tombstones.
+    private var revived: Set<SiteID> = []
+    /// The most sites the fleet holds; a presence of a new site beyond it is refused.
+    public var siteLimit = Int.max
 
     public init(thresholds: Thresholds, viewRefresh: Duration) {
         self.thresholds = thresholds
@@ -70,7 +79,8 @@ public final class FleetState {
     /// stopped counts as just seen, so a restart alone does not flip the fleet to stale.
     /// Deadlines are kept: a site that went dark before the restart turns
     /// `disconnected` at its deadline as if the aggregator had never stopped.
-    public func restore(_ restored: [SiteRecord], now: Date) {
+    public func restore(_ restored: [SiteRecord], forgotten: Set<SiteID> = [], now: Date) {
+        self.forgotten = forgotten.filter { site in !restored.contains { $0.site == site } }
         for var record in restored {
             if record.liveness == .online, record.presence != .offline {
                 record.lastSeenAt = max(record.lastSeenAt ?? now, now)
@@ -87,6 +97,19 @@ public final class FleetState {
     public func ingest(_ input: SiteInput, now: Date, live: Bool = true) -> ApplyOutcome {
         let site = input.site
         let existing = records[site]
+        if existing == nil {
+            // A site exists once it has announced itself; anything else from an unknown site is
+            // counted, not made into a site (100,000 made-up heartbeats made 100,000 sites).
+            guard case .presence = input else { return .unannounced }
+            if forgotten.contains(site) {
+                // The retained presence of a site an operator forgot is a leftover; its agent
+                // coming back (a live presence) makes it again.
+                guard live else { return .ignored("retained presence of a forgotten site") }
+                forgotten.remove(site)
+                revived.insert(site)
+            }
+            guard records.count < siteLimit else { return .overLimit }
+        }
         var record = existing ?? SiteRecord(site: site)
         let isNew = existing == nil
         let before = record.checks
@@ -138,9 +161,10 @@ public final class FleetState {
             defer { output = FleetOutput() }
             return output
         }
-        let taken = FleetOutput(views: Array(output.views.prefix(limit)), events: output.events)
+        let taken = FleetOutput(views: Array(output.views.prefix(limit)), events: output.events, cleared: output.cleared)
         output.views.removeFirst(limit)
         output.events.removeAll()
+        output.cleared.removeAll()
         return taken
     }
 
@@ -152,6 +176,34 @@ public final class FleetState {
             if let record = records[site] { taken.append(record) }
         }
         return taken
+    }
+
+    /// Forgotten sites brought back since the last call (their tombstones can go).
+    public func takeRevived() -> Set<SiteID> {
+        defer { revived.removeAll() }
+        return revived
+    }
+
+    /// Removes a site (an operator's decision: a decommissioned site): its record, counts,
+    /// schedule and deadline; its retained view is cleared and a `site-forgotten` event goes
+    /// out. Returns false for a site the state does not hold.
+    @discardableResult
+    public func forget(_ site: SiteID, now: Date, note: String) -> Bool {
+        guard let record = records.removeValue(forKey: site) else { return false }
+        if let mode = record.mode { modes[mode] -= 1 }
+        if let live = record.liveness { liveness[live] -= 1 }
+        scheduledAt[site] = nil  // its heap entries are skipped when they come up
+        deadlines[site] = nil
+        queueCounts[site] = nil
+        dirty.remove(site)
+        revived.remove(site)
+        forceView.remove(site)
+        forgotten.insert(site)
+        output.views.removeAll { $0.site == site }
+        output.cleared.append(site)
+        output.events.append(FleetEvent(type: .siteForgotten, site: site, at: now, note: note))
+        summaryChanged = true
+        return true
     }
 
     /// Puts records back on the list for the store (after a failed write).
@@ -185,6 +237,11 @@ public final class FleetState {
         }
         return FleetSummary(
             at: now, sites: records.count, modes: modes, liveness: liveness, nearestDeadlines: entries, queue: queueTotals)
+    }
+
+    /// Every site's deadline as last evaluated (sites without one are left out), unordered.
+    public func deadlineEntries() -> [(site: SiteID, deadline: Date)] {
+        deadlines.map { ($0.key, $0.value) }
     }
 
     /// The view of one site as last evaluated.

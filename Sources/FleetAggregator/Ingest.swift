@@ -26,6 +26,10 @@ public enum RejectReason: String, Sendable, Hashable, CaseIterable, CustomString
     case negativeAge = "negative-age"
     /// A time or age no real agent can send: before 2020, or years in the future.
     case absurdTimestamp = "absurd-timestamp"
+    /// A heartbeat or status from a site that has not announced itself with a presence.
+    case unannouncedSite = "unannounced-site"
+    /// A presence from a new site while the fleet is at `maxSites`.
+    case siteLimit = "site-limit"
 
     public var description: String { rawValue }
 }

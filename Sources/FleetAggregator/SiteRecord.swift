@@ -107,6 +107,10 @@ public enum ApplyOutcome: Sendable, Hashable {
     case applied
     /// A repeat or a leftover of an older session; nothing changed.
     case ignored(String)
+    /// A heartbeat or status from a site that never announced itself (no presence): no site is made of it.
+    case unannounced
+    /// A new site while the fleet is at its cap.
+    case overLimit
 }
 
 extension SiteRecord {

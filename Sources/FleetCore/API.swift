@@ -204,3 +204,17 @@ public struct HealthStatus: Codable, Sendable, Hashable {
         self.sites = sites
     }
 }
+
+/// The answer to `DELETE /v1/sites/{site}`: the site is gone from the fleet, and with `force`
+/// the operations that were waiting for it are cancelled.
+public struct SiteForgotten: Codable, Sendable, Hashable {
+    public var site: SiteID
+    public var forgottenAt: Date
+    public var cancelled: [String]
+
+    public init(site: SiteID, forgottenAt: Date, cancelled: [String]) {
+        self.site = site
+        self.forgottenAt = forgottenAt
+        self.cancelled = cancelled
+    }
+}

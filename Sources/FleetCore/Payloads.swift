@@ -474,6 +474,8 @@ public enum FleetEventType: String, Codable, Sendable, Hashable, CaseIterable {
     case operationExpired = "operation-expired"
     case operationBlocked = "operation-blocked"
     case operationSuperseded = "operation-superseded"
+    /// An operator removed a decommissioned site (`DELETE /v1/sites/{site}`); `note` says who.
+    case siteForgotten = "site-forgotten"
 }
 
 /// `edgefleet.event/1` on `{root}/fleet/events`.

@@ -45,6 +45,7 @@ struct AggregatorCommand: AsyncParsableCommand {
     @Option(help: "Longest retry delay (default 30m).") var retryBackoffMax: String?
     @Option(help: "How often the dispatcher looks at the queue (default 500ms).") var dispatchInterval: String?
     @Option(help: "Bytes of an executor's output kept in the history (default 4096).") var executorOutputBytes: String?
+    @Option(help: "The most sites the fleet holds; a new site beyond it is refused and counted (default 250000).") var maxSites: String?
     @Option(help: "File of API bearer tokens, one per line; without it every change through the API is refused.") var tokenFile: String?
     @Option(help: "Reads (GET, the dashboard, /metrics) without a token: true or false (default false).") var publicReads: String?
 
@@ -56,6 +57,7 @@ struct AggregatorCommand: AsyncParsableCommand {
             ("summaryInterval", summaryInterval), ("flushInterval", flushInterval), ("maxPayloadBytes", maxPayloadBytes),
             ("maxConcurrentDispatches", maxConcurrentDispatches), ("maxAttempts", maxAttempts), ("retryBackoff", retryBackoff),
             ("retryBackoffMax", retryBackoffMax), ("dispatchInterval", dispatchInterval), ("executorOutputBytes", executorOutputBytes),
+            ("maxSites", maxSites),
             ("tokenFile", tokenFile), ("publicReads", publicReads),
         ]
         var flags = service.flagSettings

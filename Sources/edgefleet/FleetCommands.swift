@@ -1,6 +1,10 @@
 import ArgumentParser
 import FleetCore
+import CommandSupport
 import Foundation
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// `edgefleet status`: the fleet summary.
 struct StatusCommand: ClientCommand {
@@ -78,8 +82,49 @@ struct SitesCommand: ClientCommand {
 }
 
 /// `edgefleet site SITE`: one site, what works there now, and its operations.
-struct SiteCommand: ClientCommand {
-    static let configuration = CommandConfiguration(commandName: "site", abstract: "One site: its mode and deadline, what works there now, its operations.")
+/// `edgefleet site SITE` shows one site (the default); `edgefleet site forget SITE` removes a decommissioned one.
+struct SiteCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "site", abstract: "One site: its mode and deadline, what works there now, its operations (or: forget it).",
+        subcommands: [SiteShowCommand.self, SiteForgetCommand.self], defaultSubcommand: SiteShowCommand.self)
+}
+
+struct SiteForgetCommand: ClientCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "forget", abstract: "Remove a decommissioned site from the fleet.",
+        discussion: """
+            Refused while operations wait for the site or run there; --force cancels the waiting ones (a running one is never \
+            cut short). The site's record and retained view go; its agent coming back (a live presence) makes it again. Asks \
+            for confirmation on a terminal; --yes skips the question (required when not on a terminal).
+            """)
+    @OptionGroup var options: ClientOptions
+    @Argument(help: "The site id.") var site: String
+    @Flag(help: "Cancel the operations that wait for the site.") var force = false
+    @Flag(name: [.customShort("y"), .long], help: "Do not ask for confirmation.") var yes = false
+
+    func validate() throws {
+        if let problem = SiteID.problem(with: site) { throw ValidationError("SITE: \(problem)") }
+    }
+
+    func execute(_ api: APIClient) async throws {
+        if !yes {
+            guard isatty(0) == 1 else { throw CLIFailure.usage("refusing to forget \(site) without confirmation: pass --yes") }
+            FileHandle.standardError.write(Data("Forget site \(site)\(force ? " and cancel what waits for it" : "")? [y/N] ".utf8))
+            let answer = readLine()?.trimmingCharacters(in: .whitespaces).lowercased() ?? ""
+            guard answer == "y" || answer == "yes" else {
+                print("nothing forgotten")
+                throw ExitCode(EdgeFleetExit.failure)
+            }
+        }
+        let forgotten = try await api.send(
+            "DELETE", "/v1/sites/\(site)", query: [("force", force ? "true" : nil)], body: nil as String?, as: SiteForgotten.self)
+        if options.output == .json { return try Out.json(forgotten) }
+        print("forgot \(site)" + (forgotten.cancelled.isEmpty ? "" : "; cancelled \(forgotten.cancelled.joined(separator: ", "))"))
+    }
+}
+
+struct SiteShowCommand: ClientCommand {
+    static let configuration = CommandConfiguration(commandName: "show", abstract: "One site: its mode and deadline, what works there now, its operations.")
     @OptionGroup var options: ClientOptions
     @Argument(help: "The site id.") var site: String
 

@@ -147,12 +147,23 @@ struct AggregatorProcessTests {
             {"schema":"edgefleet.heartbeat/1","site":"pub-site","session":3,"seq":1,"sentAt":"\(now)",\
             "azure":{"reachable":false,"lastContactAgeS":1.5,"probe":"command"}}
             """
+        let presence = #"{"schema":"edgefleet.presence/1","site":"pub-site","state":"online","session":3,"at":"\#(now)"}"#
+        let announced = try run(pub, ["-h", "127.0.0.1", "-p", "\(broker.port)", "-q", "1", "-r", "-t", "edgefleet/v1/sites/pub-site/presence", "-m", presence])
+        #expect(announced.status == 0, "\(announced.stderr)")
         let published = try run(pub, ["-h", "127.0.0.1", "-p", "\(broker.port)", "-q", "1", "-t", "edgefleet/v1/sites/pub-site/heartbeat", "-m", heartbeat])
         #expect(published.status == 0, "\(published.stderr)")
         // The retained view is there for a late subscriber; -C 1 takes the first message.
-        let read = try run(sub, ["-h", "127.0.0.1", "-p", "\(broker.port)", "-t", "edgefleet/v1/fleet/sites/pub-site", "-C", "1", "-W", "10"])
-        #expect(read.status == 0, "mosquitto_sub got nothing: \(read.stderr)\n\(aggregator.output)")
-        let view = try JSONSerialization.jsonObject(with: Data(read.stdout.utf8)) as? [String: Any]
+        // (The presence alone already made a view, mode unknown: read until the heartbeat's is there.)
+        let viewText = try await withTimeout(.seconds(15), "the retained view after the heartbeat") { () -> String in
+            while true {
+                let read = try run(sub, ["-h", "127.0.0.1", "-p", "\(broker.port)", "-t", "edgefleet/v1/fleet/sites/pub-site", "-C", "1", "-W", "10"])
+                #expect(read.status == 0, "mosquitto_sub got nothing: \(read.stderr)\n\(aggregator.output)")
+                let view = try JSONSerialization.jsonObject(with: Data(read.stdout.utf8)) as? [String: Any]
+                if view?["mode"] as? String != "unknown" { return read.stdout }
+                try await Task.sleep(for: .milliseconds(100))
+            }
+        }
+        let view = try JSONSerialization.jsonObject(with: Data(viewText.utf8)) as? [String: Any]
         #expect(view?["schema"] as? String == "edgefleet.site/1")
         #expect(view?["site"] as? String == "pub-site")
         #expect(view?["mode"] as? String == "connected")

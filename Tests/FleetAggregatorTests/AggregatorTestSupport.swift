@@ -100,9 +100,9 @@ struct AggregatorFixture {
 
     /// Stops the aggregator (SIGTERM) and starts another on the same database and broker;
     /// returns once it announced itself.
-    func restartAggregator(flags: [String] = Short.flags) async throws -> AggregatorFixture {
+    func restartAggregator(flags: [String] = Short.flags, environment: [String: String]? = nil) async throws -> AggregatorFixture {
         aggregator.terminate()
-        let next = try AggregatorProcess(broker: broker, database: database, flags: flags)
+        let next = try AggregatorProcess(broker: broker, database: database, flags: flags, environment: environment)
         try await messages.aggregatorOnline()
         return AggregatorFixture(broker: broker, directory: directory, observer: observer, messages: messages, aggregator: next)
     }

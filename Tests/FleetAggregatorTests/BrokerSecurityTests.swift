@@ -328,6 +328,10 @@ struct BrokerSecurityTests {
                 Heartbeat(
                     site: try SiteID(site), session: 1, seq: 1, sentAt: Date(), azure: AzureReport(reachable: true, lastContactAgeS: 0, probe: "test")))
         }
+        // Site A has announced itself (a site exists once it has).
+        try await a.publish(
+            "edgefleet/v1/sites/site-a/presence",
+            payload: try FleetJSON.encode(Presence(site: try SiteID("site-a"), state: .online, session: 1, at: Date())), qos: .atLeastOnce, retain: true)
         // On A's own topic, in B's name: the broker lets it through (A's topic), the aggregator does not.
         try await a.publish("edgefleet/v1/sites/site-a/heartbeat", payload: try heartbeat("site-b"), qos: .atLeastOnce)
         try await withTimeout(.seconds(15), "the site-mismatch rejection") {

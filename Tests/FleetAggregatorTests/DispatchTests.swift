@@ -100,6 +100,9 @@ func announce(_ sites: [String], broker: MosquittoBroker, age: Double = 0) async
     let session = UInt64(Date().timeIntervalSince1970 * 1000)
     for site in sites {
         let id = try SiteID(site)
+        // A site exists once it has announced itself.
+        let presence = Presence(site: id, state: .online, session: session, heartbeatIntervalS: 10, at: Date())
+        try await client.publish("edgefleet/v1/sites/\(site)/presence", payload: try FleetJSON.encode(presence), qos: .atLeastOnce, retain: true)
         let status = SiteStatus(site: id, session: session, at: Date(), cluster: ClusterInfo(name: "aks-\(site)", resourceGroup: "rg"))
         try await client.publish("edgefleet/v1/sites/\(site)/status", payload: try FleetJSON.encode(status), qos: .atLeastOnce, retain: true)
         let heartbeat = Heartbeat(site: id, session: session, seq: 1, sentAt: Date(), azure: AzureReport(reachable: age == 0, lastContactAgeS: age, probe: "endpoints"))

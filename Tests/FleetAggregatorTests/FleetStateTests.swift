@@ -31,15 +31,16 @@ struct FleetStateTests {
     @Test("connected, then semi-connected with a countdown, then disconnected at the deadline; each event once")
     func countdown() {
         let fleet = FleetState(thresholds: Self.thresholds, viewRefresh: .seconds(10))
-        fleet.ingest(Self.heartbeat(1, age: 0), now: Self.at(0))
+        fleet.feed(Self.heartbeat(1, age: 0), now: Self.at(0))
         #expect(fleet.records[Self.site]?.mode == .connected)
-        #expect(fleet.takeOutput().views.map(\.mode) == [.connected])
+        // The presence that announced the site made its first view (no contact yet), the heartbeat the next.
+        #expect(fleet.takeOutput().views.map(\.mode) == [.unknown, .connected])
 
         // The agent keeps reporting a growing age (Azure gone, site still talking to us).
         var views: [SiteView] = []
         var events: [FleetEvent] = []
         for second in stride(from: 10, through: 110, by: 10) {
-            fleet.ingest(Self.heartbeat(UInt64(second / 10 + 1), age: Double(second)), now: Self.at(Double(second)))
+            fleet.feed(Self.heartbeat(UInt64(second / 10 + 1), age: Double(second)), now: Self.at(Double(second)))
             fleet.runDue(now: Self.at(Double(second)))
             let output = fleet.takeOutput()
             views += output.views
@@ -59,7 +60,7 @@ struct FleetStateTests {
     @Test("a certificate expiring before the budget sets an earlier deadline")
     func certificateFirst() throws {
         let fleet = FleetState(thresholds: Self.thresholds, viewRefresh: .seconds(10))
-        fleet.ingest(Self.heartbeat(1, age: 0, certificate: Self.at(30)), now: Self.at(0))
+        fleet.feed(Self.heartbeat(1, age: 0, certificate: Self.at(30)), now: Self.at(0))
         let view = try #require(fleet.view(of: Self.site, now: Self.at(1)))
         #expect(view.deadlineReason == .certificate)
         #expect(view.deadline == Self.at(30))
@@ -70,7 +71,7 @@ struct FleetStateTests {
     @Test("a silent agent goes stale, then offline, and still turns disconnected on time, projected")
     func silentSite() throws {
         let fleet = FleetState(thresholds: Self.thresholds, viewRefresh: .seconds(1000))
-        fleet.ingest(Self.heartbeat(1, age: 0), now: Self.at(0))
+        fleet.feed(Self.heartbeat(1, age: 0), now: Self.at(0))
         _ = fleet.takeOutput()
         fleet.runDue(now: Self.at(31))  // 3 intervals of 10 s
         #expect(fleet.records[Self.site]?.liveness == .stale)
@@ -88,10 +89,10 @@ struct FleetStateTests {
         func presence(_ state: PresenceState, _ session: UInt64) -> SiteInput {
             .presence(Presence(site: Self.site, state: state, reason: state == .offline ? .lost : nil, session: session, at: Self.t0))
         }
-        fleet.ingest(presence(.online, 5), now: Self.at(0))
-        #expect(fleet.ingest(presence(.offline, 4), now: Self.at(1)) != .applied)
+        fleet.feed(presence(.online, 5), now: Self.at(0))
+        #expect(fleet.feed(presence(.offline, 4), now: Self.at(1)) != .applied)
         #expect(fleet.records[Self.site]?.presence == .online)
-        #expect(fleet.ingest(presence(.offline, 5), now: Self.at(2)) == .applied)
+        #expect(fleet.feed(presence(.offline, 5), now: Self.at(2)) == .applied)
         #expect(fleet.records[Self.site]?.presence == .offline)
         #expect(fleet.records[Self.site]?.liveness == .offline)
     }
@@ -99,20 +100,20 @@ struct FleetStateTests {
     @Test("heartbeat seq gaps are counted, repeats and reordered ones dropped")
     func sequence() {
         let fleet = FleetState(thresholds: Self.thresholds, viewRefresh: .seconds(10))
-        fleet.ingest(Self.heartbeat(1, age: 0), now: Self.at(0))
-        fleet.ingest(Self.heartbeat(4, age: 0), now: Self.at(1))
-        #expect(fleet.ingest(Self.heartbeat(4, age: 0), now: Self.at(2)) != .applied)
-        #expect(fleet.ingest(Self.heartbeat(3, age: 0), now: Self.at(3)) != .applied)
+        fleet.feed(Self.heartbeat(1, age: 0), now: Self.at(0))
+        fleet.feed(Self.heartbeat(4, age: 0), now: Self.at(1))
+        #expect(fleet.feed(Self.heartbeat(4, age: 0), now: Self.at(2)) != .applied)
+        #expect(fleet.feed(Self.heartbeat(3, age: 0), now: Self.at(3)) != .applied)
         #expect(fleet.records[Self.site]?.seqGaps == 2)
         #expect(fleet.records[Self.site]?.duplicates == 2)
         // A new session starts a new sequence.
-        #expect(fleet.ingest(Self.heartbeat(1, age: 0, session: 2), now: Self.at(4)) == .applied)
+        #expect(fleet.feed(Self.heartbeat(1, age: 0, session: 2), now: Self.at(4)) == .applied)
     }
 
     @Test("restored records keep their deadlines: a site dark for most of its budget still turns disconnected on time")
     func restore() throws {
         let first = FleetState(thresholds: Self.thresholds, viewRefresh: .seconds(10))
-        first.ingest(Self.heartbeat(1, age: 0), now: Self.at(0))
+        first.feed(Self.heartbeat(1, age: 0), now: Self.at(0))
         first.runDue(now: Self.at(90))
         let saved = first.takeDirty()
         #expect(saved.first?.mode == .semiConnected)
@@ -132,7 +133,7 @@ struct FleetStateTests {
         let sites = (0..<100).map { try! SiteID("s\($0)") }
         for round in 0..<50 {
             for site in sites {
-                fleet.ingest(Self.heartbeat(UInt64(round + 1), age: 0, site: site), now: Self.at(Double(round)))
+                fleet.feed(Self.heartbeat(UInt64(round + 1), age: 0, site: site), now: Self.at(Double(round)))
             }
         }
         #expect(fleet.scheduledEntries <= 2 * sites.count)
@@ -143,7 +144,7 @@ struct FleetStateTests {
     func summary() {
         let fleet = FleetState(thresholds: Self.thresholds, viewRefresh: .seconds(10))
         for (index, age) in [0.0, 50, 70, 20].enumerated() {
-            fleet.ingest(Self.heartbeat(1, age: age, site: try! SiteID("s\(index)")), now: Self.at(0))
+            fleet.feed(Self.heartbeat(1, age: age, site: try! SiteID("s\(index)")), now: Self.at(0))
         }
         let summary = fleet.summary(now: Self.at(0))
         #expect(summary.sites == 4)
@@ -158,12 +159,12 @@ extension FleetStateTests {
     @Test("the newest heartbeat's age is the truth: an older contact turns a connected site semi-connected; null erases nothing")
     func olderContactCounts() {
         let fleet = FleetState(thresholds: Self.thresholds, viewRefresh: .seconds(10))
-        fleet.ingest(Self.heartbeat(1, age: 0), now: Self.at(0))
+        fleet.feed(Self.heartbeat(1, age: 0), now: Self.at(0))
         #expect(fleet.records[Self.site]?.mode == .connected)
-        fleet.ingest(Self.heartbeat(2, age: 50), now: Self.at(1))
+        fleet.feed(Self.heartbeat(2, age: 50), now: Self.at(1))
         #expect(fleet.records[Self.site]?.mode == .semiConnected)
         #expect(fleet.records[Self.site]?.lastAzureContactAt == Self.at(-49))
-        fleet.ingest(Self.heartbeat(3, age: nil), now: Self.at(2))
+        fleet.feed(Self.heartbeat(3, age: nil), now: Self.at(2))
         #expect(fleet.records[Self.site]?.lastAzureContactAt == Self.at(-49))
     }
 }
@@ -172,10 +173,10 @@ extension FleetStateTests {
     @Test("a contact under a second earlier than the known one is transit jitter and ignored; a later one is taken")
     func contactJitter() {
         let fleet = FleetState(thresholds: Self.thresholds, viewRefresh: .seconds(10))
-        fleet.ingest(Self.heartbeat(1, age: 5), now: Self.at(10))
-        fleet.ingest(Self.heartbeat(2, age: 5.3), now: Self.at(10.1))  // 0.2 s earlier: jitter
+        fleet.feed(Self.heartbeat(1, age: 5), now: Self.at(10))
+        fleet.feed(Self.heartbeat(2, age: 5.3), now: Self.at(10.1))  // 0.2 s earlier: jitter
         #expect(fleet.records[Self.site]?.lastAzureContactAt == Self.at(5))
-        fleet.ingest(Self.heartbeat(3, age: 4), now: Self.at(10.2))  // later: taken
+        fleet.feed(Self.heartbeat(3, age: 4), now: Self.at(10.2))  // later: taken
         #expect(fleet.records[Self.site]?.lastAzureContactAt == Self.at(6.2))
     }
 }
@@ -184,14 +185,14 @@ extension FleetStateTests {
     @Test("a certificate report with an error keeps the known expiry; an expired site stays disconnected")
     func certificateErrorKeepsExpiry() {
         let fleet = FleetState(thresholds: Self.thresholds, viewRefresh: .seconds(10))
-        fleet.ingest(Self.heartbeat(1, age: 0, certificate: Self.at(5)), now: Self.at(0))
+        fleet.feed(Self.heartbeat(1, age: 0, certificate: Self.at(5)), now: Self.at(0))
         fleet.runDue(now: Self.at(6))
         #expect(fleet.records[Self.site]?.mode == .disconnected)
         let broken = SiteInput.heartbeat(
             Heartbeat(
                 site: Self.site, session: 1, seq: 2, sentAt: Self.t0, azure: AzureReport(reachable: true, lastContactAgeS: 0, probe: "endpoints"),
                 certificates: CertificateReport(earliestNotAfter: nil, source: nil, error: "cannot read /etc/kubernetes/pki/apiserver.crt")))
-        fleet.ingest(broken, now: Self.at(7))
+        fleet.feed(broken, now: Self.at(7))
         #expect(fleet.records[Self.site]?.mode == .disconnected)
         #expect(fleet.records[Self.site]?.earliestCertificateExpiry == Self.at(5))
     }
@@ -199,11 +200,11 @@ extension FleetStateTests {
     @Test("after a renewal the alerts are armed again from the new level")
     func alertsRearm() {
         let fleet = FleetState(thresholds: Self.thresholds, viewRefresh: .seconds(10))
-        fleet.ingest(Self.heartbeat(1, age: 0, certificate: Self.at(5)), now: Self.at(0))
+        fleet.feed(Self.heartbeat(1, age: 0, certificate: Self.at(5)), now: Self.at(0))
         fleet.runDue(now: Self.at(6))
         #expect(fleet.takeOutput().events.filter { $0.type == .deadlineAlert }.map(\.level) == [.warning, .critical, .expired])
         // A renewed certificate that is itself short-lived: critical now, expired later, each announced.
-        fleet.ingest(Self.heartbeat(2, age: 0, certificate: Self.at(20)), now: Self.at(7))
+        fleet.feed(Self.heartbeat(2, age: 0, certificate: Self.at(20)), now: Self.at(7))
         #expect(fleet.records[Self.site]?.mode == .connected)
         fleet.runDue(now: Self.at(21))
         #expect(fleet.records[Self.site]?.mode == .disconnected)
@@ -220,10 +221,58 @@ extension FleetStateTests {
     @Test("a sequence jump to the largest number is counted without trapping")
     func sequenceOverflow() {
         let fleet = FleetState(thresholds: Self.thresholds, viewRefresh: .seconds(10))
-        fleet.ingest(Self.heartbeat(0, age: 0), now: Self.at(0))
-        fleet.ingest(Self.heartbeat(.max, age: 0), now: Self.at(1))
-        fleet.ingest(Self.heartbeat(0, age: 0, session: 2), now: Self.at(2))
-        fleet.ingest(Self.heartbeat(.max, age: 0, session: 2), now: Self.at(3))
+        fleet.feed(Self.heartbeat(0, age: 0), now: Self.at(0))
+        fleet.feed(Self.heartbeat(.max, age: 0), now: Self.at(1))
+        fleet.feed(Self.heartbeat(0, age: 0, session: 2), now: Self.at(2))
+        fleet.feed(Self.heartbeat(.max, age: 0, session: 2), now: Self.at(3))
         #expect(fleet.records[Self.site]?.seqGaps == .max)
+    }
+}
+
+@Suite("fleet state: sites are announced, capped and forgotten")
+struct SiteMembershipTests {
+    @Test("a heartbeat or status of an unknown site makes no site; a presence does; the cap refuses the next; forget removes every trace; a retained presence does not revive, a live one does")
+    func membership() throws {
+        let fleet = FleetState(thresholds: FleetStateTests.thresholds, viewRefresh: .seconds(10))
+        fleet.siteLimit = 2
+        let a = try SiteID("a"), b = try SiteID("b"), c = try SiteID("c")
+        let now = FleetStateTests.at(0)
+        #expect(fleet.ingest(FleetStateTests.heartbeat(1, age: 0, site: a), now: now) == .unannounced)
+        #expect(fleet.ingest(.status(SiteStatus(site: a, session: 1, at: now)), now: now) == .unannounced)
+        #expect(fleet.records.isEmpty)
+        for site in [a, b] {
+            #expect(fleet.ingest(.presence(Presence(site: site, state: .online, session: 1, at: now)), now: now) == .applied)
+        }
+        #expect(fleet.ingest(.presence(Presence(site: c, state: .online, session: 1, at: now)), now: now) == .overLimit)
+        #expect(fleet.ingest(FleetStateTests.heartbeat(1, age: 0, site: a), now: now) == .applied)
+        #expect(fleet.modes[.connected] == 1 && fleet.modes[.unknown] == 1)
+        _ = fleet.takeOutput()
+
+        #expect(fleet.forget(a, now: now, note: "by test"))
+        #expect(!fleet.forget(a, now: now, note: "by test"))
+        #expect(fleet.records[a] == nil && fleet.modes[.connected] == 0 && fleet.liveness[.online] == 1)
+        #expect(fleet.summary(now: now).sites == 1 && fleet.deadlineEntries().isEmpty)
+        let output = fleet.takeOutput()
+        #expect(output.cleared == [a] && output.events.map(\.type) == [.siteForgotten])
+        #expect(fleet.takeDirty().map(\.site) == [b], "a forgotten site is not written back")
+        // Nothing scheduled for it comes back.
+        fleet.runDue(now: FleetStateTests.at(10_000))
+        #expect(fleet.records[a] == nil)
+        // Its retained presence replayed: still forgotten. Its agent back: made again.
+        #expect(fleet.ingest(.presence(Presence(site: a, state: .online, session: 1, at: now)), now: now, live: false) != .applied)
+        #expect(fleet.ingest(.presence(Presence(site: a, state: .online, session: 2, at: now)), now: now) == .applied)
+        #expect(fleet.takeRevived() == [a] && fleet.records[a] != nil)
+    }
+}
+
+extension FleetState {
+    /// Ingests `input`, first announcing its site with an online presence of the same session
+    /// when the state does not know it yet, as an agent does (a site exists once it has announced itself).
+    @discardableResult
+    func feed(_ input: SiteInput, now: Date, live: Bool = true) -> ApplyOutcome {
+        if records[input.site] == nil, case .heartbeat(let h) = input {
+            ingest(.presence(Presence(site: h.site, state: .online, session: h.session, at: now, instance: h.instance)), now: now, live: live)
+        }
+        return ingest(input, now: now, live: live)
     }
 }

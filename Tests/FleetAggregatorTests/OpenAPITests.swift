@@ -10,7 +10,7 @@ import YAMLReader
 struct OpenAPITests {
     /// contract.md's routes ("Operator surfaces").
     static let contractRoutes: Set<String> = [
-        "GET /v1/fleet", "GET /v1/sites", "GET /v1/sites/{site}", "GET /v1/sites/{site}/capabilities", "GET /v1/operations",
+        "GET /v1/fleet", "GET /v1/sites", "GET /v1/sites/{site}", "DELETE /v1/sites/{site}", "GET /v1/sites/{site}/capabilities", "GET /v1/operations",
         "POST /v1/operations", "GET /v1/operations/{id}", "POST /v1/operations/{id}/cancel", "POST /v1/operations/{id}/retry",
         "POST /v1/operations/{id}/release", "POST /v1/operations/cancel", "GET /metrics", "GET /healthz", "GET /",
     ]
@@ -59,7 +59,9 @@ struct OpenAPITests {
                 let route = "\(method) \(template)"
                 let documented = Set((operation["responses"]?.mapping ?? []).compactMap { $0.key.string.flatMap(Int.init) })
                 let action = template.split(separator: "/").last.map(String.init) ?? ""
-                let target = template.replacingOccurrences(of: "{site}", with: "site-semi")
+                // Forgetting a site is tried on one no other route reads, with force (it has operations).
+                let target = (method == "DELETE" ? template + "?force=true" : template)
+                    .replacingOccurrences(of: "{site}", with: method == "DELETE" ? "site-new" : "site-semi")
                     .replacingOccurrences(of: "{id}", with: ids[action] ?? another)
                 let body = bodies[route].map { Array($0.utf8) } ?? (method == "POST" ? [] : nil)
 
@@ -88,7 +90,8 @@ struct OpenAPITests {
 
                 // An unknown query parameter, where the route documents 400.
                 if documented.contains(400) {
-                    let response = try await HTTP.request(method, port: f.port, target + "?bogus=1", token: OperatorFixture.token, body: body)
+                    let plain = template.replacingOccurrences(of: "{site}", with: "site-semi").replacingOccurrences(of: "{id}", with: ids[action] ?? another)
+                    let response = try await HTTP.request(method, port: f.port, plain + "?bogus=1", token: OperatorFixture.token, body: body)
                     #expect(response.status == 400, "\(route)?bogus=1: \(response.status)")
                     try validator.check(response, against: operation, route: route)
                 }

@@ -12,6 +12,9 @@ struct OperatorFixture: @unchecked Sendable {  // immutable after start; its par
     let az: StandInAzure
     let port: Int
     let directory: String
+    /// The aggregator's flags and environment (to start it again on the same database).
+    let flags: [String]
+    let environment: [String: String]
     var tokenFile: String { directory + "/tokens" }
 
     /// The thresholds the fixture's tests rely on unless a test brings its own.
@@ -49,7 +52,7 @@ struct OperatorFixture: @unchecked Sendable {  // immutable after start; its par
         let fleet = try await AggregatorFixture.start(flags: flags + extra, environment: environment)
         do {
             let port = try await Self.listeningPort(fleet.aggregator)
-            return OperatorFixture(fleet: fleet, az: az, port: port, directory: directory)
+            return OperatorFixture(fleet: fleet, az: az, port: port, directory: directory, flags: flags + extra, environment: environment)
         } catch {
             fleet.stop()
             az.remove()
