@@ -35,6 +35,9 @@ public final class AggregatorService: Service, Sendable {
     public let queue: DeferredQueue
     let dispatcher: Dispatcher
     let queueEvents = QueueEvents()
+    /// Batches from the clock loop to the publish loop, and whether one is on its way.
+    let outbox = AsyncStream<PublishBatch>.makeStream()
+    let publisherBusy = Mutex(false)
 
     public init(configuration: AggregatorConfiguration, logger: Logger, metrics: AggregatorMetrics = AggregatorMetrics()) throws {
         self.configuration = configuration
@@ -149,6 +152,7 @@ public final class AggregatorService: Service, Sendable {
         await withTaskGroup(of: Void.self) { group in
             group.addTask { await self.ingestLoop() }
             group.addTask { await self.clockLoop() }
+            group.addTask { await self.publishLoop() }
             group.addTask { await self.storeLoop() }
             group.addTask { await self.presenceLoop() }
             group.addTask { await self.dispatchLoop() }
@@ -214,24 +218,37 @@ public final class AggregatorService: Service, Sendable {
             // While the broker is unreachable the output stays in the state (events capped),
             // so what happened meanwhile (a deadline passed during a restart) is not lost.
             let connected = client.state.isConnected
+            // Output goes to the publish loop one batch at a time: the clock never waits for the
+            // broker (a publish held up by a lost connection stalled every evaluation until the
+            // link came back), and nothing is taken from the state while a batch is on its way.
+            let take = connected && !publisherBusy.withLock { $0 }
             let (output, lag, counts) = state.withLock { fleet in
+                fleet.setListening(connected, now: now)
                 let (_, lateness) = fleet.runDue(now: now, limit: 2_000)
-                return (connected ? fleet.takeOutput(limit: 5_000) : FleetOutput(), lateness, (fleet.modes, fleet.liveness))
+                return (take ? fleet.takeOutput(limit: 5_000) : FleetOutput(), lateness, (fleet.modes, fleet.liveness))
             }
             metrics.evaluationLag.record(duration: lag)
             metrics.record(modes: counts.0, liveness: counts.1)
-            var all = output
-            if connected { all.events += queueEvents.take() }
-            if !all.isEmpty { await publish(all) }
-            if connected, ContinuousClock.now - lastSummary >= configuration.summaryInterval {
-                let summary: FleetSummary? = state.withLock { fleet in
-                    fleet.takeSummaryChange() ? fleet.summary(now: Date()) : nil
-                }
-                if let summary {
-                    lastSummary = ContinuousClock.now
-                    await send(configuration.topics.name(.fleetStatus), summary, retain: true)
-                }
+            guard take else { continue }
+            var batch = PublishBatch(output: output)
+            batch.output.events += queueEvents.take()
+            if ContinuousClock.now - lastSummary >= configuration.summaryInterval {
+                batch.summary = state.withLock { fleet in fleet.takeSummaryChange() ? fleet.summary(now: Date()) : nil }
+                if batch.summary != nil { lastSummary = ContinuousClock.now }
             }
+            if !batch.output.isEmpty || batch.summary != nil {
+                publisherBusy.withLock { $0 = true }
+                outbox.continuation.yield(batch)
+            }
+        }
+    }
+
+    /// Publishes what the clock loop hands over, batch by batch.
+    private func publishLoop() async {
+        for await batch in outbox.stream {
+            if !batch.output.isEmpty { await publish(batch.output) }
+            if let summary = batch.summary { await send(configuration.topics.name(.fleetStatus), summary, retain: true) }
+            publisherBusy.withLock { $0 = false }
         }
     }
 
@@ -372,6 +389,9 @@ public final class AggregatorService: Service, Sendable {
         // without persistence forgets retained messages.
         for await state in client.stateUpdates() {
             if isStopping { return }
+            // Here as well as in the clock loop: the clock loop may be waiting for a publish
+            // that the lost connection holds up, and must not miss when the link went.
+            self.state.withLock { $0.setListening(state.isConnected, now: Date()) }
             if state.isConnected {
                 await announce(.online, reason: nil)
                 // Everything published so far may be gone with the broker: republish the fleet,
@@ -405,6 +425,7 @@ public final class AggregatorService: Service, Sendable {
     }
 
     private func finish() async {
+        outbox.continuation.finish()
         await dispatcher.shutdown()
         flush()
         // Say goodbye if the broker takes it within 2 s; a broker that is gone must not keep the
@@ -472,6 +493,12 @@ public final class AggregatorService: Service, Sendable {
             logger.debug("publish to \(topic) failed: \(error)")
         }
     }
+}
+
+/// What the clock loop hands to the publish loop.
+struct PublishBatch: Sendable {
+    var output: FleetOutput
+    var summary: FleetSummary?
 }
 
 /// Events from the queue and the dispatcher, waiting for the clock loop to publish them.

@@ -247,7 +247,7 @@ public final class FleetState {
     /// The view of one site as last evaluated.
     public func view(of site: SiteID, now: Date) -> SiteView? {
         guard let record = records[site] else { return nil }
-        let evaluation = ConnectivityEvaluator.evaluate(record.knowledge, thresholds: thresholds, now: now)
+        let evaluation = evaluation(of: record, now: now)
         return SiteView(
             site: site, evaluation: evaluation, lastHeartbeatAt: record.lastHeartbeatAt,
             lastAzureContactAt: record.lastAzureContactAt, queue: queueCounts[site] ?? QueueCounts(), checks: record.checks)
@@ -261,7 +261,7 @@ public final class FleetState {
     /// What the queue and the dispatcher need to know about a site now (nil: never heard from).
     public func situation(of site: SiteID, now: Date) -> (submission: SiteSituation, dispatch: DispatchSituation)? {
         guard let record = records[site] else { return nil }
-        let e = ConnectivityEvaluator.evaluate(record.knowledge, thresholds: thresholds, now: now)
+        let e = evaluation(of: record, now: now)
         return (
             SiteSituation(mode: e.mode, stable: e.stable, deadline: e.deadline, capabilities: record.capabilities),
             DispatchSituation(
@@ -314,6 +314,44 @@ public final class FleetState {
 
     // MARK: - Evaluation
 
+    /// Since when the aggregator's own broker link has been down (nil while it is up). Silence
+    /// is counted against a site only while the aggregator can hear it: a broker outage is not
+    /// a fleet outage.
+    public private(set) var deafSince: Date?
+
+    /// The aggregator's own broker link went down (false) or came back (true) at `now`. While
+    /// it is down, liveness stands still (each site's silence is frozen at the moment the link
+    /// went) and every evaluation is marked projected; modes still follow real time (a deadline
+    /// passes whether or not the aggregator hears the site). When it comes back, each site's
+    /// last-seen time moves forward by the outage it spent silent, so a site that kept beating
+    /// is online at once and one that really went quiet goes stale after its own intervals of
+    /// silence, counted from before and after the outage.
+    public func setListening(_ listening: Bool, now: Date) {
+        guard listening else {
+            if deafSince == nil { deafSince = now }
+            return
+        }
+        guard let since = deafSince else { return }
+        deafSince = nil
+        for site in records.keys {
+            guard let seen = records[site]?.lastSeenAt, seen < now else { continue }
+            records[site]?.lastSeenAt = seen.addingTimeInterval(now.timeIntervalSince(max(since, seen)))
+            dirty.insert(site)
+        }
+    }
+
+    /// The evaluator's answer for a record now, with the silence the aggregator could not hear
+    /// left out (see `setListening`).
+    private func evaluation(of record: SiteRecord, now: Date) -> SiteEvaluation {
+        var knowledge = record.knowledge
+        if let since = deafSince, let seen = knowledge.lastSeenAt, seen < now {
+            knowledge.lastSeenAt = seen.addingTimeInterval(now.timeIntervalSince(max(since, seen)))
+        }
+        var e = ConnectivityEvaluator.evaluate(knowledge, thresholds: thresholds, now: now)
+        if deafSince != nil { e.projected = true }
+        return e
+    }
+
     private func evaluate(_ site: SiteID, now: Date, forceView: Bool) {
         defer {
             if output.events.count > eventCapacity {
@@ -322,7 +360,7 @@ public final class FleetState {
             }
         }
         guard var record = records[site] else { return }
-        let e = ConnectivityEvaluator.evaluate(record.knowledge, thresholds: thresholds, now: now)
+        let e = evaluation(of: record, now: now)
         var publish = forceView
 
         if record.mode != e.mode {

@@ -265,6 +265,30 @@ struct SiteMembershipTests {
     }
 }
 
+@Suite("fleet state: the aggregator's own broker link")
+struct ListeningTests {
+    @Test("while the aggregator cannot hear, liveness stands still and views are projected; modes follow real time; silence resumes counting after")
+    func deafness() throws {
+        let fleet = FleetState(thresholds: FleetStateTests.thresholds, viewRefresh: .seconds(1000))
+        let site = FleetStateTests.site
+        fleet.feed(FleetStateTests.heartbeat(1, age: 0), now: FleetStateTests.at(0))  // interval 10 s: stale after 30 s, offline after 100 s
+        fleet.setListening(false, now: FleetStateTests.at(5))
+        fleet.runDue(now: FleetStateTests.at(200))
+        #expect(fleet.records[site]?.liveness == .online, "the outage counted as the site's silence")
+        #expect(fleet.view(of: site, now: FleetStateTests.at(200))?.projected == true)
+        // The mode is Azure's business and goes on: 15 s without contact is semi-connected, 100 s past the budget.
+        #expect(fleet.records[site]?.mode == .disconnected)
+        fleet.setListening(true, now: FleetStateTests.at(200))
+        // 5 s of silence before the outage count; 25 more after it make 30: stale then, not before.
+        fleet.runDue(now: FleetStateTests.at(224))
+        #expect(fleet.view(of: site, now: FleetStateTests.at(224))?.liveness == .online)
+        #expect(fleet.view(of: site, now: FleetStateTests.at(224))?.projected == false)
+        fleet.runDue(now: FleetStateTests.at(226))
+        #expect(fleet.records[site]?.liveness == .stale)
+        #expect(!fleet.takeOutput().events.contains { $0.type == .livenessChanged && $0.to == "offline" })
+    }
+}
+
 extension FleetState {
     /// Ingests `input`, first announcing its site with an online presence of the same session
     /// when the state does not know it yet, as an agent does (a site exists once it has announced itself).
