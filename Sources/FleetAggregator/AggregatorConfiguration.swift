@@ -34,6 +34,8 @@ public struct AggregatorConfiguration: Sendable {
     public var dispatchInterval: Duration
     /// The most sites the fleet holds; a presence of a new site beyond it is refused and counted.
     public var maxSites: Int = 250_000
+    /// How long site records may fail to be written before `/healthz` answers 503.
+    public var storeGrace: Duration = .seconds(30)
 
     public init(
         mqtt: MQTTConfiguration, topics: FleetTopics = FleetTopics(), databasePath: String = "./edgefleet.sqlite",
@@ -65,7 +67,7 @@ public struct AggregatorConfiguration: Sendable {
         "http", "connectedWithin", "budget", "warnBefore", "criticalBefore", "stableFor", "staleAfter", "offlineAfter",
         "viewRefresh", "summaryInterval", "flushInterval", "maxPayloadBytes", "executors", "maxConcurrentDispatches", "maxAttempts",
         "retryBackoff", "retryBackoffMax", "dispatchInterval", "executorOutputBytes", "tokenFile", "publicReads",
-        "maxSites",
+        "maxSites", "storeGrace",
     ]
 
     /// One executor as written in the file: `argv` and an optional `timeout`.
@@ -177,6 +179,7 @@ public struct AggregatorConfiguration: Sendable {
             throw ConfigurationError(key: "retryBackoffMax", origin: settings.raw("retryBackoffMax")?.1, "must not be shorter than retryBackoff")
         }
         let maxSites = try settings.integer("maxSites", default: 250_000, range: 1...10_000_000)
+        let storeGrace = try settings.duration("storeGrace", default: .seconds(30))
         try settings.rejectUnknownFileKeys()
 
         var mqtt = MQTTConfiguration(
@@ -194,6 +197,7 @@ public struct AggregatorConfiguration: Sendable {
             maxPayloadBytes: maxPayloadBytes, executors: executors, dispatch: dispatch, maxAttempts: maxAttempts,
             dispatchInterval: dispatchInterval, tokenFile: tokenFile, publicReads: publicReads)
         configuration.maxSites = maxSites
+        configuration.storeGrace = storeGrace
         return configuration
     }
 

@@ -14,6 +14,8 @@ public struct AggregatorMetrics: Sendable {
     let evaluationLag: Timer
     let publishLatency: Timer
     let publishFailures: Counter
+    /// Flushes of site records that failed (a full disk, a read-only or lost database).
+    let storeFailures: Counter
     let operationsByState: [OperationState: Gauge]
     let dispatchLatency: Timer
 
@@ -27,6 +29,7 @@ public struct AggregatorMetrics: Sendable {
         "edgefleet_evaluation_lag_seconds": "How late due site evaluations ran.",
         "edgefleet_publish_latency_seconds": "Time from publishing a view, event or summary to the broker's acknowledgement.",
         "edgefleet_publish_failures_total": "Publications that failed (the broker was unreachable).",
+        "edgefleet_store_write_failures_total": "Flushes of site records that failed (a full disk, a read-only or lost database).",
         "edgefleet_operations": "Deferred operations by state.",
         "edgefleet_dispatch_latency_seconds": "Time from an operation becoming dispatchable to its executor starting.",
     ]
@@ -52,6 +55,7 @@ public struct AggregatorMetrics: Sendable {
         evaluationLag = Timer(label: "edgefleet_evaluation_lag_seconds", preferredDisplayUnit: .seconds, factory: factory)
         publishLatency = Timer(label: "edgefleet_publish_latency_seconds", preferredDisplayUnit: .seconds, factory: factory)
         publishFailures = Counter(label: "edgefleet_publish_failures_total", factory: factory)
+        storeFailures = Counter(label: "edgefleet_store_write_failures_total", factory: factory)
         operationsByState = Dictionary(
             uniqueKeysWithValues: OperationState.allCases.map {
                 ($0, Gauge(label: "edgefleet_operations", dimensions: [("state", $0.rawValue)], factory: factory))

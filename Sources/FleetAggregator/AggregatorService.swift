@@ -86,6 +86,9 @@ public final class AggregatorService: Service, Sendable {
         state.withLock { $0.view(of: site, now: Date()) }
     }
 
+    /// How many sites the fleet holds (cheap: for /healthz).
+    public var siteCount: Int { state.withLock { $0.records.count } }
+
     /// The fleet summary now.
     public func summary() -> FleetSummary {
         state.withLock { $0.summary(now: Date()) }
@@ -145,25 +148,48 @@ public final class AggregatorService: Service, Sendable {
 
         let topics = configuration.topics
         client.start()
-        for channel in SiteChannel.allCases {
-            try await client.subscribe(to: topics.everySite(channel), qos: .atLeastOnce)
-        }
-
-        await withTaskGroup(of: Void.self) { group in
-            group.addTask { await self.ingestLoop() }
-            group.addTask { await self.clockLoop() }
-            group.addTask { await self.publishLoop() }
-            group.addTask { await self.storeLoop() }
-            group.addTask { await self.presenceLoop() }
-            group.addTask { await self.dispatchLoop() }
-            await withGracefulShutdownHandler {
-                await group.next()
-            } onGracefulShutdown: {
-                self.stopping.withLock { $0 = true }
+        // Whatever way the loops end (a graceful shutdown, cancellation, a fatal refusal by the
+        // broker), the dispatcher, the last flush and the client's thread are stopped before
+        // run() returns or throws: a process whose services stopped must not live on.
+        do {
+            for channel in SiteChannel.allCases {
+                try await client.subscribe(to: topics.everySite(channel), qos: .atLeastOnce)
             }
-            group.cancelAll()
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                group.addTask { await self.ingestLoop() }
+                group.addTask { await self.clockLoop() }
+                group.addTask { await self.publishLoop() }
+                group.addTask { await self.storeLoop() }
+                group.addTask { try await self.presenceLoop() }
+                group.addTask { await self.dispatchLoop() }
+                try await withGracefulShutdownHandler {
+                    try await group.next()
+                } onGracefulShutdown: {
+                    self.stopping.withLock { $0 = true }
+                }
+                group.cancelAll()
+            }
+        } catch {
+            stopping.withLock { $0 = true }
+            await finish()
+            throw error
         }
         await finish()
+    }
+
+    /// Whether site records can be written: since when they cannot, and the rate limit of the log.
+    struct StoreHealth {
+        var failingSince: Date?
+        var loggedAt: Date?
+        var suppressed = 0
+    }
+    let storeHealth = Mutex(StoreHealth())
+
+    /// Why the store is unhealthy (records not written for longer than `storeGrace`), or nil.
+    public func storeProblem(now: Date = Date()) -> String? {
+        guard let since = storeHealth.withLock({ $0.failingSince }), now.timeIntervalSince(since) >= configuration.storeGrace.secondsValue
+        else { return nil }
+        return "site records cannot be written since \(RFC3339.format(since))"
     }
 
     let stopping = Mutex(false)
@@ -384,11 +410,33 @@ public final class AggregatorService: Service, Sendable {
         }
     }
 
-    private func presenceLoop() async {
+    /// The broker refused the aggregator in a way no retry mends (its credentials); the
+    /// process ends with status 1 so that its supervisor shows and handles it.
+    struct BrokerRefused: Error, CustomStringConvertible {
+        var reason: MQTTError
+        var description: String { "the broker refuses the aggregator: \(reason)" }
+    }
+
+    private func presenceLoop() async throws {
         // (Re)announce the aggregator whenever a connection comes up: a broker restart
         // without persistence forgets retained messages.
+        var tlsFailures = 0
         for await state in client.stateUpdates() {
             if isStopping { return }
+            switch state {
+            case .disconnected(reason: .notAuthorized(let why)?):
+                throw BrokerRefused(reason: .notAuthorized(why))
+            case .disconnected(reason: .invalidConfiguration(let why)?):
+                throw BrokerRefused(reason: .invalidConfiguration(why))
+            case .disconnected(reason: .tls(let why)?):
+                // A certificate that is not trusted stays so; a handshake cut by the network may not.
+                tlsFailures += 1
+                if tlsFailures >= 5 { throw BrokerRefused(reason: .tls(why)) }
+            case .connected:
+                tlsFailures = 0
+            default:
+                break
+            }
             // Here as well as in the clock loop: the clock loop may be waiting for a publish
             // that the lost connection holds up, and must not miss when the link went.
             self.state.withLock { $0.setListening(state.isConnected, now: Date()) }
@@ -415,8 +463,19 @@ public final class AggregatorService: Service, Sendable {
             if dirty.isEmpty { return }
             do {
                 try store.save(dirty, at: Date())
+                storeHealth.withLock { $0.failingSince = nil }
             } catch {
-                logger.error("cannot save \(dirty.count) site record(s): \(error)")
+                metrics.storeFailures.increment()
+                // Logged at a limited rate: a full disk fails every flush.
+                let now = Date()
+                let line = storeHealth.withLock { health -> String? in
+                    if health.failingSince == nil { health.failingSince = now }
+                    health.suppressed += 1
+                    guard health.loggedAt.map({ now.timeIntervalSince($0) >= 60 }) ?? true else { return nil }
+                    defer { health.loggedAt = now; health.suppressed = 0 }
+                    return health.suppressed > 1 ? " (\(health.suppressed - 1) more failed flushes since the last line)" : ""
+                }
+                if let line { logger.error("cannot save \(dirty.count) site record(s): \(error)\(line)") }
                 // Keep them for the next flush: nothing is lost while the process lives.
                 state.withLock { fleet in fleet.markDirty(dirty.map(\.site)) }
                 return

@@ -192,12 +192,16 @@ public struct BulkCancelResponse: Codable, Sendable, Hashable {
 /// `GET /healthz`: always 200 while the process serves; the broker link is reported,
 /// not judged (a broker outage must not get the aggregator restarted).
 public struct HealthStatus: Codable, Sendable, Hashable {
+    /// `ok`, or `unhealthy` (answered with 503) when the store has not been written for longer than the grace.
     public var status: String
     public var version: String
     public var broker: String
     public var sites: Int
+    /// `ok`, or why and since when the site records cannot be written.
+    public var store: String?
 
-    public init(status: String, version: String, broker: String, sites: Int) {
+    public init(status: String, version: String, broker: String, sites: Int, store: String? = nil) {
+        self.store = store
         self.status = status
         self.version = version
         self.broker = broker

@@ -69,9 +69,9 @@ struct AgentCommand: AsyncParsableCommand {
         }
         let logger = try standardErrorLogger(label: "edgefleet.agent", level: service.logLevel)
         let service = try AgentService(configuration: configuration, logger: logger)
-        // SIGTERM and SIGINT shut the service down gracefully (offline presence, then disconnect).
-        let group = ServiceGroup(services: [service], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger)
-        try await group.run()
+        // SIGTERM and SIGINT shut the service down gracefully (offline presence, then disconnect);
+        // whatever way it stops, the process is gone within seconds.
+        try await ServiceGroup.runService([service], program: "edgefleet-agent", logger: logger)
     }
 }
 

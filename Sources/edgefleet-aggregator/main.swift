@@ -46,6 +46,7 @@ struct AggregatorCommand: AsyncParsableCommand {
     @Option(help: "How often the dispatcher looks at the queue (default 500ms).") var dispatchInterval: String?
     @Option(help: "Bytes of an executor's output kept in the history (default 4096).") var executorOutputBytes: String?
     @Option(help: "The most sites the fleet holds; a new site beyond it is refused and counted (default 250000).") var maxSites: String?
+    @Option(help: "How long site records may fail to be written before /healthz answers 503 (default 30s).") var storeGrace: String?
     @Option(help: "File of API bearer tokens, one per line; without it every change through the API is refused.") var tokenFile: String?
     @Option(help: "Reads (GET, the dashboard, /metrics) without a token: true or false (default false).") var publicReads: String?
 
@@ -57,7 +58,7 @@ struct AggregatorCommand: AsyncParsableCommand {
             ("summaryInterval", summaryInterval), ("flushInterval", flushInterval), ("maxPayloadBytes", maxPayloadBytes),
             ("maxConcurrentDispatches", maxConcurrentDispatches), ("maxAttempts", maxAttempts), ("retryBackoff", retryBackoff),
             ("retryBackoffMax", retryBackoffMax), ("dispatchInterval", dispatchInterval), ("executorOutputBytes", executorOutputBytes),
-            ("maxSites", maxSites),
+            ("maxSites", maxSites), ("storeGrace", storeGrace),
             ("tokenFile", tokenFile), ("publicReads", publicReads),
         ]
         var flags = service.flagSettings
@@ -83,7 +84,9 @@ struct AggregatorCommand: AsyncParsableCommand {
         do {
             service = try AggregatorService(configuration: configuration, logger: logger, metrics: AggregatorMetrics(factory: factory))
         } catch {
-            throw ValidationError("cannot open the database '\(configuration.databasePath)': \(error)")
+            // A runtime failure, not a usage error: exit 1 with the reason, no usage text.
+            printError("edgefleet-aggregator: cannot open the database '\(configuration.databasePath)': \(error)")
+            throw ExitCode(EdgeFleetExit.failure)
         }
         let tokens = try TokenStore(path: configuration.tokenFile, logger: logger)
         if !tokens.isConfigured { logger.warning("no --token-file: every change through the HTTP API is refused") }
@@ -92,11 +95,15 @@ struct AggregatorCommand: AsyncParsableCommand {
         let http = api.application(address: address, logger: logger) { bound in
             logger.info("HTTP API listening on http://\(bound)", metadata: ["dashboard": "http://\(bound)/"])
         }
-        let group = ServiceGroup(services: [service, http], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger)
         do {
-            try await group.run()
+            // Dispatcher shutdown (10 s for executors to stop, 5 s more after SIGKILL), the last
+            // flush and the goodbye (2 s) fit in the limit.
+            try await ServiceGroup.runService([service, http], program: "edgefleet-aggregator", shutdownLimit: .seconds(30), logger: logger)
         } catch where "\(error)".contains("bind(") {
             printError("edgefleet-aggregator: cannot listen on \(address) (--http): \(error)")
+            throw ExitCode(EdgeFleetExit.failure)
+        } catch {
+            printError("edgefleet-aggregator: \(error)")
             throw ExitCode(EdgeFleetExit.failure)
         }
     }

@@ -31,14 +31,14 @@ final class AggregatorProcess: @unchecked Sendable {  // immutable; ChildProcess
     /// `brokerURL` overrides the broker's plain URL (an `mqtts://` listener; credentials go in `extra`).
     init(
         broker: MosquittoBroker, database: String, extra: [String] = [], flags: [String] = Short.flags, environment: [String: String]? = nil,
-        brokerURL: String? = nil
+        brokerURL: String? = nil, log: String? = nil
     ) throws {
-        log = database + "-\(UUID().uuidString.prefix(6)).log"
+        self.log = log ?? database + "-\(UUID().uuidString.prefix(6)).log"
         process = try ChildProcess(
             try builtProduct("edgefleet-aggregator").path,
             // Any free port for the HTTP API: tests run side by side, and 8080 may be taken.
             ["--broker", brokerURL ?? broker.url, "--db", database, "--log-level", "debug"] + (flags + extra).withDefaultHTTP + flags + extra,
-            outputPath: log,
+            outputPath: self.log,
             environment: environment)
     }
 

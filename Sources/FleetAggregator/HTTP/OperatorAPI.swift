@@ -94,10 +94,14 @@ public struct OperatorAPI: Sendable {
 
     func addAPI(to router: Router<BasicRequestContext>) {
         router.get("/healthz") { _, _ in
-            JSONBody.response(
+            // 503 while site records have failed to be written for longer than storeGrace (a full
+            // disk, a lost database): a liveness probe or an operator sees it.
+            let problem = service.storeProblem()
+            return JSONBody.response(
                 HealthStatus(
-                    status: "ok", version: EdgeFleetVersion.current, broker: service.brokerConnected ? "connected" : "disconnected",
-                    sites: service.summary().sites))
+                    status: problem == nil ? "ok" : "unhealthy", version: EdgeFleetVersion.current,
+                    broker: service.brokerConnected ? "connected" : "disconnected", sites: service.siteCount, store: problem ?? "ok"),
+                status: problem == nil ? .ok : .serviceUnavailable)
         }
 
         router.get("/metrics") { request, _ in
