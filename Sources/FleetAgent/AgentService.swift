@@ -258,7 +258,8 @@ actor StatusOutbox {
         if spool.isEmpty, client.state.isConnected {
             switch await publishUnlessCut(payload, client: client) {
             case .acknowledged:
-                if status.spoolDropped != nil { spool.dropsReported() }
+                if let reported = status.spoolDropped { spool.dropsReported(reported) }
+                spool.currentDelivered()
                 return
             case .inFlight:
                 // The link went down after the message was handed over: the client resends it
@@ -273,7 +274,8 @@ actor StatusOutbox {
         do {
             try spool.append(payload)
         } catch {
-            logger.error("cannot spool a status change", metadata: ["problem": "\(error)"])
+            logger.error(
+                "cannot spool a status change; it is counted in spoolDropped", metadata: ["problem": "\(error)", "dropped": "\(spool.dropped)"])
         }
     }
 
@@ -311,12 +313,22 @@ actor StatusOutbox {
 
     /// After a connect: deliver the spool in order, then the current status if
     /// nothing was spooled (the last spooled message is the newest status otherwise).
-    func connected(_ client: MQTTClient, current: SiteStatus) async {
+    func connected(_ client: MQTTClient, current status: SiteStatus) async {
         var delivered = 0
-        while let payload = spool.first() {
+        let current = spool.isEmpty || spool.currentPending
+        while var payload = spool.first() {
+            // The drop count rides on the first status delivered after the drops (no extra
+            // status, which delivered the newest change twice). The newest dropped change, when
+            // it is what the current status says, is not lost: the current status follows.
+            let reporting = spool.dropped - (spool.newestDroppedIsCurrent ? 1 : 0)
+            if reporting > 0, var status = try? FleetJSON.decode(SiteStatus.self, from: payload) {
+                status.spoolDropped = reporting
+                payload = (try? FleetJSON.encode(status)) ?? payload
+            }
             do {
                 try await client.publish(topic, payload: payload, qos: .atLeastOnce, retain: true)
                 spool.removeFirst()
+                if reporting > 0 { spool.dropsReported(reporting) }
                 delivered += 1
             } catch {
                 logger.info("spool delivery interrupted", metadata: ["left": "\(spool.count)", "error": "\(error)"])
@@ -326,8 +338,12 @@ actor StatusOutbox {
         if delivered > 0 {
             logger.info("delivered spooled status changes", metadata: ["count": "\(delivered)"])
         }
-        if delivered == 0 || spool.dropped > 0 {
-            await submit(current, client: client)
+        // Nothing spooled: the current status (announced again after a reconnect). Spooled, and
+        // the newest change among them: the last delivered one is the current status. But if the
+        // newest changes could not be spooled, the current status follows.
+        if current || delivered == 0 {
+            spool.deliveringCurrent()
+            await submit(status, client: client)
         }
     }
 }

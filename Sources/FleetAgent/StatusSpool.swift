@@ -36,6 +36,9 @@ public final class StatusSpool: @unchecked Sendable {
         sequence = names.compactMap { $0.hasSuffix(".json") ? UInt64($0.dropLast(5)) : nil }.sorted()
         next = (sequence.last ?? 0) + 1
         dropped = (try? String(contentsOfFile: directory + "/dropped", encoding: .utf8)).flatMap { Int($0.filter(\.isNumber)) } ?? 0
+        // After a restart the current status is a new reading, not a dropped change: if any was
+        // dropped, it follows the spool, and the drops all count.
+        currentPending = dropped > 0
     }
 
     public var count: Int { sequence.count }
@@ -46,17 +49,56 @@ public final class StatusSpool: @unchecked Sendable {
         return directory + "/" + String(repeating: "0", count: max(0, 12 - digits.count)) + digits + ".json"
     }
 
-    /// Appends a message, dropping the oldest when the spool is full.
+    /// Appends a message, dropping the oldest when the spool is full. A message that cannot be
+    /// written (a full disk) is dropped too, and counted: every change that cannot be kept
+    /// shows in `spoolDropped` of the next status that reaches the broker.
     public func append(_ payload: [UInt8]) throws(StateError) {
         while sequence.count >= capacity {
             let oldest = sequence.removeFirst()
             unlink(path(oldest))
             dropped += 1
         }
-        try writeFileDurably(payload, to: path(next), directory: directory)
+        do {
+            try writeFileDurably(payload, to: path(next), directory: directory)
+        } catch {
+            dropped += 1
+            currentPending = true
+            newestDroppedIsCurrent = true
+            saveDropped()
+            throw error
+        }
         sequence.append(next)
         next += 1
-        try writeFileDurably(Array(String(dropped).utf8), to: directory + "/dropped", directory: directory)
+        currentPending = false
+        newestDroppedIsCurrent = false
+        saveDropped()
+    }
+
+    /// The agent's current status must follow the spool when it is delivered: the newest
+    /// changes could not be spooled (or, after a restart, some were dropped), so the spool's
+    /// last message is older than what the agent knows now.
+    public private(set) var currentPending = false
+    /// The newest change was dropped, and it is what the current status says: delivering the
+    /// current status delivers it, so it is not lost (see `deliveringCurrent()`).
+    public private(set) var newestDroppedIsCurrent = false
+
+    /// Before a delivery that ends with the current status: the newest dropped change is about to
+    /// arrive after all, so it no longer counts as dropped.
+    public func deliveringCurrent() {
+        guard newestDroppedIsCurrent else { return }
+        newestDroppedIsCurrent = false
+        dropped = max(0, dropped - 1)
+        saveDropped()
+    }
+
+    /// The drop count on disk, so that a restart still reports it; a disk too full for it
+    /// leaves it in memory (reported all the same while the process lives).
+    private func saveDropped() {
+        if dropped == 0 {
+            unlink(directory + "/dropped")
+        } else {
+            try? writeFileDurably(Array(String(dropped).utf8), to: directory + "/dropped", directory: directory)
+        }
     }
 
     /// The oldest message, if any.
@@ -71,8 +113,15 @@ public final class StatusSpool: @unchecked Sendable {
         unlink(path(sequence.removeFirst()))
     }
 
-    /// Resets the drop count once a status carrying it reached the broker.
-    public func dropsReported() {
-        dropped = 0
-        unlink(directory + "/dropped")
+    /// Takes `count` off the drop count once a status carrying it reached the broker (drops
+    /// counted meanwhile stay for the next one).
+    public func dropsReported(_ count: Int) {
+        dropped = max(0, dropped - count)
+        saveDropped()
+    }
+
+    /// The current status reached the broker directly (the spool was empty).
+    public func currentDelivered() {
+        currentPending = false
+        newestDroppedIsCurrent = false
     }}

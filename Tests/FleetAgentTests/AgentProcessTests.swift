@@ -198,6 +198,49 @@ struct AgentProcessTests {
         await site.client.shutdown()
     }
 
+    @Test("a full state disk during a broker outage: every change that cannot be spooled is counted in spoolDropped, none arrives twice")
+    func fullDiskSpool() async throws {
+        let disk = try SmallDisk(megabytes: 1)
+        defer { disk.remove() }
+        try FileManager.default.createDirectory(atPath: disk.path + "/state", withIntermediateDirectories: true)
+        let site = try await CountingAgentSite("s-full", observer: observer, stateDir: disk.path + "/state")
+        defer { site.remove() }
+        let (proxy, messages, agent, client, counter) = (site.proxy, site.messages, site.agent, site.client, site.counter)
+        @Sendable func counterValue(_ m: MQTTMessage) -> Int? {
+            (try? FleetJSON.decode(SiteStatus.self, from: m.payload))?.checks.first { $0.name == "counter" }.flatMap { Int($0.output) }
+        }
+        _ = try await messages.next(timeout: .seconds(15), "a first status") { $0.topic.hasSuffix("/status") && counterValue($0) != nil }
+        proxy.takeDown()
+        let stateDir = site.stateDir
+        try await withTimeout(.seconds(40), "two changes spooled during the outage") {
+            while CountingAgentSite.spooled(in: stateDir) < 2 { try await Task.sleep(for: .milliseconds(50)) }
+        }
+        try disk.fill()
+        // The check keeps changing (every 300 ms); none of it can be spooled now.
+        try await withTimeout(.seconds(30), "changes the agent could not spool") {
+            while agent.output.components(separatedBy: "cannot spool a status change").count - 1 < 3 { try await Task.sleep(for: .milliseconds(100)) }
+        }
+        proxy.restore()
+        let beforeRestore = Int(try String(contentsOfFile: counter, encoding: .utf8).trimmingCharacters(in: .whitespacesAndNewlines)) ?? .max
+        _ = try await messages.next(timeout: .seconds(30), "a status newer than the outage") {
+            $0.topic.hasSuffix("/status") && (counterValue($0) ?? 0) > beforeRestore
+        }
+        disk.free()
+        #expect(agent.terminate() == 0)
+        let statuses = messages.received.filter { $0.topic.hasSuffix("/status") }.compactMap { try? FleetJSON.decode(SiteStatus.self, from: $0.payload) }
+        let values = statuses.compactMap { $0.checks.first { $0.name == "counter" }.flatMap { Int($0.output) } }
+        var collapsed: [Int] = []
+        for v in values where collapsed.last != v { collapsed.append(v) }
+        #expect(Set(values).count == collapsed.count, "a change arrived twice: \(values)")
+        #expect(collapsed == collapsed.sorted(), "out of order: \(values)")
+        // Every change that did not arrive is counted in spoolDropped, and only those.
+        let missing = zip(collapsed, collapsed.dropFirst()).reduce(0) { $0 + ($1.1 - $1.0 - 1) }
+        let reported = statuses.compactMap(\.spoolDropped).reduce(0, +)
+        #expect(missing > 0, "nothing was dropped: the disk was not full")
+        #expect(reported == missing, "\(missing) changes missing, \(reported) reported as dropped: \(values)")
+        await client.shutdown()
+    }
+
     @Test("status changes made during a broker outage arrive in order after it, none lost, none duplicated")
     func outageSpool() async throws {
         let site = try await CountingAgentSite("s-outage", observer: observer)
@@ -245,12 +288,14 @@ final class CountingAgentSite {
     let messages: MessageCollector
     let agent: AgentProcess
 
-    init(_ site: String, observer: (MosquittoBroker) async throws -> (MQTTClient, MessageCollector)) async throws {
+    /// `stateDir`: where the agent keeps its state and spool (a temporary directory unless given);
+    /// the check's counter is kept elsewhere, so that a full state disk does not stop the changes.
+    init(_ site: String, observer: (MosquittoBroker) async throws -> (MQTTClient, MessageCollector), stateDir given: String? = nil) async throws {
         broker = try MosquittoBroker()
         proxy = try TCPProxy(upstreamPort: broker.port)
-        stateDir = try temporaryDirectory()
-        counter = stateDir + "/counter"
-        let config = stateDir + "/agent.yaml"
+        stateDir = try given ?? temporaryDirectory()
+        counter = try temporaryDirectory() + "/counter"
+        let config = (counter as NSString).deletingLastPathComponent + "/agent.yaml"
         try """
             checks:
               - name: counter

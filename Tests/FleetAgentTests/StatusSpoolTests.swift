@@ -22,7 +22,7 @@ struct StatusSpoolTests {
             reopened.removeFirst()
         }
         #expect(delivered == ["m3", "m4", "m5"])
-        reopened.dropsReported()
+        reopened.dropsReported(reopened.dropped)
         #expect(try StatusSpool(directory: directory + "/spool").dropped == 0)
         try reopened.append(Array("m6".utf8))
         #expect(reopened.first().map { String(decoding: $0, as: UTF8.self) } == "m6")
