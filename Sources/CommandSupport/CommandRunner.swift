@@ -36,17 +36,22 @@ public struct CommandOutcome: Sendable, Hashable {
     /// With `.head(bytes:)`: standard output and error together, truncated.
     public var output: String = ""
     public var duration: Duration
+    /// The command wrote more than `maximumOutput` bytes: it was ended (its group killed)
+    /// rather than read for ever (a check printing 100 MB kept the agent at half a core).
+    public var outputExceeded = false
 
     /// Nagios-style reading: exit 0 pass, 1 warn, 2 fail; anything else, a
     /// signal or a timeout is unknown.
     public var checkState: CheckState {
-        guard !timedOut, signal == nil, let exitCode else { return .unknown }
+        guard !timedOut, !outputExceeded, signal == nil, let exitCode else { return .unknown }
         return CheckState(exitCode: exitCode)
     }
 }
 
 /// Serializes pipe creation (until close-on-exec is set) with spawning.
 private let spawnLock = Mutex(())
+/// The commands being waited for now: not orphans to reap.
+private let waitedFor = Mutex(Set<Int32>())
 
 /// Runs commands for probes, local checks and the aggregator's executors: never through
 /// a shell, in a process group of their own that is killed whole at the timeout, with
@@ -55,9 +60,11 @@ private let spawnLock = Mutex(())
 public enum CommandRunner {
     /// Runs `arguments` (the first is the program, looked up on PATH when it has no `/`).
     /// Throws only when the command could not be started at all.
+    /// `maximumOutput`: bytes of output read at most; past it the command is ended and its
+    /// outcome says `outputExceeded`.
     public static func run(
         _ arguments: [String], timeout: Duration, outputLimit: Int = 256, capture: OutputCapture = .firstLine,
-        environment: [String: String]? = nil, started: (@Sendable (Int32) -> Void)? = nil
+        environment: [String: String]? = nil, maximumOutput: Int = 1 << 20, started: (@Sendable (Int32) -> Void)? = nil
     ) async throws(CommandError) -> CommandOutcome {
         guard let program = arguments.first, !program.isEmpty else { throw CommandError("empty command") }
         let result: Result<CommandOutcome, CommandError> = await withCheckedContinuation { continuation in
@@ -65,7 +72,8 @@ public enum CommandRunner {
             DispatchQueue.global().async {
                 continuation.resume(
                     returning: runBlocking(
-                        arguments, timeout: timeout, outputLimit: outputLimit, capture: capture, environment: environment, started: started))
+                        arguments, timeout: timeout, outputLimit: outputLimit, capture: capture, environment: environment,
+                        maximumOutput: maximumOutput, started: started))
             }
         }
         return try result.get()
@@ -73,7 +81,7 @@ public enum CommandRunner {
 
     static func runBlocking(
         _ arguments: [String], timeout: Duration, outputLimit: Int, capture: OutputCapture, environment: [String: String]?,
-        started: (@Sendable (Int32) -> Void)? = nil
+        maximumOutput: Int = 1 << 20, started: (@Sendable (Int32) -> Void)? = nil
     ) -> Result<CommandOutcome, CommandError> {
         let start = ContinuousClock.now
         var pipeFDs: [Int32] = [-1, -1]
@@ -120,8 +128,13 @@ public enum CommandRunner {
         defer { argv.forEach { free($0) } }
         var pid: pid_t = 0
         var rc: Int32
-        let envp = environment.map { $0.map { strdup("\($0.key)=\($0.value)") } + [nil] }
-        defer { envp?.forEach { free($0) } }
+        // A mark in the environment of the command and of everything it starts, so that what it
+        // leaves behind (even a daemon in a session of its own) is found and ended afterwards.
+        let marker = "EDGEFLEET_RUN=\(UInt64.random(in: 1...UInt64.max))"
+        var variables = (environment ?? processEnvironment()).filter { $0.key != "EDGEFLEET_RUN" }.map { "\($0.key)=\($0.value)" }
+        variables.append(marker)
+        let envp = variables.map { strdup($0) } + [nil]
+        defer { envp.forEach { free($0) } }
         // ETXTBSY: the executable was just written, and a process forked elsewhere in this
         // program at that moment still holds it open for writing; it closes as soon as that
         // child execs. Try again briefly rather than fail the command.
@@ -130,8 +143,10 @@ public enum CommandRunner {
             if attempt > 0 { usleep(20_000) }
             attempt += 1
             rc = spawnLock.withLock { _ in
-                if let envp { return posix_spawnp(&pid, arguments[0], &actions, &attributes, argv, envp) }
-                return posix_spawnp(&pid, arguments[0], &actions, &attributes, argv, environ)
+                let rc = posix_spawnp(&pid, arguments[0], &actions, &attributes, argv, envp)
+                // Recorded before any reaping can see it (reaping holds this lock too).
+                if rc == 0 { waitedFor.withLock { _ = $0.insert(pid) } }
+                return rc
             }
         } while rc == ETXTBSY && attempt < 50
         close(pipeFDs[1])
@@ -155,6 +170,8 @@ public enum CommandRunner {
         var dropped = 0
         var sawNewline = false
         var timedOut = false
+        var total = 0
+        var exceeded = false
         var buffer = [UInt8](repeating: 0, count: 4096)
         let readFD = pipeFDs[0]
         while true {
@@ -177,6 +194,11 @@ public enum CommandRunner {
             let n = buffer.withUnsafeMutableBytes { read(readFD, $0.baseAddress, $0.count) }
             if n < 0 && errno == EINTR { continue }
             if n <= 0 { break }
+            total += n
+            if total > maximumOutput {
+                exceeded = true
+                break
+            }
             if case .head(let limit) = capture {
                 let room = max(0, limit - head.count)
                 head += buffer[0..<min(n, room)]
@@ -193,6 +215,7 @@ public enum CommandRunner {
             }
         }
         close(readFD)
+        if exceeded { kill(-pid, SIGKILL) }  // it would go on writing into a pipe nobody reads
         // Wait for the command itself to exit, still within the deadline, without
         // reaping it: while it is a zombie its pid (and so its group id) cannot be
         // reused, so killing the group below can only hit its own leftovers.
@@ -210,6 +233,13 @@ public enum CommandRunner {
         kill(-pid, SIGKILL)
         var status: Int32 = 0
         while waitpid(pid, &status, 0) < 0 && errno == EINTR {}
+        waitedFor.withLock { _ = $0.remove(pid) }
+        // What it left outside its group (a daemon started with setsid), and, in a child
+        // subreaper (the agent), orphans it was handed and that have exited since.
+        ProcessTable.killLeftovers(withEnvironment: marker)
+        if ProcessTable.isSubreaper {
+            spawnLock.withLock { _ in ProcessTable.reapOrphans(keeping: waitedFor.withLock { $0 }) }
+        }
         let signalled = status & 0x7f
         var line = String(decoding: kept, as: UTF8.self)
         if line.count > outputLimit { line = String(line.prefix(outputLimit)) + "…" }
@@ -219,8 +249,9 @@ public enum CommandRunner {
                 signal: signalled == 0 ? nil : signalled,
                 timedOut: timedOut,
                 firstLine: line.trimmingTrailingWhitespace,
-                output: String(decoding: head, as: UTF8.self) + (dropped > 0 ? "\n… (\(dropped) more bytes not kept)" : ""),
-                duration: ContinuousClock.now - start))
+                output: String(decoding: head, as: UTF8.self) + (dropped > 0 ? "\n… (\(dropped) more bytes not kept)" : "")
+                    + (exceeded ? "\n… (ended: it wrote more than \(maximumOutput) bytes)" : ""),
+                duration: ContinuousClock.now - start, outputExceeded: exceeded))
     }
 }
 

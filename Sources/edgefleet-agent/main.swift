@@ -68,6 +68,9 @@ struct AgentCommand: AsyncParsableCommand {
             return
         }
         let logger = try standardErrorLogger(label: "edgefleet.agent", level: service.logLevel)
+        // Daemons a check starts (setsid) are handed to the agent when their parent exits, so that
+        // it ends and reaps them instead of leaking one per run.
+        if !ProcessTable.becomeSubreaper() { logger.warning("cannot become a child subreaper; a check's daemons may outlive it") }
         let service = try AgentService(configuration: configuration, logger: logger)
         // SIGTERM and SIGINT shut the service down gracefully (offline presence, then disconnect);
         // whatever way it stops, the process is gone within seconds.

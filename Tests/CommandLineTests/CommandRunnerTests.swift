@@ -70,6 +70,31 @@ struct CommandRunnerTests {
         #expect(left.stdout.isEmpty, "the leftover child survived")
     }
 
+    @Test("a command that prints 100 MB is ended past the bound (1 MiB), quickly, its state unknown")
+    func flood() async throws {
+        let outcome = try await CommandRunner.run(["/bin/sh", "-c", "head -c 100000000 /dev/zero; echo done"], timeout: .seconds(60))
+        #expect(outcome.outputExceeded)
+        #expect(!outcome.timedOut)
+        #expect(outcome.checkState == .unknown)
+        #expect(outcome.duration < .seconds(10), "read for \(outcome.duration)")
+        let bounded = try await CommandRunner.run(["/bin/sh", "-c", "seq 1 10"], timeout: .seconds(10), maximumOutput: 1_000)
+        #expect(!bounded.outputExceeded && bounded.checkState == .pass)
+    }
+
+    @Test("a daemon the command starts in a session of its own (setsid) is ended when the command ends")
+    func setsidDaemon() async throws {
+        let marker = "600.\(UInt32.random(in: 1000...999_999))"
+        let outcome = try await CommandRunner.run(["/bin/sh", "-c", "setsid sleep \(marker) > /dev/null 2>&1 & echo started"], timeout: .seconds(10))
+        #expect(outcome.exitCode == 0 && outcome.firstLine == "started")
+        var left = try run(URL(fileURLWithPath: "/usr/bin/pgrep"), ["-f", "sleep \(marker)"]).stdout
+        for _ in 0..<50 where !left.isEmpty {
+            try await Task.sleep(for: .milliseconds(20))
+            left = try run(URL(fileURLWithPath: "/usr/bin/pgrep"), ["-f", "sleep \(marker)"]).stdout
+                .split(separator: "\n").filter { !isZombie(pid_t($0) ?? 0) }.joined(separator: "\n")
+        }
+        #expect(left.isEmpty, "the daemon outlived its command: \(left)")
+    }
+
     @Test("with .head(bytes:) the output is kept up to the limit, with how much was cut")
     func headCapture() async throws {
         let outcome = try await CommandRunner.run(["/bin/sh", "-c", "seq 1 1000"], timeout: .seconds(10), capture: .head(bytes: 20))
@@ -85,10 +110,3 @@ struct CommandRunnerTests {
     }
 }
 
-/// Whether `pid` is a zombie (exited, not yet reaped by its parent).
-func isZombie(_ pid: pid_t) -> Bool {
-    guard let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
-        let close = stat.lastIndex(of: ")")
-    else { return true }
-    return stat[stat.index(close, offsetBy: 2)] == "Z"
-}

@@ -241,6 +241,34 @@ struct AgentProcessTests {
         await client.shutdown()
     }
 
+    @Test("a check that starts a daemon with setsid leaks nothing: the agent, a child subreaper, ends and reaps it after each run")
+    func setsidCheck() async throws {
+        let broker = try MosquittoBroker()
+        defer { broker.stop() }
+        let stateDir = try temporaryDirectory()
+        defer { try? FileManager.default.removeItem(atPath: stateDir) }
+        let marker = "600.\(UInt32.random(in: 1000...999_999))"
+        try """
+            checks:
+              - name: daemon
+                command: [sh, -c, "setsid sleep \(marker) > /dev/null 2>&1 & echo started"]
+                interval: 200ms
+            """.write(toFile: stateDir + "/agent.yaml", atomically: true, encoding: .utf8)
+        let agent = try AgentProcess(site: "s-setsid", broker: broker, stateDir: stateDir, extra: ["--config", stateDir + "/agent.yaml"])
+        // Let it run the check some 15 times (before: one more sleep left behind per run).
+        try await Task.sleep(for: .seconds(3))
+        let daemons = try run(URL(fileURLWithPath: "/usr/bin/pgrep"), ["-f", "sleep \(marker)"]).stdout.split(separator: "\n")
+        let living = daemons.filter { !isZombie(pid_t($0) ?? 0) }
+        #expect(living.count <= 1, "\(living.count) daemons alive after 3 s of 200 ms checks")
+        // Orphans handed to the agent are reaped: at most the one of the run in progress is a zombie.
+        let children = try run(URL(fileURLWithPath: "/usr/bin/ps"), ["--ppid", "\(agent.process.pid)", "-o", "stat="]).stdout
+        let zombies = children.split(separator: "\n").filter { $0.hasPrefix("Z") }.count
+        #expect(zombies <= 1, "\(zombies) zombie children of the agent")
+        #expect(agent.terminate() == 0)
+        let after = try run(URL(fileURLWithPath: "/usr/bin/pgrep"), ["-f", "sleep \(marker)"]).stdout.split(separator: "\n")
+        #expect(after.filter { !isZombie(pid_t($0) ?? 0) }.isEmpty, "a daemon outlived the agent")
+    }
+
     @Test("status changes made during a broker outage arrive in order after it, none lost, none duplicated")
     func outageSpool() async throws {
         let site = try await CountingAgentSite("s-outage", observer: observer)

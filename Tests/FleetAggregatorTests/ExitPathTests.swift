@@ -91,7 +91,7 @@ struct ExitPathTests {
         let status = await exitStatus(aggregator, within: .seconds(25))
         #expect(status == 0, "exit \(String(describing: status)) after SIGTERM: \(aggregator.output.suffix(2000))")
         #expect(ContinuousClock.now - started < .seconds(20))
-        #expect(kill(pid, 0) != 0 || processState(pid) == "Z", "the executor outlived the aggregator")
+        #expect(kill(pid, 0) != 0 || isZombie(pid), "the executor outlived the aggregator")
         let stored = try SQLiteOperationStore(database: try AggregatorDatabase(path: database)).operation(id: id)
         #expect(stored?.state == .queued, "the interrupted operation is queued again: \(String(describing: stored?.history.map(\.note)))")
     }

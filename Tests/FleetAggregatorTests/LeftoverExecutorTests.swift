@@ -85,15 +85,10 @@ struct LeftoverExecutorTests {
             #expect(end <= calls[1].start, "two runs of one operation overlapped by \(end - calls[1].start) s")
             #expect(calls[0].code == 143, "the leftover was ended by SIGTERM")
         }
-        #expect(kill(pid, 0) != 0 || processState(pid) == "Z", "the leftover executor is still alive")
+        #expect(kill(pid, 0) != 0 || isZombie(pid), "the leftover executor is still alive")
         let history = try #require(try store.operation(id: id)).history
         #expect(history.contains { $0.note.contains("was ended first") }, "\(history.map(\.note))")
         #expect(try store.runs().isEmpty, "run records are forgotten once the outcome is written")
     }
 }
 
-/// The state letter of `/proc/PID/stat` (Z: a zombie, gone but not yet reaped).
-func processState(_ pid: Int32) -> Character? {
-    guard let text = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8), let close = text.lastIndex(of: ")") else { return nil }
-    return text[text.index(after: close)...].split(separator: " ").first?.first
-}

@@ -28,7 +28,7 @@ struct OperationQueueTests {
         SubmissionRequest(site: site, kind: "cluster.upgrade", params: ["kubernetesVersion": version], createdBy: "alice", idempotencyKey: key)
     }
 
-    @Test("a semi-connected site's operation is queued with the reason and the deadline; a connected, stable one dispatches at once")
+    @Test("a semi-connected site's operation is queued with the reason and the deadline; a connected, stable one runs now, unless scheduled later or behind others")
     func queuedOrNow() throws {
         let (queue, directory) = try makeQueue()
         defer { try? FileManager.default.removeItem(atPath: directory) }
@@ -36,7 +36,19 @@ struct OperationQueueTests {
         #expect(waiting.operation.state == .queued && waiting.reason.contains("semi-connected"))
         #expect(waiting.deadline == Self.semi.deadline)
         let now = try queue.submit(upgrade("store-2"), situation: Self.connected, now: Self.now)
-        #expect(now.reason.contains("dispatched at once"))
+        #expect(now.reason == "queued to run now: the site is connected")
+        // Behind another operation of the same site: not "now".
+        let behind = try queue.submit(
+            SubmissionRequest(site: "store-2", kind: "extension.install", params: ["name": "x"], createdBy: "alice"), situation: Self.connected,
+            now: Self.now)
+        #expect(behind.reason.contains("after 1 earlier operation"), "\(behind.reason)")
+        // A future notBefore is never "at once" or "now" (before: "dispatched at once").
+        var later = SubmissionRequest(site: "store-4", kind: "extension.install", params: ["name": "x"], createdBy: "alice")
+        later.notBefore = Self.now.addingTimeInterval(3600)
+        let scheduled = try queue.submit(later, situation: Self.connected, now: Self.now)
+        #expect(scheduled.reason.contains("scheduled for") && !scheduled.reason.contains("now") && !scheduled.reason.contains("at once"), "\(scheduled.reason)")
+        later.site = "store-5"
+        #expect(try queue.submit(later, situation: Self.semi, now: Self.now).reason.contains("not before"))
         let blocked = try queue.submit(
             upgrade("store-3"), situation: SiteSituation(mode: .disconnected, stable: false, deadline: Self.now, capabilities: [:]), now: Self.now)
         #expect(blocked.operation.state == .blocked)

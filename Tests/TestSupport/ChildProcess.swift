@@ -10,7 +10,7 @@ import Glibc
 /// Foundation's `Process.waitUntilExit` spins a run loop that can hang inside
 /// async tests on Linux; the test helpers use this instead.
 public final class ChildProcess: @unchecked Sendable {
-    public let pid: pid_t
+    public let pid: Int32
     private var exitStatus: Int32?
     private let lock = NSLock()
 
@@ -136,4 +136,12 @@ public func temporaryDirectory(_ prefix: String = "edgefleet-test") throws -> St
     let path = FileManager.default.temporaryDirectory.appendingPathComponent("\(prefix)-\(UUID().uuidString)").path
     try FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true)
     return path
+}
+
+/// Whether `pid` is a zombie (exited, not yet reaped by its parent).
+public func isZombie(_ pid: Int32) -> Bool {
+    guard let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
+        let close = stat.lastIndex(of: ")")
+    else { return true }
+    return stat[stat.index(close, offsetBy: 2)] == "Z"
 }

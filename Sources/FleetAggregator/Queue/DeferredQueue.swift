@@ -167,14 +167,25 @@ public struct DeferredQueue: Sendable {
                     operation: existing, existing: true, reason: "idempotency key '\(key)' already used", deadline: situation?.deadline,
                     superseded: [])
             }
-            let reason: String
+            var reason: String
+            let ahead = try store.list(OperationFilter(site: site, states: [.queued, .dispatching]), after: nil, limit: 1_000).operations.count
             switch situation {
             case nil: reason = "queued: the site has not reported yet"
-            case let s? where s.mode == .connected && s.stable: reason = "dispatched at once: the site is connected"
+            case let s? where s.mode == .connected && s.stable:
+                if let notBefore = request.notBefore, notBefore > now {
+                    reason = "queued: the site is connected; scheduled for \(RFC3339.format(notBefore))"
+                } else if ahead > 0 {
+                    reason = "queued: the site is connected; it runs after \(ahead)\(ahead == 1_000 ? " or more" : "") earlier operation(s) there"
+                } else {
+                    reason = "queued to run now: the site is connected"
+                }
             case let s? where s.mode == .connected: reason = "queued: the site is connected but not yet stable"
             case let s? where s.mode == .disconnected:
                 reason = "blocked: the site passed its deadline; an operator must release or cancel this operation"
             case let s?: reason = "queued: the site is \(s.mode.rawValue); it runs when the link is back"
+            }
+            if let notBefore = request.notBefore, notBefore > now, !reason.contains("scheduled"), situation?.mode != .disconnected {
+                reason += ", not before \(RFC3339.format(notBefore))"
             }
             var operation = DeferredOperation(
                 id: Self.newID(), site: site, kind: kind, params: request.params, state: .queued, createdAt: now,

@@ -308,8 +308,9 @@ public final class Dispatcher: Sendable {
         let outcome: CommandOutcome
         do {
             let id = operation.id
+            // An az call may print a lot (JSON): read up to 64 MiB, keep the head.
             outcome = try await CommandRunner.run(
-                argv, timeout: template.timeout, capture: .head(bytes: settings.outputBytes), environment: environment,
+                argv, timeout: template.timeout, capture: .head(bytes: settings.outputBytes), environment: environment, maximumOutput: 64 << 20,
                 started: { pid in
                     // Durably, so that a restart after a SIGKILL finds it (recover(now:)).
                     do {

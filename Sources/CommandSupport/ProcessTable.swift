@@ -1,0 +1,145 @@
+import CProcess
+import Synchronization
+
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#endif
+
+/// What `/proc` says about processes: the few facts EdgeFleet needs to find what a command
+/// left behind (by the marker in its environment), to tell a process from a later one with the
+/// same id (its start time), and to reap orphans handed to a child subreaper. Linux only;
+/// elsewhere nothing is found.
+public enum ProcessTable {
+    /// One process as `/proc/PID/stat` describes it.
+    public struct Entry: Equatable, Sendable {
+        public var pid: Int32
+        public var state: Character
+        public var parent: Int32
+        public var processGroup: Int32
+        /// Clock ticks since boot when it started.
+        public var startTicks: UInt64
+
+        /// A zombie (exited, not reaped) or dead.
+        public var isGone: Bool { state == "Z" || state == "X" }
+    }
+
+    /// `/proc/PID/stat`, parsed after the command name (which may hold spaces and parentheses).
+    public static func entry(_ pid: Int32) -> Entry? {
+        guard let bytes = readFile("/proc/\(pid)/stat", limit: 4096), let close = bytes.lastIndex(of: UInt8(ascii: ")")) else { return nil }
+        let fields = bytes[(close + 1)...].split(separator: UInt8(ascii: " ")).map { String(decoding: $0, as: UTF8.self) }
+        // fields[0] is field 3 (state); ppid field 4, pgrp field 5, starttime field 22.
+        guard fields.count > 19, let state = fields[0].first, let parent = Int32(fields[1]), let group = Int32(fields[2]),
+            let start = UInt64(fields[19])
+        else { return nil }
+        return Entry(pid: pid, state: state, parent: parent, processGroup: group, startTicks: start)
+    }
+
+    /// Every process id in `/proc`.
+    public static func pids() -> [Int32] {
+        guard let directory = opendir("/proc") else { return [] }
+        defer { closedir(directory) }
+        var result: [Int32] = []
+        while let entry = readdir(directory) {
+            let name = withUnsafeBytes(of: entry.pointee.d_name) { raw in String(decoding: raw.prefix { $0 != 0 }, as: UTF8.self) }
+            if let pid = Int32(name) { result.append(pid) }
+        }
+        return result
+    }
+
+    /// Whether `pid`'s environment holds exactly `variable` (`NAME=value`).
+    public static func environment(of pid: Int32, contains variable: String) -> Bool {
+        guard let bytes = readFile("/proc/\(pid)/environ", limit: 1 << 20) else { return false }
+        let needle = Array(variable.utf8)
+        var start = 0
+        while start < bytes.count {
+            let end = bytes[start...].firstIndex(of: 0) ?? bytes.count
+            if bytes[start..<end].elementsEqual(needle) { return true }
+            start = end + 1
+        }
+        return false
+    }
+
+    /// Live processes (not this one) whose environment holds `variable`.
+    public static func living(withEnvironment variable: String) -> [Entry] {
+        let me = getpid()
+        return pids().compactMap { pid in
+            guard pid != me, let entry = entry(pid), !entry.isGone, environment(of: pid, contains: variable) else { return nil }
+            return entry
+        }
+    }
+
+    /// Kills (SIGKILL) every live process whose environment holds `variable` (what a finished
+    /// command left behind, even in a session of its own) and reaps those that are this
+    /// process's children (a child subreaper inherits them). Returns how many it killed.
+    @discardableResult
+    public static func killLeftovers(withEnvironment variable: String) -> Int {
+        let leftovers = living(withEnvironment: variable)
+        for process in leftovers { kill(process.pid, SIGKILL) }
+        let me = getpid()
+        for process in leftovers {
+            // A moment for the kill to land, then reap it if it is ours (never block).
+            for _ in 0..<50 {
+                var status: Int32 = 0
+                let reaped = waitpid(process.pid, &status, WNOHANG)
+                if reaped == process.pid || (reaped < 0 && errno == ECHILD) { break }
+                if let now = entry(process.pid), now.parent != me, now.isGone { break }
+                usleep(2_000)
+            }
+        }
+        return leftovers.count
+    }
+
+    /// Reaps zombie children of this process other than `keep` (commands still being waited
+    /// for): orphans a child subreaper inherited and that exited by themselves.
+    public static func reapOrphans(keeping keep: Set<Int32>) {
+        let me = getpid()
+        for pid in pids() where !keep.contains(pid) {
+            guard let entry = entry(pid), entry.parent == me, entry.state == "Z" else { continue }
+            var status: Int32 = 0
+            _ = waitpid(pid, &status, WNOHANG)
+        }
+    }
+
+    /// Makes this process a child subreaper (`prctl(PR_SET_CHILD_SUBREAPER)`): descendants
+    /// orphaned by their parent (a daemon a check started with `setsid`) are handed to it, not
+    /// to init, so that it can end and reap them. Returns false where it cannot.
+    @discardableResult
+    public static func becomeSubreaper() -> Bool {
+        let done = edgefleet_become_subreaper() == 0
+        if done { subreaper.withLock { $0 = true } }
+        return done
+    }
+
+    /// Whether `becomeSubreaper()` succeeded: only then are there orphans of others to reap (a
+    /// process that is not one must never reap children it did not start through the runner).
+    public static var isSubreaper: Bool { subreaper.withLock { $0 } }
+    private static let subreaper = Mutex(false)
+
+    /// This boot's id: process ids and start ticks only mean something within one boot.
+    public static func bootID() -> String {
+        (readFile("/proc/sys/kernel/random/boot_id", limit: 128).map { String(decoding: $0, as: UTF8.self) } ?? "").filter { !$0.isWhitespace }
+    }
+
+    public static func hostName() -> String {
+        var buffer = [CChar](repeating: 0, count: 256)
+        gethostname(&buffer, buffer.count)
+        return String(decoding: buffer.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+    }
+
+    static func readFile(_ path: String, limit: Int) -> [UInt8]? {
+        let fd = open(path, O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else { return nil }
+        defer { close(fd) }
+        var result: [UInt8] = []
+        var buffer = [UInt8](repeating: 0, count: 4096)
+        while result.count < limit {
+            let n = buffer.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
+            if n < 0 && errno == EINTR { continue }
+            if n <= 0 { break }
+            result += buffer[0..<n]
+        }
+        return result
+    }
+}
