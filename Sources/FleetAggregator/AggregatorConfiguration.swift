@@ -36,6 +36,12 @@ public struct AggregatorConfiguration: Sendable {
     public var maxSites: Int = 250_000
     /// How long site records may fail to be written before `/healthz` answers 503.
     public var storeGrace: Duration = .seconds(30)
+    /// How long a dashboard sign-in lasts (idle at most an hour of it).
+    public var dashboardSession: Duration = .seconds(12 * 3600)
+    /// A client must send a whole request head within this, or its connection is closed.
+    public var httpHeaderTimeout: Duration = .seconds(10)
+    /// Open HTTP connections at most (nil: below the descriptor limit, at most 10,000).
+    public var httpMaxConnections: Int?
 
     public init(
         mqtt: MQTTConfiguration, topics: FleetTopics = FleetTopics(), databasePath: String = "./edgefleet.sqlite",
@@ -67,7 +73,7 @@ public struct AggregatorConfiguration: Sendable {
         "http", "connectedWithin", "budget", "warnBefore", "criticalBefore", "stableFor", "staleAfter", "offlineAfter",
         "viewRefresh", "summaryInterval", "flushInterval", "maxPayloadBytes", "executors", "maxConcurrentDispatches", "maxAttempts",
         "retryBackoff", "retryBackoffMax", "dispatchInterval", "executorOutputBytes", "tokenFile", "publicReads",
-        "maxSites", "storeGrace",
+        "maxSites", "storeGrace", "dashboardSession", "httpHeaderTimeout", "httpMaxConnections",
     ]
 
     /// One executor as written in the file: `argv` and an optional `timeout`.
@@ -180,6 +186,9 @@ public struct AggregatorConfiguration: Sendable {
         }
         let maxSites = try settings.integer("maxSites", default: 250_000, range: 1...10_000_000)
         let storeGrace = try settings.duration("storeGrace", default: .seconds(30))
+        let dashboardSession = try settings.duration("dashboardSession", default: .seconds(12 * 3600))
+        let httpHeaderTimeout = try settings.duration("httpHeaderTimeout", default: .seconds(10))
+        let httpMaxConnections = try settings.integer("httpMaxConnections", default: 0, range: 0...1_000_000)
         try settings.rejectUnknownFileKeys()
 
         var mqtt = MQTTConfiguration(
@@ -198,6 +207,9 @@ public struct AggregatorConfiguration: Sendable {
             dispatchInterval: dispatchInterval, tokenFile: tokenFile, publicReads: publicReads)
         configuration.maxSites = maxSites
         configuration.storeGrace = storeGrace
+        configuration.dashboardSession = dashboardSession
+        configuration.httpHeaderTimeout = httpHeaderTimeout
+        configuration.httpMaxConnections = httpMaxConnections == 0 ? nil : httpMaxConnections
         return configuration
     }
 

@@ -47,6 +47,9 @@ struct AggregatorCommand: AsyncParsableCommand {
     @Option(help: "Bytes of an executor's output kept in the history (default 4096).") var executorOutputBytes: String?
     @Option(help: "The most sites the fleet holds; a new site beyond it is refused and counted (default 250000).") var maxSites: String?
     @Option(help: "How long site records may fail to be written before /healthz answers 503 (default 30s).") var storeGrace: String?
+    @Option(help: "How long a dashboard sign-in lasts; an hour without use ends it sooner (default 12h).") var dashboardSession: String?
+    @Option(help: "A client must send a whole request head within this (default 10s).") var httpHeaderTimeout: String?
+    @Option(help: "Open HTTP connections at most; 0: below the descriptor limit, at most 10000 (default 0).") var httpMaxConnections: String?
     @Option(help: "File of API bearer tokens, one per line; without it every change through the API is refused.") var tokenFile: String?
     @Option(help: "Reads (GET, the dashboard, /metrics) without a token: true or false (default false).") var publicReads: String?
 
@@ -58,7 +61,8 @@ struct AggregatorCommand: AsyncParsableCommand {
             ("summaryInterval", summaryInterval), ("flushInterval", flushInterval), ("maxPayloadBytes", maxPayloadBytes),
             ("maxConcurrentDispatches", maxConcurrentDispatches), ("maxAttempts", maxAttempts), ("retryBackoff", retryBackoff),
             ("retryBackoffMax", retryBackoffMax), ("dispatchInterval", dispatchInterval), ("executorOutputBytes", executorOutputBytes),
-            ("maxSites", maxSites), ("storeGrace", storeGrace),
+            ("maxSites", maxSites), ("storeGrace", storeGrace), ("dashboardSession", dashboardSession),
+            ("httpHeaderTimeout", httpHeaderTimeout), ("httpMaxConnections", httpMaxConnections),
             ("tokenFile", tokenFile), ("publicReads", publicReads),
         ]
         var flags = service.flagSettings
@@ -90,7 +94,10 @@ struct AggregatorCommand: AsyncParsableCommand {
         }
         let tokens = try TokenStore(path: configuration.tokenFile, logger: logger)
         if !tokens.isConfigured { logger.warning("no --token-file: every change through the HTTP API is refused") }
-        let api = OperatorAPI(service: service, tokens: tokens, publicReads: configuration.publicReads, registry: registry)
+        let api = OperatorAPI(
+            service: service, tokens: tokens, publicReads: configuration.publicReads, registry: registry,
+            sessionLifetime: configuration.dashboardSession, sessionIdle: min(configuration.dashboardSession, .seconds(3600)),
+            headerTimeout: configuration.httpHeaderTimeout, maxConnections: configuration.httpMaxConnections)
         let address = HTTPAddress(configuration.httpListen)!  // validated with the configuration
         let http = api.application(address: address, logger: logger) { bound in
             logger.info("HTTP API listening on http://\(bound)", metadata: ["dashboard": "http://\(bound)/"])

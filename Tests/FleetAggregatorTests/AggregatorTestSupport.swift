@@ -31,15 +31,20 @@ final class AggregatorProcess: @unchecked Sendable {  // immutable; ChildProcess
     /// `brokerURL` overrides the broker's plain URL (an `mqtts://` listener; credentials go in `extra`).
     init(
         broker: MosquittoBroker, database: String, extra: [String] = [], flags: [String] = Short.flags, environment: [String: String]? = nil,
-        brokerURL: String? = nil, log: String? = nil
+        brokerURL: String? = nil, log: String? = nil, descriptorLimit: Int? = nil
     ) throws {
         self.log = log ?? database + "-\(UUID().uuidString.prefix(6)).log"
-        process = try ChildProcess(
-            try builtProduct("edgefleet-aggregator").path,
-            // Any free port for the HTTP API: tests run side by side, and 8080 may be taken.
-            ["--broker", brokerURL ?? broker.url, "--db", database, "--log-level", "debug"] + (flags + extra).withDefaultHTTP + flags + extra,
-            outputPath: self.log,
-            environment: environment)
+        let binary = try builtProduct("edgefleet-aggregator").path
+        // Any free port for the HTTP API: tests run side by side, and 8080 may be taken.
+        let arguments = ["--broker", brokerURL ?? broker.url, "--db", database, "--log-level", "debug"] + (flags + extra).withDefaultHTTP + flags + extra
+        if let descriptorLimit {
+            // A lower descriptor limit of its own (the shell execs it: the pid is the aggregator's).
+            process = try ChildProcess(
+                "/bin/sh", ["-c", "ulimit -n \(descriptorLimit) && exec \"$0\" \"$@\"", binary] + arguments, outputPath: self.log,
+                environment: environment)
+        } else {
+            process = try ChildProcess(binary, arguments, outputPath: self.log, environment: environment)
+        }
     }
 
     func kill() {

@@ -6,6 +6,35 @@ import Testing
 /// The dashboard: through real HTTP, and loaded in headless Chromium.
 @Suite("the dashboard", .timeLimit(.minutes(3)))
 struct DashboardTests {
+    @Test("the sign-in cookie is a random session, never the token; sign-out (same origin only) ends it on the server; it expires")
+    func sessions() async throws {
+        let f = try await OperatorFixture.start(extra: ["--dashboard-session", "3s"])
+        defer { f.stop() }
+        let login = try await HTTP.get(port: f.port, "/?token=\(OperatorFixture.token)")
+        let setCookie = try #require(login.headers["set-cookie"])
+        #expect(!setCookie.contains(OperatorFixture.token), "the cookie holds the token: \(setCookie)")
+        #expect(setCookie.contains("Max-Age=3") && setCookie.contains("HttpOnly") && setCookie.contains("SameSite=Strict"))
+        let cookie = String(setCookie.split(separator: ";")[0])
+        #expect(try await HTTP.get(port: f.port, "/", headers: ["Cookie": cookie]).status == 200)
+        // Another page cannot sign the operator out.
+        let foreign = try await HTTP.request("POST", port: f.port, "/ui/logout", headers: ["Cookie": cookie, "Origin": "http://evil.example"])
+        #expect(foreign.status == 403)
+        #expect(try await HTTP.get(port: f.port, "/", headers: ["Cookie": cookie]).status == 200)
+        // Signing out ends the session on the server: the same cookie, replayed, is refused.
+        let out = try await HTTP.request("POST", port: f.port, "/ui/logout", headers: ["Cookie": cookie, "Sec-Fetch-Site": "same-origin"])
+        #expect(out.status == 303 && out.headers["set-cookie"]?.contains("Max-Age=0") == true)
+        #expect(try await HTTP.get(port: f.port, "/", headers: ["Cookie": cookie]).status == 403)
+        // A new session expires by itself.
+        let again = try await HTTP.get(port: f.port, "/?token=\(OperatorFixture.token)")
+        let second = String(try #require(again.headers["set-cookie"]).split(separator: ";")[0])
+        #expect(second != cookie)
+        #expect(try await HTTP.get(port: f.port, "/", headers: ["Cookie": second]).status == 200)
+        try await withTimeout(.seconds(15), "the session to expire") {
+            while try await HTTP.get(port: f.port, "/", headers: ["Cookie": second]).status == 200 { try await Task.sleep(for: .milliseconds(250)) }
+        }
+        #expect(try await HTTP.get(port: f.port, "/", headers: ["Cookie": second]).status == 403)
+    }
+
     @Test("signing in with a token sets a cookie; the pages show the fleet; a cancel button cancels; no token, no page")
     func pagesAndButtons() async throws {
         let f = try await OperatorFixture.start()

@@ -57,8 +57,14 @@ extension OperatorAPI {
                 return Response(status: .seeOther, headers: [.location: back])
             }
         }
-        router.post("/ui/logout") { _, _ in
-            Response(status: .seeOther, headers: [.location: "/", .setCookie: "\(Self.cookieName)=; Path=/; Max-Age=0; HttpOnly; SameSite=Strict"])
+        router.post("/ui/logout") { request, _ in
+            htmlErrors {
+                // Only from the dashboard's own pages: another page must not sign an operator out.
+                try sameOrigin(request)
+                if let id = cookies(of: request)[Self.cookieName] { sessions.close(id) }
+                return Response(
+                    status: .seeOther, headers: [.location: "/", .setCookie: "\(Self.cookieName)=; Path=/; Max-Age=0; HttpOnly; SameSite=Strict"])
+            }
         }
     }
 
@@ -117,10 +123,11 @@ extension OperatorAPI {
         guard tokens.accepts(token) else {
             return html(page(title: "Not signed in", refresh: false, body: "<p class=error>That token is not valid.</p>"), status: .forbidden)
         }
-        let value = percentEncoded(token)
+        let id = sessions.open(token: token)
+        let seconds = sessions.lifetime.components.seconds
         return Response(
             status: .seeOther,
-            headers: [.location: "/", .setCookie: "\(Self.cookieName)=\(value); Path=/; HttpOnly; SameSite=Strict"])
+            headers: [.location: "/", .setCookie: "\(Self.cookieName)=\(id); Path=/; Max-Age=\(seconds); HttpOnly; SameSite=Strict"])
     }
 
     func html(_ text: String, status: HTTPResponse.Status = .ok) -> Response {

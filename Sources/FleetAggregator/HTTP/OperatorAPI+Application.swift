@@ -8,8 +8,10 @@ extension OperatorAPI {
     public func application(address: HTTPAddress, logger: Logger, listening: @escaping @Sendable (HTTPAddress) -> Void) -> any Service {
         Application(
             router: router(),
-            // Idle keep-alive connections are closed after a minute, so they cannot pile up.
-            server: .http1(configuration: .init(idleTimeout: .seconds(60))),
+            // Idle keep-alive connections are closed after a minute, and slow ones (no request head
+            // within the header timeout) at once, with a cap on open connections below the
+            // descriptor limit (ConnectionGuard).
+            server: .http1(configuration: .init(additionalChannelHandlers: [connections.handler()], idleTimeout: .seconds(60))),
             configuration: ApplicationConfiguration(address: .hostname(address.host, port: address.port), serverName: "edgefleet-aggregator"),
             onServerRunning: { channel in
                 let port = channel.localAddress?.port ?? address.port

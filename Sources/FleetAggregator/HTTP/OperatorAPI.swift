@@ -14,15 +14,25 @@ import Foundation
 ///
 /// Every change needs a bearer token from the token file; reads need one too unless
 /// `publicReads`. `/healthz` is always open. The dashboard also takes the token from a
-/// cookie set by opening `/?token=...` (SameSite=Strict, HttpOnly), so its buttons work
-/// without JavaScript and a page from another site cannot use them.
+/// session cookie set by opening `/?token=...` (a random id; SameSite=Strict, HttpOnly; the token
+/// stays on the server), so its buttons work without JavaScript and a page from another site
+/// cannot use them.
 public struct OperatorAPI: Sendable {
     let service: AggregatorService
     let tokens: TokenStore
     let publicReads: Bool
     let registry: PrometheusCollectorRegistry
+    let sessions: DashboardSessions
+    let connections: ConnectionGuard
 
-    public init(service: AggregatorService, tokens: TokenStore, publicReads: Bool, registry: PrometheusCollectorRegistry) {
+    public init(
+        service: AggregatorService, tokens: TokenStore, publicReads: Bool, registry: PrometheusCollectorRegistry,
+        sessionLifetime: Duration = .seconds(12 * 3600), sessionIdle: Duration = .seconds(3600), headerTimeout: Duration = .seconds(10),
+        maxConnections: Int? = nil
+    ) {
+        self.sessions = DashboardSessions(lifetime: sessionLifetime, idle: sessionIdle)
+        self.connections = ConnectionGuard(
+            capacity: maxConnections ?? ConnectionGuard.defaultCapacity(), headTimeout: .milliseconds(headerTimeout.milliseconds))
         self.service = service
         self.tokens = tokens
         self.publicReads = publicReads
@@ -31,7 +41,8 @@ public struct OperatorAPI: Sendable {
 
     enum Access { case read, change }
 
-    static let cookieName = "edgefleet_token"
+    /// The dashboard's session cookie: a random id, never the token.
+    static let cookieName = "edgefleet_session"
 
     /// Checks the request's credentials; returns whether it carries a valid token.
     /// `cookie`: the dashboard's routes also accept the token cookie.
@@ -43,8 +54,8 @@ public struct OperatorAPI: Sendable {
                 throw APIError(status: .unauthorized, code: "unauthorized", message: "use 'Authorization: Bearer TOKEN'", headers: Self.challenge)
             }
             candidate = String(header.dropFirst(7)).trimmed
-        } else if cookie, let value = cookies(of: request)[Self.cookieName] {
-            candidate = Query.decode(Substring(value))
+        } else if cookie, let id = cookies(of: request)[Self.cookieName] {
+            candidate = sessions.token(for: id) ?? ""  // an expired or unknown session is a wrong credential
         }
         let valid = candidate.map { tokens.accepts($0) } ?? false
         if valid { return true }
@@ -355,6 +366,18 @@ public struct OperatorAPI: Sendable {
             labels: [("version", EdgeFleetVersion.current)]
         ).set(1.0)
         snapshot.emit(into: &buffer)
+        let (slow, evicted, open) = connections.counts
+        buffer += Array(
+            """
+            # HELP edgefleet_http_connections_closed_total HTTP connections the server closed: no request head within the header timeout (slow-head), or the oldest such one to make room at the connection cap (evicted).
+            # TYPE edgefleet_http_connections_closed_total counter
+            edgefleet_http_connections_closed_total{reason="slow-head"} \(slow)
+            edgefleet_http_connections_closed_total{reason="evicted"} \(evicted)
+            # HELP edgefleet_http_connections HTTP connections open now.
+            # TYPE edgefleet_http_connections gauge
+            edgefleet_http_connections \(open)
+
+            """.utf8)
         return buffer
     }
 
