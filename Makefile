@@ -34,6 +34,7 @@ bench: deps
 	python3 Benchmarks/aggregator.py --write docs/benchmarks.md
 	python3 Benchmarks/queue.py --write docs/benchmarks.md
 	python3 Benchmarks/reconnect_storm.py --write docs/benchmarks.md
+	python3 Benchmarks/slow_clients.py --skip-build --write docs/benchmarks.md
 
 clean:
 	rm -rf .build
