@@ -150,6 +150,8 @@ public enum CommandRunner {
             }
         } while rc == ETXTBSY && attempt < 50
         close(pipeFDs[1])
+        // When it started (clock ticks since boot): whatever it leaves behind started no earlier.
+        let startTicks = rc == 0 ? ProcessTable.entry(pid)?.startTicks ?? 0 : 0
         if rc == 0 { started?(pid) }  // the pid is also the process group id
         guard rc == 0 else {
             close(pipeFDs[0])
@@ -236,7 +238,7 @@ public enum CommandRunner {
         waitedFor.withLock { _ = $0.remove(pid) }
         // What it left outside its group (a daemon started with setsid), and, in a child
         // subreaper (the agent), orphans it was handed and that have exited since.
-        ProcessTable.killLeftovers(withEnvironment: marker)
+        ProcessTable.killLeftovers(withEnvironment: marker, since: startTicks)
         if ProcessTable.isSubreaper {
             spawnLock.withLock { _ in ProcessTable.reapOrphans(keeping: waitedFor.withLock { $0 }) }
         }

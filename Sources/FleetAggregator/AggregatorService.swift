@@ -34,10 +34,13 @@ public final class AggregatorService: Service, Sendable {
     /// The deferred-operation queue (submission, operator actions) and its dispatcher.
     public let queue: DeferredQueue
     let dispatcher: Dispatcher
-    let queueEvents = QueueEvents()
+    let queueEvents: QueueEvents
     /// Batches from the clock loop to the publish loop, and whether one is on its way.
     let outbox = AsyncStream<PublishBatch>.makeStream()
     let publisherBusy = Mutex(false)
+    /// What the clock loop and the dispatch loop wait on between the instants they plan.
+    let clockWake: Wakeup
+    let dispatchWake: Wakeup
 
     public init(configuration: AggregatorConfiguration, logger: Logger, metrics: AggregatorMetrics = AggregatorMetrics()) throws {
         self.configuration = configuration
@@ -52,10 +55,16 @@ public final class AggregatorService: Service, Sendable {
         rejectLog = Mutex(RejectLog())
         let operations = SQLiteOperationStore(database: database)
         queue = DeferredQueue(store: operations, executors: configuration.executors, defaultMaxAttempts: configuration.maxAttempts)
-        let events = queueEvents
+        let clockWake = Wakeup()
+        let dispatchWake = Wakeup()
+        self.clockWake = clockWake
+        self.dispatchWake = dispatchWake
+        let events = QueueEvents(onAdd: { clockWake.signal() })
+        queueEvents = events
         dispatcher = Dispatcher(
             store: operations, executors: configuration.executors, settings: configuration.dispatch, logger: logger,
-            emit: { events.add($0) }, dispatched: { metrics.dispatchLatency.record(duration: $0) })
+            emit: { events.add($0) }, dispatched: { metrics.dispatchLatency.record(duration: $0) },
+            finished: { dispatchWake.signal() })
 
         var mqtt = configuration.mqtt
         let topics = configuration.topics
@@ -207,7 +216,10 @@ public final class AggregatorService: Service, Sendable {
                 // Heartbeats are never retained; a retained one is a leftover, not a contact now.
                 metrics.ignored.increment()
             case .success(let input):
-                let outcome = state.withLock { $0.ingest(input, now: now, live: !message.retain) }
+                let (outcome, wake) = state.withLock { fleet in
+                    (fleet.ingest(input, now: now, live: !message.retain), fleet.takeClockNeeded())
+                }
+                if wake { clockWake.signal() }
                 switch input {
                 case .presence: metrics.ingested[.presence]?.increment()
                 case .heartbeat: metrics.ingested[.heartbeat]?.increment()
@@ -233,12 +245,15 @@ public final class AggregatorService: Service, Sendable {
         }
     }
 
+    /// Evaluates what is due, publishes what changed. Event-driven: it sleeps until the next
+    /// instant a site's state changes by itself (the schedule's earliest entry), the summary is
+    /// due, or something wakes it (ingest produced output, the publisher finished a batch, the
+    /// broker link changed, the queue had news). An idle aggregator does nothing.
     private func clockLoop() async {
         var lastSummary = ContinuousClock.now - configuration.summaryInterval
         while !isStopping {
-            try? await Task.sleep(for: .milliseconds(20))
             let now = Date()
-            // At most 2,000 due evaluations per tick (about 10 ms of work), then publish what
+            // At most 2,000 due evaluations per pass (about 10 ms of work), then publish what
             // changed: when a whole fleet comes due at once (loaded or restored in one burst),
             // ingest and its publishing are delayed by one slice, not by the whole herd.
             // While the broker is unreachable the output stays in the state (events capped),
@@ -248,24 +263,48 @@ public final class AggregatorService: Service, Sendable {
             // broker (a publish held up by a lost connection stalled every evaluation until the
             // link came back), and nothing is taken from the state while a batch is on its way.
             let take = connected && !publisherBusy.withLock { $0 }
-            let (output, lag, counts) = state.withLock { fleet in
+            let (output, lag, counts, modeChanged) = state.withLock { fleet in
                 fleet.setListening(connected, now: now)
                 let (_, lateness) = fleet.runDue(now: now, limit: 2_000)
-                return (take ? fleet.takeOutput(limit: 5_000) : FleetOutput(), lateness, (fleet.modes, fleet.liveness))
+                _ = fleet.takeClockNeeded()  // this pass takes care of it
+                let output = take ? fleet.takeOutput(limit: 5_000) : FleetOutput()
+                return (output, lateness, (fleet.modes, fleet.liveness), output.events.contains { $0.type == .modeChanged })
             }
             metrics.evaluationLag.record(duration: lag)
             metrics.record(modes: counts.0, liveness: counts.1)
-            guard take else { continue }
-            var batch = PublishBatch(output: output)
-            batch.output.events += queueEvents.take()
-            if ContinuousClock.now - lastSummary >= configuration.summaryInterval {
-                batch.summary = state.withLock { fleet in fleet.takeSummaryChange() ? fleet.summary(now: Date()) : nil }
-                if batch.summary != nil { lastSummary = ContinuousClock.now }
+            // A site that changed mode may let (or stop letting) its operations run.
+            if modeChanged { dispatchWake.signal() }
+            var published = false
+            if take {
+                var batch = PublishBatch(output: output)
+                batch.output.events += queueEvents.take()
+                if ContinuousClock.now - lastSummary >= configuration.summaryInterval {
+                    batch.summary = state.withLock { fleet in fleet.takeSummaryChange() ? fleet.summary(now: Date()) : nil }
+                    if batch.summary != nil { lastSummary = ContinuousClock.now }
+                }
+                if !batch.output.isEmpty || batch.summary != nil {
+                    publisherBusy.withLock { $0 = true }
+                    outbox.continuation.yield(batch)
+                    published = true
+                }
             }
-            if !batch.output.isEmpty || batch.summary != nil {
-                publisherBusy.withLock { $0 = true }
-                outbox.continuation.yield(batch)
+            // The next instant it must look by itself: the schedule's first entry; the summary
+            // when it has changed (at most once per summaryInterval). Until then only a wake-up.
+            let summaryDue = lastSummary + configuration.summaryInterval
+            let planned = state.withLock { fleet -> Date? in
+                var next = fleet.nextWake
+                // Only when it could publish now: a busy publisher or a lost link wakes it when they change.
+                if fleet.summaryPending, take {
+                    let due = Date().addingTimeInterval(max(0, (summaryDue - ContinuousClock.now).secondsValue))
+                    next = min(next ?? due, due)
+                }
+                fleet.plannedWake = next
+                return next
             }
+            if isStopping { return }
+            // After publishing, a moment to let output gather (a burst of heartbeats is one batch).
+            if published { try? await Task.sleep(for: .milliseconds(5)) }
+            await clockWake.wait(until: planned.map { ContinuousClock.now + .milliseconds(max(0, Int64($0.timeIntervalSinceNow * 1000))) })
         }
     }
 
@@ -275,25 +314,22 @@ public final class AggregatorService: Service, Sendable {
             if !batch.output.isEmpty { await publish(batch.output) }
             if let summary = batch.summary { await send(configuration.topics.name(.fleetStatus), summary, retain: true) }
             publisherBusy.withLock { $0 = false }
+            clockWake.signal()  // whatever gathered meanwhile can go
         }
     }
 
+    /// Dispatch passes, event-driven: after a submission or an operator's action, when an
+    /// executor finished, when a site changed mode; while operations wait, also every
+    /// `dispatchInterval` (a site turns stable, a retry's or a notBefore's time comes); and
+    /// queue counts at most 4 times a second after a change, and every 2 s in any case
+    /// (another writer of the database changes them without an event here).
     private func dispatchLoop() async {
-        var last = ContinuousClock.now - configuration.dispatchInterval
-        var lastCounts = ContinuousClock.now
+        var lastCounts = ContinuousClock.now - .seconds(10)
         var countsStale = true
         while !isStopping {
-            // A pass every dispatchInterval, or at once when an operation finished or was submitted.
-            try? await Task.sleep(for: .milliseconds(20))
-            guard dispatcher.takeKick() || queueEvents.peekSubmitted() || ContinuousClock.now - last >= configuration.dispatchInterval
-            else { continue }
-            last = ContinuousClock.now
             let now = Date()
             do {
                 try dispatcher.tick(now: now) { site in self.state.withLock { $0.situation(of: site, now: now)?.dispatch } }
-                // After a change (at most 4 times a second: a recount reads the whole table), and every
-                // 2 s in any case: another writer of the database (an operator tool, a restarted
-                // aggregator) changes counts without an event here.
                 if queueEvents.takeChanged() { countsStale = true }
                 let sinceCount = ContinuousClock.now - lastCounts
                 if (countsStale && sinceCount >= .milliseconds(250)) || sinceCount >= .seconds(2) {
@@ -301,11 +337,17 @@ public final class AggregatorService: Service, Sendable {
                     countsStale = false
                     let counts = try queue.store.counts()
                     state.withLock { $0.setQueue(counts, now: Date()) }
+                    clockWake.signal()  // views whose queue counts changed go out
                     metrics.record(operations: counts)
                 }
             } catch {
                 logger.error("dispatch pass failed: \(error)")
             }
+            if isStopping { return }
+            var deadline = lastCounts + .seconds(2)
+            if countsStale { deadline = min(deadline, lastCounts + .milliseconds(250)) }
+            if dispatcher.hasWaiting { deadline = min(deadline, .now + configuration.dispatchInterval) }
+            await dispatchWake.wait(until: deadline)
         }
     }
 
@@ -317,6 +359,7 @@ public final class AggregatorService: Service, Sendable {
         let situation = (try? SiteID(request.site)).flatMap { site in state.withLock { $0.situation(of: site, now: now)?.submission } }
         let result = try queue.submit(request, situation: situation, now: now)
         dispatcher.invalidate()
+        dispatchWake.signal()
         if !result.existing {
             for id in result.superseded {
                 queueEvents.add(FleetEvent(type: .operationSuperseded, site: result.operation.site, at: now, operationID: id, note: "superseded by \(result.operation.id)"))
@@ -391,6 +434,7 @@ public final class AggregatorService: Service, Sendable {
     /// An operator changed the queue: the dispatcher reads it again, and each change is an event.
     private func queueChanged(_ operations: [DeferredOperation], _ type: FleetEventType, note: String) {
         dispatcher.invalidate()
+        dispatchWake.signal()
         let now = Date()
         for operation in operations {
             queueEvents.add(FleetEvent(type: type, site: operation.site, at: now, operationID: operation.id, kind: operation.kind, note: note))
@@ -440,11 +484,13 @@ public final class AggregatorService: Service, Sendable {
             // Here as well as in the clock loop: the clock loop may be waiting for a publish
             // that the lost connection holds up, and must not miss when the link went.
             self.state.withLock { $0.setListening(state.isConnected, now: Date()) }
+            clockWake.signal()  // output held while the link was down can go, or must wait
             if state.isConnected {
                 await announce(.online, reason: nil)
                 // Everything published so far may be gone with the broker: republish the fleet,
                 // through the schedule (in slices, never older than what the clock loop sends).
                 self.state.withLock { $0.republishAll(now: Date()) }
+                clockWake.signal()
             }
         }
     }
@@ -563,6 +609,12 @@ struct PublishBatch: Sendable {
 /// Events from the queue and the dispatcher, waiting for the clock loop to publish them.
 final class QueueEvents: Sendable {
     private let state = Mutex<(events: [FleetEvent], changed: Bool, submitted: Bool)>(([], true, false))
+    /// Called after each event is added (wakes the clock loop to publish it).
+    private let onAdd: @Sendable () -> Void
+
+    init(onAdd: @escaping @Sendable () -> Void = {}) {
+        self.onAdd = onAdd
+    }
 
     func add(_ event: FleetEvent) {
         state.withLock {
@@ -570,6 +622,7 @@ final class QueueEvents: Sendable {
             $0.changed = true
             if event.type == .operationQueued { $0.submitted = true }
         }
+        onAdd()
     }
 
     /// True once after an operation was queued (submitted, retried, released).

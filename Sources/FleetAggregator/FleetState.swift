@@ -60,7 +60,33 @@ public final class FleetState {
     private var queueTotals: [String: Int] = [:]
     private var dirty: Set<SiteID> = []
     /// Something the fleet summary shows has changed since `takeSummaryChange()`.
-    private var summaryChanged = true
+    private var summaryChanged = true {
+        didSet { if summaryChanged && !oldValue { clockNeeded = true } }
+    }
+
+    /// When the clock loop will next look by itself (nil: not until something happens). Set
+    /// by the clock loop; a change that needs it sooner raises `clockNeeded`.
+    public var plannedWake: Date?
+    /// Something needs the clock loop before its planned wake: output to publish, a summary
+    /// change, an instant earlier than the one it sleeps to.
+    public private(set) var clockNeeded = false
+
+    /// True once after something needed the clock loop (see `clockNeeded`).
+    public func takeClockNeeded() -> Bool {
+        defer { clockNeeded = false }
+        return clockNeeded
+    }
+
+    /// Whether the summary shows something not yet published.
+    public var summaryPending: Bool { summaryChanged }
+
+    /// Puts `site` in the schedule at `atMs` (when earlier than its entry).
+    private func schedule(_ site: SiteID, atMs: Int64) {
+        guard scheduledAt[site].map({ atMs < $0 }) ?? true else { return }
+        scheduledAt[site] = atMs
+        heap.insert(Entry(atMs: atMs, site: site))
+        if plannedWake.map({ atMs < $0.millisecondsSince1970 }) ?? true { clockNeeded = true }
+    }
     /// Sites an operator forgot and no live presence has brought back: their retained
     /// presence (which the aggregator cannot clear) does not make them again.
     public private(set) var forgotten: Set<SiteID> = []
@@ -202,6 +228,7 @@ public final class FleetState {
         output.views.removeAll { $0.site == site }
         output.cleared.append(site)
         output.events.append(FleetEvent(type: .siteForgotten, site: site, at: now, note: note))
+        clockNeeded = true
         summaryChanged = true
         return true
     }
@@ -299,10 +326,7 @@ public final class FleetState {
         let nowMs = now.millisecondsSince1970
         for site in records.keys {
             forceView.insert(site)
-            if scheduledAt[site].map({ nowMs < $0 }) ?? true {
-                scheduledAt[site] = nowMs
-                heap.insert(Entry(atMs: nowMs, site: site))
-            }
+            schedule(site, atMs: nowMs)
         }
         summaryChanged = true
     }
@@ -310,6 +334,7 @@ public final class FleetState {
     /// Adds an event (the queue's) to the output, in order with the fleet's own.
     public func append(_ event: FleetEvent) {
         output.events.append(event)
+        clockNeeded = true
     }
 
     // MARK: - Evaluation
@@ -361,6 +386,8 @@ public final class FleetState {
         }
         guard var record = records[site] else { return }
         let e = evaluation(of: record, now: now)
+        let outputBefore = output.events.count + output.views.count
+        defer { if output.events.count + output.views.count != outputBefore { clockNeeded = true } }
         var publish = forceView
 
         if record.mode != e.mode {
@@ -428,9 +455,6 @@ public final class FleetState {
             let refresh = published.millisecondsSince1970 + refreshMs
             wakeMs = min(wakeMs ?? refresh, refresh)
         }
-        if let wakeMs, scheduledAt[site].map({ wakeMs < $0 }) ?? true {
-            scheduledAt[site] = wakeMs
-            heap.insert(Entry(atMs: wakeMs, site: site))
-        }
+        if let wakeMs { schedule(site, atMs: wakeMs) }
     }
 }

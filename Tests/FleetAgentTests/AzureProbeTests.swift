@@ -61,7 +61,8 @@ struct AzureProbeTests {
         let result = await AzureProbe.run(.endpoints([.init(host: "127.0.0.1", port: listener.port)], timeout: .milliseconds(700)))
         #expect(!result.reachable)
         #expect(result.detail.contains("timed out"), "\(result.detail)")
-        #expect(ContinuousClock.now - started < .seconds(5))
+        // Not the OS's connect timeout (minutes): the probe's own. Generous for a loaded machine.
+        #expect(ContinuousClock.now - started < .seconds(15))
     }
 
     @Test("every endpoint must answer: one down makes the site unreachable, and is named")

@@ -67,6 +67,8 @@ public final class Dispatcher: Sendable {
     /// Receives, for each dispatch, how long the operation waited once it could run (its
     /// site ready, its notBefore and backoff over) for a free slot.
     let dispatched: @Sendable (Duration) -> Void
+    /// Called when an operation's attempt has ended and its slot is free (wakes the dispatch loop).
+    let finished: @Sendable () -> Void
 
     private struct State {
         /// An operation finished, so a slot is free: the next pass should not wait.
@@ -97,9 +99,11 @@ public final class Dispatcher: Sendable {
 
     public init(
         store: any OperationStore, executors: [OperationKind: ExecutorTemplate], settings: DispatchSettings, logger: Logger,
-        emit: @escaping @Sendable (FleetEvent) -> Void, dispatched: @escaping @Sendable (Duration) -> Void = { _ in }
+        emit: @escaping @Sendable (FleetEvent) -> Void, dispatched: @escaping @Sendable (Duration) -> Void = { _ in },
+        finished: @escaping @Sendable () -> Void = {}
     ) {
         self.dispatched = dispatched
+        self.finished = finished
         self.store = store
         self.executors = executors
         self.settings = settings
@@ -131,6 +135,9 @@ public final class Dispatcher: Sendable {
             return s.kicked
         }
     }
+
+    /// Whether operations wait in the queue (or it is not known: the store was not read since a change).
+    public var hasWaiting: Bool { state.withLock { $0.waiting.map { !$0.isEmpty } ?? true } }
 
     /// How many operations are running now.
     public var runningCount: Int { state.withLock { $0.running.count } }
@@ -293,6 +300,7 @@ public final class Dispatcher: Sendable {
                 $0.finished[dispatched.site, default: 0] += 1
                 $0.kicked = true
             }
+            self.finished()
         }
         return true
     }
