@@ -35,6 +35,7 @@ bench: deps
 	python3 Benchmarks/queue.py --write docs/benchmarks.md
 	python3 Benchmarks/reconnect_storm.py --write docs/benchmarks.md
 	python3 Benchmarks/slow_clients.py --skip-build --write docs/benchmarks.md
+	python3 Benchmarks/idle.py --skip-build --write docs/benchmarks.md
 
 clean:
 	rm -rf .build

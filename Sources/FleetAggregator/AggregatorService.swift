@@ -326,16 +326,18 @@ public final class AggregatorService: Service, Sendable {
     private func dispatchLoop() async {
         var lastCounts = ContinuousClock.now - .seconds(10)
         var countsStale = true
+        var queueEmpty = false  // nothing queued, dispatching or blocked at the last count
         while !isStopping {
             let now = Date()
             do {
                 try dispatcher.tick(now: now) { site in self.state.withLock { $0.situation(of: site, now: now)?.dispatch } }
                 if queueEvents.takeChanged() { countsStale = true }
                 let sinceCount = ContinuousClock.now - lastCounts
-                if (countsStale && sinceCount >= .milliseconds(250)) || sinceCount >= .seconds(2) {
+                if (countsStale && sinceCount >= .milliseconds(250)) || sinceCount >= (queueEmpty ? .seconds(10) : .seconds(2)) {
                     lastCounts = ContinuousClock.now
                     countsStale = false
                     let counts = try queue.store.counts()
+                    queueEmpty = !counts.values.contains { ($0[.queued] ?? 0) + ($0[.dispatching] ?? 0) + ($0[.blocked] ?? 0) > 0 }
                     state.withLock { $0.setQueue(counts, now: Date()) }
                     clockWake.signal()  // views whose queue counts changed go out
                     metrics.record(operations: counts)
@@ -344,7 +346,8 @@ public final class AggregatorService: Service, Sendable {
                 logger.error("dispatch pass failed: \(error)")
             }
             if isStopping { return }
-            var deadline = lastCounts + .seconds(2)
+            // Another writer's changes are looked for every 2 s while there is work, every 10 s when idle.
+            var deadline = lastCounts + (queueEmpty ? .seconds(10) : .seconds(2))
             if countsStale { deadline = min(deadline, lastCounts + .milliseconds(250)) }
             if dispatcher.hasWaiting { deadline = min(deadline, .now + configuration.dispatchInterval) }
             await dispatchWake.wait(until: deadline)
@@ -444,6 +447,7 @@ public final class AggregatorService: Service, Sendable {
     private func storeLoop() async {
         while !isStopping {
             try? await Task.sleep(for: configuration.flushInterval)
+            guard state.withLock({ $0.hasDirty }) else { continue }  // idle: no hop to another thread
             // SQLite blocks: on a thread of its own, not on the cooperative pool ingest runs on.
             await withCheckedContinuation { (done: CheckedContinuation<Void, Never>) in
                 DispatchQueue.global().async {

@@ -233,6 +233,9 @@ public final class FleetState {
         return true
     }
 
+    /// Whether records wait to be written (or tombstones of revived sites to be dropped).
+    public var hasDirty: Bool { !dirty.isEmpty || !revived.isEmpty }
+
     /// Puts records back on the list for the store (after a failed write).
     public func markDirty(_ sites: [SiteID]) {
         dirty.formUnion(sites)
