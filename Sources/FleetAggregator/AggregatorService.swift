@@ -41,6 +41,7 @@ public final class AggregatorService: Service, Sendable {
     /// What the clock loop and the dispatch loop wait on between the instants they plan.
     let clockWake: Wakeup
     let dispatchWake: Wakeup
+    let storeWake = Wakeup()
 
     public init(configuration: AggregatorConfiguration, logger: Logger, metrics: AggregatorMetrics = AggregatorMetrics()) throws {
         self.configuration = configuration
@@ -175,6 +176,10 @@ public final class AggregatorService: Service, Sendable {
                     try await group.next()
                 } onGracefulShutdown: {
                     self.stopping.withLock { $0 = true }
+                    // The loops wait on these, not on a timer: wake them to see they must stop.
+                    self.clockWake.signal()
+                    self.dispatchWake.signal()
+                    self.storeWake.signal()
                 }
                 group.cancelAll()
             }
@@ -216,10 +221,11 @@ public final class AggregatorService: Service, Sendable {
                 // Heartbeats are never retained; a retained one is a leftover, not a contact now.
                 metrics.ignored.increment()
             case .success(let input):
-                let (outcome, wake) = state.withLock { fleet in
-                    (fleet.ingest(input, now: now, live: !message.retain), fleet.takeClockNeeded())
+                let (outcome, wake, store) = state.withLock { fleet in
+                    (fleet.ingest(input, now: now, live: !message.retain), fleet.takeClockNeeded(), fleet.takeStoreNeeded())
                 }
                 if wake { clockWake.signal() }
+                if store { storeWake.signal() }
                 switch input {
                 case .presence: metrics.ingested[.presence]?.increment()
                 case .heartbeat: metrics.ingested[.heartbeat]?.increment()
@@ -267,6 +273,7 @@ public final class AggregatorService: Service, Sendable {
                 fleet.setListening(connected, now: now)
                 let (_, lateness) = fleet.runDue(now: now, limit: 2_000)
                 _ = fleet.takeClockNeeded()  // this pass takes care of it
+                if fleet.takeStoreNeeded() { storeWake.signal() }
                 let output = take ? fleet.takeOutput(limit: 5_000) : FleetOutput()
                 return (output, lateness, (fleet.modes, fleet.liveness), output.events.contains { $0.type == .modeChanged })
             }
@@ -444,10 +451,13 @@ public final class AggregatorService: Service, Sendable {
         }
     }
 
+    /// Writes changed records: woken when records become dirty, then every `flushInterval` while
+    /// they keep changing (a batch per interval); idle, it sleeps.
     private func storeLoop() async {
         while !isStopping {
+            if !state.withLock({ $0.hasDirty }) { await storeWake.wait(until: nil) }
+            if isStopping { return }
             try? await Task.sleep(for: configuration.flushInterval)
-            guard state.withLock({ $0.hasDirty }) else { continue }  // idle: no hop to another thread
             // SQLite blocks: on a thread of its own, not on the cooperative pool ingest runs on.
             await withCheckedContinuation { (done: CheckedContinuation<Void, Never>) in
                 DispatchQueue.global().async {

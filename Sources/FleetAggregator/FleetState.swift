@@ -133,6 +133,7 @@ public final class FleetState {
                 guard live else { return .ignored("retained presence of a forgotten site") }
                 forgotten.remove(site)
                 revived.insert(site)
+                storeNeeded = true
             }
             guard records.count < siteLimit else { return .overLimit }
         }
@@ -236,8 +237,23 @@ public final class FleetState {
     /// Whether records wait to be written (or tombstones of revived sites to be dropped).
     public var hasDirty: Bool { !dirty.isEmpty || !revived.isEmpty }
 
+    /// Records became dirty while none were: the store loop has work again.
+    public private(set) var storeNeeded = false
+
+    /// True once after records became dirty (see `storeNeeded`).
+    public func takeStoreNeeded() -> Bool {
+        defer { storeNeeded = false }
+        return storeNeeded
+    }
+
+    private func markDirty(_ site: SiteID) {
+        if dirty.isEmpty { storeNeeded = true }
+        dirty.insert(site)
+    }
+
     /// Puts records back on the list for the store (after a failed write).
     public func markDirty(_ sites: [SiteID]) {
+        if dirty.isEmpty, !sites.isEmpty { storeNeeded = true }
         dirty.formUnion(sites)
     }
 
@@ -364,7 +380,7 @@ public final class FleetState {
         for site in records.keys {
             guard let seen = records[site]?.lastSeenAt, seen < now else { continue }
             records[site]?.lastSeenAt = seen.addingTimeInterval(now.timeIntervalSince(max(since, seen)))
-            dirty.insert(site)
+            markDirty(site)
         }
     }
 
@@ -450,7 +466,7 @@ public final class FleetState {
             summaryChanged = true
         }
         records[site] = record
-        dirty.insert(site)
+        markDirty(site)
 
         // Wake for the next change, or to refresh a view whose countdown is running.
         var wakeMs = e.nextChangeAt.map(\.millisecondsSince1970)
