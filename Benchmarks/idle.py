@@ -17,7 +17,13 @@ import sys
 import tempfile
 import time
 
+import shutil
+
 from benchlib import cpu_seconds, free_port, machine, release_binaries, start_broker, which, write_section
+
+
+def which_optional(name):
+    return shutil.which(name) is not None
 
 TARGET_PERCENT = 0.05
 
@@ -41,8 +47,21 @@ def main():
             if proc.poll() is not None:
                 sys.exit(f"the aggregator exited: {open(os.path.join(directory, 'aggregator.log')).read()}")
             start = (time.time(), cpu_seconds(proc.pid), cpu_seconds(sub.pid))
-            time.sleep(args.duration)
+            # perf counts the CPU time of every thread in nanoseconds; /proc only in 10 ms ticks.
+            perf = subprocess.run(["perf", "stat", "-x", ",", "-e", "task-clock", "-p", str(proc.pid), "--", "sleep", str(args.duration)],
+                                  capture_output=True, text=True) if which_optional("perf") else None
+            if perf is None:
+                time.sleep(args.duration)
             end = (time.time(), cpu_seconds(proc.pid), cpu_seconds(sub.pid))
+            perf_ms = None
+            if perf is not None:
+                for line in perf.stderr.splitlines():
+                    fields = line.split(",")
+                    if len(fields) > 2 and fields[2] == "task-clock":
+                        try:
+                            perf_ms = float(fields[0])
+                        except ValueError:
+                            perf_ms = None
         finally:
             for p in (proc, sub, broker):
                 if p.poll() is None:
@@ -52,9 +71,11 @@ def main():
                     except subprocess.TimeoutExpired:
                         p.kill()
     wall = end[0] - start[0]
-    aggregator_pct = (end[1] - start[1]) / wall * 100
+    ticks_pct = (end[1] - start[1]) / wall * 100
+    aggregator_pct = perf_ms / 1000 / wall * 100 if perf_ms is not None else ticks_pct
     sub_pct = (end[2] - start[2]) / wall * 100
     result = {"seconds": round(wall, 1), "aggregatorCpuS": round(end[1] - start[1], 3), "aggregatorPercent": round(aggregator_pct, 3),
+              "aggregatorPerfMs": perf_ms,
               "mosquittoSubCpuS": round(end[2] - start[2], 3), "mosquittoSubPercent": round(sub_pct, 3)}
     print(json.dumps(result), file=sys.stderr)
     ok = aggregator_pct <= TARGET_PERCENT
@@ -70,11 +91,12 @@ on the same silent topics beside it. CPU time is user + system from `/proc`, all
 
 | process | CPU over the window | share of a core |
 | --- | ---: | ---: |
-| `edgefleet-aggregator` | {(end[1] - start[1]) * 1000:.0f} ms | {aggregator_pct:.3f}% |
+| `edgefleet-aggregator`, `perf stat -e task-clock` (all threads, ns) | {f"{perf_ms:.1f} ms" if perf_ms is not None else "perf not available"} | {aggregator_pct:.3f}% |
+| `edgefleet-aggregator`, `/proc` utime + stime (10 ms ticks) | {(end[1] - start[1]) * 1000:.0f} ms | {ticks_pct:.3f}% |
 | `mosquitto_sub` (a libmosquitto client that only waits) | {(end[2] - start[2]) * 1000:.0f} ms | {sub_pct:.3f}% |
 
 Target: at most {TARGET_PERCENT}% of a core: {"met" if ok else "**not met**"} (before issue 13: 0.8%, the clock and dispatch
-loops polling every 20 ms). CPU time is counted in clock ticks (10 ms): over 60 s one tick is 0.017%.
+loops polling every 20 ms), judged on the `perf` figure: `/proc` counts in clock ticks (10 ms, over 60 s one tick is 0.017%).
 <!-- idle:end -->"""
     print(section)
     if args.write:

@@ -238,7 +238,9 @@ public enum CommandRunner {
         waitedFor.withLock { _ = $0.remove(pid) }
         // What it left outside its group (a daemon started with setsid), and, in a child
         // subreaper (the agent), orphans it was handed and that have exited since.
-        ProcessTable.killLeftovers(withEnvironment: marker, since: startTicks)
+        // Descendants have higher ids than the command, unless the ids wrapped around while it ran
+        // (pid_max is 4,194,304 on 64-bit Linux): such a leftover is missed.
+        ProcessTable.killLeftovers(withEnvironment: marker, since: startTicks, after: pid)
         if ProcessTable.isSubreaper {
             spawnLock.withLock { _ in ProcessTable.reapOrphans(keeping: waitedFor.withLock { $0 }) }
         }

@@ -64,10 +64,13 @@ public enum ProcessTable {
     /// Live processes (not this one) whose environment holds `variable`; with `since`, only
     /// those started at or after that many clock ticks since boot (a command's descendants
     /// start after it: the environment of older processes is not read at all).
-    public static func living(withEnvironment variable: String, since: UInt64 = 0) -> [Entry] {
+    /// `after`: only process ids above it are looked at (ids are handed out in increasing order
+    /// until they wrap, so a command's descendants have higher ids than the command: a run
+    /// reads a handful of files, not every process's).
+    public static func living(withEnvironment variable: String, since: UInt64 = 0, after: Int32 = 0) -> [Entry] {
         let me = getpid()
         return pids().compactMap { pid in
-            guard pid != me, let entry = entry(pid), !entry.isGone, entry.startTicks >= since, environment(of: pid, contains: variable)
+            guard pid > after, pid != me, let entry = entry(pid), !entry.isGone, entry.startTicks >= since, environment(of: pid, contains: variable)
             else { return nil }
             return entry
         }
@@ -77,8 +80,8 @@ public enum ProcessTable {
     /// command left behind, even in a session of its own) and reaps those that are this
     /// process's children (a child subreaper inherits them). Returns how many it killed.
     @discardableResult
-    public static func killLeftovers(withEnvironment variable: String, since: UInt64 = 0) -> Int {
-        let leftovers = living(withEnvironment: variable, since: since)
+    public static func killLeftovers(withEnvironment variable: String, since: UInt64 = 0, after: Int32 = 0) -> Int {
+        let leftovers = living(withEnvironment: variable, since: since, after: after)
         for process in leftovers { kill(process.pid, SIGKILL) }
         let me = getpid()
         for process in leftovers {

@@ -185,7 +185,21 @@ public final class Dispatcher: Sendable {
         }
     }
 
-    public func tick(now: Date, situation: (SiteID) -> DispatchSituation?) throws {
+    public func tick(now: Date, situation lookup: (SiteID) -> DispatchSituation?) throws {
+        // Each site's situation once per pass (an evaluation under the fleet's lock), not once
+        // per waiting operation: 10,000 queued for 5,000 sites made every pass 10,000 evaluations.
+        var known: [SiteID: DispatchSituation] = [:]
+        var unknown: Set<SiteID> = []
+        func situation(_ site: SiteID) -> DispatchSituation? {
+            if let found = known[site] { return found }
+            if unknown.contains(site) { return nil }
+            guard let found = lookup(site) else {
+                unknown.insert(site)
+                return nil
+            }
+            known[site] = found
+            return found
+        }
         let (finishedBefore, cached, generation) = state.withLock { s in
             (s.finished, ContinuousClock.now - s.waitingReadAt < .seconds(2) ? s.waiting : nil, s.generation)
         }
