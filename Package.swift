@@ -46,6 +46,8 @@ let package = Package(
             swiftSettings: swiftSettings
         ),
         .target(name: "FleetCore", swiftSettings: swiftSettings),
+        // The contract's topics over the MQTT client: each topic's QoS and retain flag from FleetCore.
+        .target(name: "FleetMessaging", dependencies: ["FleetCore", "MQTT"], swiftSettings: swiftSettings),
         // YAML for configuration files and kubeconfigs: libyaml through pkg-config and a
         // small composer and Decoder, so the agent never loads Foundation and ICU (Yams does).
         .systemLibrary(name: "CYAML", pkgConfig: "yaml-0.1", providers: [.apt(["libyaml-dev"]), .brew(["libyaml"])]),
@@ -60,7 +62,7 @@ let package = Package(
         .target(
             name: "FleetAgent",
             dependencies: [
-                "FleetCore", "MQTT", "CommandSupport", "CTLSProbe", "YAMLReader",
+                "FleetCore", "MQTT", "FleetMessaging", "CommandSupport", "CTLSProbe", "YAMLReader",
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ],
             swiftSettings: swiftSettings
@@ -70,7 +72,7 @@ let package = Package(
         .target(
             name: "FleetAggregator",
             dependencies: [
-                "FleetCore", "MQTT", "CommandSupport",
+                "FleetCore", "MQTT", "FleetMessaging", "CommandSupport",
                 .product(name: "GRDB", package: "GRDB.swift"),
                 .product(name: "Metrics", package: "swift-metrics"),
                 .product(name: "HeapModule", package: "swift-collections"),
@@ -87,7 +89,7 @@ let package = Package(
         // the demo, load benchmarks).
         .target(
             name: "FleetSimulator",
-            dependencies: ["FleetCore", "MQTT", "YAMLReader", .product(name: "Logging", package: "swift-log")],
+            dependencies: ["FleetCore", "MQTT", "FleetMessaging", "YAMLReader", .product(name: "Logging", package: "swift-log")],
             swiftSettings: swiftSettings
         ),
         // What the three executables share: EdgeFleet's exit codes around ArgumentParser.

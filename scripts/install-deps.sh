@@ -8,8 +8,14 @@ set -euo pipefail
 # chromium (the dashboard, headless), prometheus (promtool checks /metrics and the alerting
 # rules), bsdutils (`script` gives the CLI a terminal) and systemd (`systemd-analyze verify`
 # checks the units in deploy/).
+# procps (`ps`) and util-linux (`mount` for the full-disk tests, `setsid`) come with most systems.
+# With --bench, also what the benchmarks compare against or measure with: prometheus-mqtt-exporter
+# and perf.
 packages=(mosquitto mosquitto-clients libmosquitto-dev libsqlite3-dev libssl-dev libyaml-dev openssl pkg-config python3
-    libcurl4-openssl-dev chromium fonts-dejavu-core prometheus bsdutils curl systemd)
+    libcurl4-openssl-dev chromium fonts-dejavu-core prometheus bsdutils curl systemd procps util-linux)
+if [[ "${1:-}" == "--bench" ]]; then
+    packages+=(prometheus-mqtt-exporter linux-perf)
+fi
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -1,6 +1,7 @@
 public import Logging
 public import ServiceLifecycle
 import FleetCore
+import FleetMessaging
 import MQTT
 import Synchronization
 
@@ -49,7 +50,7 @@ public final class AgentService: Service, Sendable {
         self.status = Mutex(StatusState())
         self.outbox = StatusOutbox(
             spool: try StatusSpool(directory: configuration.stateDirectory + "/spool", capacity: configuration.spoolCapacity),
-            topic: configuration.topics.name(.site(configuration.site, .status)), logger: logger)
+            topic: .site(configuration.site, .status), topics: configuration.topics, logger: logger)
     }
 
     private var agentInfo: AgentInfo {
@@ -72,12 +73,12 @@ public final class AgentService: Service, Sendable {
         let site = configuration.site
         var mqtt = configuration.mqtt
         let tracker = self.tracker
-        let presenceTopic = topics.name(.site(site, .presence))
+        let presenceTopic = FleetTopic.site(site, .presence)
         // A fresh session number and Last Will for every connection.
         mqtt.willProvider = { [self] in
             let (session, problem) = tracker.nextSession()
             if let problem { self.logger.error("cannot save the session counter", metadata: ["problem": "\(problem)"]) }
-            return LastWill(topic: presenceTopic, payload: self.presence(.offline, reason: .lost, session: session), qos: .atLeastOnce, retain: true)
+            return LastWill(presenceTopic, in: topics, payload: self.presence(.offline, reason: .lost, session: session))
         }
         let client = try MQTTClient(configuration: mqtt, logger: logger)
         client.start()
@@ -99,7 +100,7 @@ public final class AgentService: Service, Sendable {
         if client.state.isConnected {
             let payload = presence(.offline, reason: .shutdown, session: tracker.currentSession)
             _ = try? await withTimeoutOrNil(.seconds(3)) {
-                try await client.publish(presenceTopic, payload: payload, qos: .atLeastOnce, retain: true)
+                try await client.publish(presenceTopic, in: topics, payload: payload)
             }
         }
         await client.shutdown()
@@ -114,8 +115,7 @@ public final class AgentService: Service, Sendable {
             let session = tracker.currentSession
             do {
                 try await client.publish(
-                    configuration.topics.name(.site(configuration.site, .presence)),
-                    payload: presence(.online, reason: nil, session: session), qos: .atLeastOnce, retain: true)
+                    .site(configuration.site, .presence), in: configuration.topics, payload: presence(.online, reason: nil, session: session))
                 await outbox.connected(client, current: currentStatus())
                 logger.info("online", metadata: ["session": "\(session)"])
             } catch {
@@ -145,7 +145,7 @@ public final class AgentService: Service, Sendable {
                     instance: instance)
                 if let payload = try? FleetJSON.encode(heartbeat) {
                     // Heartbeats missed while offline are not replayed: a failed one is dropped.
-                    try? await client.publish(configuration.topics.name(.site(configuration.site, .heartbeat)), payload: payload, qos: .atMostOnce)
+                    try? await client.publish(.site(configuration.site, .heartbeat), in: configuration.topics, payload: payload)
                 }
             }
             try? await Task.sleep(for: configuration.heartbeatInterval)
@@ -241,12 +241,14 @@ public final class AgentService: Service, Sendable {
 /// first after the next connect. One message at a time, so order holds.
 actor StatusOutbox {
     let spool: StatusSpool
-    let topic: String
+    let topic: FleetTopic
+    let topics: FleetTopics
     let logger: Logger
 
-    init(spool: StatusSpool, topic: String, logger: Logger) {
+    init(spool: StatusSpool, topic: FleetTopic, topics: FleetTopics, logger: Logger) {
         self.spool = spool
         self.topic = topic
+        self.topics = topics
         self.logger = logger
     }
 
@@ -289,12 +291,12 @@ actor StatusOutbox {
     /// Publishes and waits for the acknowledgement, or only until the connection drops.
     private func publishUnlessCut(_ payload: [UInt8], client: MQTTClient) async -> PublishOutcome {
         let (outcomes, continuation) = AsyncStream<PublishOutcome>.makeStream(bufferingPolicy: .bufferingOldest(2))
-        let topic = topic
+        let (topic, topics) = (topic, topics)
         // Unstructured on purpose: a QoS 1 publish awaits its PUBACK and cannot be cancelled;
         // it ends when the broker acknowledges it after a reconnect.
         Task {
             do {
-                try await client.publish(topic, payload: payload, qos: .atLeastOnce, retain: true)
+                try await client.publish(topic, in: topics, payload: payload)
                 continuation.yield(.acknowledged)
             } catch {
                 continuation.yield(.failed(error))
@@ -326,7 +328,7 @@ actor StatusOutbox {
                 payload = (try? FleetJSON.encode(status)) ?? payload
             }
             do {
-                try await client.publish(topic, payload: payload, qos: .atLeastOnce, retain: true)
+                try await client.publish(topic, in: topics, payload: payload)
                 spool.removeFirst()
                 if reporting > 0 { spool.dropsReported(reporting) }
                 delivered += 1

@@ -1,6 +1,7 @@
 import Dispatch
 public import FleetCore
 public import Logging
+import FleetMessaging
 import MQTT
 public import ServiceLifecycle
 import Synchronization
@@ -75,9 +76,7 @@ public final class AggregatorService: Service, Sendable {
             let presence = Presence(
                 site: Self.aggregatorID, state: .offline, reason: .lost, session: session,
                 agent: AgentInfo(version: EdgeFleetVersion.current, host: host), at: Date())
-            return LastWill(
-                topic: topics.name(.aggregatorPresence), payload: (try? FleetJSON.encode(presence)) ?? [], qos: .atLeastOnce,
-                retain: true)
+            return LastWill(.aggregatorPresence, in: topics, payload: (try? FleetJSON.encode(presence)) ?? [])
         }
         client = try MQTTClient(configuration: mqtt, logger: logger)
     }
@@ -280,7 +279,10 @@ public final class AggregatorService: Service, Sendable {
             metrics.evaluationLag.record(duration: lag)
             metrics.record(modes: counts.0, liveness: counts.1)
             // A site that changed mode may let (or stop letting) its operations run.
-            if modeChanged { dispatchWake.signal() }
+            if modeChanged {
+                dispatcher.modesChanged()
+                dispatchWake.signal()
+            }
             var published = false
             if take {
                 var batch = PublishBatch(output: output)
@@ -319,7 +321,7 @@ public final class AggregatorService: Service, Sendable {
     private func publishLoop() async {
         for await batch in outbox.stream {
             if !batch.output.isEmpty { await publish(batch.output) }
-            if let summary = batch.summary { await send(configuration.topics.name(.fleetStatus), summary, retain: true) }
+            if let summary = batch.summary { await send(.fleetStatus, summary) }
             publisherBusy.withLock { $0 = false }
             clockWake.signal()  // whatever gathered meanwhile can go
         }
@@ -570,7 +572,7 @@ public final class AggregatorService: Service, Sendable {
         let presence = Presence(
             site: Self.aggregatorID, state: presenceState, reason: reason, session: session,
             agent: AgentInfo(version: EdgeFleetVersion.current, host: Self.hostName()), at: Date())
-        await send(configuration.topics.name(.aggregatorPresence), presence, retain: true)
+        await send(.aggregatorPresence, presence)
     }
 
     /// Views go out concurrently (the newest per site only); events in order.
@@ -585,27 +587,28 @@ public final class AggregatorService: Service, Sendable {
                     await group.next()
                     inFlight -= 1
                 }
-                group.addTask { await self.send(self.configuration.topics.name(.siteView(view.site)), view, retain: true) }
+                group.addTask { await self.send(.siteView(view.site), view) }
                 inFlight += 1
             }
         }
         for site in output.cleared {
             do {
-                try await client.publish(configuration.topics.name(.siteView(site)), payload: [], qos: .atLeastOnce, retain: true)
+                try await client.clear(.siteView(site), in: configuration.topics)
             } catch {
                 metrics.publishFailures.increment()
                 logger.warning("cannot clear the retained view of forgotten site \(site): \(error)")
             }
         }
         for event in output.events {
-            await send(configuration.topics.name(.fleetEvents), event, retain: false)
+            await send(.fleetEvents, event)
         }
     }
 
-    private func send<T: Encodable>(_ topic: String, _ value: T, retain: Bool) async {
+    /// Publishes with the contract's QoS and retain flag for the topic.
+    private func send<T: Encodable>(_ topic: FleetTopic, _ value: T) async {
         let started = ContinuousClock.now
         do {
-            try await client.publish(topic, payload: FleetJSON.encode(value), qos: .atLeastOnce, retain: retain)
+            try await client.publish(topic, in: configuration.topics, payload: FleetJSON.encode(value))
             metrics.publishLatency.record(duration: ContinuousClock.now - started)
         } catch {
             metrics.publishFailures.increment()

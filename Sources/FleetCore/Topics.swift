@@ -41,6 +41,30 @@ public enum FleetTopic: Sendable, Hashable {
     case aggregatorPresence
 }
 
+/// How a topic's messages travel (docs/contract.md, "Topics"): the one place that says it, so
+/// that no publisher chooses (the agent sent heartbeats at QoS 0 and the simulator at QoS 1).
+public struct TopicDelivery: Sendable, Hashable {
+    /// MQTT QoS: 0 at most once, 1 at least once.
+    public var qos: Int
+    /// Kept by the broker for late subscribers.
+    public var retained: Bool
+}
+
+extension FleetTopic {
+    /// The contract's QoS and retain flag for this topic.
+    public var delivery: TopicDelivery {
+        switch self {
+        case .site(_, .presence): TopicDelivery(qos: 1, retained: true)
+        case .site(_, .heartbeat): TopicDelivery(qos: 0, retained: false)  // a missed one is not replayed: the next one says more
+        case .site(_, .status): TopicDelivery(qos: 1, retained: true)
+        case .siteView: TopicDelivery(qos: 1, retained: true)
+        case .fleetStatus: TopicDelivery(qos: 1, retained: true)
+        case .fleetEvents: TopicDelivery(qos: 1, retained: false)
+        case .aggregatorPresence: TopicDelivery(qos: 1, retained: true)
+        }
+    }
+}
+
 /// Why a topic did not parse as one of the contract's topics.
 public enum TopicParseError: Error, Sendable, Hashable, CustomStringConvertible {
     case outsideRoot(String)

@@ -1,5 +1,6 @@
 public import FleetCore
 public import Logging
+import FleetMessaging
 public import MQTT
 import Synchronization
 
@@ -97,8 +98,7 @@ public final class FleetSimulation: Sendable {
             if connection < dedicated {
                 let site = ids[connection]
                 let will = Presence(site: site, state: .offline, reason: .lost, session: session, at: now, instance: instance)
-                mqtt.will = LastWill(
-                    topic: settings.topics.name(.site(site, .presence)), payload: try FleetJSON.encode(will), qos: .atLeastOnce, retain: true)
+                mqtt.will = LastWill(.site(site, .presence), in: settings.topics, payload: try FleetJSON.encode(will))
             }
             clients.append(try MQTTClient(configuration: mqtt, logger: logger))
         }
@@ -169,7 +169,7 @@ public final class FleetSimulation: Sendable {
             for site in live where clients[site.connection].state.isConnected {
                 let presence = Presence(site: site.id, state: .offline, reason: .shutdown, session: session, at: Date(), instance: instance)
                 try? await clients[site.connection].publish(
-                    settings.topics.name(.site(site.id, .presence)), payload: FleetJSON.encode(presence), qos: .atLeastOnce, retain: true)
+                    .site(site.id, .presence), in: settings.topics, payload: FleetJSON.encode(presence))
             }
             done.withLock { $0 = true }
         }
@@ -187,7 +187,7 @@ public final class FleetSimulation: Sendable {
         let presence = Presence(
             site: site.id, state: .online, session: session, agent: AgentInfo(version: "simulated", host: "sim-\(site.id)"),
             heartbeatIntervalS: scenario.heartbeatInterval.secondsValue, at: Date(), instance: instance)
-        try await client.publish(settings.topics.name(.site(site.id, .presence)), payload: FleetJSON.encode(presence), qos: .atLeastOnce, retain: true)
+        try await client.publish(.site(site.id, .presence), in: settings.topics, payload: FleetJSON.encode(presence))
         try await publishStatus(site)
     }
 
@@ -209,7 +209,7 @@ public final class FleetSimulation: Sendable {
             ],
             capabilities: ["clusterAutoscaler": number % 3 == 0], instance: instance)
         try await clients[site.connection].publish(
-            settings.topics.name(.site(site.id, .status)), payload: FleetJSON.encode(status), qos: .atLeastOnce, retain: true)
+            .site(site.id, .status), in: settings.topics, payload: FleetJSON.encode(status))
     }
 
     private func beat(connection: Int) async {
@@ -250,7 +250,7 @@ public final class FleetSimulation: Sendable {
         else { return }
         do {
             try await clients[site.connection].publish(
-                settings.topics.name(.site(site.id, .heartbeat)), payload: FleetJSON.encode(heartbeat), qos: .atLeastOnce)
+                .site(site.id, .heartbeat), in: settings.topics, payload: FleetJSON.encode(heartbeat))
             counters.withLock { $0.heartbeats += 1 }
         } catch {
             counters.withLock { $0.failures += 1 }
@@ -314,8 +314,7 @@ public final class FleetSimulation: Sendable {
             await clients[site.connection].abandon()
         } else {
             let presence = Presence(site: site.id, state: .offline, reason: .lost, session: session, at: Date(), instance: instance)
-            try? await clients[site.connection].publish(
-                settings.topics.name(.site(site.id, .presence)), payload: FleetJSON.encode(presence), qos: .atLeastOnce, retain: true)
+            try? await clients[site.connection].publish(.site(site.id, .presence), in: settings.topics, payload: FleetJSON.encode(presence))
         }
     }
 }

@@ -94,6 +94,12 @@ public final class Dispatcher: Sendable {
         var waiting: [DeferredOperation]?
         var waitingReadAt = ContinuousClock.now
         var generation: UInt64 = 0
+        /// Sites' situations as the last full pass found them. A pass after an executor finished
+        /// reuses them (readiness is checked against `readySince`, so a cached one is never early);
+        /// a full pass, which evaluates each site again, follows a change of the queue, a change of
+        /// any site's mode (`modesChanged()`), and every second.
+        var situations: [SiteID: DispatchSituation] = [:]
+        var situationsAt = ContinuousClock.now - .seconds(10)
     }
     private let state = Mutex(State())
 
@@ -182,13 +188,23 @@ public final class Dispatcher: Sendable {
         state.withLock {
             $0.waiting = nil
             $0.generation += 1
+            $0.situations = [:]
         }
+    }
+
+    /// Some site changed mode: the next pass evaluates every site it needs again.
+    public func modesChanged() {
+        state.withLock { $0.situations = [:] }
     }
 
     public func tick(now: Date, situation lookup: (SiteID) -> DispatchSituation?) throws {
         // Each site's situation once per pass (an evaluation under the fleet's lock), not once
         // per waiting operation: 10,000 queued for 5,000 sites made every pass 10,000 evaluations.
-        var known: [SiteID: DispatchSituation] = [:]
+        let cachedSituations = state.withLock { s -> [SiteID: DispatchSituation]? in
+            ContinuousClock.now - s.situationsAt < .seconds(1) ? s.situations : nil
+        }
+        let fresh = cachedSituations == nil
+        var known = cachedSituations ?? [:]
         var unknown: Set<SiteID> = []
         func situation(_ site: SiteID) -> DispatchSituation? {
             if let found = known[site] { return found }
@@ -237,7 +253,7 @@ public final class Dispatcher: Sendable {
         // Sites whose oldest operation may run now, round robin from the last one served.
         var argvs: [String: [String]] = [:]
         let ready = candidates.filter { site, operation in
-            guard let s = situation(site), s.mode == .connected, s.stable else { return false }
+            guard let s = situation(site), s.mode == .connected, s.stable || (s.readySince.map { $0 <= now } ?? false) else { return false }
             if let next = operation.nextAttemptAt, next > now { return false }  // backing off: the site waits, in order
             // Rendered before it is claimed: cluster metadata the site has not reported yet
             // holds the operation (and its site) back instead of failing it.
@@ -272,6 +288,13 @@ public final class Dispatcher: Sendable {
             guard s.generation == generation else { return }
             s.waiting = left
             if cached == nil { s.waitingReadAt = readAt }
+            // Keep what this pass evaluated (a full pass starts the clock again).
+            if fresh || s.situations.isEmpty {
+                s.situations = known
+                s.situationsAt = ContinuousClock.now
+            } else {
+                s.situations.merge(known) { _, new in new }
+            }
         }
     }
 
