@@ -40,7 +40,7 @@ public struct ConfigurationError: Error, Sendable, Hashable, CustomStringConvert
     }
 }
 
-/// Settings layered as contract.md says: a flag wins over the environment, which
+/// Settings layered as docs/contract.md says: a flag wins over the environment, which
 /// wins over the configuration file. Every file key `heartbeatInterval` is also
 /// the flag `--heartbeat-interval` and the variable `EDGEFLEET_HEARTBEAT_INTERVAL`.
 public struct Settings: Sendable {

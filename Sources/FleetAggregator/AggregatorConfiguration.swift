@@ -84,7 +84,7 @@ public struct AggregatorConfiguration: Sendable {
     }
 
     /// `executors`: a mapping in the configuration file, or the path of a YAML file holding it
-    /// (`--executors FILE`, contract.md).
+    /// (`--executors FILE`, docs/contract.md).
     static func executorEntries(_ settings: inout Settings) throws(ConfigurationError) -> (entries: [String: ExecutorEntry], origin: SettingOrigin?) {
         guard let (value, origin) = settings.raw("executors") else { return ([:], nil) }
         if case .text(let path) = value {

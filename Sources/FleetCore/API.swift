@@ -4,7 +4,7 @@ public import FoundationEssentials
 public import Foundation
 #endif
 
-// The HTTP API's bodies (contract.md, "Operator surfaces"; docs/openapi.yaml), shared by
+// The HTTP API's bodies (docs/contract.md, "Operator surfaces"; docs/openapi.yaml), shared by
 // the aggregator that serves them and the `edgefleet` CLI that reads them. JSON through
 // `FleetJSON`: RFC 3339 UTC times with milliseconds, sorted keys.
 

@@ -4,7 +4,7 @@ public import FoundationEssentials
 public import Foundation
 #endif
 
-/// An Azure-dependent operation held for a site until its link is back (contract.md,
+/// An Azure-dependent operation held for a site until its link is back (docs/contract.md,
 /// "Deferred-operation queue").
 public struct DeferredOperation: Codable, Sendable, Hashable, Identifiable {
     public var id: String

@@ -106,7 +106,7 @@ struct ExecutableTests {
                      "metallb.configure", "monitoring.configure", "gitops.configure", "extension.install", "extension.update", "extension.delete"] {
             #expect(loaded.stdout.contains("executor \(kind): az "), "no executor for \(kind)")
         }
-        // --executors FILE, as contract.md names it, with a kind's own maxAttempts.
+        // --executors FILE, as docs/contract.md names it, with a kind's own maxAttempts.
         try """
             cluster.upgrade:
               argv: [az, aksarc, upgrade, --name, "{cluster.name}", --kubernetes-version, "{params.kubernetesVersion}", --yes]

@@ -8,7 +8,7 @@ import YAMLReader
 /// status it documents, in the content type it documents, with a body its schema accepts.
 @Suite("the OpenAPI document", .timeLimit(.minutes(3)))
 struct OpenAPITests {
-    /// contract.md's routes ("Operator surfaces").
+    /// docs/contract.md's routes ("Operator surfaces").
     static let contractRoutes: Set<String> = [
         "GET /v1/fleet", "GET /v1/sites", "GET /v1/sites/{site}", "DELETE /v1/sites/{site}", "GET /v1/sites/{site}/capabilities", "GET /v1/operations",
         "POST /v1/operations", "GET /v1/operations/{id}", "POST /v1/operations/{id}/cancel", "POST /v1/operations/{id}/retry",
@@ -20,7 +20,7 @@ struct OpenAPITests {
         return try #require(try YAMLNode.parse(String(contentsOfFile: path, encoding: .utf8)))
     }
 
-    @Test("the document lists exactly contract.md's routes")
+    @Test("the document lists exactly docs/contract.md's routes")
     func coversTheContract() throws {
         let document = try Self.document()
         var routes = Set<String>()

@@ -13,7 +13,7 @@ struct CatalogTests {
         var testDescription: String { kind.rawValue }
     }
 
-    /// contract.md's table, row by row.
+    /// docs/contract.md's table, row by row.
     static let rows: [Row] = [
         Row(kind: .clusterCreate, azure: true, offline: .notSupported, queue: .queueable, workaround: nil, coalesces: false),
         Row(kind: .clusterUpdate, azure: true, offline: .notSupported, queue: .queueable, workaround: nil, coalesces: false),
@@ -42,7 +42,7 @@ struct CatalogTests {
         #expect(Self.rows.map(\.kind).sorted() == OperationKind.allCases.sorted())
     }
 
-    @Test("every row of contract.md", arguments: rows)
+    @Test("every row of docs/contract.md", arguments: rows)
     func row(_ row: Row) {
         let entry = OperationCatalog.entry(row.kind)
         #expect(entry.azureRequired == row.azure)

@@ -9,7 +9,7 @@ import FoundationEssentials
 import Foundation
 #endif
 
-/// The aggregator's HTTP surface (contract.md, "Operator surfaces"; `docs/openapi.yaml`):
+/// The aggregator's HTTP surface (docs/contract.md, "Operator surfaces"; `docs/openapi.yaml`):
 /// the JSON API under `/v1`, `/metrics`, `/healthz` and the dashboard.
 ///
 /// Every change needs a bearer token from the token file; reads need one too unless
