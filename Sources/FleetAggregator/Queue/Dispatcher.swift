@@ -250,35 +250,65 @@ public final class Dispatcher: Sendable {
             candidates[operation.site] = operation
         }
 
-        // Sites whose oldest operation may run now, round robin from the last one served.
-        var argvs: [String: [String]] = [:]
+        // Sites whose oldest operation may run now (no rendering yet: only the few that start are
+        // rendered; rendering every ready site's template on every pass was most of a storm).
         let ready = candidates.filter { site, operation in
             guard let s = situation(site), s.mode == .connected, s.stable || (s.readySince.map { $0 <= now } ?? false) else { return false }
             if let next = operation.nextAttemptAt, next > now { return false }  // backing off: the site waits, in order
-            // Rendered before it is claimed: cluster metadata the site has not reported yet
-            // holds the operation (and its site) back instead of failing it.
-            guard let template = executors[operation.kind],
-                let argv = try? template.render(operationID: operation.id, site: site, params: operation.params, cluster: s.cluster)
-            else {
-                if executors[operation.kind] != nil { logger.debug("operation \(operation.id) waits for its site's cluster metadata") }
-                return executors[operation.kind] == nil  // no executor at all: claimed and failed with the reason
-            }
-            argvs[operation.id] = argv
             return true
         }
+        // Round robin: the least recently served first. Only as many as there are free slots are
+        // needed (and a few more for sites still waiting for their cluster metadata): picked in one
+        // scan, not by sorting every ready site on every pass.
         let (order, free) = state.withLock { s -> ([SiteID], Int) in
-            let sites = ready.keys.filter { !s.running.contains($0) }.sorted { a, b in
-                let (ta, tb) = (s.servedAt[a] ?? 0, s.servedAt[b] ?? 0)
-                return ta != tb ? ta < tb : a < b
+            let free = settings.limit - s.running.count
+            guard free > 0 else { return ([], 0) }
+            var best: [(turn: UInt64, site: SiteID)] = []
+            let keep = free + 16
+            for site in ready.keys where !s.running.contains(site) {
+                let turn = s.servedAt[site] ?? 0
+                if best.count == keep, let last = best.last, (last.turn, last.site) < (turn, site) { continue }
+                let at = best.firstIndex { ($0.turn, $0.site) > (turn, site) } ?? best.count
+                best.insert((turn, site), at: at)
+                if best.count > keep { best.removeLast() }
             }
-            return (sites, settings.limit - s.running.count)
+            return (best.map(\.site), free)
         }
         var started = Set<String>()
-        for site in order.prefix(max(0, free)) {
+        var claimed = 0
+        var tried = Set(order)
+        var queue = order
+        var widened = false
+        while claimed < free {
+            if queue.isEmpty {
+                // Every picked site waited for its metadata: look at all the others too (rare).
+                guard !widened, ready.count > tried.count else { break }
+                widened = true
+                queue = state.withLock { s in
+                    ready.keys.filter { !tried.contains($0) && !s.running.contains($0) }.sorted { a, b in
+                        let (ta, tb) = (s.servedAt[a] ?? 0, s.servedAt[b] ?? 0)
+                        return ta != tb ? ta < tb : a < b
+                    }
+                }
+                tried.formUnion(queue)
+                continue
+            }
+            let site = queue.removeFirst()
             guard let operation = ready[site], let s = situation(site) else { continue }
+            // Rendered before it is claimed: cluster metadata the site has not reported yet
+            // holds the operation (and its site) back instead of failing it.
+            var argv: [String]?
+            if let template = executors[operation.kind] {
+                argv = try? template.render(operationID: operation.id, site: site, params: operation.params, cluster: s.cluster)
+                if argv == nil {
+                    logger.debug("operation \(operation.id) waits for its site's cluster metadata")
+                    continue
+                }
+            }  // no executor at all: claimed and failed with the reason
             let could = [operation.createdAt, s.readySince, operation.notBefore, operation.nextAttemptAt].compactMap { $0 }.max() ?? now
-            if start(operation, argv: argvs[operation.id], finishedBefore: finishedBefore[site] ?? 0, now: now) {
+            if start(operation, argv: argv, finishedBefore: finishedBefore[site] ?? 0, now: now) {
                 started.insert(operation.id)
+                claimed += 1
                 dispatched(.milliseconds(Int64(max(0, now.timeIntervalSince(could)) * 1000)))
             }
         }
