@@ -217,14 +217,34 @@ public final class Dispatcher: Sendable {
             return found
         }
         let (finishedBefore, cached, generation) = state.withLock { s in
-            (s.finished, ContinuousClock.now - s.waitingReadAt < .seconds(2) ? s.waiting : nil, s.generation)
+            let valid = ContinuousClock.now - s.waitingReadAt < .seconds(2) ? s.waiting : nil
+            // A quick pass takes the list (and hands it back), so that removing what it starts does
+            // not copy 10,000 operations.
+            if valid != nil, !fresh { s.waiting = nil }
+            return (s.finished, valid, s.generation)
         }
         let readAt = ContinuousClock.now
-        let waiting = try cached ?? store.all(OperationFilter(states: [.queued, .blocked]))
-        var remaining: [DeferredOperation] = []  // what stays queued or blocked after this pass
-        remaining.reserveCapacity(waiting.count)
+        var waiting = try cached ?? store.all(OperationFilter(states: [.queued, .blocked]))
+        // A quick pass (after an executor finished: the queue and every site's mode as the last
+        // full pass left them) only looks for each site's oldest queued operation; expiry and
+        // blocking are the full pass's, at most a second later.
+        let quick = cached != nil && !fresh
+        var remaining: [DeferredOperation] = []  // what stays queued or blocked after a full pass
         var candidates: [SiteID: DeferredOperation] = [:]
-        for operation in waiting {  // oldest first
+        var indices: [String: Int] = [:]  // quick pass: where each candidate is in `waiting`
+        if quick {
+            for index in waiting.indices where waiting[index].state == .queued {
+                let site = waiting[index].site
+                guard candidates[site] == nil else { continue }  // the site's oldest goes first
+                if let notBefore = waiting[index].notBefore, notBefore > now { continue }  // scheduled later: the next may go
+                if let expiresAt = waiting[index].expiresAt, expiresAt <= now { continue }  // the full pass expires it
+                candidates[site] = waiting[index]
+                indices[waiting[index].id] = index
+            }
+        } else {
+            remaining.reserveCapacity(waiting.count)
+        }
+        for operation in quick ? [] : waiting {  // oldest first
             if let expiresAt = operation.expiresAt, expiresAt <= now {
                 try move(operation, to: .expired, at: now, note: "expired at \(RFC3339.format(expiresAt)) before it could run", event: .operationExpired)
                 continue
@@ -313,7 +333,13 @@ public final class Dispatcher: Sendable {
             }
         }
         // Keep what is still waiting for the next pass, unless the queue changed meanwhile.
-        let left = started.isEmpty ? remaining : remaining.filter { !started.contains($0.id) }
+        let left: [DeferredOperation]
+        if quick {
+            for index in started.compactMap({ indices[$0] }).sorted(by: >) { waiting.remove(at: index) }
+            left = waiting
+        } else {
+            left = started.isEmpty ? remaining : remaining.filter { !started.contains($0.id) }
+        }
         state.withLock { s in
             guard s.generation == generation else { return }
             s.waiting = left
