@@ -456,8 +456,14 @@ public final class AggregatorService: Service, Sendable {
     /// Writes changed records: woken when records become dirty, then every `flushInterval` while
     /// they keep changing (a batch per interval); idle, it sleeps.
     private func storeLoop() async {
+        var lastSweep = ContinuousClock.now
         while !isStopping {
-            if !state.withLock({ $0.hasDirty }) { await storeWake.wait(until: nil) }
+            // Records changed in ways that need not be written at once go out every minute.
+            if ContinuousClock.now - lastSweep >= .seconds(60) {
+                lastSweep = ContinuousClock.now
+                state.withLock { _ = $0.sweepUnwritten() }
+            }
+            if !state.withLock({ $0.hasDirty }) { await storeWake.wait(until: lastSweep + .seconds(60)) }
             if isStopping { return }
             try? await Task.sleep(for: configuration.flushInterval)
             // SQLite blocks: on a thread of its own, not on the cooperative pool ingest runs on.
@@ -548,6 +554,7 @@ public final class AggregatorService: Service, Sendable {
     private func finish() async {
         outbox.continuation.finish()
         await dispatcher.shutdown()
+        state.withLock { _ = $0.sweepUnwritten() }  // everything, on the way out
         flush()
         // Say goodbye if the broker takes it within 2 s; a broker that is gone must not keep the
         // process from stopping (its Last Will says `lost` instead).

@@ -140,14 +140,29 @@ public final class FleetState {
         var record = existing ?? SiteRecord(site: site)
         let isNew = existing == nil
         let before = record.checks
+        let earlier = (record.session, record.instance, record.earliestCertificateExpiry, record.seqGaps, record.lastAzureContactAt)
         let outcome = record.apply(input, now: now, live: live, offlineAfterIntervals: thresholds.offlineAfterIntervals)
         guard case .applied = outcome else {
-            if !isNew { records[site] = record }  // counters moved
+            if !isNew {
+                records[site] = record  // counters moved
+                changedUnwritten.insert(site)
+            }
             return outcome
         }
         records[site] = record
         if isNew { summaryChanged = true }
-        evaluate(site, now: now, forceView: isNew || record.checks != before)
+        // What a heartbeat changes is written with the next sweep (every `writeEvery`) unless it
+        // matters now: a new session, new certificates, a gap, a contact that moved by more than
+        // a minute. Presence and status are always written. (Every record was written every
+        // second under a steady stream: the store's JSON encoding was the heaviest part of ingest.)
+        var significant = true
+        if case .heartbeat = input {
+            let movedMs = abs((record.lastAzureContactAt?.millisecondsSince1970 ?? 0) - (earlier.4?.millisecondsSince1970 ?? 0))
+            significant =
+                earlier.0 != record.session || earlier.1 != record.instance || earlier.2 != record.earliestCertificateExpiry
+                || earlier.3 != record.seqGaps || (earlier.4 == nil) != (record.lastAzureContactAt == nil) || movedMs > 60_000
+        }
+        evaluate(site, now: now, forceView: isNew || record.checks != before, persist: significant)
         return .applied
     }
 
@@ -223,6 +238,7 @@ public final class FleetState {
         deadlines[site] = nil
         queueCounts[site] = nil
         dirty.remove(site)
+        changedUnwritten.remove(site)
         revived.remove(site)
         forceView.remove(site)
         forgotten.insert(site)
@@ -249,6 +265,23 @@ public final class FleetState {
     private func markDirty(_ site: SiteID) {
         if dirty.isEmpty { storeNeeded = true }
         dirty.insert(site)
+        changedUnwritten.remove(site)
+    }
+
+    /// Sites whose records changed in ways that need not be written at once (see `ingest`).
+    private var changedUnwritten: Set<SiteID> = []
+
+    /// Moves every record changed since it was last written onto the store's list: every
+    /// minute, and before the aggregator stops. Returns how many.
+    @discardableResult
+    public func sweepUnwritten() -> Int {
+        let count = changedUnwritten.count
+        if count > 0 {
+            if dirty.isEmpty { storeNeeded = true }
+            dirty.formUnion(changedUnwritten)
+            changedUnwritten.removeAll(keepingCapacity: true)
+        }
+        return count
     }
 
     /// Puts records back on the list for the store (after a failed write).
@@ -396,7 +429,7 @@ public final class FleetState {
         return e
     }
 
-    private func evaluate(_ site: SiteID, now: Date, forceView: Bool) {
+    private func evaluate(_ site: SiteID, now: Date, forceView: Bool, persist: Bool = false) {
         defer {
             if output.events.count > eventCapacity {
                 droppedEvents += output.events.count - eventCapacity
@@ -409,6 +442,9 @@ public final class FleetState {
         defer { if output.events.count + output.views.count != outputBefore { clockNeeded = true } }
         var publish = forceView
 
+        let modeOrLivenessChanged = record.mode != e.mode || record.liveness != e.liveness
+        let alertChanged = record.alert != e.alert || record.alertAnnounced != nil && e.alert == .none
+        let expiredChanged = record.expiredAt != e.expiredAt
         if record.mode != e.mode {
             if let old = record.mode {
                 modes[old] -= 1
@@ -465,8 +501,13 @@ public final class FleetState {
             record.viewPublishedAt = now
             summaryChanged = true
         }
+        let changed = persist || modeOrLivenessChanged || alertChanged || expiredChanged
         records[site] = record
-        markDirty(site)
+        if changed {
+            markDirty(site)
+        } else {
+            changedUnwritten.insert(site)
+        }
 
         // Wake for the next change, or to refresh a view whose countdown is running.
         var wakeMs = e.nextChangeAt.map(\.millisecondsSince1970)

@@ -265,6 +265,34 @@ struct SiteMembershipTests {
     }
 }
 
+@Suite("fleet state: what is written to the store, and when")
+struct WriteRuleTests {
+    @Test("a steady heartbeat is written with the minute's sweep, not at once; a new session, a gap or a mode change at once")
+    func steadyHeartbeatsWait() throws {
+        let fleet = FleetState(thresholds: FleetStateTests.thresholds, viewRefresh: .seconds(1000))
+        let site = FleetStateTests.site
+        fleet.feed(FleetStateTests.heartbeat(1, age: 0), now: FleetStateTests.at(0))
+        #expect(fleet.takeDirty().map(\.site) == [site], "a new site is written at once")
+        for seq in 2...5 {
+            fleet.feed(FleetStateTests.heartbeat(UInt64(seq), age: 0), now: FleetStateTests.at(Double(seq)))
+        }
+        #expect(fleet.takeDirty().isEmpty, "steady heartbeats were written every time")
+        #expect(fleet.sweepUnwritten() == 1)
+        #expect(fleet.takeDirty().first?.lastSeq == 5, "the sweep writes the newest record")
+        // A gap is news: written at once.
+        fleet.feed(FleetStateTests.heartbeat(9, age: 0), now: FleetStateTests.at(6))
+        #expect(fleet.takeDirty().first?.seqGaps == 3)
+        // A new session too.
+        fleet.feed(FleetStateTests.heartbeat(1, age: 0, session: 2), now: FleetStateTests.at(7))
+        #expect(fleet.takeDirty().first?.session == 2)
+        // Azure gone: the mode changes 15 s later, and that is written at once.
+        fleet.feed(FleetStateTests.heartbeat(2, age: 1, session: 2), now: FleetStateTests.at(8))
+        _ = fleet.takeDirty()
+        fleet.runDue(now: FleetStateTests.at(30))
+        #expect(fleet.takeDirty().first?.mode == .semiConnected)
+    }
+}
+
 @Suite("fleet state: the aggregator's own broker link")
 struct ListeningTests {
     @Test("while the aggregator cannot hear, liveness stands still and views are projected; modes follow real time; silence resumes counting after")
