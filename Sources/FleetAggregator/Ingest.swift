@@ -112,7 +112,9 @@ public struct IngestDecoder: Sendable {
         do {
             switch channel {
             case .presence: input = .presence(try decoder.decode(Presence.self, from: Data(payload)))
-            case .heartbeat: input = .heartbeat(try decoder.decode(Heartbeat.self, from: Data(payload)))
+            case .heartbeat:
+                // The canonical shape by a single scan; anything else by the full decoder (the definition).
+                input = .heartbeat(try HeartbeatScanner.scan(payload) ?? decoder.decode(Heartbeat.self, from: Data(payload)))
             case .status: input = .status(try decoder.decode(SiteStatus.self, from: Data(payload)))
             }
         } catch {
