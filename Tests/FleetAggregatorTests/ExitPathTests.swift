@@ -45,46 +45,13 @@ struct ExitPathTests {
 
     @Test("SIGTERM with an executor running and the broker gone: the executor is ended, the process exits 0 within seconds")
     func sigtermWithoutBroker() async throws {
-        let broker = try MosquittoBroker()
-        defer { broker.stop() }
-        let directory = try temporaryDirectory("edgefleet-exit")
-        defer { try? FileManager.default.removeItem(atPath: directory) }
-        let az = try StandInAzure(seconds: 60)
-        defer { az.remove() }
-        let database = directory + "/fleet.sqlite"
-        try """
-            executors:
-              extension.install:
-                argv: [az, k8s-extension, create, --name, "{params.name}"]
-                timeout: 5m
-            """.write(toFile: directory + "/aggregator.yaml", atomically: true, encoding: .utf8)
-        var environment = ProcessInfo.processInfo.environment
-        environment["PATH"] = az.directory + ":" + (environment["PATH"] ?? "/usr/bin:/bin")
-        let id = try DeferredQueue(
-            store: SQLiteOperationStore(database: try AggregatorDatabase(path: database)),
-            executors: [.extensionInstall: ExecutorTemplate(argv: ["az", "{params.name}"])]
-        ).submit(SubmissionRequest(site: "exit-1", kind: "extension.install", params: ["name": "x"], createdBy: "test"), situation: nil, now: Date())
-            .operation.id
-        let aggregator = try AggregatorProcess(
-            broker: broker, database: database,
-            flags: ["--config", directory + "/aggregator.yaml", "--connected-within", "10m", "--stable-for", "0s", "--dispatch-interval", "100ms"],
-            environment: environment)
-        // Heartbeats are not retained: keep announcing until the executor runs, as an agent would.
-        let agent = Task {
-            while !Task.isCancelled {
-                try? await announce(["exit-1"], broker: broker)
-                try? await Task.sleep(for: .seconds(1))
-            }
-        }
-        defer { agent.cancel() }
-        let pid = try await withTimeout(.seconds(30), "the executor to start") {
-            while true {
-                if let pid = az.pids(of: id).first { return pid }
-                try await Task.sleep(for: .milliseconds(50))
-            }
-        }
-        agent.cancel()
-        broker.stop()
+        let fixture = try QueuedOperationFixture(site: "exit-1", seconds: 60, timeout: "5m")
+        defer { fixture.remove() }
+        let (id, database) = (fixture.id, fixture.database)
+        let aggregator = try fixture.startAggregator()
+        let pid = try await fixture.executorStarted()
+        fixture.agent.cancel()
+        fixture.broker.stop()
         try await Task.sleep(for: .seconds(1))
         let started = ContinuousClock.now
         aggregator.process.signal(SIGTERM)

@@ -12,47 +12,12 @@ import Glibc
 struct LeftoverExecutorTests {
     @Test("SIGKILL during a 20 s executor: it held only its standard descriptors, a restart on the same port succeeds at once, the leftover is ended before the operation runs again")
     func killedMidRun() async throws {
-        let broker = try MosquittoBroker()
-        defer { broker.stop() }
-        let directory = try temporaryDirectory("edgefleet-leftover")
-        defer { try? FileManager.default.removeItem(atPath: directory) }
-        let az = try StandInAzure(seconds: 20)
-        defer { az.remove() }
-        let database = directory + "/fleet.sqlite"
-        try """
-            executors:
-              extension.install:
-                argv: [az, k8s-extension, create, --name, "{params.name}"]
-                timeout: 2m
-            """.write(toFile: directory + "/aggregator.yaml", atomically: true, encoding: .utf8)
-        var environment = ProcessInfo.processInfo.environment
-        environment["PATH"] = az.directory + ":" + (environment["PATH"] ?? "/usr/bin:/bin")
         let port = try freeLoopbackPort()
-        let flags = [
-            "--config", directory + "/aggregator.yaml", "--connected-within", "10m", "--budget", "30d", "--stable-for", "0s",
-            "--dispatch-interval", "100ms", "--http", "127.0.0.1:\(port)",
-        ]
-        let id = try DeferredQueue(
-            store: SQLiteOperationStore(database: try AggregatorDatabase(path: database)),
-            executors: [.extensionInstall: ExecutorTemplate(argv: ["az", "{params.name}"])]
-        ).submit(
-            SubmissionRequest(site: "leftover-1", kind: "extension.install", params: ["name": "ext"], createdBy: "test"), situation: nil, now: Date()
-        ).operation.id
-        let agents = Task {
-            while !Task.isCancelled {
-                try? await announce(["leftover-1"], broker: broker)
-                try? await Task.sleep(for: .seconds(1))
-            }
-        }
-        defer { agents.cancel() }
-
-        let first = try AggregatorProcess(broker: broker, database: database, flags: flags, environment: environment)
-        let pid = try await withTimeout(.seconds(30), "the executor to start") {
-            while true {
-                if let pid = az.pids(of: id).first { return pid }
-                try await Task.sleep(for: .milliseconds(50))
-            }
-        }
+        let fixture = try QueuedOperationFixture(site: "leftover-1", seconds: 20, timeout: "2m", extraFlags: ["--http", "127.0.0.1:\(port)"])
+        defer { fixture.remove() }
+        let (az, id, database) = (fixture.az, fixture.id, fixture.database)
+        let first = try fixture.startAggregator()
+        let pid = try await fixture.executorStarted()
         // Defect: the executor held the HTTP listener, the MQTT socket, epoll and socket pairs.
         // Now only 0, 1 and 2 (and the shell's own descriptor of the script it reads).
         let descriptors = try FileManager.default.contentsOfDirectory(atPath: "/proc/\(pid)/fd")
@@ -65,7 +30,7 @@ struct LeftoverExecutorTests {
 
         first.kill()
         // At once: the port is free (no leftover holds the listener) and the restart comes up.
-        let second = try AggregatorProcess(broker: broker, database: database, flags: flags, environment: environment)
+        let second = try fixture.startAggregator()
         defer { second.terminate() }
         try await withTimeout(.seconds(30), "the restarted aggregator to answer on its port") {
             while true {

@@ -1,3 +1,4 @@
+import FleetAggregator
 import Foundation
 import TestSupport
 
@@ -109,4 +110,69 @@ struct StandInAzure {
     }
 
     func remove() { try? FileManager.default.removeItem(atPath: directory) }
+}
+
+/// One operation already queued in an aggregator's database for `site`, run through a stand-in
+/// `az` found on PATH (as the real CLI would be), with an agent announcing the site every second
+/// (heartbeats are not retained), and the flags and environment to start aggregators on it.
+struct QueuedOperationFixture {
+    let broker: MosquittoBroker
+    let directory: String
+    let az: StandInAzure
+    let id: String
+    let environment: [String: String]
+    let flags: [String]
+    let agent: Task<Void, Never>
+    var database: String { directory + "/fleet.sqlite" }
+
+    init(site: String, seconds: Double, timeout: String, extraFlags: [String] = []) throws {
+        broker = try MosquittoBroker()
+        directory = try temporaryDirectory("edgefleet-queued")
+        az = try StandInAzure(seconds: seconds)
+        try """
+            executors:
+              extension.install:
+                argv: [az, k8s-extension, create, --name, "{params.name}"]
+                timeout: \(timeout)
+            """.write(toFile: directory + "/aggregator.yaml", atomically: true, encoding: .utf8)
+        var environment = ProcessInfo.processInfo.environment
+        environment["PATH"] = az.directory + ":" + (environment["PATH"] ?? "/usr/bin:/bin")
+        self.environment = environment
+        flags = ["--config", directory + "/aggregator.yaml", "--connected-within", "10m", "--budget", "30d", "--stable-for", "0s",
+            "--dispatch-interval", "100ms"] + extraFlags
+        id = try DeferredQueue(
+            store: SQLiteOperationStore(database: try AggregatorDatabase(path: directory + "/fleet.sqlite")),
+            executors: [.extensionInstall: ExecutorTemplate(argv: ["az", "{params.name}"])]
+        ).submit(SubmissionRequest(site: site, kind: "extension.install", params: ["name": "ext"], createdBy: "test"), situation: nil, now: Date())
+            .operation.id
+        let broker = broker
+        agent = Task {
+            while !Task.isCancelled {
+                try? await announce([site], broker: broker)
+                try? await Task.sleep(for: .seconds(1))
+            }
+        }
+    }
+
+    func startAggregator() throws -> AggregatorProcess {
+        try AggregatorProcess(broker: broker, database: database, flags: flags, environment: environment)
+    }
+
+    /// The process id of the executor's first run, once it has started.
+    func executorStarted(within timeout: Duration = .seconds(30)) async throws -> Int32 {
+        let (az, id) = (az, id)
+        return try await withTimeout(timeout, "the executor to start") {
+            while true {
+                if let pid = az.pids(of: id).first { return pid }
+                try await Task.sleep(for: .milliseconds(50))
+            }
+        }
+    }
+
+    func remove() {
+        agent.cancel()
+        broker.stop()
+        az.remove()
+        try? FileManager.default.removeItem(atPath: directory)
+    }
 }
