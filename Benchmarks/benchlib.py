@@ -83,6 +83,18 @@ def build_release(*products):
     return [os.path.join(bindir, p) for p in products]
 
 
+def stop_all(procs, grace=20):
+    """Stops every process still running (SIGTERM, SIGKILL after GRACE seconds), the last started first."""
+    for p in reversed([p for p in procs if p is not None]):
+        if p.poll() is None:
+            p.terminate()
+            try:
+                p.wait(timeout=grace)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+
+
 def write_section(path, name, section):
     """Replaces the <!-- name:begin --> ... <!-- name:end --> block of a Markdown file (or appends it)."""
     path = path if os.path.isabs(path) else os.path.join(ROOT, path)

@@ -25,7 +25,7 @@ import tempfile
 import time
 
 from aggregator import heartbeats, seq_gaps, start_aggregator, stop, wait_retained
-from benchlib import cpu_seconds, free_port, machine, release_binaries, start_broker, which, write_section
+from benchlib import cpu_seconds, free_port, machine, release_binaries, start_broker, stop_all, which, write_section
 
 SITES = 10_000
 MAX_VS_SUB = 2.0
@@ -99,13 +99,7 @@ def main():
             stop(agg)
             stored, gaps = seq_gaps(os.path.join(directory, "fleet.sqlite"))
         finally:
-            for p in reversed(procs):
-                if p.poll() is None:
-                    p.terminate()
-                    try:
-                        p.wait(timeout=20)
-                    except subprocess.TimeoutExpired:
-                        p.kill()
+            stop_all(procs)
     count = sent["published"]
     rate = count / (sent["end"] - sent["start"])
     per = {name: (after[name] - before[name]) / count * 1e6 for name in watched}

@@ -19,7 +19,7 @@ import time
 
 import shutil
 
-from benchlib import cpu_seconds, free_port, machine, release_binaries, start_broker, which, write_section
+from benchlib import cpu_seconds, free_port, machine, release_binaries, start_broker, stop_all, which, write_section
 
 
 def which_optional(name):
@@ -63,13 +63,7 @@ def main():
                         except ValueError:
                             perf_ms = None
         finally:
-            for p in (proc, sub, broker):
-                if p.poll() is None:
-                    p.terminate()
-                    try:
-                        p.wait(timeout=20)
-                    except subprocess.TimeoutExpired:
-                        p.kill()
+            stop_all([broker, sub, proc])
     wall = end[0] - start[0]
     ticks_pct = (end[1] - start[1]) / wall * 100
     aggregator_pct = perf_ms / 1000 / wall * 100 if perf_ms is not None else ticks_pct

@@ -24,7 +24,7 @@ import tempfile
 import time
 import urllib.request
 
-from benchlib import free_port, machine, release_binaries, start_broker, write_section
+from benchlib import free_port, machine, release_binaries, start_broker, stop_all, write_section
 
 HELPER = r"""
 import socket, struct, sys, time
@@ -108,13 +108,7 @@ def main():
             for h in helpers:
                 if h.poll() is None:
                     h.kill()
-            for p in (proc, broker):
-                if p.poll() is None:
-                    p.terminate()
-                    try:
-                        p.wait(timeout=20)
-                    except subprocess.TimeoutExpired:
-                        p.kill()
+            stop_all([broker, proc])
     result = {"connections": opened, "openSeconds": round(open_seconds, 1), "descriptorLimit": limit,
               "baselineMedianMs": round(statistics.median(baseline) * 1000, 1), "baselineMaxMs": round(max(baseline) * 1000, 1),
               "attackedMedianMs": round(statistics.median(attacked) * 1000, 1), "attackedMaxMs": round(max(attacked) * 1000, 1),

@@ -1,3 +1,4 @@
+import CommandSupport
 import Dispatch
 public import FleetCore
 public import Logging
@@ -84,11 +85,7 @@ public final class AggregatorService: Service, Sendable {
     /// The id the aggregator's own presence carries in its `site` field.
     static let aggregatorID = try! SiteID("aggregator")
 
-    static func hostName() -> String {
-        var buffer = [CChar](repeating: 0, count: 256)
-        gethostname(&buffer, buffer.count)
-        return String(decoding: buffer.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
-    }
+    static func hostName() -> String { ProcessTable.hostName() }
 
     /// One site's view now, for the operator surfaces.
     public func view(of site: SiteID) -> SiteView? {
@@ -632,7 +629,7 @@ struct PublishBatch: Sendable {
 
 /// Events from the queue and the dispatcher, waiting for the clock loop to publish them.
 final class QueueEvents: Sendable {
-    private let state = Mutex<(events: [FleetEvent], changed: Bool, submitted: Bool)>(([], true, false))
+    private let state = Mutex<(events: [FleetEvent], changed: Bool)>(([], true))
     /// Called after each event is added (wakes the clock loop to publish it).
     private let onAdd: @Sendable () -> Void
 
@@ -644,17 +641,8 @@ final class QueueEvents: Sendable {
         state.withLock {
             $0.events.append(event)
             $0.changed = true
-            if event.type == .operationQueued { $0.submitted = true }
         }
         onAdd()
-    }
-
-    /// True once after an operation was queued (submitted, retried, released).
-    func peekSubmitted() -> Bool {
-        state.withLock { s in
-            defer { s.submitted = false }
-            return s.submitted
-        }
     }
 
     func take() -> [FleetEvent] {

@@ -52,6 +52,13 @@ public enum HeartbeatScanner {
             return nil
         }
 
+        /// A string or `null` (nil when neither: the outer nil says "give up").
+        mutating func optionalString() -> String?? {
+            if null() { return .some(nil) }
+            guard let text = string() else { return nil }
+            return .some(text)
+        }
+
         mutating func null() -> Bool {
             skipSpace()
             guard at + 4 <= bytes.count, bytes[at] == 0x6E, bytes[at + 1] == 0x75, bytes[at + 2] == 0x6C, bytes[at + 3] == 0x6C else { return false }
@@ -153,10 +160,8 @@ public enum HeartbeatScanner {
                 case "session": session = s.unsigned(); return session != nil
                 case "seq": seq = s.unsigned(); return seq != nil
                 case "instance":
-                    if s.null() { instance = .some(nil); return true }
-                    guard let text = s.string() else { return false }
-                    instance = .some(text)
-                    return true
+                    instance = s.optionalString()
+                    return instance != nil
                 case "sentAt": sentAt = s.date(); return sentAt != nil
                 case "azure": azure = s.azure(); return azure != nil
                 case "certificates":
@@ -198,22 +203,17 @@ public enum HeartbeatScanner {
             var source: String?
             var error: String?
             let ok = object { s, key in
-                func optionalString() -> String?? {
-                    if s.null() { return .some(nil) }
-                    guard let text = s.string() else { return nil }
-                    return .some(text)
-                }
                 switch key {
                 case "earliestNotAfter":
                     if s.null() { return true }
                     notAfter = s.date()
                     return notAfter != nil
                 case "source":
-                    guard let value = optionalString() else { return false }
+                    guard let value = s.optionalString() else { return false }
                     source = value
                     return true
                 case "error":
-                    guard let value = optionalString() else { return false }
+                    guard let value = s.optionalString() else { return false }
                     error = value
                     return true
                 default: return false

@@ -15,19 +15,9 @@ struct SlowClientTests {
     /// hang. Here the same ratio at a tenth of the scale: a limit of 2,000 descriptors, 2,100 connections.
     @Test("more slow connections than the aggregator has descriptors: /healthz still answers; the oldest slow ones are closed to make room")
     func slowloris() async throws {
-        let broker = try MosquittoBroker()
-        defer { broker.stop() }
-        let directory = try temporaryDirectory("edgefleet-slow")
-        defer { try? FileManager.default.removeItem(atPath: directory) }
-        let port = try freeLoopbackPort()
-        let aggregator = try AggregatorProcess(
-            broker: broker, database: directory + "/fleet.sqlite",
-            flags: Short.flags + ["--http", "127.0.0.1:\(port)", "--public-reads", "true", "--http-header-timeout", "60s"],
-            descriptorLimit: 2_000)
-        defer { aggregator.terminate() }
-        try await withTimeout(.seconds(20), "the aggregator to answer") {
-            while (try? await HTTP.get(port: port, "/healthz"))?.status != 200 { try await Task.sleep(for: .milliseconds(100)) }
-        }
+        let server = try await ServedAggregator.start(headerTimeout: "60s", descriptorLimit: 2_000)
+        defer { server.stop() }
+        let (port, aggregator) = (server.port, server.aggregator)
         let opened = try await offload { try SlowClients(port: port, count: 2_100) }
         defer { opened.close() }
         #expect(opened.count == 2_100, "opened only \(opened.count)")
@@ -53,18 +43,9 @@ struct SlowClientTests {
 
     @Test("a connection that does not finish its request head within the header timeout is closed")
     func headerTimeout() async throws {
-        let broker = try MosquittoBroker()
-        defer { broker.stop() }
-        let directory = try temporaryDirectory("edgefleet-slow")
-        defer { try? FileManager.default.removeItem(atPath: directory) }
-        let port = try freeLoopbackPort()
-        let aggregator = try AggregatorProcess(
-            broker: broker, database: directory + "/fleet.sqlite",
-            flags: Short.flags + ["--http", "127.0.0.1:\(port)", "--public-reads", "true", "--http-header-timeout", "1s"])
-        defer { aggregator.terminate() }
-        try await withTimeout(.seconds(20), "the aggregator to answer") {
-            while (try? await HTTP.get(port: port, "/healthz"))?.status != 200 { try await Task.sleep(for: .milliseconds(100)) }
-        }
+        let server = try await ServedAggregator.start(headerTimeout: "1s")
+        defer { server.stop() }
+        let port = server.port
         let slow = try await offload { try SlowClients(port: port, count: 1) }
         defer { slow.close() }
         let closedAfter = try await offload { try slow.waitForClose(index: 0, timeout: 10) }
@@ -74,6 +55,40 @@ struct SlowClientTests {
         #expect(try await HTTP.get(port: port, "/healthz").status == 200)
         let metrics = try await HTTP.get(port: port, "/metrics").text
         #expect(metrics.contains(#"edgefleet_http_connections_closed_total{reason="slow-head"} 1"#))
+    }
+}
+
+/// A broker and an aggregator process answering HTTP on a port of its own, reads open.
+struct ServedAggregator {
+    let broker: MosquittoBroker
+    let directory: String
+    let port: Int
+    let aggregator: AggregatorProcess
+
+    static func start(headerTimeout: String, descriptorLimit: Int? = nil) async throws -> ServedAggregator {
+        let broker = try MosquittoBroker()
+        let directory = try temporaryDirectory("edgefleet-slow")
+        let port = try freeLoopbackPort()
+        let aggregator = try AggregatorProcess(
+            broker: broker, database: directory + "/fleet.sqlite",
+            flags: Short.flags + ["--http", "127.0.0.1:\(port)", "--public-reads", "true", "--http-header-timeout", headerTimeout],
+            descriptorLimit: descriptorLimit)
+        let served = ServedAggregator(broker: broker, directory: directory, port: port, aggregator: aggregator)
+        do {
+            try await withTimeout(.seconds(20), "the aggregator to answer") {
+                while (try? await HTTP.get(port: port, "/healthz"))?.status != 200 { try await Task.sleep(for: .milliseconds(100)) }
+            }
+        } catch {
+            served.stop()
+            throw error
+        }
+        return served
+    }
+
+    func stop() {
+        aggregator.terminate()
+        broker.stop()
+        try? FileManager.default.removeItem(atPath: directory)
     }
 }
 
@@ -126,8 +141,4 @@ final class SlowClients: @unchecked Sendable {  // used from one test at a time
         for fd in descriptors { Glibc.close(fd) }
         descriptors.removeAll()
     }
-}
-
-extension Duration {
-    var secondsValue: Double { Double(components.seconds) + Double(components.attoseconds) / 1e18 }
 }

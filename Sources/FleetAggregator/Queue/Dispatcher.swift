@@ -71,8 +71,6 @@ public final class Dispatcher: Sendable {
     let finished: @Sendable () -> Void
 
     private struct State {
-        /// An operation finished, so a slot is free: the next pass should not wait.
-        var kicked = false
         var running: Set<SiteID> = []
         /// The process group of each running executor, by operation id.
         var processes: [String: pid_t] = [:]
@@ -134,14 +132,6 @@ public final class Dispatcher: Sendable {
         while runningCount > 0, ContinuousClock.now < last { try? await Task.sleep(for: .milliseconds(20)) }
     }
 
-    /// True once after an operation finished since the last call.
-    public func takeKick() -> Bool {
-        state.withLock { s in
-            defer { s.kicked = false }
-            return s.kicked
-        }
-    }
-
     /// Whether operations wait in the queue (or it is not known: the store was not read since a change).
     public var hasWaiting: Bool { state.withLock { $0.waiting.map { !$0.isEmpty } ?? true } }
 
@@ -154,8 +144,8 @@ public final class Dispatcher: Sendable {
     /// that cannot be ended leaves its operation `dispatching` (logged); the next start tries again.
     /// Blocks while it waits for leftovers to end: call it off the cooperative pool.
     public func recover(now: Date, grace: Duration = .seconds(10)) throws {
-        let boot = LeftoverExecutors.bootID()
-        let host = LeftoverExecutors.hostName()
+        let boot = ProcessTable.bootID()
+        let host = ProcessTable.hostName()
         var runs: [String: ExecutorRun] = [:]
         for run in try store.runs() { runs[run.operationID] = run }
         for operation in try store.all(OperationFilter(states: [.dispatching])) {
@@ -391,7 +381,6 @@ public final class Dispatcher: Sendable {
             self.state.withLock {
                 _ = $0.running.remove(dispatched.site)
                 $0.finished[dispatched.site, default: 0] += 1
-                $0.kicked = true
             }
             self.finished()
         }

@@ -23,14 +23,11 @@ import Foundation
 /// would be a guess. Ending it and queueing the operation again keeps the contract's
 /// at-least-once rule and never runs one operation twice at the same time.
 enum LeftoverExecutors {
-    static func bootID() -> String { ProcessTable.bootID() }
-    static func hostName() -> String { ProcessTable.hostName() }
-
     /// The run record of a process just started.
     static func run(operationID: String, pid: Int32, startedAt: Date) -> ExecutorRun {
         ExecutorRun(
-            operationID: operationID, processGroup: pid, startTicks: ProcessTable.entry(pid)?.startTicks ?? 0, bootID: bootID(),
-            host: hostName(), startedAt: startedAt)
+            operationID: operationID, processGroup: pid, startTicks: ProcessTable.entry(pid)?.startTicks ?? 0, bootID: ProcessTable.bootID(),
+            host: ProcessTable.hostName(), startedAt: startedAt)
     }
 
     /// Live processes of `run`'s group started no earlier than its leader, and any process
