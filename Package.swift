@@ -37,10 +37,12 @@ let package = Package(
             pkgConfig: "libmosquitto",
             providers: [.apt(["libmosquitto-dev"]), .brew(["mosquitto"])]
         ),
+        // The one parser of HOST:PORT (listen addresses, broker URLs, probe endpoints).
+        .target(name: "HostPort", swiftSettings: swiftSettings),
         .target(
             name: "MQTT",
             dependencies: [
-                "CMosquitto",
+                "CMosquitto", "HostPort",
                 .product(name: "Logging", package: "swift-log"),
             ],
             swiftSettings: swiftSettings
@@ -58,24 +60,54 @@ let package = Package(
         // child (posix_spawn_file_actions_addclosefrom_np) and becoming a child subreaper.
         .target(name: "CProcess"),
         .target(name: "CTLSProbe", linkerSettings: [.linkedLibrary("ssl"), .linkedLibrary("crypto")]),
+        // Every process the project starts goes through here (spawn with nothing but 0-2, run
+        // with a timeout and bounded output, the process table); no command-line parsing.
+        .target(name: "Subprocesses", dependencies: ["CProcess", "FleetCore"], swiftSettings: swiftSettings),
+        // Layered settings (file, EDGEFLEET_* environment, flags) and the broker settings the
+        // agent and the aggregator share; no command-line parsing.
+        .target(name: "LayeredSettings", dependencies: ["FleetCore", "MQTT", "YAMLReader"], swiftSettings: swiftSettings),
         // The site agent's parts: durable state, probes, checks, certificates, spool, the service.
         .target(
             name: "FleetAgent",
             dependencies: [
-                "FleetCore", "MQTT", "FleetMessaging", "CommandSupport", "CTLSProbe", "YAMLReader",
+                "FleetCore", "MQTT", "FleetMessaging", "Subprocesses", "LayeredSettings", "HostPort", "CTLSProbe", "YAMLReader",
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ],
             swiftSettings: swiftSettings
         ),
-        // The aggregator's parts: ingest, the fleet state and its schedule, the SQLite store,
-        // publishing, metrics, the service.
+        // The deferred-operation queue: the store protocol and its SQLite store, submission,
+        // executor templates, the dispatcher, the queue's Service. Knows nothing of fleet state.
+        .target(
+            name: "FleetQueue",
+            dependencies: [
+                "FleetCore", "Subprocesses",
+                .product(name: "GRDB", package: "GRDB.swift"),
+                .product(name: "Metrics", package: "swift-metrics"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+        // The aggregator's core: ingest, the fleet state and its schedule, the site store,
+        // publishing, metrics, the service and its wiring to the queue.
         .target(
             name: "FleetAggregator",
             dependencies: [
-                "FleetCore", "MQTT", "FleetMessaging", "CommandSupport",
+                "FleetCore", "MQTT", "FleetMessaging", "FleetQueue", "LayeredSettings", "Subprocesses", "HostPort",
                 .product(name: "GRDB", package: "GRDB.swift"),
                 .product(name: "Metrics", package: "swift-metrics"),
                 .product(name: "HeapModule", package: "swift-collections"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+        // The HTTP API, the dashboard and /metrics: the only module that imports Hummingbird.
+        // It reaches the aggregator through one protocol (OperatorBackend), never its core.
+        .target(
+            name: "FleetHTTP",
+            dependencies: [
+                "FleetCore", "FleetQueue", "HostPort",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "Hummingbird", package: "hummingbird"),
@@ -92,12 +124,12 @@ let package = Package(
             dependencies: ["FleetCore", "MQTT", "FleetMessaging", "YAMLReader", .product(name: "Logging", package: "swift-log")],
             swiftSettings: swiftSettings
         ),
-        // What the three executables share: EdgeFleet's exit codes around ArgumentParser.
+        // What the three executables share: EdgeFleet's exit codes and options around
+        // ArgumentParser, and running their services. Only executables depend on it.
         .target(
             name: "CommandSupport",
             dependencies: [
-                "FleetCore", "MQTT", "CProcess",
-                "YAMLReader",
+                "FleetCore", "MQTT", "Subprocesses", "LayeredSettings",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
@@ -107,7 +139,7 @@ let package = Package(
         .executableTarget(
             name: "edgefleet-agent",
             dependencies: [
-                "FleetCore", "MQTT", "CommandSupport", "FleetAgent",
+                "FleetCore", "MQTT", "CommandSupport", "FleetAgent", "LayeredSettings", "Subprocesses",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
@@ -117,7 +149,7 @@ let package = Package(
         .executableTarget(
             name: "edgefleet-aggregator",
             dependencies: [
-                "FleetCore", "MQTT", "CommandSupport", "FleetAggregator",
+                "FleetCore", "MQTT", "CommandSupport", "FleetAggregator", "FleetQueue", "FleetHTTP", "LayeredSettings", "HostPort", "Subprocesses",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Prometheus", package: "swift-prometheus"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
@@ -128,7 +160,7 @@ let package = Package(
         .executableTarget(
             name: "edgefleet",
             dependencies: [
-                "FleetCore", "MQTT", "CommandSupport", "FleetSimulator", .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                "FleetCore", "MQTT", "CommandSupport", "FleetSimulator", "Subprocesses", "LayeredSettings", .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ],
             swiftSettings: swiftSettings
@@ -136,7 +168,7 @@ let package = Package(
         .executableTarget(
             name: "edgefleet-bench",
             dependencies: [
-                "MQTT", "FleetCore", "FleetAggregator",
+                "MQTT", "FleetCore", "FleetAggregator", "FleetQueue",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             path: "Benchmarks/edgefleet-bench",
@@ -146,7 +178,7 @@ let package = Package(
         // a cuttable TCP proxy, openssl-made certificates, subprocesses.
         .target(
             name: "TestSupport",
-            dependencies: ["MQTT", "CProcess"],
+            dependencies: ["MQTT", "CProcess", "Subprocesses"],
             path: "Tests/TestSupport",
             swiftSettings: swiftSettings
         ),
@@ -155,15 +187,16 @@ let package = Package(
         .testTarget(
             name: "FleetAgentTests",
             dependencies: [
-                "FleetAgent", "CommandSupport", "TestSupport", "MQTT", "FleetCore", .product(name: "Logging", package: "swift-log"),
+                "FleetAgent", "Subprocesses", "LayeredSettings", "TestSupport", "MQTT", "FleetCore", .product(name: "Logging", package: "swift-log"),
             ],
             swiftSettings: swiftSettings
         ),
-        .testTarget(name: "CommandLineTests", dependencies: ["TestSupport", "CommandSupport", "FleetCore", "YAMLReader"], swiftSettings: swiftSettings),
+        .testTarget(name: "CommandLineTests", dependencies: ["TestSupport", "Subprocesses", "LayeredSettings", "HostPort", "FleetCore", "FleetAgent", "MQTT", "YAMLReader"], swiftSettings: swiftSettings),
         .testTarget(
             name: "FleetAggregatorTests",
             dependencies: [
-                "FleetAggregator", "FleetCore", "FleetSimulator", "MQTT", "TestSupport", "CommandSupport", "YAMLReader",
+                "FleetAggregator", "FleetQueue", "FleetHTTP", "FleetCore", "FleetSimulator", "MQTT", "TestSupport", "Subprocesses",
+                "LayeredSettings", "HostPort", "YAMLReader",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "MetricsTestKit", package: "swift-metrics"),
             ],

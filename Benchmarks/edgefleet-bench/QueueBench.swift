@@ -1,5 +1,6 @@
 import ArgumentParser
 import FleetAggregator
+import FleetQueue
 import FleetCore
 import Foundation
 

@@ -77,7 +77,14 @@ extension ServiceGroup {
     public static func runService(
         _ services: [any Service], program: String, shutdownLimit: Duration = .seconds(30), logger: Logger
     ) async throws {
-        var configurations = services.map { ServiceGroupConfiguration.ServiceConfiguration(service: $0) }
+        // Any service ending, by itself or with an error, ends the others gracefully (in reverse
+        // order): the queue stops its executors, the core writes its last records.
+        var configurations = services.map { service in
+            var configuration = ServiceGroupConfiguration.ServiceConfiguration(service: service)
+            configuration.successTerminationBehavior = .gracefullyShutdownGroup
+            configuration.failureTerminationBehavior = .gracefullyShutdownGroup
+            return configuration
+        }
         var watchdog = ServiceGroupConfiguration.ServiceConfiguration(service: ShutdownWatchdog(limit: shutdownLimit, program: program))
         watchdog.successTerminationBehavior = .ignore
         configurations.append(watchdog)

@@ -1,4 +1,6 @@
 public import ArgumentParser
+@_exported public import LayeredSettings
+import Subprocesses
 public import Logging
 
 /// Layers the configuration file, the `EDGEFLEET_*` environment and the flags, and builds

@@ -1,4 +1,6 @@
-public import CommandSupport
+import HostPort
+public import LayeredSettings
+import Subprocesses
 public import FleetCore
 public import MQTT
 
@@ -26,13 +28,12 @@ public enum AzureProbeConfiguration: Sendable, Hashable {
 
         /// Parses `host:port` (`[v6]:port` for IPv6).
         public init(parsing text: String) throws(IdentifierError) {
-            guard let colon = text.lastIndex(of: ":"), let port = Int(text[text.index(after: colon)...]), (1...65535).contains(port) else {
-                throw IdentifierError("'\(text)' is not host:port")
+            do {
+                let address = try HostPort.parse(text, role: .connect)
+                self.init(host: address.host, port: address.port)
+            } catch {
+                throw IdentifierError(error.description)
             }
-            var host = String(text[..<colon])
-            if host.hasPrefix("["), host.hasSuffix("]") { host = String(host.dropFirst().dropLast()) }
-            guard !host.isEmpty, !host.contains(" ") else { throw IdentifierError("'\(text)' has no host") }
-            self.init(host: host, port: port)
         }
     }
 

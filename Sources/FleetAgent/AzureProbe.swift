@@ -1,4 +1,4 @@
-import CommandSupport
+import Subprocesses
 internal import CTLSProbe
 import Dispatch
 

@@ -1,4 +1,4 @@
-import CommandSupport
+import Subprocesses
 public import FleetCore
 
 #if canImport(FoundationEssentials)

@@ -1,5 +1,8 @@
-public import CommandSupport
+public import HostPort
+public import LayeredSettings
+import Subprocesses
 public import FleetCore
+public import FleetQueue
 public import MQTT
 import YAMLReader
 
@@ -11,7 +14,7 @@ public struct AggregatorConfiguration: Sendable {
     /// The SQLite file (WAL): site records, later the operation queue.
     public var databasePath: String
     /// Where the HTTP API, the dashboard and `/metrics` listen, `HOST:PORT` (port 0: any free one).
-    public var httpListen: String
+    public var httpListen: HostPort
     /// Bearer tokens, one per line (`--token-file`); without it every change is refused.
     public var tokenFile: String?
     /// Reads (`GET`, the dashboard, `/metrics`) without a token.
@@ -45,7 +48,7 @@ public struct AggregatorConfiguration: Sendable {
 
     public init(
         mqtt: MQTTConfiguration, topics: FleetTopics = FleetTopics(), databasePath: String = "./edgefleet.sqlite",
-        httpListen: String = "127.0.0.1:8080", thresholds: Thresholds = Thresholds(), viewRefresh: Duration = .seconds(300),
+        httpListen: HostPort = HostPort(host: "127.0.0.1", port: 8080), thresholds: Thresholds = Thresholds(), viewRefresh: Duration = .seconds(300),
         summaryInterval: Duration = .seconds(1), flushInterval: Duration = .seconds(1), maxPayloadBytes: Int = 16_384,
         executors: [OperationKind: ExecutorTemplate] = [:], dispatch: DispatchSettings = DispatchSettings(), maxAttempts: Int = 5,
         dispatchInterval: Duration = .milliseconds(500), tokenFile: String? = nil, publicReads: Bool = false
@@ -113,18 +116,14 @@ public struct AggregatorConfiguration: Sendable {
         let clientID = try settings.string("clientId", default: "edgefleet-aggregator")
         let database = try settings.string("db", default: "./edgefleet.sqlite")
         if database.isEmpty { throw ConfigurationError(key: "db", origin: settings.raw("db")?.1, "must not be empty") }
-        let httpListen = try settings.string("http", default: "127.0.0.1:8080")
-        if HTTPAddress(httpListen) == nil {
-            throw ConfigurationError(key: "http", origin: settings.raw("http")?.1, "expected HOST:PORT, like 127.0.0.1:8080 or [::1]:8080")
+        let httpListen: HostPort
+        do {
+            httpListen = try HostPort.parse(try settings.string("http", default: "127.0.0.1:8080"), role: .listen)
+        } catch {
+            throw ConfigurationError(key: "http", origin: settings.raw("http")?.1, "\(error); expected HOST:PORT, like 127.0.0.1:8080 or [::1]:8080")
         }
+        // Its contents are the HTTP module's to read (edgefleet-aggregator checks them with the configuration).
         let tokenFile = try settings.string("tokenFile")
-        if let tokenFile {
-            do {
-                _ = try TokenStore.read(path: tokenFile)
-            } catch {
-                throw ConfigurationError(key: "tokenFile", origin: settings.raw("tokenFile")?.1, error.description)
-            }
-        }
         let publicReads = try settings.boolean("publicReads", default: false)
 
         var thresholds = Thresholds()

@@ -1,4 +1,5 @@
 public import FleetCore
+public import FleetQueue
 public import GRDB
 
 #if canImport(FoundationEssentials)
@@ -8,7 +9,8 @@ public import Foundation
 #endif
 
 /// The aggregator's SQLite database: one file, WAL, schema by append-only migrations.
-/// Site records live here; the deferred-operation queue joins them in the same file.
+/// Site records live here; the deferred-operation queue (`SQLiteOperationStore`) joins them in
+/// the same file, with its migrations registered here in the order they landed.
 public final class AggregatorDatabase: Sendable {
     public let writer: DatabasePool
     public let path: String
@@ -33,31 +35,9 @@ public final class AggregatorDatabase: Sendable {
                 t.column("updatedAt", .text).notNull()
             }
         }
-        migrator.registerMigration("v2-operations") { db in
-            try db.create(table: "operations") { t in
-                t.autoIncrementedPrimaryKey("sequence")  // submission order, and the listing cursor
-                t.column("id", .text).notNull().unique()
-                t.column("site", .text).notNull()
-                t.column("kind", .text).notNull()
-                t.column("state", .text).notNull()
-                t.column("idempotencyKey", .text).unique()
-                t.column("document", .text).notNull()  // DeferredOperation as JSON, history included
-            }
-            try db.create(index: "operations_by_site", on: "operations", columns: ["site", "state", "sequence"])
-            try db.create(index: "operations_by_state", on: "operations", columns: ["state", "sequence"])
-        }
-        migrator.registerMigration("v3-runs") { db in
-            // One row per executor started and not yet recorded as ended: how to find it again
-            // after the aggregator was killed (docs/design-notes.md, "An executor outlives its aggregator").
-            try db.create(table: "runs") { t in
-                t.primaryKey("operationID", .text)
-                t.column("processGroup", .integer).notNull()
-                t.column("startTicks", .integer).notNull()  // /proc/PID/stat field 22, clock ticks since boot
-                t.column("bootID", .text).notNull()
-                t.column("host", .text).notNull()
-                t.column("startedAt", .double).notNull()
-            }
-        }
+        // The queue's tables are the queue's (FleetQueue); the order here is the order they landed in.
+        migrator.registerMigration("v2-operations", migrate: SQLiteOperationStore.createOperations)
+        migrator.registerMigration("v3-runs", migrate: SQLiteOperationStore.createRuns)
         migrator.registerMigration("v4-forgotten-sites") { db in
             // Sites an operator forgot: their retained presence must not make them again.
             try db.create(table: "forgotten_sites") { t in
@@ -69,8 +49,25 @@ public final class AggregatorDatabase: Sendable {
     }
 }
 
+/// Where site records and the forgotten sites' tombstones live. Narrow on purpose: the
+/// aggregator only uses this, so a second backend (PostgreSQL) can implement it.
+public protocol SiteStore: Sendable {
+    /// Every stored record. A record that no longer decodes is skipped and returned as a
+    /// problem (never a crash, never a silently empty fleet).
+    func loadAll() throws -> (records: [SiteRecord], problems: [String])
+    /// Writes records (in transactions of a bounded size); a forgotten site's record is not written back.
+    func save(_ records: [SiteRecord], at now: Date) throws
+    /// Removes a site's record and remembers that it was forgotten, in one transaction.
+    func forget(_ site: SiteID, at now: Date) throws
+    /// Drops the tombstones of forgotten sites that came back.
+    func revive(_ sites: Set<SiteID>) throws
+    /// Every forgotten site.
+    func forgotten() throws -> Set<SiteID>
+    func count() throws -> Int
+}
+
 /// Site records in SQLite, written behind the in-memory state in batches.
-public struct SiteStore: Sendable {
+public struct SQLiteSiteStore: SiteStore {
     let database: AggregatorDatabase
 
     public init(database: AggregatorDatabase) {
@@ -100,7 +97,9 @@ public struct SiteStore: Sendable {
 
     /// Writes records, in transactions of at most `batch` records (encoding a whole
     /// 100,000-site fleet at once would hold all of its JSON in memory).
-    public func save(_ records: [SiteRecord], at now: Date, batch: Int = 2_000) throws {
+    public func save(_ records: [SiteRecord], at now: Date) throws { try save(records, at: now, batch: 2_000) }
+
+    public func save(_ records: [SiteRecord], at now: Date, batch: Int) throws {
         var start = records.startIndex
         while start < records.endIndex {
             let end = min(start + batch, records.endIndex)
@@ -158,4 +157,9 @@ public struct SiteStore: Sendable {
     public func count() throws -> Int {
         try database.writer.read { db in try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM sites") ?? 0 }
     }
+}
+
+extension SQLiteOperationStore {
+    /// The queue's store in the aggregator's database file.
+    public init(database: AggregatorDatabase) { self.init(writer: database.writer) }
 }

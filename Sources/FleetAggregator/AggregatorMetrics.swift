@@ -1,5 +1,6 @@
 public import CoreMetrics
 import FleetCore
+public import FleetQueue
 
 /// The aggregator's metrics through swift-metrics, named as Prometheus expects
 /// (`edgefleet_sites{mode="semi-connected"}`). The HTTP `/metrics` endpoint comes with
@@ -16,8 +17,10 @@ public struct AggregatorMetrics: Sendable {
     let publishFailures: Counter
     /// Flushes of site records that failed (a full disk, a read-only or lost database).
     let storeFailures: Counter
-    let operationsByState: [OperationState: Gauge]
-    let dispatchLatency: Timer
+    /// Events the state dropped because nobody took them for too long (the broker unreachable).
+    let eventsDropped: Counter
+    /// The queue's own (operations by state, dispatch latency).
+    public let queue: QueueMetrics
 
     /// Each metric's `# HELP` text for `/metrics` (swift-metrics carries none).
     public static let help: [String: String] = [
@@ -30,9 +33,8 @@ public struct AggregatorMetrics: Sendable {
         "edgefleet_publish_latency_seconds": "Time from publishing a view, event or summary to the broker's acknowledgement.",
         "edgefleet_publish_failures_total": "Publications that failed (the broker was unreachable).",
         "edgefleet_store_write_failures_total": "Flushes of site records that failed (a full disk, a read-only or lost database).",
-        "edgefleet_operations": "Deferred operations by state.",
-        "edgefleet_dispatch_latency_seconds": "Time from an operation becoming dispatchable to its executor starting.",
-    ]
+        "edgefleet_events_dropped_total": "Fleet events dropped unpublished: more than the state keeps piled up while the broker was unreachable.",
+    ].merging(QueueMetrics.help) { own, _ in own }
 
     public init(factory: any MetricsFactory = MetricsSystem.factory) {
         sitesByMode = Dictionary(
@@ -56,17 +58,8 @@ public struct AggregatorMetrics: Sendable {
         publishLatency = Timer(label: "edgefleet_publish_latency_seconds", preferredDisplayUnit: .seconds, factory: factory)
         publishFailures = Counter(label: "edgefleet_publish_failures_total", factory: factory)
         storeFailures = Counter(label: "edgefleet_store_write_failures_total", factory: factory)
-        operationsByState = Dictionary(
-            uniqueKeysWithValues: OperationState.allCases.map {
-                ($0, Gauge(label: "edgefleet_operations", dimensions: [("state", $0.rawValue)], factory: factory))
-            })
-        dispatchLatency = Timer(label: "edgefleet_dispatch_latency_seconds", preferredDisplayUnit: .seconds, factory: factory)
-    }
-
-    func record(operations counts: [SiteID: [OperationState: Int]]) {
-        var totals: [OperationState: Int] = [:]
-        for byState in counts.values { for (state, n) in byState { totals[state, default: 0] += n } }
-        for state in OperationState.allCases { operationsByState[state]?.record(totals[state] ?? 0) }
+        eventsDropped = Counter(label: "edgefleet_events_dropped_total", factory: factory)
+        queue = QueueMetrics(factory: factory)
     }
 
     func record(modes: ModeCounts, liveness: LivenessCounts) {
@@ -75,9 +68,3 @@ public struct AggregatorMetrics: Sendable {
     }
 }
 
-extension Timer {
-    func record(duration: Duration) {
-        let (seconds, attoseconds) = duration.components
-        recordNanoseconds(seconds * 1_000_000_000 + attoseconds / 1_000_000_000)
-    }
-}

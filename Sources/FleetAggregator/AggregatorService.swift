@@ -1,6 +1,7 @@
-import CommandSupport
 import Dispatch
+import Subprocesses
 public import FleetCore
+public import FleetQueue
 public import Logging
 import FleetMessaging
 import MQTT
@@ -29,45 +30,50 @@ public final class AggregatorService: Service, Sendable {
     let metrics: AggregatorMetrics
     let client: MQTTClient
     let database: AggregatorDatabase
-    let store: SiteStore
-    let state: Mutex<FleetState>
+    let store: any SiteStore
+    let state: SharedFleet
     let session: UInt64
     let rejectLog: Mutex<RejectLog>
-    /// The deferred-operation queue (submission, operator actions) and its dispatcher.
-    public let queue: DeferredQueue
-    let dispatcher: Dispatcher
-    let queueEvents: QueueEvents
+    /// The deferred-operation queue (submission, operator actions, dispatch): a `Service` of its
+    /// own in the same `ServiceGroup`, told of sites' situations through a lookup.
+    public let queue: QueueService
+    /// The wall clock every evaluation reads.
+    let clock: WallClock
     /// Batches from the clock loop to the publish loop, and whether one is on its way.
     let outbox = AsyncStream<PublishBatch>.makeStream()
     let publisherBusy = Mutex(false)
     /// What the clock loop and the dispatch loop wait on between the instants they plan.
-    let clockWake: Wakeup
-    let dispatchWake: Wakeup
+    let clockWake = Wakeup()
     let storeWake = Wakeup()
 
-    public init(configuration: AggregatorConfiguration, logger: Logger, metrics: AggregatorMetrics = AggregatorMetrics()) throws {
+    public init(
+        configuration: AggregatorConfiguration, logger: Logger, metrics: AggregatorMetrics = AggregatorMetrics(), clock: WallClock = .system
+    ) throws {
         self.configuration = configuration
         self.logger = logger
         self.metrics = metrics
+        self.clock = clock
         database = try AggregatorDatabase(path: configuration.databasePath)
-        store = SiteStore(database: database)
+        store = SQLiteSiteStore(database: database)
         let fleet = FleetState(thresholds: configuration.thresholds, viewRefresh: configuration.viewRefresh)
         fleet.siteLimit = configuration.maxSites
-        state = Mutex(fleet)
-        session = UInt64(max(0, Date().timeIntervalSince1970 * 1000))
+        let state = SharedFleet(fleet)
+        self.state = state
+        session = UInt64(max(0, clock.now().timeIntervalSince1970 * 1000))
         rejectLog = Mutex(RejectLog())
-        let operations = SQLiteOperationStore(database: database)
-        queue = DeferredQueue(store: operations, executors: configuration.executors, defaultMaxAttempts: configuration.maxAttempts)
-        let clockWake = Wakeup()
-        let dispatchWake = Wakeup()
-        self.clockWake = clockWake
-        self.dispatchWake = dispatchWake
-        let events = QueueEvents(onAdd: { clockWake.signal() })
-        queueEvents = events
-        dispatcher = Dispatcher(
-            store: operations, executors: configuration.executors, settings: configuration.dispatch, logger: logger,
-            emit: { events.add($0) }, dispatched: { metrics.dispatchLatency.record(duration: $0) },
-            finished: { dispatchWake.signal() })
+        let clockWake = clockWake
+        queue = QueueService(
+            store: SQLiteOperationStore(writer: database.writer),
+            settings: QueueSettings(
+                executors: configuration.executors, dispatch: configuration.dispatch, maxAttempts: configuration.maxAttempts,
+                dispatchInterval: configuration.dispatchInterval),
+            logger: logger, metrics: metrics.queue, clock: clock,
+            situation: { site, now in state.withLock { $0.situation(of: site, now: now) } },
+            countsChanged: { counts in
+                state.withLock { $0.setQueue(counts, now: clock.now()) }
+                clockWake.signal()  // views whose queue counts changed go out
+            },
+            eventAdded: { clockWake.signal() })
 
         var mqtt = configuration.mqtt
         let topics = configuration.topics
@@ -76,7 +82,7 @@ public final class AggregatorService: Service, Sendable {
         mqtt.willProvider = {
             let presence = Presence(
                 site: Self.aggregatorID, state: .offline, reason: .lost, session: session,
-                agent: AgentInfo(version: EdgeFleetVersion.current, host: host), at: Date())
+                agent: AgentInfo(version: EdgeFleetVersion.current, host: host), at: clock.now())
             return LastWill(.aggregatorPresence, in: topics, payload: (try? FleetJSON.encode(presence)) ?? [])
         }
         client = try MQTTClient(configuration: mqtt, logger: logger)
@@ -89,7 +95,7 @@ public final class AggregatorService: Service, Sendable {
 
     /// One site's view now, for the operator surfaces.
     public func view(of site: SiteID) -> SiteView? {
-        state.withLock { $0.view(of: site, now: Date()) }
+        state.withLock { $0.view(of: site, now: clock.now()) }
     }
 
     /// How many sites the fleet holds (cheap: for /healthz).
@@ -97,12 +103,12 @@ public final class AggregatorService: Service, Sendable {
 
     /// The fleet summary now.
     public func summary() -> FleetSummary {
-        state.withLock { $0.summary(now: Date()) }
+        state.withLock { $0.summary(now: clock.now()) }
     }
 
     /// Every site's view now, ordered by site id, filtered.
     public func views(mode: ConnectivityMode? = nil, liveness: Liveness? = nil) -> [SiteView] {
-        let now = Date()
+        let now = clock.now()
         return state.withLock { fleet in
             fleet.allViews(now: now) { view in (mode.map { view.mode == $0 } ?? true) && (liveness.map { view.liveness == $0 } ?? true) }
         }
@@ -115,7 +121,7 @@ public final class AggregatorService: Service, Sendable {
 
     /// One site's view and what its agent last reported.
     public func detail(of site: SiteID) -> SiteDetail? {
-        let now = Date()
+        let now = clock.now()
         return state.withLock { fleet in
             guard let record = fleet.records[site], let view = fleet.view(of: site, now: now) else { return nil }
             return SiteDetail(
@@ -128,7 +134,7 @@ public final class AggregatorService: Service, Sendable {
 
     /// "What works here now" at one site: every kind of the catalog, for its mode now.
     public func capabilities(of site: SiteID) -> SiteCapabilities? {
-        let now = Date()
+        let now = clock.now()
         return state.withLock { fleet in
             guard let record = fleet.records[site], let view = fleet.view(of: site, now: now) else { return nil }
             return SiteCapabilities(
@@ -136,20 +142,19 @@ public final class AggregatorService: Service, Sendable {
         }
     }
 
+    /// The thresholds the fleet is evaluated against.
+    public var thresholds: Thresholds { configuration.thresholds }
+
     /// Whether the aggregator's broker connection is up now.
     public var brokerConnected: Bool { client.state.isConnected }
 
     public func run() async throws {
         let (restored, problems) = try store.loadAll()
         for problem in problems { logger.error("\(problem)") }
-        let start = Date()
+        let start = clock.now()
         let forgotten = try store.forgotten()
         state.withLock { $0.restore(restored, forgotten: forgotten, now: start) }
-        // Ending executors a killed predecessor left running blocks: not on the cooperative pool.
-        let dispatcher = dispatcher
-        try await withCheckedThrowingContinuation { (done: CheckedContinuation<Void, any Error>) in
-            DispatchQueue.global().async { done.resume(with: Result { try dispatcher.recover(now: start) }) }
-        }
+        queue.modesChanged()  // the restored fleet: every site's situation is new to the dispatcher
         logger.info("aggregator started", metadata: ["sites": "\(restored.count)", "database": "\(configuration.databasePath)"])
 
         let topics = configuration.topics
@@ -167,14 +172,12 @@ public final class AggregatorService: Service, Sendable {
                 group.addTask { await self.publishLoop() }
                 group.addTask { await self.storeLoop() }
                 group.addTask { try await self.presenceLoop() }
-                group.addTask { await self.dispatchLoop() }
                 try await withGracefulShutdownHandler {
                     try await group.next()
                 } onGracefulShutdown: {
                     self.stopping.withLock { $0 = true }
                     // The loops wait on these, not on a timer: wake them to see they must stop.
                     self.clockWake.signal()
-                    self.dispatchWake.signal()
                     self.storeWake.signal()
                 }
                 group.cancelAll()
@@ -196,7 +199,8 @@ public final class AggregatorService: Service, Sendable {
     let storeHealth = Mutex(StoreHealth())
 
     /// Why the store is unhealthy (records not written for longer than `storeGrace`), or nil.
-    public func storeProblem(now: Date = Date()) -> String? {
+    public func storeProblem(now: Date? = nil) -> String? {
+        let now = now ?? clock.now()
         guard let since = storeHealth.withLock({ $0.failingSince }), now.timeIntervalSince(since) >= configuration.storeGrace.secondsValue
         else { return nil }
         return "site records cannot be written since \(RFC3339.format(since))"
@@ -211,7 +215,7 @@ public final class AggregatorService: Service, Sendable {
         let decoder = IngestDecoder(topics: configuration.topics, maxPayloadBytes: configuration.maxPayloadBytes)
         for await message in client.messages {
             if isStopping { return }
-            let now = Date()
+            let now = clock.now()
             switch decoder.decode(topic: message.topic, payload: message.payload, now: now) {
             case .success(.heartbeat) where message.retain:
                 // Heartbeats are never retained; a retained one is a leftover, not a contact now.
@@ -253,8 +257,9 @@ public final class AggregatorService: Service, Sendable {
     /// broker link changed, the queue had news). An idle aggregator does nothing.
     private func clockLoop() async {
         var lastSummary = ContinuousClock.now - configuration.summaryInterval
+        var droppedCounted = 0
         while !isStopping {
-            let now = Date()
+            let now = clock.now()
             // At most 2,000 due evaluations per pass (about 10 ms of work), then publish what
             // changed: when a whole fleet comes due at once (loaded or restored in one burst),
             // ingest and its publishing are delayed by one slice, not by the whole herd.
@@ -265,27 +270,28 @@ public final class AggregatorService: Service, Sendable {
             // broker (a publish held up by a lost connection stalled every evaluation until the
             // link came back), and nothing is taken from the state while a batch is on its way.
             let take = connected && !publisherBusy.withLock { $0 }
-            let (output, lag, counts, modeChanged) = state.withLock { fleet in
+            let (output, lag, counts, modeChanged, dropped) = state.withLock { fleet in
                 fleet.setListening(connected, now: now)
                 let (_, lateness) = fleet.runDue(now: now, limit: 2_000)
                 _ = fleet.takeClockNeeded()  // this pass takes care of it
                 if fleet.takeStoreNeeded() { storeWake.signal() }
                 let output = take ? fleet.takeOutput(limit: 5_000) : FleetOutput()
-                return (output, lateness, (fleet.modes, fleet.liveness), output.events.contains { $0.type == .modeChanged })
+                return (output, lateness, (fleet.modes, fleet.liveness), output.events.contains { $0.type == .modeChanged }, fleet.droppedEvents)
+            }
+            if dropped > droppedCounted {
+                metrics.eventsDropped.increment(by: dropped - droppedCounted)
+                droppedCounted = dropped
             }
             metrics.evaluationLag.record(duration: lag)
             metrics.record(modes: counts.0, liveness: counts.1)
             // A site that changed mode may let (or stop letting) its operations run.
-            if modeChanged {
-                dispatcher.modesChanged()
-                dispatchWake.signal()
-            }
+            if modeChanged { queue.modesChanged() }
             var published = false
             if take {
                 var batch = PublishBatch(output: output)
-                batch.output.events += queueEvents.take()
+                batch.output.events += queue.events.take()
                 if ContinuousClock.now - lastSummary >= configuration.summaryInterval {
-                    batch.summary = state.withLock { fleet in fleet.takeSummaryChange() ? fleet.summary(now: Date()) : nil }
+                    batch.summary = state.withLock { fleet in fleet.takeSummaryChange() ? fleet.summary(now: clock.now()) : nil }
                     if batch.summary != nil { lastSummary = ContinuousClock.now }
                 }
                 if !batch.output.isEmpty || batch.summary != nil {
@@ -301,7 +307,7 @@ public final class AggregatorService: Service, Sendable {
                 var next = fleet.nextWake
                 // Only when it could publish now: a busy publisher or a lost link wakes it when they change.
                 if fleet.summaryPending, take {
-                    let due = Date().addingTimeInterval(max(0, (summaryDue - ContinuousClock.now).secondsValue))
+                    let due = clock.now().addingTimeInterval(max(0, (summaryDue - ContinuousClock.now).secondsValue))
                     next = min(next ?? due, due)
                 }
                 fleet.plannedWake = next
@@ -324,86 +330,28 @@ public final class AggregatorService: Service, Sendable {
         }
     }
 
-    /// Dispatch passes, event-driven: after a submission or an operator's action, when an
-    /// executor finished, when a site changed mode; while operations wait, also every
-    /// `dispatchInterval` (a site turns stable, a retry's or a notBefore's time comes); and
-    /// queue counts at most 4 times a second after a change, and every 2 s in any case
-    /// (another writer of the database changes them without an event here).
-    private func dispatchLoop() async {
-        var lastCounts = ContinuousClock.now - .seconds(10)
-        var countsStale = true
-        var queueEmpty = false  // nothing queued, dispatching or blocked at the last count
-        while !isStopping {
-            let now = Date()
-            do {
-                try dispatcher.tick(now: now) { site in self.state.withLock { $0.situation(of: site, now: now)?.dispatch } }
-                if queueEvents.takeChanged() { countsStale = true }
-                let sinceCount = ContinuousClock.now - lastCounts
-                if (countsStale && sinceCount >= .milliseconds(250)) || sinceCount >= (queueEmpty ? .seconds(10) : .seconds(2)) {
-                    lastCounts = ContinuousClock.now
-                    countsStale = false
-                    let counts = try queue.store.counts()
-                    queueEmpty = !counts.values.contains { ($0[.queued] ?? 0) + ($0[.dispatching] ?? 0) + ($0[.blocked] ?? 0) > 0 }
-                    state.withLock { $0.setQueue(counts, now: Date()) }
-                    clockWake.signal()  // views whose queue counts changed go out
-                    metrics.record(operations: counts)
-                }
-            } catch {
-                logger.error("dispatch pass failed: \(error)")
-            }
-            if isStopping { return }
-            // Another writer's changes are looked for every 2 s while there is work, every 10 s when idle.
-            var deadline = lastCounts + (queueEmpty ? .seconds(10) : .seconds(2))
-            if countsStale { deadline = min(deadline, lastCounts + .milliseconds(250)) }
-            if dispatcher.hasWaiting { deadline = min(deadline, .now + configuration.dispatchInterval) }
-            await dispatchWake.wait(until: deadline)
-        }
-    }
-
     // MARK: - The queue, for the operator surfaces
 
     /// Submits an operation (validated against the catalog and the executors).
-    public func submit(_ request: SubmissionRequest) throws(QueueError) -> SubmissionResult {
-        let now = Date()
-        let situation = (try? SiteID(request.site)).flatMap { site in state.withLock { $0.situation(of: site, now: now)?.submission } }
-        let result = try queue.submit(request, situation: situation, now: now)
-        dispatcher.invalidate()
-        dispatchWake.signal()
-        if !result.existing {
-            for id in result.superseded {
-                queueEvents.add(FleetEvent(type: .operationSuperseded, site: result.operation.site, at: now, operationID: id, note: "superseded by \(result.operation.id)"))
-            }
-            queueEvents.add(
-                FleetEvent(
-                    type: result.operation.state == .blocked ? .operationBlocked : .operationQueued, site: result.operation.site, at: now,
-                    operationID: result.operation.id, kind: result.operation.kind, note: result.reason))
-        }
-        return result
-    }
+    public func submit(_ request: SubmissionRequest) throws(QueueError) -> SubmissionResult { try queue.submit(request) }
 
-    public func cancel(id: String, by who: String) throws(QueueError) -> DeferredOperation {
-        let operation = try queue.cancel(id: id, by: who, now: Date())
-        queueChanged([operation], .operationCancelled, note: "by \(who)")
-        return operation
-    }
+    public func cancel(id: String, by who: String) throws(QueueError) -> DeferredOperation { try queue.cancel(id: id, by: who) }
 
-    public func retry(id: String, by who: String) throws(QueueError) -> DeferredOperation {
-        let operation = try queue.retry(id: id, by: who, now: Date())
-        queueChanged([operation], .operationQueued, note: "retried by \(who)")
-        return operation
-    }
+    public func retry(id: String, by who: String) throws(QueueError) -> DeferredOperation { try queue.retry(id: id, by: who) }
 
-    public func release(id: String, by who: String) throws(QueueError) -> DeferredOperation {
-        let operation = try queue.release(id: id, by: who, now: Date())
-        queueChanged([operation], .operationQueued, note: "released by \(who)")
-        return operation
-    }
+    public func release(id: String, by who: String) throws(QueueError) -> DeferredOperation { try queue.release(id: id, by: who) }
 
     public func cancelAll(_ filter: OperationFilter, by who: String) throws(QueueError) -> [DeferredOperation] {
-        let cancelled = try queue.cancelAll(filter, by: who, now: Date())
-        queueChanged(cancelled, .operationCancelled, note: "by \(who) (bulk)")
-        return cancelled
+        try queue.cancelAll(filter, by: who)
     }
+
+    /// Operations matching `filter`, oldest first after `cursor`, or newest first before it.
+    public func operations(_ filter: OperationFilter, cursor: Int64?, limit: Int, newestFirst: Bool) throws -> OperationPage {
+        newestFirst ? try queue.store.listNewestFirst(filter, before: cursor, limit: limit) : try queue.store.list(filter, after: cursor, limit: limit)
+    }
+
+    /// One operation, by id.
+    public func operation(id: String) throws -> DeferredOperation? { try queue.store.operation(id: id) }
 
     /// Removes a decommissioned site: refused (conflict) while operations wait for it or run
     /// there, unless `force`, which cancels the waiting ones (a running one is never cut short).
@@ -413,12 +361,7 @@ public final class AggregatorService: Service, Sendable {
         let site: SiteID
         do { site = try SiteID(text) } catch { throw QueueError(.invalid, "site: \(error.description)") }
         guard state.withLock({ $0.records[site] != nil }) else { throw QueueError(.notFound, "no site \(site)") }
-        let open: [DeferredOperation]
-        do {
-            open = try queue.store.all(OperationFilter(site: site, states: [.queued, .dispatching, .blocked]))
-        } catch {
-            throw QueueError(.unavailable, "the queue could not be read: \(error)")
-        }
+        let open = try queue.open(at: site)
         if let running = open.first(where: { $0.state == .dispatching }) {
             throw QueueError(.conflict, "operation \(running.id) is running at \(site); forget the site once it has ended")
         }
@@ -429,7 +372,7 @@ public final class AggregatorService: Service, Sendable {
             }
             cancelled = try cancelAll(OperationFilter(site: site), by: who)
         }
-        let now = Date()
+        let now = clock.now()
         do {
             try store.forget(site, at: now)
         } catch {
@@ -438,16 +381,6 @@ public final class AggregatorService: Service, Sendable {
         state.withLock { _ = $0.forget(site, now: now, note: "forgotten by \(who)") }
         logger.notice("site \(site) forgotten by \(who)", metadata: ["cancelled": "\(cancelled.count)"])
         return SiteForgotten(site: site, forgottenAt: now, cancelled: cancelled.map(\.id))
-    }
-
-    /// An operator changed the queue: the dispatcher reads it again, and each change is an event.
-    private func queueChanged(_ operations: [DeferredOperation], _ type: FleetEventType, note: String) {
-        dispatcher.invalidate()
-        dispatchWake.signal()
-        let now = Date()
-        for operation in operations {
-            queueEvents.add(FleetEvent(type: type, site: operation.site, at: now, operationID: operation.id, kind: operation.kind, note: note))
-        }
     }
 
     /// Writes changed records: woken when records become dirty, then every `flushInterval` while
@@ -502,13 +435,13 @@ public final class AggregatorService: Service, Sendable {
             }
             // Here as well as in the clock loop: the clock loop may be waiting for a publish
             // that the lost connection holds up, and must not miss when the link went.
-            self.state.withLock { $0.setListening(state.isConnected, now: Date()) }
+            self.state.withLock { $0.setListening(state.isConnected, now: clock.now()) }
             clockWake.signal()  // output held while the link was down can go, or must wait
             if state.isConnected {
                 await announce(.online, reason: nil)
                 // Everything published so far may be gone with the broker: republish the fleet,
                 // through the schedule (in slices, never older than what the clock loop sends).
-                self.state.withLock { $0.republishAll(now: Date()) }
+                self.state.withLock { $0.republishAll(now: clock.now()) }
                 clockWake.signal()
             }
         }
@@ -527,12 +460,12 @@ public final class AggregatorService: Service, Sendable {
             let dirty = state.withLock { $0.takeDirty(limit: 2_000) }
             if dirty.isEmpty { return }
             do {
-                try store.save(dirty, at: Date())
+                try store.save(dirty, at: clock.now())
                 storeHealth.withLock { $0.failingSince = nil }
             } catch {
                 metrics.storeFailures.increment()
                 // Logged at a limited rate: a full disk fails every flush.
-                let now = Date()
+                let now = clock.now()
                 let line = storeHealth.withLock { health -> String? in
                     if health.failingSince == nil { health.failingSince = now }
                     health.suppressed += 1
@@ -550,7 +483,6 @@ public final class AggregatorService: Service, Sendable {
 
     private func finish() async {
         outbox.continuation.finish()
-        await dispatcher.shutdown()
         state.withLock { _ = $0.sweepUnwritten() }  // everything, on the way out
         flush()
         // Say goodbye if the broker takes it within 2 s; a broker that is gone must not keep the
@@ -575,7 +507,7 @@ public final class AggregatorService: Service, Sendable {
     private func announce(_ presenceState: PresenceState, reason: OfflineReason?) async {
         let presence = Presence(
             site: Self.aggregatorID, state: presenceState, reason: reason, session: session,
-            agent: AgentInfo(version: EdgeFleetVersion.current, host: Self.hostName()), at: Date())
+            agent: AgentInfo(version: EdgeFleetVersion.current, host: Self.hostName()), at: clock.now())
         await send(.aggregatorPresence, presence)
     }
 
@@ -627,40 +559,6 @@ struct PublishBatch: Sendable {
     var summary: FleetSummary?
 }
 
-/// Events from the queue and the dispatcher, waiting for the clock loop to publish them.
-final class QueueEvents: Sendable {
-    private let state = Mutex<(events: [FleetEvent], changed: Bool)>(([], true))
-    /// Called after each event is added (wakes the clock loop to publish it).
-    private let onAdd: @Sendable () -> Void
-
-    init(onAdd: @escaping @Sendable () -> Void = {}) {
-        self.onAdd = onAdd
-    }
-
-    func add(_ event: FleetEvent) {
-        state.withLock {
-            $0.events.append(event)
-            $0.changed = true
-        }
-        onAdd()
-    }
-
-    func take() -> [FleetEvent] {
-        state.withLock { s in
-            defer { s.events.removeAll() }
-            return s.events
-        }
-    }
-
-    /// True once after any event since the last call (the queue's counts may have moved).
-    func takeChanged() -> Bool {
-        state.withLock { s in
-            defer { s.changed = false }
-            return s.changed
-        }
-    }
-}
-
 /// Logs rejected messages at a limited rate: the first of each reason, then at most one
 /// line per reason every 10 s with how many were suppressed.
 struct RejectLog {
@@ -676,4 +574,13 @@ struct RejectLog {
         let count = suppressed.removeValue(forKey: rejection.reason) ?? 0
         return "rejected \(rejection)" + (count > 0 ? " (and \(count) more of this kind in the last 10 s)" : "")
     }
+}
+
+/// The fleet's state behind one lock, shared by the loops, the operator surfaces and the queue's lookup.
+final class SharedFleet: Sendable {
+    private let mutex: Mutex<FleetState>
+
+    init(_ fleet: sending FleetState) { mutex = Mutex(fleet) }
+
+    func withLock<Result>(_ body: (inout sending FleetState) -> sending Result) -> sending Result { mutex.withLock(body) }
 }

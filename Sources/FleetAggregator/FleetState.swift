@@ -1,4 +1,5 @@
 public import FleetCore
+public import FleetQueue
 import HeapModule
 
 #if canImport(FoundationEssentials)
@@ -57,7 +58,7 @@ public final class FleetState {
     public private(set) var droppedEvents = 0
     /// The most events kept while nobody takes them.
     public var eventCapacity = 100_000
-    private var queueTotals: [String: Int] = [:]
+    private var queueTotals = OperationCounts()
     private var dirty: Set<SiteID> = []
     /// Something the fleet summary shows has changed since `takeSummaryChange()`.
     private var summaryChanged = true {
@@ -352,10 +353,10 @@ public final class FleetState {
 
     /// Takes the queue's counts by site and state; republishes the views whose counts changed.
     public func setQueue(_ counts: [SiteID: [OperationState: Int]], now: Date) {
-        var totals: [String: Int] = [:]
+        var totals = OperationCounts()
         var next: [SiteID: QueueCounts] = [:]
         for (site, byState) in counts {
-            for (state, n) in byState { totals[state.rawValue, default: 0] += n }
+            for (state, n) in byState { totals[state] += n }
             next[site] = QueueCounts(
                 queued: byState[.queued] ?? 0, dispatching: byState[.dispatching] ?? 0, failed: byState[.failed] ?? 0,
                 blocked: byState[.blocked] ?? 0)

@@ -296,6 +296,67 @@ public struct QueueCounts: Codable, Sendable, Hashable {
     }
 }
 
+/// Operations by state, fleet-wide (the summary's `queue`): one field per state of the lifecycle.
+public struct OperationCounts: Codable, Sendable, Hashable {
+    public var queued = 0
+    public var dispatching = 0
+    public var blocked = 0
+    public var succeeded = 0
+    public var failed = 0
+    public var cancelled = 0
+    public var expired = 0
+    public var superseded = 0
+
+    public init() {}
+
+    /// A state missing from the object counts 0 (a summary from an aggregator that wrote only
+    /// the states it had seen still reads).
+    public init(from decoder: any Decoder) throws {
+        let container = try decoder.container(keyedBy: OperationStateKey.self)
+        for state in OperationState.allCases {
+            self[state] = try container.decodeIfPresent(Int.self, forKey: OperationStateKey(state)) ?? 0
+        }
+    }
+
+    private struct OperationStateKey: CodingKey {
+        var stringValue: String
+        var intValue: Int? { nil }
+        init(_ state: OperationState) { stringValue = state.rawValue }
+        init?(stringValue: String) { self.stringValue = stringValue }
+        init?(intValue: Int) { nil }
+    }
+
+    public subscript(state: OperationState) -> Int {
+        get {
+            switch state {
+            case .queued: queued
+            case .dispatching: dispatching
+            case .blocked: blocked
+            case .succeeded: succeeded
+            case .failed: failed
+            case .cancelled: cancelled
+            case .expired: expired
+            case .superseded: superseded
+            }
+        }
+        set {
+            switch state {
+            case .queued: queued = newValue
+            case .dispatching: dispatching = newValue
+            case .blocked: blocked = newValue
+            case .succeeded: succeeded = newValue
+            case .failed: failed = newValue
+            case .cancelled: cancelled = newValue
+            case .expired: expired = newValue
+            case .superseded: superseded = newValue
+            }
+        }
+    }
+
+    /// Operations that have not ended: queued, dispatching or blocked.
+    public var open: Int { queued + dispatching + blocked }
+}
+
 public struct CheckCounts: Codable, Sendable, Hashable {
     public var pass = 0
     public var warn = 0
@@ -444,12 +505,12 @@ public struct FleetSummary: Codable, Sendable, Hashable, SchemaIdentified {
     public var fleetMode: FleetMode
     /// The five nearest deadlines, nearest first.
     public var nearestDeadlines: [DeadlineEntry]
-    /// Operations by state.
-    public var queue: [String: Int]
+    /// Operations by state, every state present.
+    public var queue: OperationCounts
 
     public init(
         at: Date, sites: Int, modes: ModeCounts, liveness: LivenessCounts, nearestDeadlines: [DeadlineEntry],
-        queue: [String: Int]
+        queue: OperationCounts
     ) {
         self.at = at
         self.sites = sites

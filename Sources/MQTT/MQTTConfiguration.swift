@@ -1,3 +1,4 @@
+import HostPort
 /// The MQTT protocol level spoken to the broker.
 public enum MQTTProtocolVersion: Sendable, Hashable {
     /// MQTT 3.1.1.
@@ -47,36 +48,13 @@ public struct BrokerURL: Sendable, Hashable, CustomStringConvertible {
             throw .invalidConfiguration(
                 "broker URL '\(text)' must be scheme://host[:port] with no path, user or query")
         }
-        var host: Substring
-        var portText: Substring?
-        if authority.hasPrefix("[") {
-            guard let close = authority.firstIndex(of: "]") else {
-                throw .invalidConfiguration("broker URL '\(text)' has an unclosed IPv6 bracket")
-            }
-            host = authority[authority.index(after: authority.startIndex)..<close]
-            let after = authority[authority.index(after: close)...]
-            if !after.isEmpty {
-                guard after.hasPrefix(":") else {
-                    throw .invalidConfiguration("broker URL '\(text)' has text after the IPv6 address")
-                }
-                portText = after.dropFirst()
-            }
-        } else if let colon = authority.lastIndex(of: ":") {
-            host = authority[..<colon]
-            portText = authority[authority.index(after: colon)...]
-        } else {
-            host = authority
+        let address: HostPort
+        do {
+            address = try HostPort.parse(String(authority), role: .connect, defaultPort: scheme == "mqtts" ? 8883 : 1883)
+        } catch {
+            throw .invalidConfiguration("broker URL '\(text)': \(error)")
         }
-        guard !host.isEmpty else { throw .invalidConfiguration("broker URL '\(text)' has no host") }
-        let port: Int
-        if let portText {
-            guard let p = Int(portText), (1...65535).contains(p) else {
-                throw .invalidConfiguration("broker URL '\(text)' has an invalid port '\(portText)'")
-            }
-            port = p
-        } else {
-            port = scheme == "mqtts" ? 8883 : 1883
-        }
+        let (host, port) = (address.host, address.port)
         self.init(host: String(host), port: port, usesTLS: scheme == "mqtts")
     }
 

@@ -1,5 +1,6 @@
 import ArgumentParser
 import CommandSupport
+import Subprocesses
 import FleetAgent
 import FleetCore
 import Logging

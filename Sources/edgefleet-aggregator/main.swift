@@ -1,7 +1,9 @@
 import ArgumentParser
 import CommandSupport
-import FleetAggregator
+public import FleetAggregator
 import FleetCore
+public import FleetHTTP
+import LayeredSettings
 import Logging
 import Prometheus
 import ServiceLifecycle
@@ -71,7 +73,17 @@ struct AggregatorCommand: AsyncParsableCommand {
     }
 
     func run() async throws {
-        let configuration = try loadConfiguration(file: service.config, flags: flagSettings, AggregatorConfiguration.load)
+        let configuration = try loadConfiguration(file: service.config, flags: flagSettings) { settings throws(ConfigurationError) in
+            let configuration = try AggregatorConfiguration.load(&settings)
+            if let tokenFile = configuration.tokenFile {
+                do {
+                    _ = try TokenStore.read(path: tokenFile)
+                } catch {
+                    throw ConfigurationError(key: "tokenFile", origin: settings.raw("tokenFile")?.1, "\(error)")
+                }
+            }
+            return configuration
+        }
         if service.checkConfig {
             print(configuration.summary)
             return
@@ -95,17 +107,18 @@ struct AggregatorCommand: AsyncParsableCommand {
         let tokens = try TokenStore(path: configuration.tokenFile, logger: logger)
         if !tokens.isConfigured { logger.warning("no --token-file: every change through the HTTP API is refused") }
         let api = OperatorAPI(
-            service: service, tokens: tokens, publicReads: configuration.publicReads, registry: registry,
+            service: service, tokens: tokens, publicReads: configuration.publicReads, registry: registry, help: AggregatorMetrics.help,
             sessionLifetime: configuration.dashboardSession, sessionIdle: min(configuration.dashboardSession, .seconds(3600)),
             headerTimeout: configuration.httpHeaderTimeout, maxConnections: configuration.httpMaxConnections)
-        let address = HTTPAddress(configuration.httpListen)!  // validated with the configuration
+        let address = configuration.httpListen
         let http = api.application(address: address, logger: logger) { bound in
             logger.info("HTTP API listening on http://\(bound)", metadata: ["dashboard": "http://\(bound)/"])
         }
         do {
             // Dispatcher shutdown (10 s for executors to stop, 5 s more after SIGKILL), the last
             // flush and the goodbye (2 s) fit in the limit.
-            try await ServiceGroup.runService([service, http], program: "edgefleet-aggregator", shutdownLimit: .seconds(30), logger: logger)
+            // Shut down in reverse: HTTP first, then the queue (its executors), then the core (the last flush, the goodbye).
+            try await ServiceGroup.runService([service, service.queue, http], program: "edgefleet-aggregator", shutdownLimit: .seconds(30), logger: logger)
         } catch where "\(error)".contains("bind(") {
             printError("edgefleet-aggregator: cannot listen on \(address) (--http): \(error)")
             throw ExitCode(EdgeFleetExit.failure)
@@ -117,3 +130,6 @@ struct AggregatorCommand: AsyncParsableCommand {
 }
 
 await AggregatorCommand.runMain()
+
+/// The HTTP API reaches the aggregator only through `OperatorBackend`.
+extension AggregatorService: OperatorBackend {}

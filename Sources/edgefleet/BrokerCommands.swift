@@ -1,5 +1,6 @@
 import ArgumentParser
 import CommandSupport
+import Subprocesses
 import FleetCore
 import Foundation
 
@@ -35,27 +36,24 @@ struct BrokerFiles: ParsableArguments {
 }
 
 enum BrokerTool {
-    /// Runs a tool; its output on failure becomes the error.
+    /// Runs a tool (through the project's one runner: nothing but standard input, output and
+    /// error reaches it); its output on failure becomes the error.
     @discardableResult
-    static func run(_ tool: String, _ arguments: [String], input: String? = nil) throws -> String {
-        let process = Process()
-        process.executableURL = try locate(tool)
-        process.arguments = arguments
-        let output = Pipe()
-        process.standardOutput = output
-        process.standardError = output
-        let stdin = Pipe()
-        process.standardInput = stdin
-        try process.run()
-        if let input { stdin.fileHandleForWriting.write(Data(input.utf8)) }
-        try? stdin.fileHandleForWriting.close()
-        let data = output.fileHandleForReading.readDataToEndOfFile()
-        process.waitUntilExit()
-        let text = String(decoding: data, as: UTF8.self)
-        guard process.terminationStatus == 0 else {
-            throw CLIFailure.failure("\(tool) \(arguments.first ?? "") failed (exit \(process.terminationStatus)): \(text.trimmingCharacters(in: .whitespacesAndNewlines))")
+    static func run(_ tool: String, _ arguments: [String]) throws -> String {
+        let outcome: CommandOutcome
+        do {
+            outcome = try CommandRunner.runBlocking(
+                [try locate(tool).path] + arguments, timeout: .seconds(300), capture: .head(bytes: 1 << 20)
+            ).get()
+        } catch {
+            throw CLIFailure.failure("\(tool): \(error)")
         }
-        return text
+        guard outcome.exitCode == 0 else {
+            let status = outcome.exitCode.map { "exit \($0)" } ?? (outcome.timedOut ? "timed out" : "signal \(outcome.signal ?? 0)")
+            throw CLIFailure.failure(
+                "\(tool) \(arguments.first ?? "") failed (\(status)): \(outcome.output.trimmingCharacters(in: .whitespacesAndNewlines))")
+        }
+        return outcome.output
     }
 
     static func locate(_ tool: String) throws -> URL {

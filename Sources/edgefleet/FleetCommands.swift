@@ -26,7 +26,7 @@ struct StatusCommand: ClientCommand {
         print("agents: \(summary.liveness.online) online · \(summary.liveness.stale) stale · \(summary.liveness.offline) offline")
         let queue = summary.queue
         print(
-            "queue: \(queue["queued"] ?? 0) queued · \(queue["blocked"] ?? 0) blocked · \(queue["dispatching"] ?? 0) running · \(queue["failed"] ?? 0) failed"
+            "queue: \(queue.queued) queued · \(queue.blocked) blocked · \(queue.dispatching) running · \(queue.failed) failed"
         )
         if !summary.nearestDeadlines.isEmpty {
             print("\nnearest deadlines")

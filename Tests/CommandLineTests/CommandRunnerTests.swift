@@ -1,4 +1,5 @@
-import CommandSupport
+@testable import Subprocesses
+import LayeredSettings
 import FleetCore
 import Foundation
 import TestSupport

@@ -1,4 +1,5 @@
-import CommandSupport
+@testable import Subprocesses
+import LayeredSettings
 import FleetAgent
 import FleetCore
 import Foundation

@@ -1,4 +1,5 @@
 import FleetAggregator
+@testable import FleetQueue
 import FleetCore
 import Foundation
 import Logging
@@ -48,7 +49,13 @@ struct DispatchFixture {
             dispatchInterval: .milliseconds(100))
         let metrics = TestMetrics()
         let service = try AggregatorService(configuration: configuration, logger: logger, metrics: AggregatorMetrics(factory: metrics))
-        let running = Task { try await service.run() }
+        let running = Task {
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                group.addTask { try await service.run() }
+                group.addTask { try await service.queue.run() }
+                try await group.waitForAll()
+            }
+        }
         // Heartbeats are not retained: wait until the aggregator is subscribed (it announces
         // itself after subscribing) before any site speaks.
         let (observer, messages) = try await fleetObserver(broker)
@@ -167,7 +174,7 @@ struct DispatchTests {
         }
         // Queue counts reach the summary and the metrics; dispatch latency is measured.
         try await withTimeout(.seconds(5), "the queue counts in the summary") {
-            while fleet.service.summary().queue["succeeded"] != 3 { try await Task.sleep(for: .milliseconds(20)) }
+            while fleet.service.summary().queue.succeeded != 3 { try await Task.sleep(for: .milliseconds(20)) }
         }
         #expect(try fleet.metrics.expectGauge("edgefleet_operations", [("state", "succeeded")]).lastValue == 3)
         #expect(try fleet.metrics.expectTimer("edgefleet_dispatch_latency_seconds").values.count == 3)

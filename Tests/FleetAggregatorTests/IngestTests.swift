@@ -1,5 +1,7 @@
-import CommandSupport
+@testable import Subprocesses
+import LayeredSettings
 import FleetAggregator
+@testable import FleetQueue
 import FleetCore
 import Foundation
 import Logging
@@ -112,6 +114,38 @@ struct AggregatorServiceTests {
         try await running.value
         await good.shutdown()
         await sender.shutdown()
+        await observer.shutdown()
+    }
+
+    @Test("the service reads the wall clock it is given: ten days ahead, a connected site's deadline is ten days later")
+    func clockIsAParameter() async throws {
+        let broker = try MosquittoBroker()
+        defer { broker.stop() }
+        let directory = try temporaryDirectory("edgefleet-aggregator")
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        var logger = Logger(label: "aggregator")
+        logger.logLevel = .error
+        let configuration = AggregatorConfiguration(
+            mqtt: MQTTConfiguration(broker: try BrokerURL(parsing: broker.url), clientID: "aggregator-clock"),
+            databasePath: directory + "/fleet.sqlite", viewRefresh: .seconds(1), summaryInterval: .milliseconds(200),
+            flushInterval: .milliseconds(200))
+        let ahead: TimeInterval = 10 * 86_400
+        let service = try AggregatorService(configuration: configuration, logger: logger, clock: .offset(by: ahead))
+        let (observer, messages) = try await fleetObserver(broker)
+        let running = Task { try await service.run() }
+        try await messages.aggregatorOnline()
+        let site = try SimulatedSite("clock-site", brokerURL: broker.url)
+        try await site.connect()
+        site.startBeating()
+        defer { site.stopBeating() }
+        let view = try await messages.view("clock-site", "the site's view") { $0.mode == .connected }
+        // The budget (30 days) runs from the contact the aggregator saw, at its own (shifted) time.
+        let expected = Date().addingTimeInterval(ahead + 30 * 86_400)
+        #expect(abs((view.deadline ?? .distantPast).timeIntervalSince(expected)) < 120, "\(view.deadline) vs \(expected)")
+        #expect(abs(service.summary().at.timeIntervalSince(Date().addingTimeInterval(ahead))) < 60)
+        running.cancel()
+        try await running.value
+        await site.shutdown()
         await observer.shutdown()
     }
 

@@ -1,4 +1,5 @@
 import FleetAggregator
+@testable import FleetQueue
 import FleetCore
 import Foundation
 import MQTT

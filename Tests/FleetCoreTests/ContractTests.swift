@@ -139,13 +139,19 @@ struct PayloadTests {
         var modes = ModeCounts()
         modes[.semiConnected] = 2
         modes[.connected] = 1
+        var queue = OperationCounts()
+        queue.queued = 2
         let summary = FleetSummary(
             at: now, sites: 3, modes: modes, liveness: LivenessCounts(),
-            nearestDeadlines: [DeadlineEntry(site: site, mode: .semiConnected, deadline: now, remainingS: 0)], queue: ["queued": 2])
+            nearestDeadlines: [DeadlineEntry(site: site, mode: .semiConnected, deadline: now, remainingS: 0)], queue: queue)
         #expect(summary.fleetMode == .degraded)
         let summaryJSON = String(decoding: try FleetJSON.encode(summary), as: UTF8.self)
         #expect(summaryJSON.contains(#""semi-connected":2"#))
         #expect(try FleetJSON.decode(FleetSummary.self, from: Array(summaryJSON.utf8)) == summary)
+        // The queue's counts are typed: every state is written, and a state missing on reading counts 0.
+        #expect(summaryJSON.contains(#""queued":2"#) && summaryJSON.contains(#""superseded":0"#))
+        let partial = try FleetJSON.decode(OperationCounts.self, from: Array(#"{"failed":1}"#.utf8))
+        #expect(partial.failed == 1 && partial.queued == 0 && partial[.failed] == 1)
         let event = FleetEvent(type: .modeChanged, site: site, at: now, from: "connected", to: "semi-connected")
         #expect(try FleetJSON.decode(FleetEvent.self, from: FleetJSON.encode(event)) == event)
     }

@@ -1,4 +1,4 @@
-import CommandSupport
+import Subprocesses
 
 #if canImport(Glibc)
 import Glibc

@@ -4,16 +4,16 @@ import Synchronization
 /// signal or its own next instant, whichever comes first. A signal raised while nobody waits
 /// is kept (as one), so none is lost; several coalesce. The aggregator's loops wait on these
 /// instead of polling, so an idle aggregator does nothing at all.
-final class Wakeup: Sendable {
+public final class Wakeup: Sendable {
     private struct State {
         var pending = false
         var waiter: CheckedContinuation<Void, Never>?
     }
     private let state = Mutex(State())
 
-    init() {}
+    public init() {}
 
-    func signal() {
+    public func signal() {
         let waiter = state.withLock { s -> CheckedContinuation<Void, Never>? in
             if let waiter = s.waiter {
                 s.waiter = nil
@@ -27,7 +27,7 @@ final class Wakeup: Sendable {
 
     /// Returns when signalled (or already signalled since the last wait), when `deadline`
     /// passes (nil: no deadline), or when the task is cancelled.
-    func wait(until deadline: ContinuousClock.Instant?) async {
+    public func wait(until deadline: ContinuousClock.Instant?) async {
         // Already signalled or due: still a suspension point, so that a loop that always has
         // work never holds a thread of the cooperative pool for ever.
         if state.withLock({ s in

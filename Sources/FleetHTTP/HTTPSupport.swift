@@ -1,4 +1,5 @@
 import FleetCore
+import FleetQueue
 import Hummingbird
 
 #if canImport(FoundationEssentials)

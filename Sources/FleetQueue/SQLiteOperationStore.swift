@@ -1,5 +1,5 @@
 public import FleetCore
-import GRDB
+public import GRDB
 
 #if canImport(FoundationEssentials)
 public import FoundationEssentials
@@ -11,10 +11,46 @@ public import Foundation
 /// queue filters on, and the whole operation (params, times, attempts, history) as a JSON
 /// document. Each call is one transaction.
 public struct SQLiteOperationStore: OperationStore {
-    let database: AggregatorDatabase
+    let database: Writer
 
-    public init(database: AggregatorDatabase) {
-        self.database = database
+    /// Its database (WAL), and the one writer of it.
+    struct Writer: Sendable {
+        let writer: any DatabaseWriter
+    }
+
+    /// Operations in the database `writer` writes, once `createOperations` and `createRuns`
+    /// have run there (the owner of the file registers them in its migrator).
+    public init(writer: any DatabaseWriter) {
+        database = Writer(writer: writer)
+    }
+
+    /// Migration "v2-operations": one row per operation. Never edit a migration that has landed.
+    public static func createOperations(_ db: Database) throws {
+        try db.create(table: "operations") { t in
+            t.autoIncrementedPrimaryKey("sequence")  // submission order, and the listing cursor
+            t.column("id", .text).notNull().unique()
+            t.column("site", .text).notNull()
+            t.column("kind", .text).notNull()
+            t.column("state", .text).notNull()
+            t.column("idempotencyKey", .text).unique()
+            t.column("document", .text).notNull()  // DeferredOperation as JSON, history included
+        }
+        try db.create(index: "operations_by_site", on: "operations", columns: ["site", "state", "sequence"])
+        try db.create(index: "operations_by_state", on: "operations", columns: ["state", "sequence"])
+    }
+
+    /// Migration "v3-runs": one row per executor started and not yet recorded as ended: how to
+    /// find it again after the aggregator was killed (docs/design-notes.md, "An executor
+    /// outlives its aggregator").
+    public static func createRuns(_ db: Database) throws {
+        try db.create(table: "runs") { t in
+            t.primaryKey("operationID", .text)
+            t.column("processGroup", .integer).notNull()
+            t.column("startTicks", .integer).notNull()  // /proc/PID/stat field 22, clock ticks since boot
+            t.column("bootID", .text).notNull()
+            t.column("host", .text).notNull()
+            t.column("startedAt", .double).notNull()
+        }
     }
 
     public func insert(_ operation: DeferredOperation) throws -> (operation: DeferredOperation, superseded: [String]) {

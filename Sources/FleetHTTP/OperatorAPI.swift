@@ -1,5 +1,6 @@
 import Dispatch
 import FleetCore
+import FleetQueue
 public import Hummingbird
 public import Prometheus
 
@@ -18,15 +19,17 @@ import Foundation
 /// stays on the server), so its buttons work without JavaScript and a page from another site
 /// cannot use them.
 public struct OperatorAPI: Sendable {
-    let service: AggregatorService
+    let service: any OperatorBackend
     let tokens: TokenStore
     let publicReads: Bool
     let registry: PrometheusCollectorRegistry
     let sessions: DashboardSessions
     let connections: ConnectionGuard
+    /// Each metric's `# HELP` text (swift-metrics carries none).
+    let help: [String: String]
 
     public init(
-        service: AggregatorService, tokens: TokenStore, publicReads: Bool, registry: PrometheusCollectorRegistry,
+        service: any OperatorBackend, tokens: TokenStore, publicReads: Bool, registry: PrometheusCollectorRegistry, help: [String: String] = [:],
         sessionLifetime: Duration = .seconds(12 * 3600), sessionIdle: Duration = .seconds(3600), headerTimeout: Duration = .seconds(10),
         maxConnections: Int? = nil
     ) {
@@ -37,6 +40,7 @@ public struct OperatorAPI: Sendable {
         self.tokens = tokens
         self.publicReads = publicReads
         self.registry = registry
+        self.help = help
     }
 
     enum Access { case read, change }
@@ -107,7 +111,7 @@ public struct OperatorAPI: Sendable {
         router.get("/healthz") { _, _ in
             // 503 while site records have failed to be written for longer than storeGrace (a full
             // disk, a lost database): a liveness probe or an operator sees it.
-            let problem = service.storeProblem()
+            let problem = service.storeProblem(now: nil)
             return JSONBody.response(
                 HealthStatus(
                     status: problem == nil ? "ok" : "unhealthy", version: EdgeFleetVersion.current,
@@ -213,8 +217,8 @@ public struct OperatorAPI: Sendable {
             do {
                 page =
                     newest
-                    ? try service.queue.store.listNewestFirst(filter, before: cursor, limit: limit)
-                    : try service.queue.store.list(filter, after: cursor, limit: limit)
+                    ? try service.operations(filter, cursor: cursor, limit: limit, newestFirst: true)
+                    : try service.operations(filter, cursor: cursor, limit: limit, newestFirst: false)
             } catch {
                 throw APIError(status: .serviceUnavailable, code: "unavailable", message: "the queue cannot be read: \(error)")
             }
@@ -249,7 +253,7 @@ public struct OperatorAPI: Sendable {
             let id = try context.parameters.require("id")
             let operation: DeferredOperation?
             do {
-                operation = try service.queue.store.operation(id: id)
+                operation = try service.operation(id: id)
             } catch {
                 throw APIError(status: .serviceUnavailable, code: "unavailable", message: "the queue cannot be read: \(error)")
             }
@@ -345,9 +349,9 @@ public struct OperatorAPI: Sendable {
     func scrape() -> [UInt8] {
         var buffer: [UInt8] = []
         registry.emit(into: &buffer)
-        buffer = Self.addingHelp(to: buffer)
+        buffer = Self.addingHelp(to: buffer, help: help)
         let snapshot = PrometheusCollectorRegistry()
-        let thresholds = service.configuration.thresholds
+        let thresholds = service.thresholds
         let threshold = MetricNameDescriptor(
             namespace: "edgefleet", metricName: "threshold", unitName: "seconds",
             helpText: "The aggregator's thresholds, so alert rules follow its configuration.")
@@ -404,14 +408,14 @@ public struct OperatorAPI: Sendable {
 extension OperatorAPI {
     /// Adds a `# HELP` line before each `# TYPE` line that has none (the metrics made through
     /// swift-metrics carry no help text, and `promtool check metrics` wants it).
-    static func addingHelp(to exposition: [UInt8]) -> [UInt8] {
+    static func addingHelp(to exposition: [UInt8], help texts: [String: String]) -> [UInt8] {
         var out = ""
         var helped = Set<String>()
         for line in String(decoding: exposition, as: UTF8.self).split(separator: "\n", omittingEmptySubsequences: false) {
             if line.hasPrefix("# HELP ") { helped.insert(String(line.split(separator: " ")[2])) }
             if line.hasPrefix("# TYPE ") {
                 let name = String(line.split(separator: " ")[2])
-                if !helped.contains(name), let help = AggregatorMetrics.help[name] {
+                if !helped.contains(name), let help = texts[name] {
                     out += "# HELP \(name) \(help)\n"
                     helped.insert(name)
                 }

@@ -49,7 +49,7 @@ public struct CommandOutcome: Sendable, Hashable {
 }
 
 /// Serializes pipe creation (until close-on-exec is set) with spawning.
-private let spawnLock = Mutex(())
+let spawnLock = Mutex(())
 /// The commands being waited for now: not orphans to reap.
 private let waitedFor = Mutex(Set<Int32>())
 
@@ -79,84 +79,34 @@ public enum CommandRunner {
         return try result.get()
     }
 
-    static func runBlocking(
-        _ arguments: [String], timeout: Duration, outputLimit: Int, capture: OutputCapture, environment: [String: String]?,
+    /// `run` on the calling thread (for a command-line program that has nothing else to do).
+    public static func runBlocking(
+        _ arguments: [String], timeout: Duration, outputLimit: Int = 256, capture: OutputCapture = .firstLine, environment: [String: String]? = nil,
         maximumOutput: Int = 1 << 20, started: (@Sendable (Int32) -> Void)? = nil
     ) -> Result<CommandOutcome, CommandError> {
         let start = ContinuousClock.now
-        var pipeFDs: [Int32] = [-1, -1]
-        // Close-on-exec before any other spawn can happen: a command spawned by another thread
-        // in between would inherit this pipe, hold it open and make this command look hung.
-        // (pipe2 is not in Swift's Glibc module; one lock around pipe+fcntl and spawns does it.)
-        let created = spawnLock.withLock { _ -> Bool in
-            guard pipe(&pipeFDs) == 0 else { return false }
-            _ = fcntl(pipeFDs[0], F_SETFD, FD_CLOEXEC)
-            _ = fcntl(pipeFDs[1], F_SETFD, FD_CLOEXEC)
-            return true
-        }
-        guard created else { return .failure(CommandError("pipe: \(String(cString: strerror(errno)))")) }
-
-        var actions = posix_spawn_file_actions_t()
-        posix_spawn_file_actions_init(&actions)
-        defer { posix_spawn_file_actions_destroy(&actions) }
-        posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
-        posix_spawn_file_actions_adddup2(&actions, pipeFDs[1], 1)
-        posix_spawn_file_actions_adddup2(&actions, pipeFDs[1], 2)
-        // Standard input, output and error and nothing else: close-on-exec is not enough, since
-        // libraries (SwiftNIO's listening socket and epoll, libmosquitto's socket and its socket
-        // pair, SQLite's files) open descriptors without it. A child that held them would keep the
-        // HTTP port bound and the MQTT connection open after the aggregator died.
-        edgefleet_spawn_closefrom(&actions, 3)
-
-        var attributes = posix_spawnattr_t()
-        posix_spawnattr_init(&attributes)
-        defer { posix_spawnattr_destroy(&attributes) }
-        // A process group of its own (so the timeout kills the command and its
-        // children), an empty signal mask and default handlers (the spawning thread
-        // may block signals the command needs).
-        posix_spawnattr_setpgroup(&attributes, 0)
-        var noSignals = sigset_t()
-        sigemptyset(&noSignals)
-        posix_spawnattr_setsigmask(&attributes, &noSignals)
-        var defaults = sigset_t()
-        sigemptyset(&defaults)
-        for s in [SIGTERM, SIGINT, SIGHUP, SIGPIPE, SIGQUIT, SIGCHLD, SIGUSR1, SIGUSR2] { sigaddset(&defaults, s) }
-        posix_spawnattr_setsigdefault(&attributes, &defaults)
-        posix_spawnattr_setflags(&attributes, Int16(POSIX_SPAWN_SETPGROUP | POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF))
-
-        let argv = arguments.map { strdup($0) } + [nil]
-        defer { argv.forEach { free($0) } }
-        var pid: pid_t = 0
-        var rc: Int32
+        guard let (readFD, writeFD) = closeOnExecPipe() else { return .failure(CommandError("pipe: \(String(cString: strerror(errno)))")) }
         // A mark in the environment of the command and of everything it starts, so that what it
         // leaves behind (even a daemon in a session of its own) is found and ended afterwards.
         let marker = "EDGEFLEET_RUN=\(UInt64.random(in: 1...UInt64.max))"
-        var variables = (environment ?? processEnvironment()).filter { $0.key != "EDGEFLEET_RUN" }.map { "\($0.key)=\($0.value)" }
-        variables.append(marker)
-        let envp = variables.map { strdup($0) } + [nil]
-        defer { envp.forEach { free($0) } }
-        // ETXTBSY: the executable was just written, and a process forked elsewhere in this
-        // program at that moment still holds it open for writing; it closes as soon as that
-        // child execs. Try again briefly rather than fail the command.
-        var attempt = 0
-        repeat {
-            if attempt > 0 { usleep(20_000) }
-            attempt += 1
-            rc = spawnLock.withLock { _ in
-                let rc = posix_spawnp(&pid, arguments[0], &actions, &attributes, argv, envp)
-                // Recorded before any reaping can see it (reaping holds this lock too).
-                if rc == 0 { waitedFor.withLock { _ = $0.insert(pid) } }
-                return rc
-            }
-        } while rc == ETXTBSY && attempt < 50
-        close(pipeFDs[1])
-        // When it started (clock ticks since boot): whatever it leaves behind started no earlier.
-        let startTicks = rc == 0 ? ProcessTable.entry(pid)?.startTicks ?? 0 : 0
-        if rc == 0 { started?(pid) }  // the pid is also the process group id
-        guard rc == 0 else {
-            close(pipeFDs[0])
-            return .failure(CommandError("cannot run '\(arguments[0])': \(String(cString: strerror(rc)))"))
+        var variables = (environment ?? processEnvironment()).filter { $0.key != "EDGEFLEET_RUN" }
+        variables["EDGEFLEET_RUN"] = String(marker.dropFirst("EDGEFLEET_RUN=".count))
+        let spawned: Int32
+        do {
+            spawned = try spawnProcess(
+                arguments, environment: variables, stdout: .descriptor(writeFD), stderr: .descriptor(writeFD), ownGroup: true,
+                // Recorded before any reaping can see it (reaping holds the spawn lock too).
+                beforeReturn: { pid in waitedFor.withLock { _ = $0.insert(pid) } })
+        } catch {
+            close(writeFD)
+            close(readFD)
+            return .failure(CommandError(error.description))
         }
+        close(writeFD)
+        let pid = spawned
+        // When it started (clock ticks since boot): whatever it leaves behind started no earlier.
+        let startTicks = ProcessTable.entry(pid)?.startTicks ?? 0
+        started?(pid)  // the pid is also the process group id
 
         // Read until EOF (every holder of the pipe exited) or the deadline; once the command
         // itself has exited, only a little longer (a child it left behind may hold the pipe
@@ -175,7 +125,6 @@ public enum CommandRunner {
         var total = 0
         var exceeded = false
         var buffer = [UInt8](repeating: 0, count: 4096)
-        let readFD = pipeFDs[0]
         while true {
             if exitedAt == nil, leaderExited() { exitedAt = ContinuousClock.now }
             if let exitedAt, ContinuousClock.now - exitedAt > .milliseconds(200) { break }

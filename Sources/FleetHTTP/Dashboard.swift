@@ -1,4 +1,5 @@
 import FleetCore
+import FleetQueue
 import Hummingbird
 
 #if canImport(FoundationEssentials)
@@ -145,9 +146,9 @@ extension OperatorAPI {
     func fleetPage(query: Query, signedIn: Bool) -> String {
         let now = Date()
         let summary = service.summary()
-        let budget = service.configuration.thresholds.budget.secondsValue
+        let budget = service.thresholds.budget.secondsValue
         let mode = ConnectivityMode(rawValue: query["mode"] ?? "")
-        var views = service.views(mode: mode)
+        var views = service.views(mode: mode, liveness: nil)
         let sort = ["site", "mode", "deadline"].contains(query["sort"] ?? "") ? query["sort"]! : "deadline"
         let descending = query["order"] == "desc"
         views.sort { a, b in
@@ -178,10 +179,10 @@ extension OperatorAPI {
             body += "<a class='card mode-\(m.rawValue)' href='/?mode=\(m.rawValue)'><b>\(n)</b><span>\(m.rawValue)</span></a>"
         }
         body += card("agents online", "\(summary.liveness.online)", "\(summary.liveness.stale) stale · \(summary.liveness.offline) offline")
-        let queued = (summary.queue["queued"] ?? 0) + (summary.queue["blocked"] ?? 0) + (summary.queue["dispatching"] ?? 0)
+        let queued = summary.queue.open
         body += card(
             "queue", "\(queued)",
-            "\(summary.queue["queued"] ?? 0) queued · \(summary.queue["blocked"] ?? 0) blocked · \(summary.queue["failed"] ?? 0) failed")
+            "\(summary.queue.queued) queued · \(summary.queue.blocked) blocked · \(summary.queue.failed) failed")
         body += "</section>"
 
         func header(_ key: String, _ label: String) -> String {
@@ -222,7 +223,7 @@ extension OperatorAPI {
         func fact(_ name: String, _ value: String?) {
             body += "<tr><th>\(escape(name))</th><td>\(value ?? "—")</td></tr>"
         }
-        fact("Time left", timeLeft(view, budget: service.configuration.thresholds.budget.secondsValue, now: now))
+        fact("Time left", timeLeft(view, budget: service.thresholds.budget.secondsValue, now: now))
         fact("Deadline", view.deadline.map { escape(timestamp($0)) + (view.deadlineReason.map { " (\($0.rawValue))" } ?? "") })
         fact("Mode since", view.modeSince.map { escape(timestamp($0)) })
         fact("Last Azure contact", view.lastAzureContactAt.map { escape(timestamp($0)) })
@@ -257,7 +258,7 @@ extension OperatorAPI {
         }
 
         body += "<h3>Operations <a class=small href='/queue?site=\(escape(site.rawValue))'>in the queue view</a></h3>"
-        let operations = (try? service.queue.store.listNewestFirst(OperationFilter(site: site), before: nil, limit: 50).operations) ?? []
+        let operations = (try? service.operations(OperationFilter(site: site), cursor: nil, limit: 50, newestFirst: true).operations) ?? []
         body += operationsTable(operations, signedIn: signedIn, back: "/sites/\(site.rawValue)")
         return page(title: site.rawValue, signedIn: signedIn, body: body)
     }
@@ -267,7 +268,7 @@ extension OperatorAPI {
         let cursor = query["cursor"].flatMap { Int64($0) }
         let page: OperationPage
         do {
-            page = try service.queue.store.list(filter, after: cursor, limit: 100)
+            page = try service.operations(filter, cursor: cursor, limit: 100, newestFirst: false)
         } catch {
             throw APIError(status: .serviceUnavailable, code: "unavailable", message: "the queue cannot be read: \(error)")
         }

@@ -1,3 +1,4 @@
+public import HostPort
 import Hummingbird
 public import Logging
 public import ServiceLifecycle
@@ -5,7 +6,7 @@ public import ServiceLifecycle
 extension OperatorAPI {
     /// The HTTP server as a `Service` for the aggregator's `ServiceGroup`. `listening` is
     /// called with the bound address once it accepts connections (port 0: the one chosen).
-    public func application(address: HTTPAddress, logger: Logger, listening: @escaping @Sendable (HTTPAddress) -> Void) -> any Service {
+    public func application(address: HostPort, logger: Logger, listening: @escaping @Sendable (HostPort) -> Void) -> any Service {
         Application(
             router: router(),
             // Idle keep-alive connections are closed after a minute, and slow ones (no request head
@@ -15,7 +16,7 @@ extension OperatorAPI {
             configuration: ApplicationConfiguration(address: .hostname(address.host, port: address.port), serverName: "edgefleet-aggregator"),
             onServerRunning: { channel in
                 let port = channel.localAddress?.port ?? address.port
-                listening(HTTPAddress("\(address.host.contains(":") ? "[\(address.host)]" : address.host):\(port)") ?? address)
+                listening(HostPort(host: address.host, port: port))
             },
             logger: logger)
     }

@@ -1,0 +1,42 @@
+public import FleetCore
+public import FleetQueue
+
+#if canImport(FoundationEssentials)
+public import FoundationEssentials
+#else
+public import Foundation
+#endif
+
+/// Everything the HTTP API and the dashboard ask of the rest of the aggregator: reads of the
+/// fleet as it is now, the queue's listings, and the operator's actions. The HTTP module sees
+/// nothing else (it does not import the aggregator's core); the aggregator's service
+/// implements this, and a test can stand in for it.
+public protocol OperatorBackend: Sendable {
+    /// The thresholds the fleet is evaluated against (the dashboard shows the budget).
+    var thresholds: Thresholds { get }
+    /// Whether the aggregator's broker connection is up now.
+    var brokerConnected: Bool { get }
+    /// How many sites the fleet holds (cheap: for /healthz).
+    var siteCount: Int { get }
+    /// Why the store is unhealthy, or nil.
+    func storeProblem(now: Date?) -> String?
+
+    func summary() -> FleetSummary
+    func views(mode: ConnectivityMode?, liveness: Liveness?) -> [SiteView]
+    func view(of site: SiteID) -> SiteView?
+    func detail(of site: SiteID) -> SiteDetail?
+    func capabilities(of site: SiteID) -> SiteCapabilities?
+    /// Every site's deadline as last evaluated, ordered by site id (for `/metrics`).
+    func siteDeadlines() -> [(site: SiteID, deadline: Date)]
+
+    /// Operations matching `filter`, oldest first after `cursor`, or newest first before it.
+    func operations(_ filter: OperationFilter, cursor: Int64?, limit: Int, newestFirst: Bool) throws -> OperationPage
+    func operation(id: String) throws -> DeferredOperation?
+
+    func submit(_ request: SubmissionRequest) throws(QueueError) -> SubmissionResult
+    func cancel(id: String, by who: String) throws(QueueError) -> DeferredOperation
+    func retry(id: String, by who: String) throws(QueueError) -> DeferredOperation
+    func release(id: String, by who: String) throws(QueueError) -> DeferredOperation
+    func cancelAll(_ filter: OperationFilter, by who: String) throws(QueueError) -> [DeferredOperation]
+    func forget(site text: String, force: Bool, by who: String) throws(QueueError) -> SiteForgotten
+}

@@ -1,0 +1,238 @@
+import Dispatch
+public import FleetCore
+public import Logging
+public import ServiceLifecycle
+import Synchronization
+
+#if canImport(FoundationEssentials)
+public import FoundationEssentials
+#else
+public import Foundation
+#endif
+
+/// What the queue asks of whoever knows the fleet: a site's situation now (nil: never heard
+/// from). The queue knows nothing else of fleet state.
+public typealias SiteSituationLookup = @Sendable (SiteID, Date) -> (submission: SiteSituation, dispatch: DispatchSituation)?
+
+/// How the queue runs, as the aggregator's configuration gives it.
+public struct QueueSettings: Sendable {
+    public var executors: [OperationKind: ExecutorTemplate]
+    public var dispatch: DispatchSettings
+    public var maxAttempts: Int
+    /// How often a pass runs while operations wait (a site turns stable, a retry's time comes).
+    public var dispatchInterval: Duration
+
+    public init(executors: [OperationKind: ExecutorTemplate], dispatch: DispatchSettings, maxAttempts: Int, dispatchInterval: Duration) {
+        self.executors = executors
+        self.dispatch = dispatch
+        self.maxAttempts = maxAttempts
+        self.dispatchInterval = dispatchInterval
+    }
+}
+
+/// The deferred-operation queue as a `Service`: submission and the operator's actions (each an
+/// event), and the dispatch loop. It reads sites' situations through `situation`, hands its
+/// events to `events` (the aggregator publishes them) and its counts to `countsChanged`.
+public final class QueueService: Service, Sendable {
+    public let queue: DeferredQueue
+    public let dispatcher: Dispatcher
+    /// Transitions waiting to be published.
+    public let events: QueueEvents
+    let settings: QueueSettings
+    let logger: Logger
+    let metrics: QueueMetrics
+    let clock: WallClock
+    let situation: SiteSituationLookup
+    let countsChanged: @Sendable ([SiteID: [OperationState: Int]]) -> Void
+    let wake = Wakeup()
+    let stopping = Mutex(false)
+
+    public init(
+        store: any OperationStore, settings: QueueSettings, logger: Logger, metrics: QueueMetrics = QueueMetrics(), clock: WallClock = .system,
+        situation: @escaping SiteSituationLookup, countsChanged: @escaping @Sendable ([SiteID: [OperationState: Int]]) -> Void = { _ in },
+        eventAdded: @escaping @Sendable () -> Void = {}
+    ) {
+        self.settings = settings
+        self.logger = logger
+        self.metrics = metrics
+        self.clock = clock
+        self.situation = situation
+        self.countsChanged = countsChanged
+        let events = QueueEvents(onAdd: eventAdded)
+        self.events = events
+        queue = DeferredQueue(store: store, executors: settings.executors, defaultMaxAttempts: settings.maxAttempts)
+        let wake = wake
+        dispatcher = Dispatcher(
+            store: store, executors: settings.executors, settings: settings.dispatch, logger: logger,
+            emit: { events.add($0) }, dispatched: { metrics.dispatchLatency.record(duration: $0) }, finished: { wake.signal() })
+    }
+
+    public var store: any OperationStore { queue.store }
+
+    /// Recovers what a killed predecessor left running, then dispatches until shutdown; at
+    /// shutdown, running executors are stopped and their operations queued again.
+    public func run() async throws {
+        try await recover()
+        await withGracefulShutdownHandler {
+            await dispatchLoop()
+        } onGracefulShutdown: {
+            self.stopping.withLock { $0 = true }
+            self.wake.signal()
+        }
+        // Not in this task: cancelled (a group cancelled), its sleeps would return at once and
+        // the wait for executors to stop would spin.
+        let dispatcher = dispatcher
+        await Task { await dispatcher.shutdown() }.value
+    }
+
+    /// Ends executors a killed predecessor left running and queues their operations again.
+    /// It blocks while leftovers end: not on the cooperative pool.
+    public func recover() async throws {
+        let dispatcher = dispatcher
+        let now = clock.now()
+        try await withCheckedThrowingContinuation { (done: CheckedContinuation<Void, any Error>) in
+            DispatchQueue.global().async { done.resume(with: Result { try dispatcher.recover(now: now) }) }
+        }
+    }
+
+    var isStopping: Bool { stopping.withLock { $0 } || Task.isCancelled }
+
+    /// Some site changed mode: it may let (or stop letting) its operations run.
+    public func modesChanged() {
+        dispatcher.modesChanged()
+        wake.signal()
+    }
+
+    /// Dispatch passes, event-driven: after a submission or an operator's action, when an
+    /// executor finished, when a site changed mode; while operations wait, also every
+    /// `dispatchInterval` (a site turns stable, a retry's or a notBefore's time comes); and
+    /// queue counts at most 4 times a second after a change, and every 2 s in any case
+    /// (another writer of the database changes them without an event here).
+    private func dispatchLoop() async {
+        var lastCounts = ContinuousClock.now - .seconds(10)
+        var countsStale = true
+        var queueEmpty = false  // nothing queued, dispatching or blocked at the last count
+        while !isStopping {
+            let now = clock.now()
+            do {
+                try dispatcher.tick(now: now) { site in self.situation(site, now)?.dispatch }
+                if events.takeChanged() { countsStale = true }
+                let sinceCount = ContinuousClock.now - lastCounts
+                if (countsStale && sinceCount >= .milliseconds(250)) || sinceCount >= (queueEmpty ? .seconds(10) : .seconds(2)) {
+                    lastCounts = ContinuousClock.now
+                    countsStale = false
+                    let counts = try queue.store.counts()
+                    queueEmpty = !counts.values.contains { ($0[.queued] ?? 0) + ($0[.dispatching] ?? 0) + ($0[.blocked] ?? 0) > 0 }
+                    countsChanged(counts)
+                    metrics.record(operations: counts)
+                }
+            } catch {
+                logger.error("dispatch pass failed: \(error)")
+            }
+            if isStopping { return }
+            // Another writer's changes are looked for every 2 s while there is work, every 10 s when idle.
+            var deadline = lastCounts + (queueEmpty ? .seconds(10) : .seconds(2))
+            if countsStale { deadline = min(deadline, lastCounts + .milliseconds(250)) }
+            if dispatcher.hasWaiting { deadline = min(deadline, .now + settings.dispatchInterval) }
+            await wake.wait(until: deadline)
+        }
+    }
+
+    // MARK: - Submission and the operator's actions
+
+    /// Submits an operation (validated against the catalog and the executors).
+    public func submit(_ request: SubmissionRequest) throws(QueueError) -> SubmissionResult {
+        let now = clock.now()
+        let situation = (try? SiteID(request.site)).flatMap { site in self.situation(site, now)?.submission }
+        let result = try queue.submit(request, situation: situation, now: now)
+        dispatcher.invalidate()
+        wake.signal()
+        if !result.existing {
+            for id in result.superseded {
+                events.add(FleetEvent(type: .operationSuperseded, site: result.operation.site, at: now, operationID: id, note: "superseded by \(result.operation.id)"))
+            }
+            events.add(
+                FleetEvent(
+                    type: result.operation.state == .blocked ? .operationBlocked : .operationQueued, site: result.operation.site, at: now,
+                    operationID: result.operation.id, kind: result.operation.kind, note: result.reason))
+        }
+        return result
+    }
+
+    public func cancel(id: String, by who: String) throws(QueueError) -> DeferredOperation {
+        let operation = try queue.cancel(id: id, by: who, now: clock.now())
+        changed([operation], .operationCancelled, note: "by \(who)")
+        return operation
+    }
+
+    public func retry(id: String, by who: String) throws(QueueError) -> DeferredOperation {
+        let operation = try queue.retry(id: id, by: who, now: clock.now())
+        changed([operation], .operationQueued, note: "retried by \(who)")
+        return operation
+    }
+
+    public func release(id: String, by who: String) throws(QueueError) -> DeferredOperation {
+        let operation = try queue.release(id: id, by: who, now: clock.now())
+        changed([operation], .operationQueued, note: "released by \(who)")
+        return operation
+    }
+
+    public func cancelAll(_ filter: OperationFilter, by who: String) throws(QueueError) -> [DeferredOperation] {
+        let cancelled = try queue.cancelAll(filter, by: who, now: clock.now())
+        changed(cancelled, .operationCancelled, note: "by \(who) (bulk)")
+        return cancelled
+    }
+
+    /// The operations waiting for a site or running there.
+    public func open(at site: SiteID) throws(QueueError) -> [DeferredOperation] {
+        do {
+            return try queue.store.all(OperationFilter(site: site, states: [.queued, .dispatching, .blocked]))
+        } catch {
+            throw QueueError(.unavailable, "the queue could not be read: \(error)")
+        }
+    }
+
+    /// An operator changed the queue: the dispatcher reads it again, and each change is an event.
+    private func changed(_ operations: [DeferredOperation], _ type: FleetEventType, note: String) {
+        dispatcher.invalidate()
+        wake.signal()
+        let now = clock.now()
+        for operation in operations {
+            events.add(FleetEvent(type: type, site: operation.site, at: now, operationID: operation.id, kind: operation.kind, note: note))
+        }
+    }
+}
+
+/// Events from the queue and the dispatcher, waiting for the aggregator to publish them.
+public final class QueueEvents: Sendable {
+    private let state = Mutex<(events: [FleetEvent], changed: Bool)>(([], true))
+    /// Called after each event is added (wakes the aggregator's clock loop to publish it).
+    private let onAdd: @Sendable () -> Void
+
+    public init(onAdd: @escaping @Sendable () -> Void = {}) {
+        self.onAdd = onAdd
+    }
+
+    public func add(_ event: FleetEvent) {
+        state.withLock {
+            $0.events.append(event)
+            $0.changed = true
+        }
+        onAdd()
+    }
+
+    public func take() -> [FleetEvent] {
+        state.withLock { s in
+            defer { s.events.removeAll() }
+            return s.events
+        }
+    }
+
+    /// True once after any event since the last call (the queue's counts may have moved).
+    func takeChanged() -> Bool {
+        state.withLock { s in
+            defer { s.changed = false }
+            return s.changed
+        }
+    }
+}
