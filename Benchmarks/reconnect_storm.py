@@ -16,6 +16,7 @@ Usage: python3 Benchmarks/reconnect_storm.py [--sites 5000] [--per-site 2] [--li
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -58,6 +59,7 @@ def main():
     parser.add_argument("--limit", type=int, default=4)
     parser.add_argument("--restore-at", type=int, default=150, help="seconds after the simulation starts")
     parser.add_argument("--write")
+    parser.add_argument("--keep-log", help="copy the stand-in az's log (id, start, end per call) here")
     parser.add_argument("--skip-build", action="store_true")
     args = parser.parse_args()
     aggregator, cli = release_binaries(args.skip_build, "edgefleet-aggregator", "edgefleet")
@@ -151,6 +153,14 @@ def main():
             lines = open(az_log).read().splitlines()
             first = min(float(l.split()[1]) for l in lines) - restore_instant
             peak = peak_concurrency(lines)
+            spans = [(float(l.split()[1]), float(l.split()[2])) for l in lines]
+            busy = sum(e - b for b, e in spans)
+            last_end = max(e for _, e in spans)
+            # How many az ran on average between the first start and the last end: the limit when
+            # the aggregator refills every freed slot at once.
+            mean_running = busy / max(last_end - min(b for b, _ in spans), 1e-9)
+            if args.keep_log:
+                shutil.copy(az_log, args.keep_log)
             hwm = next(int(l.split()[1]) for l in open(f"/proc/{agg.pid}/status") if l.startswith("VmHWM:")) / 1024
             ran_once = len(lines) == total and len({l.split()[0] for l in lines}) == total
         finally:
@@ -165,7 +175,7 @@ def main():
         "sites": args.sites, "operations": total, "limit": args.limit, "queued_before_restore": queued,
         "submit_per_second": round(total / submit_seconds), "first_dispatch_after_restore_s": round(first, 1),
         "drained_after_restore_s": round(drained, 1), "operations_per_second": round(total / drained, 1),
-        "peak_concurrent_az": peak, "each_ran_once": ran_once, "aggregator_peak_rss_mb": round(hwm, 1),
+        "peak_concurrent_az": peak, "mean_concurrent_az": round(mean_running, 2), "each_ran_once": ran_once, "aggregator_peak_rss_mb": round(hwm, 1),
         "baseline_xargs_s": round(baseline_seconds, 1),
     }
     print(json.dumps(result, indent=2))

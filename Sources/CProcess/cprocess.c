@@ -10,3 +10,14 @@ int edgefleet_spawn_closefrom(posix_spawn_file_actions_t *actions, int from) {
 int edgefleet_become_subreaper(void) {
     return prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0);
 }
+
+#include <sys/syscall.h>
+#include <unistd.h>
+
+int edgefleet_pidfd_open(pid_t pid) {
+#ifdef SYS_pidfd_open
+    return (int)syscall(SYS_pidfd_open, pid, 0);
+#else
+    return -1;
+#endif
+}

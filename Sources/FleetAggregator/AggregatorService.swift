@@ -69,6 +69,14 @@ public final class AggregatorService: Service, Sendable {
                 dispatchInterval: configuration.dispatchInterval),
             logger: logger, metrics: metrics.queue, clock: clock,
             situation: { site, now in state.withLock { $0.situation(of: site, now: now) } },
+            situations: { sites, now in
+                state.withLock { fleet in
+                    var found: [SiteID: DispatchSituation] = [:]
+                    found.reserveCapacity(sites.count)
+                    for site in sites { found[site] = fleet.situation(of: site, now: now)?.dispatch }
+                    return found
+                }
+            },
             countsChanged: { counts in
                 state.withLock { $0.setQueue(counts, now: clock.now()) }
                 clockWake.signal()  // views whose queue counts changed go out

@@ -1,6 +1,8 @@
 import Subprocesses
 public import FleetCore
 public import Logging
+import DequeModule
+import Dispatch
 import Synchronization
 
 #if canImport(Glibc)
@@ -69,9 +71,17 @@ public final class Dispatcher: Sendable {
     let dispatched: @Sendable (Duration) -> Void
     /// Called when an operation's attempt has ended and its slot is free (wakes the dispatch loop).
     let finished: @Sendable () -> Void
+    /// What every executor's environment starts from: the aggregator's, without its own
+    /// EDGEFLEET_* settings (not the executor's business); read once.
+    let executorEnvironment = processEnvironment().filter { !$0.key.hasPrefix("EDGEFLEET_") }
 
     private struct State {
+        /// Sites with an operation between its claim and its recorded outcome: one at a time per site.
         var running: Set<SiteID> = []
+        /// Executors alive (started and not yet reaped): the fleet-wide limit counts these. A
+        /// slot is free once the process has exited, before its outcome is written, so that the
+        /// write and the next spawn overlap (the site stays busy until its outcome is written).
+        var slots = 0
         /// The process group of each running executor, by operation id.
         var processes: [String: pid_t] = [:]
         /// Shutting down: executors are being stopped, and their operations go back to the queue.
@@ -85,19 +95,37 @@ public final class Dispatcher: Sendable {
         /// served) goes before sites that already had a turn.
         var servedAt: [SiteID: UInt64] = [:]
         var turns: UInt64 = 0
-        /// The queued and blocked operations, oldest first, as the last pass left them: a pass
-        /// reads the store only when this is nil (a submission, an operator's action, a retry
-        /// invalidates it) or 2 s old (another writer of the database may have changed it).
-        /// With 10,000 operations queued, reading them all was most of a pass.
+        /// The queued and blocked operations, oldest first, as the last full pass left them: a
+        /// pass reads the store only when this is nil (a submission, an operator's action, a retry
+        /// invalidates it) or older than `rereadEvery` (another writer of the database may have
+        /// changed it). With 10,000 operations queued, reading them all was most of a pass.
         var waiting: [DeferredOperation]?
         var waitingReadAt = ContinuousClock.now
+        /// How long `waiting` is trusted: 2 s, or 50 times what the last read took (reading
+        /// 10,000 operations every 2 s was a tenth of the aggregator's CPU in a storm).
+        var rereadEvery = Duration.seconds(2)
+        /// Operations started since `waiting` was read (they are dispatching now, not waiting).
+        /// (With when: the ones started while a full pass ran, which that pass did not see
+        /// started, are taken out of what it lays out.)
+        var startedSinceRead: [String: (site: SiteID, at: ContinuousClock.Instant)] = [:]
         var generation: UInt64 = 0
-        /// Sites' situations as the last full pass found them. A pass after an executor finished
-        /// reuses them (readiness is checked against `readySince`, so a cached one is never early);
-        /// a full pass, which evaluates each site again, follows a change of the queue, a change of
-        /// any site's mode (`modesChanged()`), and every second.
+        /// Sites' situations as the last full pass found them. A quick pass reuses them
+        /// (readiness is checked against `readySince`, so a cached one is never early); a full
+        /// pass, which evaluates each site again, follows a change of the queue, a change of any
+        /// site's mode (`modesChanged()`), and comes every second.
         var situations: [SiteID: DispatchSituation] = [:]
         var situationsAt = ContinuousClock.now - .seconds(10)
+        /// How often a full pass comes by itself: every second, or 20 times what the last one took.
+        var fullPassEvery = Duration.seconds(1)
+        /// The sites whose queued operations may run (connected at the last full pass), least
+        /// recently served first, and each one's queued operations, oldest first. A site that is
+        /// served moves to the back: served turns only grow, so the order stays sorted without
+        /// sorting. A quick pass (after an executor finished) walks this from the front and
+        /// starts as many as there are free slots: its cost is what it starts, not the queue's
+        /// length (a pass over all 10,000 waiting operations after every finished executor was
+        /// most of a reconnect storm).
+        var order: Deque<SiteID> = []
+        var heads: [SiteID: Deque<DeferredOperation>] = [:]
     }
     private let state = Mutex(State())
 
@@ -133,7 +161,8 @@ public final class Dispatcher: Sendable {
     }
 
     /// Whether operations wait in the queue (or it is not known: the store was not read since a change).
-    public var hasWaiting: Bool { state.withLock { $0.waiting.map { !$0.isEmpty } ?? true } }
+    /// (At most as many as the last full pass left: some of those may have started since.)
+    public var hasWaiting: Bool { state.withLock { s in s.waiting.map { !$0.isEmpty } ?? true } }
 
     /// How many operations are running now.
     public var runningCount: Int { state.withLock { $0.running.count } }
@@ -179,62 +208,57 @@ public final class Dispatcher: Sendable {
             $0.waiting = nil
             $0.generation += 1
             $0.situations = [:]
+            $0.situationsAt = ContinuousClock.now - .seconds(10)
+            $0.order = []
+            $0.heads = [:]
         }
     }
 
     /// Some site changed mode: the next pass evaluates every site it needs again.
     public func modesChanged() {
-        state.withLock { $0.situations = [:] }
+        state.withLock {
+            $0.situations = [:]
+            $0.situationsAt = ContinuousClock.now - .seconds(10)
+        }
     }
 
-    public func tick(now: Date, situation lookup: (SiteID) -> DispatchSituation?) throws {
-        // Each site's situation once per pass (an evaluation under the fleet's lock), not once
-        // per waiting operation: 10,000 queued for 5,000 sites made every pass 10,000 evaluations.
-        let cachedSituations = state.withLock { s -> [SiteID: DispatchSituation]? in
-            ContinuousClock.now - s.situationsAt < .seconds(1) ? s.situations : nil
+    /// One pass. `situations` answers, for the sites asked about, those the aggregator knows
+    /// (a site never heard from is left out), all at once.
+    public func tick(now: Date, situations lookup: (Set<SiteID>) -> [SiteID: DispatchSituation]) throws {
+        let quick = state.withLock { s in
+            s.waiting != nil && ContinuousClock.now - s.waitingReadAt < s.rereadEvery && ContinuousClock.now - s.situationsAt < s.fullPassEvery
         }
-        let fresh = cachedSituations == nil
-        var known = cachedSituations ?? [:]
-        var unknown: Set<SiteID> = []
-        func situation(_ site: SiteID) -> DispatchSituation? {
-            if let found = known[site] { return found }
-            if unknown.contains(site) { return nil }
-            guard let found = lookup(site) else {
-                unknown.insert(site)
-                return nil
-            }
-            known[site] = found
-            return found
+        if !quick {
+            let started = ContinuousClock.now
+            try fullPass(now: now, lookup: lookup)
+            // At most a twentieth of the loop's time: with 10,000 operations waiting a full pass
+            // takes tens of milliseconds, during which no slot is refilled.
+            let took = ContinuousClock.now - started
+            state.withLock { $0.fullPassEvery = max(.seconds(1), took * 20) }
         }
-        let (finishedBefore, cached, generation) = state.withLock { s in
-            let valid = ContinuousClock.now - s.waitingReadAt < .seconds(2) ? s.waiting : nil
-            // A quick pass takes the list (and hands it back), so that removing what it starts does
-            // not copy 10,000 operations.
-            if valid != nil, !fresh { s.waiting = nil }
-            return (s.finished, valid, s.generation)
+        startReady(now: now)
+    }
+
+    /// Expires and blocks what must be, evaluates every site with queued operations again, and
+    /// lays out the order in which sites are served.
+    private func fullPass(now: Date, lookup: (Set<SiteID>) -> [SiteID: DispatchSituation]) throws {
+        let passStarted = ContinuousClock.now
+        let (cached, started, generation) = state.withLock { s in
+            let valid = ContinuousClock.now - s.waitingReadAt < s.rereadEvery ? s.waiting : nil
+            return (valid, valid == nil ? [:] : s.startedSinceRead, s.generation)
         }
         let readAt = ContinuousClock.now
-        var waiting = try cached ?? store.all(OperationFilter(states: [.queued, .blocked]))
-        // A quick pass (after an executor finished: the queue and every site's mode as the last
-        // full pass left them) only looks for each site's oldest queued operation; expiry and
-        // blocking are the full pass's, at most a second later.
-        let quick = cached != nil && !fresh
-        var remaining: [DeferredOperation] = []  // what stays queued or blocked after a full pass
-        var candidates: [SiteID: DeferredOperation] = [:]
-        var indices: [String: Int] = [:]  // quick pass: where each candidate is in `waiting`
-        if quick {
-            for index in waiting.indices where waiting[index].state == .queued {
-                let site = waiting[index].site
-                guard candidates[site] == nil else { continue }  // the site's oldest goes first
-                if let notBefore = waiting[index].notBefore, notBefore > now { continue }  // scheduled later: the next may go
-                if let expiresAt = waiting[index].expiresAt, expiresAt <= now { continue }  // the full pass expires it
-                candidates[site] = waiting[index]
-                indices[waiting[index].id] = index
-            }
-        } else {
-            remaining.reserveCapacity(waiting.count)
-        }
-        for operation in quick ? [] : waiting {  // oldest first
+        let waiting = try cached ?? store.all(OperationFilter(states: [.queued, .blocked]))
+        let readTook = cached == nil ? ContinuousClock.now - readAt : nil
+        // Each site's situation once per pass, all in one call (one lock of the fleet's state),
+        // not once per waiting operation.
+        var sites = Set<SiteID>()
+        for operation in waiting where operation.state == .queued { sites.insert(operation.site) }
+        let known = sites.isEmpty ? [:] : lookup(sites)
+        var remaining: [DeferredOperation] = []  // what stays queued or blocked
+        remaining.reserveCapacity(waiting.count)
+        var queuedBySite: [SiteID: Deque<DeferredOperation>] = [:]
+        for operation in waiting where started[operation.id] == nil {  // oldest first
             if let expiresAt = operation.expiresAt, expiresAt <= now {
                 try move(operation, to: .expired, at: now, note: "expired at \(RFC3339.format(expiresAt)) before it could run", event: .operationExpired)
                 continue
@@ -243,7 +267,7 @@ public final class Dispatcher: Sendable {
                 remaining.append(operation)
                 continue
             }
-            let site = situation(operation.site)
+            let site = known[operation.site]
             // Blocked at a site past its deadline, unless an operator released it after that deadline passed.
             if let site, site.mode == .disconnected,
                 !(operation.released == true && (operation.releasedAt ?? .distantPast) >= (site.expiredAt ?? .distantPast))
@@ -255,92 +279,106 @@ public final class Dispatcher: Sendable {
                 continue
             }
             remaining.append(operation)
-            guard candidates[operation.site] == nil else { continue }  // the site's oldest goes first
-            if let notBefore = operation.notBefore, notBefore > now { continue }  // scheduled later: the next one may go
-            candidates[operation.site] = operation
-        }
-
-        // Sites whose oldest operation may run now (no rendering yet: only the few that start are
-        // rendered; rendering every ready site's template on every pass was most of a storm).
-        let ready = candidates.filter { site, operation in
-            guard let s = situation(site), s.mode == .connected, s.stable || (s.readySince.map { $0 <= now } ?? false) else { return false }
-            if let next = operation.nextAttemptAt, next > now { return false }  // backing off: the site waits, in order
-            return true
-        }
-        // Round robin: the least recently served first. Only as many as there are free slots are
-        // needed (and a few more for sites still waiting for their cluster metadata): picked in one
-        // scan, not by sorting every ready site on every pass.
-        let (order, free) = state.withLock { s -> ([SiteID], Int) in
-            let free = settings.limit - s.running.count
-            guard free > 0 else { return ([], 0) }
-            var best: [(turn: UInt64, site: SiteID)] = []
-            let keep = free + 16
-            for site in ready.keys where !s.running.contains(site) {
-                let turn = s.servedAt[site] ?? 0
-                if best.count == keep, let last = best.last, (last.turn, last.site) < (turn, site) { continue }
-                let at = best.firstIndex { ($0.turn, $0.site) > (turn, site) } ?? best.count
-                best.insert((turn, site), at: at)
-                if best.count > keep { best.removeLast() }
-            }
-            return (best.map(\.site), free)
-        }
-        var started = Set<String>()
-        var claimed = 0
-        var tried = Set(order)
-        var queue = order
-        var widened = false
-        while claimed < free {
-            if queue.isEmpty {
-                // Every picked site waited for its metadata: look at all the others too (rare).
-                guard !widened, ready.count > tried.count else { break }
-                widened = true
-                queue = state.withLock { s in
-                    ready.keys.filter { !tried.contains($0) && !s.running.contains($0) }.sorted { a, b in
-                        let (ta, tb) = (s.servedAt[a] ?? 0, s.servedAt[b] ?? 0)
-                        return ta != tb ? ta < tb : a < b
-                    }
-                }
-                tried.formUnion(queue)
-                continue
-            }
-            let site = queue.removeFirst()
-            guard let operation = ready[site], let s = situation(site) else { continue }
-            // Rendered before it is claimed: cluster metadata the site has not reported yet
-            // holds the operation (and its site) back instead of failing it.
-            var argv: [String]?
-            if let template = executors[operation.kind] {
-                argv = try? template.render(operationID: operation.id, site: site, params: operation.params, cluster: s.cluster)
-                if argv == nil {
-                    logger.debug("operation \(operation.id) waits for its site's cluster metadata")
-                    continue
-                }
-            }  // no executor at all: claimed and failed with the reason
-            let could = [operation.createdAt, s.readySince, operation.notBefore, operation.nextAttemptAt].compactMap { $0 }.max() ?? now
-            if start(operation, argv: argv, finishedBefore: finishedBefore[site] ?? 0, now: now) {
-                started.insert(operation.id)
-                claimed += 1
-                dispatched(.milliseconds(Int64(max(0, now.timeIntervalSince(could)) * 1000)))
-            }
-        }
-        // Keep what is still waiting for the next pass, unless the queue changed meanwhile.
-        let left: [DeferredOperation]
-        if quick {
-            for index in started.compactMap({ indices[$0] }).sorted(by: >) { waiting.remove(at: index) }
-            left = waiting
-        } else {
-            left = started.isEmpty ? remaining : remaining.filter { !started.contains($0.id) }
+            // Only a connected site's operations may run before the next full pass (a site that
+            // connects is a mode change, which brings a full pass).
+            if site?.mode == .connected { queuedBySite[operation.site, default: []].append(operation) }
         }
         state.withLock { s in
-            guard s.generation == generation else { return }
-            s.waiting = left
-            if cached == nil { s.waitingReadAt = readAt }
-            // Keep what this pass evaluated (a full pass starts the clock again).
-            if fresh || s.situations.isEmpty {
-                s.situations = known
-                s.situationsAt = ContinuousClock.now
-            } else {
-                s.situations.merge(known) { _, new in new }
+            guard s.generation == generation else { return }  // the queue changed meanwhile: read it again
+            if let readTook {
+                s.waitingReadAt = readAt
+                s.rereadEvery = max(.seconds(2), readTook * 50)
+                // Started before the read began: the read saw them dispatching. Started since
+                // (executors end and their slots are refilled while a pass runs): kept out below.
+                s.startedSinceRead = s.startedSinceRead.filter { $0.value.at >= readAt }
             }
+            // What was started while this pass ran is not waiting any more: a stale head would be
+            // claimed again, refused, and cost a full read of the queue. A site's operations start
+            // oldest first, so such an operation is its site's head. (The waiting list keeps it:
+            // the next full pass leaves out whatever `startedSinceRead` names.)
+            var queuedBySite = queuedBySite
+            for (id, started) in s.startedSinceRead where started.at >= passStarted {
+                guard queuedBySite[started.site]?.first?.id == id else { continue }
+                queuedBySite[started.site]?.removeFirst()
+                if queuedBySite[started.site]?.isEmpty == true { queuedBySite[started.site] = nil }
+            }
+            s.waiting = remaining
+            s.situations = known
+            s.situationsAt = ContinuousClock.now
+            s.heads = queuedBySite
+            // Round robin: the least recently served first (sorted once per full pass).
+            let keyed = queuedBySite.keys.map { (turn: s.servedAt[$0] ?? 0, site: $0) }
+            s.order = Deque(keyed.sorted { $0.turn != $1.turn ? $0.turn < $1.turn : $0.site < $1.site }.map(\.site))
+        }
+    }
+
+    /// `startReady` when the order and the situations the last full pass left are still valid
+    /// (otherwise the dispatch loop, which `finished` wakes, makes a full pass first).
+    private func startReadyIfPlanned(now: Date) {
+        let planned = state.withLock { s in
+            s.waiting != nil && ContinuousClock.now - s.waitingReadAt < s.rereadEvery && ContinuousClock.now - s.situationsAt < s.fullPassEvery
+        }
+        if planned { startReady(now: now) }
+    }
+
+    /// Starts as many operations as there are free slots: each from the least recently served
+    /// site whose oldest queued operation may run now. Walks the order from the front, so its
+    /// cost is what it looks at before the slots are full, not the queue's length.
+    private func startReady(now: Date) {
+        var position = 0
+        while true {
+            // Candidates under the lock; their starting (a store transaction) outside it.
+            let (candidates, free, finishedBefore, generation) = state.withLock {
+                s -> ([(site: SiteID, operation: DeferredOperation, situation: DispatchSituation)], Int, [SiteID: UInt64], UInt64) in
+                let free = settings.limit - s.slots
+                guard free > 0, !s.stopping else { return ([], 0, [:], s.generation) }
+                var found: [(site: SiteID, operation: DeferredOperation, situation: DispatchSituation)] = []
+                // A few more than the free slots: some may wait for their cluster metadata.
+                while position < s.order.count, found.count < free + 8 {
+                    let site = s.order[position]
+                    position += 1
+                    guard !s.running.contains(site), let operation = s.heads[site]?.first, s.startedSinceRead[operation.id] == nil,
+                        let situation = s.situations[site],
+                        situation.mode == .connected, situation.stable || (situation.readySince.map { $0 <= now } ?? false)
+                    else { continue }
+                    if let notBefore = operation.notBefore, notBefore > now { continue }  // scheduled later
+                    if let next = operation.nextAttemptAt, next > now { continue }  // backing off: the site waits, in order
+                    if let expiresAt = operation.expiresAt, expiresAt <= now { continue }  // the full pass expires it
+                    found.append((site, operation, situation))
+                }
+                return (found, free, s.finished, s.generation)
+            }
+            if candidates.isEmpty { return }
+            var claimed = 0
+            for candidate in candidates where claimed < free {
+                let (site, operation, situation) = candidate
+                // Rendered before it is claimed: cluster metadata the site has not reported yet
+                // holds the operation (and its site) back instead of failing it.
+                var argv: [String]?
+                if let template = executors[operation.kind] {
+                    argv = try? template.render(operationID: operation.id, site: site, params: operation.params, cluster: situation.cluster)
+                    if argv == nil {
+                        logger.debug("operation \(operation.id) waits for its site's cluster metadata")
+                        continue
+                    }
+                }  // no executor at all: claimed and failed with the reason
+                let could = [operation.createdAt, situation.readySince, operation.notBefore, operation.nextAttemptAt].compactMap { $0 }.max() ?? now
+                guard start(operation, argv: argv, finishedBefore: finishedBefore[site] ?? 0, now: now) else { continue }
+                claimed += 1
+                dispatched(.milliseconds(Int64(max(0, now.timeIntervalSince(could)) * 1000)))
+                state.withLock { s in
+                    guard s.generation == generation else { return }
+                    s.startedSinceRead[operation.id] = (site, ContinuousClock.now)
+                    if s.heads[site]?.first?.id == operation.id { s.heads[site]?.removeFirst() }
+                    // Served now: to the back of the order (or out of it, with nothing left to run).
+                    if let index = s.order.firstIndex(of: site) {
+                        s.order.remove(at: index)
+                        if index < position { position -= 1 }
+                    }
+                    if s.heads[site]?.isEmpty == false { s.order.append(site) } else { s.heads[site] = nil }
+                }
+            }
+            if claimed == free { return }  // full; otherwise look further down the order
         }
     }
 
@@ -357,9 +395,10 @@ public final class Dispatcher: Sendable {
     @discardableResult
     private func start(_ operation: DeferredOperation, argv: [String]?, finishedBefore: UInt64, now: Date) -> Bool {
         let claimed = state.withLock { s -> Bool in
-            guard !s.stopping, s.running.count < settings.limit, (s.finished[operation.site] ?? 0) == finishedBefore,
+            guard !s.stopping, s.slots < settings.limit, (s.finished[operation.site] ?? 0) == finishedBefore,
                 s.running.insert(operation.site).inserted
             else { return false }
+            s.slots += 1
             s.turns += 1
             s.servedAt[operation.site] = s.turns
             return true
@@ -367,40 +406,60 @@ public final class Dispatcher: Sendable {
         guard claimed else { return false }
         let dispatched: DeferredOperation
         do {
-            dispatched = try store.transition(
-                id: operation.id, expected: [.queued], to: .dispatching, at: now, note: "attempt \(operation.attempts + 1) of \(operation.maxAttempts)",
-                update: { $0.attempts += 1 })
+            dispatched = try store.claim(operation, at: now, note: "attempt \(operation.attempts + 1) of \(operation.maxAttempts)")
         } catch {
-            state.withLock { _ = $0.running.remove(operation.site) }
+            state.withLock {
+                _ = $0.running.remove(operation.site)
+                $0.slots -= 1
+            }
             invalidate()  // moved by someone else: read the queue again
             return false
         }
         emit(FleetEvent(type: .operationDispatched, site: dispatched.site, at: now, operationID: dispatched.id, kind: dispatched.kind))
-        Task {
-            await self.execute(dispatched, argv: argv)
-            self.state.withLock {
-                _ = $0.running.remove(dispatched.site)
-                $0.finished[dispatched.site, default: 0] += 1
-            }
+        // The slot is given back once: when the executor has exited, or when it never started.
+        let slot = Mutex(true)
+        let release: @Sendable () -> Void = {
+            guard slot.withLock({ held in defer { held = false }; return held }) else { return }
+            self.state.withLock { $0.slots -= 1 }
+            // Refilled here, on the thread that saw the executor end, when the last pass's plan
+            // still holds: a wake-up of the dispatch loop first cost about 1.5 ms per operation.
+            self.startReadyIfPlanned(now: Date())
             self.finished()
+        }
+        // The executor runs on a thread of its own from here (no hop through the cooperative pool
+        // before it starts); its outcome is recorded from a task.
+        DispatchQueue.global().async {
+            let result = self.run(dispatched, argv: argv, exited: release)
+            Task {
+                await self.record(dispatched, result)
+                self.ended(dispatched, release: release)
+            }
         }
         return true
     }
 
-    private func execute(_ operation: DeferredOperation, argv: [String]?) async {
-        guard let template = executors[operation.kind], let argv else {
-            await finish(operation, to: .failed, note: "no executor is configured for \(operation.kind.rawValue)", event: .operationFailed)
-            return
+    /// After an attempt's outcome is recorded: the slot (if the executor never ran) and the site are free.
+    private func ended(_ dispatched: DeferredOperation, release: @Sendable () -> Void) {
+        release()
+        state.withLock {
+            _ = $0.running.remove(dispatched.site)
+            $0.finished[dispatched.site, default: 0] += 1
         }
-        // The aggregator's own EDGEFLEET_* settings are not the executor's business.
-        var environment = processEnvironment().filter { !$0.key.hasPrefix("EDGEFLEET_") }
+        finished()
+    }
+
+    /// Runs an operation's executor to its end, on the calling thread (it blocks). Nil when the
+    /// kind has no executor.
+    private func run(_ operation: DeferredOperation, argv: [String]?, exited: @escaping @Sendable () -> Void) -> Result<CommandOutcome, CommandError>? {
+        guard let template = executors[operation.kind], let argv else { return nil }
+        var environment = executorEnvironment
         environment["EDGEFLEET_OPERATION_ID"] = operation.id
-        let outcome: CommandOutcome
-        do {
-            let id = operation.id
-            // An az call may print a lot (JSON): read up to 64 MiB, keep the head.
-            outcome = try await CommandRunner.run(
+        let id = operation.id
+        defer { state.withLock { _ = $0.processes.removeValue(forKey: id) } }
+        // An az call may print a lot (JSON): read up to 64 MiB, keep the head.
+        return CommandRunner.runBlocking(
                 argv, timeout: template.timeout, capture: .head(bytes: settings.outputBytes), environment: environment, maximumOutput: 64 << 20,
+                exited: exited,
                 started: { pid in
                     // Durably, so that a restart after a SIGKILL finds it (recover(now:)).
                     do {
@@ -414,7 +473,17 @@ public final class Dispatcher: Sendable {
                     }
                     if stop { kill(-pid, SIGTERM) }  // started just as the aggregator began to stop
                 })
-            state.withLock { _ = $0.processes.removeValue(forKey: id) }
+    }
+
+    /// Records an attempt's outcome (retrying until the store takes it).
+    private func record(_ operation: DeferredOperation, _ result: Result<CommandOutcome, CommandError>?) async {
+        guard let result else {
+            await finish(operation, to: .failed, note: "no executor is configured for \(operation.kind.rawValue)", event: .operationFailed)
+            return
+        }
+        let outcome: CommandOutcome
+        do {
+            outcome = try result.get()
         } catch {
             await finish(operation, to: .failed, note: "\(error.description)", event: .operationFailed)
             return
@@ -431,7 +500,8 @@ public final class Dispatcher: Sendable {
         case (false, 0?):
             await finish(operation, to: .succeeded, note: "exit 0" + output, event: .operationSucceeded)
         case (true, _), (false, 75?):
-            let why = outcome.timedOut ? "timed out after \(DurationFormat.format(template.timeout)); process group killed" : "exit 75 (try again later)"
+            let timeout = executors[operation.kind]?.timeout ?? .zero
+            let why = outcome.timedOut ? "timed out after \(DurationFormat.format(timeout)); process group killed" : "exit 75 (try again later)"
             if operation.attempts < operation.maxAttempts {
                 let wait = backoff(afterAttempt: operation.attempts)
                 await finish(
@@ -458,8 +528,8 @@ public final class Dispatcher: Sendable {
         while true {
             let now = Date()
             do {
+                // The run record goes with it (same transaction).
                 let done = try store.transition(id: operation.id, expected: [.dispatching], to: to, at: now, note: note, update: update)
-                try? store.forgetRun(operationID: operation.id)
                 if to == .queued { invalidate() }  // a retry waits in the queue again
                 emit(FleetEvent(type: event, site: done.site, at: now, operationID: done.id, kind: done.kind, note: String(note.prefix(200))))
                 return

@@ -54,12 +54,17 @@ public protocol OperationStore: Sendable {
     func operation(id: String) throws -> DeferredOperation?
     func operation(idempotencyKey: String) throws -> DeferredOperation?
     /// Moves an operation from one of `expected` to `to`, applying `update` and appending
-    /// a history entry, atomically. Throws `conflict` if it is in another state.
+    /// a history entry, atomically. Throws `conflict` if it is in another state. Moving out of
+    /// `dispatching` forgets the operation's run record in the same transaction.
     @discardableResult
     func transition(
         id: String, expected: Set<OperationState>, to: OperationState, at: Date, note: String,
         update: @Sendable (inout DeferredOperation) -> Void
     ) throws -> DeferredOperation
+    /// The dispatcher's claim: `operation` (as the caller read it, `queued`) becomes `dispatching`
+    /// with one more attempt and a history entry, written from the caller's copy when the stored
+    /// one has not changed since (same state, same history); `conflict` otherwise.
+    func claim(_ operation: DeferredOperation, at: Date, note: String) throws -> DeferredOperation
     /// Operations matching `filter`, oldest first, after `cursor` (a `sequence`).
     func list(_ filter: OperationFilter, after cursor: Int64?, limit: Int) throws -> OperationPage
     /// Operations matching `filter`, newest first, before `cursor` (a `sequence`).
@@ -98,6 +103,12 @@ public struct ExecutorRun: Sendable, Hashable {
 }
 
 extension OperationStore {
+    /// A claim through `transition`, for stores without a cheaper way (it reads the stored
+    /// operation instead of comparing it with the caller's copy).
+    public func claim(_ operation: DeferredOperation, at: Date, note: String) throws -> DeferredOperation {
+        try transition(id: operation.id, expected: [.queued], to: .dispatching, at: at, note: note) { $0.attempts += 1 }
+    }
+
     /// Every operation matching `filter`, read page by page.
     public func all(_ filter: OperationFilter, pageSize: Int = 1_000) throws -> [DeferredOperation] {
         var result: [DeferredOperation] = []

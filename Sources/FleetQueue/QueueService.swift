@@ -14,6 +14,9 @@ public import Foundation
 /// from). The queue knows nothing else of fleet state.
 public typealias SiteSituationLookup = @Sendable (SiteID, Date) -> (submission: SiteSituation, dispatch: DispatchSituation)?
 
+/// The same for many sites at once (the dispatcher's full pass): those it knows.
+public typealias DispatchSituationsLookup = @Sendable (Set<SiteID>, Date) -> [SiteID: DispatchSituation]
+
 /// How the queue runs, as the aggregator's configuration gives it.
 public struct QueueSettings: Sendable {
     public var executors: [OperationKind: ExecutorTemplate]
@@ -43,13 +46,14 @@ public final class QueueService: Service, Sendable {
     let metrics: QueueMetrics
     let clock: WallClock
     let situation: SiteSituationLookup
+    let situations: DispatchSituationsLookup
     let countsChanged: @Sendable ([SiteID: [OperationState: Int]]) -> Void
     let wake = Wakeup()
     let stopping = Mutex(false)
 
     public init(
         store: any OperationStore, settings: QueueSettings, logger: Logger, metrics: QueueMetrics = QueueMetrics(), clock: WallClock = .system,
-        situation: @escaping SiteSituationLookup, countsChanged: @escaping @Sendable ([SiteID: [OperationState: Int]]) -> Void = { _ in },
+        situation: @escaping SiteSituationLookup, situations: DispatchSituationsLookup? = nil, countsChanged: @escaping @Sendable ([SiteID: [OperationState: Int]]) -> Void = { _ in },
         eventAdded: @escaping @Sendable () -> Void = {}
     ) {
         self.settings = settings
@@ -57,6 +61,12 @@ public final class QueueService: Service, Sendable {
         self.metrics = metrics
         self.clock = clock
         self.situation = situation
+        self.situations =
+            situations ?? { sites, now in
+                var found: [SiteID: DispatchSituation] = [:]
+                for site in sites { found[site] = situation(site, now)?.dispatch }
+                return found
+            }
         self.countsChanged = countsChanged
         let events = QueueEvents(onAdd: eventAdded)
         self.events = events
@@ -115,7 +125,7 @@ public final class QueueService: Service, Sendable {
         while !isStopping {
             let now = clock.now()
             do {
-                try dispatcher.tick(now: now) { site in self.situation(site, now)?.dispatch }
+                try dispatcher.tick(now: now) { sites in self.situations(sites, now) }
                 if events.takeChanged() { countsStale = true }
                 let sinceCount = ContinuousClock.now - lastCounts
                 if (countsStale && sinceCount >= .milliseconds(250)) || sinceCount >= (queueEmpty ? .seconds(10) : .seconds(2)) {

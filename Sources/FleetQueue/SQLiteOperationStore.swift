@@ -125,8 +125,44 @@ public struct SQLiteOperationStore: OperationStore {
             try db.execute(
                 sql: "UPDATE operations SET state = ?, document = ? WHERE id = ?",
                 arguments: [to.rawValue, String(decoding: try encoder.encode(operation), as: UTF8.self), id])
+            // A run is recorded only while its operation is dispatching: its end is written with
+            // the outcome, in the same transaction (one commit per finished executor, not two).
+            if from == .dispatching, to != .dispatching {
+                try db.execute(sql: "DELETE FROM runs WHERE operationID = ?", arguments: [id])
+            }
             return operation
         }
+    }
+
+    /// One UPDATE, conditional on the stored row being what the caller read (state `queued`, as
+    /// many history entries): no read and no decoding of the stored document in the write
+    /// transaction, and the new one encoded before it. (In a reconnect storm the claim is on the
+    /// path from one executor's end to the next one's start.)
+    public func claim(_ operation: DeferredOperation, at now: Date, note: String) throws -> DeferredOperation {
+        guard operation.state == .queued else {
+            throw OperationStoreError.conflict(id: operation.id, expected: [.queued], found: operation.state)
+        }
+        var claimed = operation
+        claimed.attempts += 1
+        claimed.state = .dispatching
+        claimed.history.append(OperationHistoryEntry(at: now, from: .queued, to: .dispatching, note: note))
+        let document = String(decoding: try FleetJSON.encoder().encode(claimed), as: UTF8.self)
+        let changed = try database.writer.write { db in
+            try db.execute(
+                sql: """
+                    UPDATE operations SET state = 'dispatching', document = ?
+                    WHERE id = ? AND state = 'queued' AND json_array_length(document, '$.history') = ?
+                    """,
+                arguments: [document, operation.id, operation.history.count])
+            return db.changesCount
+        }
+        guard changed == 1 else {
+            let found = try self.operation(id: operation.id)
+            guard let found else { throw OperationStoreError.notFound(operation.id) }
+            // Moved, or changed and still queued (an older copy than the store's): either way not this claim.
+            throw OperationStoreError.conflict(id: operation.id, expected: [.queued], found: found.state)
+        }
+        return claimed
     }
 
     public func list(_ filter: OperationFilter, after cursor: Int64?, limit: Int) throws -> OperationPage {

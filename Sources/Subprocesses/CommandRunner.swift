@@ -61,10 +61,12 @@ public enum CommandRunner {
     /// Runs `arguments` (the first is the program, looked up on PATH when it has no `/`).
     /// Throws only when the command could not be started at all.
     /// `maximumOutput`: bytes of output read at most; past it the command is ended and its
-    /// outcome says `outputExceeded`.
+    /// outcome says `outputExceeded`. `exited`: called once the command (and its group) is gone,
+    /// before what it left elsewhere is looked for (a caller counting running commands frees a slot).
     public static func run(
         _ arguments: [String], timeout: Duration, outputLimit: Int = 256, capture: OutputCapture = .firstLine,
-        environment: [String: String]? = nil, maximumOutput: Int = 1 << 20, started: (@Sendable (Int32) -> Void)? = nil
+        environment: [String: String]? = nil, maximumOutput: Int = 1 << 20, exited: (@Sendable () -> Void)? = nil,
+        started: (@Sendable (Int32) -> Void)? = nil
     ) async throws(CommandError) -> CommandOutcome {
         guard let program = arguments.first, !program.isEmpty else { throw CommandError("empty command") }
         let result: Result<CommandOutcome, CommandError> = await withCheckedContinuation { continuation in
@@ -73,7 +75,7 @@ public enum CommandRunner {
                 continuation.resume(
                     returning: runBlocking(
                         arguments, timeout: timeout, outputLimit: outputLimit, capture: capture, environment: environment,
-                        maximumOutput: maximumOutput, started: started))
+                        maximumOutput: maximumOutput, exited: exited, started: started))
             }
         }
         return try result.get()
@@ -82,7 +84,7 @@ public enum CommandRunner {
     /// `run` on the calling thread (for a command-line program that has nothing else to do).
     public static func runBlocking(
         _ arguments: [String], timeout: Duration, outputLimit: Int = 256, capture: OutputCapture = .firstLine, environment: [String: String]? = nil,
-        maximumOutput: Int = 1 << 20, started: (@Sendable (Int32) -> Void)? = nil
+        maximumOutput: Int = 1 << 20, exited: (@Sendable () -> Void)? = nil, started: (@Sendable (Int32) -> Void)? = nil
     ) -> Result<CommandOutcome, CommandError> {
         let start = ContinuousClock.now
         guard let (readFD, writeFD) = closeOnExecPipe() else { return .failure(CommandError("pipe: \(String(cString: strerror(errno)))")) }
@@ -125,9 +127,13 @@ public enum CommandRunner {
         var total = 0
         var exceeded = false
         var buffer = [UInt8](repeating: 0, count: 4096)
+        // Its exit wakes the wait at once (a pidfd), instead of being noticed by polling.
+        let exitFD = edgefleet_pidfd_open(pid)
+        defer { if exitFD >= 0 { close(exitFD) } }
+        var pipeOpen = true
         while true {
             if exitedAt == nil, leaderExited() { exitedAt = ContinuousClock.now }
-            if let exitedAt, ContinuousClock.now - exitedAt > .milliseconds(200) { break }
+            if let exitedAt, !pipeOpen || ContinuousClock.now - exitedAt > .milliseconds(200) { break }
             let remaining = deadline - ContinuousClock.now
             if remaining <= .zero {
                 timedOut = exitedAt == nil
@@ -135,16 +141,24 @@ public enum CommandRunner {
             }
             let c = min(remaining, .milliseconds(50)).components
             let milliseconds = Int32(clamping: c.seconds * 1000 + c.attoseconds / 1_000_000_000_000_000 + 1)
-            var descriptor = pollfd(fd: readFD, events: Int16(POLLIN), revents: 0)
-            let ready = poll(&descriptor, 1, milliseconds)
+            var descriptors = [
+                pollfd(fd: pipeOpen ? readFD : -1, events: Int16(POLLIN), revents: 0),
+                pollfd(fd: exitedAt == nil ? exitFD : -1, events: Int16(POLLIN), revents: 0),
+            ]
+            let ready = poll(&descriptors, 2, milliseconds)
             if ready < 0 {
                 if errno == EINTR { continue }
                 break
             }
-            if ready == 0 { continue }
+            if ready == 0 || descriptors[0].revents == 0 { continue }
             let n = buffer.withUnsafeMutableBytes { read(readFD, $0.baseAddress, $0.count) }
             if n < 0 && errno == EINTR { continue }
-            if n <= 0 { break }
+            if n <= 0 {
+                // End of output. Without a pidfd, as before: the command is about to exit.
+                if exitFD < 0 { break }
+                pipeOpen = false
+                continue
+            }
             total += n
             if total > maximumOutput {
                 exceeded = true
@@ -185,6 +199,7 @@ public enum CommandRunner {
         var status: Int32 = 0
         while waitpid(pid, &status, 0) < 0 && errno == EINTR {}
         waitedFor.withLock { _ = $0.remove(pid) }
+        exited?()  // the command and its group are gone; what follows is tidying up
         // What it left outside its group (a daemon started with setsid), and, in a child
         // subreaper (the agent), orphans it was handed and that have exited since.
         // Descendants have higher ids than the command, unless the ids wrapped around while it ran

@@ -56,6 +56,28 @@ struct OperationQueueTests {
         #expect(blocked.operation.history.map(\.to) == [.queued, .blocked])
     }
 
+    @Test("a claim writes the dispatcher's copy only while the stored operation is unchanged; a stale copy is refused; leaving dispatching forgets the run")
+    func claimComparesAndSets() throws {
+        let (queue, directory) = try makeQueue()
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let store = queue.store
+        let submitted = try queue.submit(upgrade(), situation: Self.semi, now: Self.now).operation
+        let claimed = try store.claim(submitted, at: Self.now, note: "attempt 1 of 5")
+        #expect(claimed.state == .dispatching && claimed.attempts == 1 && claimed.history.last?.note == "attempt 1 of 5")
+        #expect(try store.operation(id: submitted.id) == claimed)
+        // The same (now stale) copy again: refused, the stored one untouched.
+        #expect(throws: OperationStoreError.conflict(id: submitted.id, expected: [.queued], found: .dispatching)) {
+            try store.claim(submitted, at: Self.now, note: "again")
+        }
+        try store.recordRun(ExecutorRun(operationID: submitted.id, processGroup: 42, startTicks: 1, bootID: "b", host: "h", startedAt: Self.now))
+        try store.transition(id: submitted.id, expected: [.dispatching], to: .queued, at: Self.now, note: "retry", update: { _ in })
+        #expect(try store.runs().isEmpty, "the run record goes with the outcome")
+        // Queued again, with a history the old copy does not have: the old copy is refused too.
+        #expect(throws: OperationStoreError.self) { try store.claim(submitted, at: Self.now, note: "stale") }
+        let fresh = try #require(try store.operation(id: submitted.id))
+        #expect(try store.claim(fresh, at: Self.now, note: "attempt 2 of 5").attempts == 2)
+    }
+
     @Test("bad submissions are refused with a message naming the problem")
     func refusals() throws {
         let (queue, directory) = try makeQueue()

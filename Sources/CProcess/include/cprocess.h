@@ -10,4 +10,8 @@ int edgefleet_spawn_closefrom(posix_spawn_file_actions_t *actions, int from);
 /// prctl(PR_SET_CHILD_SUBREAPER, 1): orphaned descendants are reparented to this process.
 int edgefleet_become_subreaper(void);
 
+/// pidfd_open(pid, 0) (Linux >= 5.3; -1 where it is missing): a descriptor that polls
+/// readable once the process has exited, so a wait for it can have a deadline without polling.
+int edgefleet_pidfd_open(pid_t pid);
+
 #endif
