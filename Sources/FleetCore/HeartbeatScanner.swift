@@ -20,6 +20,10 @@ public enum HeartbeatScanner {
     }
 
     private struct Scanner {
+        static let heartbeatKeys: [StaticString] = ["schema", "site", "session", "seq", "instance", "sentAt", "azure", "certificates"]
+        static let azureKeys: [StaticString] = ["reachable", "lastContactAgeS", "probe"]
+        static let certificateKeys: [StaticString] = ["earliestNotAfter", "source", "error"]
+
         let bytes: UnsafeBufferPointer<UInt8>
         var at = 0
 
@@ -124,25 +128,63 @@ public enum HeartbeatScanner {
             return value
         }
 
-        /// `{ "key": value, ... }` with each key at most once; `field` reads a value and says
-        /// whether it knew the key.
-        mutating func object(_ field: (inout Scanner, String) -> Bool) -> Bool {
+        /// The bytes of a string without escapes or control characters (not validated as UTF-8).
+        mutating func rawString() -> Range<Int>? {
+            guard take(0x22) else { return nil }
+            let start = at
+            while at < bytes.count {
+                let b = bytes[at]
+                if b == 0x22 {
+                    at += 1
+                    return start..<(at - 1)
+                }
+                if b == 0x5C || b < 0x20 { return nil }
+                at += 1
+            }
+            return nil
+        }
+
+        func equals(_ range: Range<Int>, _ word: StaticString) -> Bool {
+            guard range.count == word.utf8CodeUnitCount else { return false }
+            let w = word.utf8Start
+            for i in 0..<range.count where bytes[range.lowerBound + i] != w[i] { return false }
+            return true
+        }
+
+        /// `{ "key": value, ... }` with each key at most once; keys are matched against `keys`
+        /// as bytes (no strings made), and `field` reads the value of the key at that index. An
+        /// unknown key or a repeated one gives up.
+        mutating func object(_ keys: [StaticString], _ field: (inout Scanner, Int) -> Bool) -> Bool {
             guard take(0x7B) else { return false }
-            var seen = Set<String>()
+            var seen: UInt32 = 0
             if take(0x7D) { return true }
             repeat {
-                guard let key = string(), seen.insert(key).inserted, take(0x3A), field(&self, key) else { return false }
+                guard let key = rawString(), let index = keys.firstIndex(where: { equals(key, $0) }), seen & (1 << index) == 0, take(0x3A)
+                else { return false }
+                seen |= 1 << index
+                guard field(&self, index) else { return false }
             } while take(0x2C)
             return take(0x7D)
         }
 
         mutating func date() -> Date? {
-            guard let text = string() else { return nil }
-            return RFC3339.parse(text)
+            guard let range = rawString() else { return nil }
+            return RFC3339.parse(bytes: UnsafeBufferPointer(rebasing: bytes[range]))
+        }
+
+        /// A site id: its rules (a-z, 0-9, '-', 1 to 63, not starting with '-') checked on the
+        /// bytes, the string made once.
+        mutating func siteID() -> SiteID? {
+            guard let range = rawString(), (1...63).contains(range.count) else { return nil }
+            for i in range {
+                let b = bytes[i]
+                let alphanumeric = (b >= 0x61 && b <= 0x7A) || (b >= 0x30 && b <= 0x39)
+                guard alphanumeric || (b == 0x2D && i != range.lowerBound) else { return nil }
+            }
+            return try? SiteID(String(decoding: UnsafeBufferPointer(rebasing: bytes[range]), as: UTF8.self))
         }
 
         mutating func heartbeat() -> Heartbeat? {
-            var schema: String?
             var site: SiteID?
             var session: UInt64?
             var seq: UInt64?
@@ -150,30 +192,31 @@ public enum HeartbeatScanner {
             var sentAt: Date?
             var azure: AzureReport?
             var certificates: CertificateReport??
-            let ok = object { s, key in
+            var schema = false
+            let ok = object(Self.heartbeatKeys) { s, key in
                 switch key {
-                case "schema": schema = s.string(); return schema != nil
-                case "site":
-                    guard let text = s.string(), let id = try? SiteID(text) else { return false }
-                    site = id
-                    return true
-                case "session": session = s.unsigned(); return session != nil
-                case "seq": seq = s.unsigned(); return seq != nil
-                case "instance":
+                case 0:
+                    guard let range = s.rawString() else { return false }
+                    schema = s.equals(range, "edgefleet.heartbeat/1")
+                    return schema  // another schema: the full decoder says which
+                case 1: site = s.siteID(); return site != nil
+                case 2: session = s.unsigned(); return session != nil
+                case 3: seq = s.unsigned(); return seq != nil
+                case 4:
                     instance = s.optionalString()
                     return instance != nil
-                case "sentAt": sentAt = s.date(); return sentAt != nil
-                case "azure": azure = s.azure(); return azure != nil
-                case "certificates":
+                case 5: sentAt = s.date(); return sentAt != nil
+                case 6: azure = s.azure(); return azure != nil
+                case 7:
                     if s.null() { certificates = .some(nil); return true }
                     guard let report = s.certificates() else { return false }
                     certificates = .some(report)
                     return true
-                default: return false  // unknown: the full decoder decides
+                default: return false
                 }
             }
             skipSpace()
-            guard ok, at == bytes.count, schema == Heartbeat.schema, let site, let session, let seq, let sentAt, let azure else { return nil }
+            guard ok, at == bytes.count, schema, let site, let session, let seq, let sentAt, let azure else { return nil }
             return Heartbeat(site: site, session: session, seq: seq, sentAt: sentAt, azure: azure, certificates: certificates ?? nil, instance: instance ?? nil)
         }
 
@@ -181,15 +224,15 @@ public enum HeartbeatScanner {
             var reachable: Bool?
             var age: Double??
             var probe: String?
-            let ok = object { s, key in
+            let ok = object(Self.azureKeys) { s, key in
                 switch key {
-                case "reachable": reachable = s.bool(); return reachable != nil
-                case "lastContactAgeS":
+                case 0: reachable = s.bool(); return reachable != nil
+                case 1:
                     if s.null() { age = .some(nil); return true }
                     guard let value = s.double() else { return false }
                     age = .some(value)
                     return true
-                case "probe": probe = s.string(); return probe != nil
+                case 2: probe = s.string(); return probe != nil
                 default: return false
                 }
             }
@@ -202,17 +245,17 @@ public enum HeartbeatScanner {
             var notAfter: Date?
             var source: String?
             var error: String?
-            let ok = object { s, key in
+            let ok = object(Self.certificateKeys) { s, key in
                 switch key {
-                case "earliestNotAfter":
+                case 0:
                     if s.null() { return true }
                     notAfter = s.date()
                     return notAfter != nil
-                case "source":
+                case 1:
                     guard let value = s.optionalString() else { return false }
                     source = value
                     return true
-                case "error":
+                case 2:
                     guard let value = s.optionalString() else { return false }
                     error = value
                     return true

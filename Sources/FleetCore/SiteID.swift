@@ -18,6 +18,12 @@ public struct SiteID: Sendable, Hashable, Comparable, CustomStringConvertible, C
 
     /// A readable explanation of why `text` is not a valid site id, or `nil` if it is one.
     public static func problem(with text: String) -> String? {
+        // The common case (a valid id) in one pass over the bytes, without copying them.
+        if text.utf8.count <= 63, let first = text.utf8.first, isLowerAlphanumeric(first),
+            text.utf8.allSatisfy({ isLowerAlphanumeric($0) || $0 == UInt8(ascii: "-") })
+        {
+            return nil
+        }
         let bytes = Array(text.utf8)
         guard !bytes.isEmpty else { return "site id must not be empty" }
         guard bytes.count <= 63 else { return "site id '\(text.prefix(70))' is longer than 63 characters" }

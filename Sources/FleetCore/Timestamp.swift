@@ -27,7 +27,12 @@ public enum RFC3339 {
 
     /// Parses an RFC 3339 date-time; `nil` when `text` is not one.
     public static func parse(_ text: String) -> Date? {
-        let b = Array(text.utf8)
+        var text = text
+        return text.withUTF8 { parse(bytes: $0) }
+    }
+
+    /// `parse` on UTF-8 bytes (the heartbeat fast path reads dates without making strings).
+    public static func parse(bytes b: UnsafeBufferPointer<UInt8>) -> Date? {
         func number(_ start: Int, _ count: Int) -> Int64? {
             guard start + count <= b.count else { return nil }
             var value: Int64 = 0

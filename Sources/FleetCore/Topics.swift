@@ -113,6 +113,8 @@ public struct FleetTopics: Sendable, Hashable {
     /// Parses a topic name. Anything that is not exactly one of the contract's
     /// topics, or that names an invalid site, is an error (never a crash).
     public func parse(_ topic: String) -> Result<FleetTopic, TopicParseError> {
+        // The site channels (every message from every agent) on the bytes, without splitting.
+        if let fast = parseSiteChannel(topic) { return .success(fast) }
         let prefix = root.rawValue + "/"
         guard topic.hasPrefix(prefix) else { return .failure(.outsideRoot(topic)) }
         let levels = topic.dropFirst(prefix.count).split(separator: "/", omittingEmptySubsequences: false)
@@ -134,6 +136,33 @@ public struct FleetTopics: Sendable, Hashable {
             return site(levels[1]).map { .site($0, channel) }
         default:
             return .failure(.unknownTopic(topic))
+        }
+    }
+
+    /// `{root}/sites/{site}/{channel}` with a valid site id, read on the UTF-8 bytes; nil for
+    /// anything else (which `parse` then reads the general way, with its error).
+    private func parseSiteChannel(_ topic: String) -> FleetTopic? {
+        var topic = topic
+        return topic.withUTF8 { bytes -> FleetTopic? in
+            let root = root.rawValue.utf8
+            let sites: StaticString = "/sites/"
+            guard bytes.count > root.count + sites.utf8CodeUnitCount + 2, bytes.starts(with: root) else { return nil }
+            var at = root.count
+            for i in 0..<sites.utf8CodeUnitCount where bytes[at + i] != sites.utf8Start[i] { return nil }
+            at += sites.utf8CodeUnitCount
+            let siteStart = at
+            while at < bytes.count, bytes[at] != 0x2F {
+                let b = bytes[at]
+                guard (b >= 0x61 && b <= 0x7A) || (b >= 0x30 && b <= 0x39) || (b == 0x2D && at != siteStart) else { return nil }
+                at += 1
+            }
+            guard at < bytes.count, (1...63).contains(at - siteStart) else { return nil }
+            let channel = UnsafeBufferPointer(rebasing: bytes[(at + 1)...])
+            let found = SiteChannel.allCases.first { $0.rawValue.utf8.elementsEqual(channel) }
+            guard let found, let site = try? SiteID(String(decoding: UnsafeBufferPointer(rebasing: bytes[siteStart..<at]), as: UTF8.self)) else {
+                return nil
+            }
+            return .site(site, found)
         }
     }
 }
