@@ -290,14 +290,16 @@ public final class Dispatcher: Sendable {
                 s.rereadEvery = max(.seconds(2), readTook * 50)
                 // Started before the read began: the read saw them dispatching. Started since
                 // (executors end and their slots are refilled while a pass runs): kept out below.
-                s.startedSinceRead = s.startedSinceRead.filter { $0.value.at >= readAt }
+                // (A second's margin: one marked just before the read began may have reached the
+                // store only after the read's snapshot.)
+                s.startedSinceRead = s.startedSinceRead.filter { $0.value.at >= readAt - .seconds(1) }
             }
             // What was started while this pass ran is not waiting any more: a stale head would be
             // claimed again, refused, and cost a full read of the queue. A site's operations start
             // oldest first, so such an operation is its site's head. (The waiting list keeps it:
             // the next full pass leaves out whatever `startedSinceRead` names.)
             var queuedBySite = queuedBySite
-            for (id, started) in s.startedSinceRead where started.at >= passStarted {
+            for (id, started) in s.startedSinceRead where started.at >= passStarted - .seconds(1) {
                 guard queuedBySite[started.site]?.first?.id == id else { continue }
                 queuedBySite[started.site]?.removeFirst()
                 if queuedBySite[started.site]?.isEmpty == true { queuedBySite[started.site] = nil }
@@ -314,11 +316,13 @@ public final class Dispatcher: Sendable {
 
     /// `startReady` when the order and the situations the last full pass left are still valid
     /// (otherwise the dispatch loop, which `finished` wakes, makes a full pass first).
-    private func startReadyIfPlanned(now: Date) {
+    @discardableResult
+    private func startReadyIfPlanned(now: Date) -> Bool {
         let planned = state.withLock { s in
             s.waiting != nil && ContinuousClock.now - s.waitingReadAt < s.rereadEvery && ContinuousClock.now - s.situationsAt < s.fullPassEvery
         }
         if planned { startReady(now: now) }
+        return planned
     }
 
     /// Starts as many operations as there are free slots: each from the least recently served
@@ -368,7 +372,6 @@ public final class Dispatcher: Sendable {
                 dispatched(.milliseconds(Int64(max(0, now.timeIntervalSince(could)) * 1000)))
                 state.withLock { s in
                     guard s.generation == generation else { return }
-                    s.startedSinceRead[operation.id] = (site, ContinuousClock.now)
                     if s.heads[site]?.first?.id == operation.id { s.heads[site]?.removeFirst() }
                     // Served now: to the back of the order (or out of it, with nothing left to run).
                     if let index = s.order.firstIndex(of: site) {
@@ -401,6 +404,9 @@ public final class Dispatcher: Sendable {
             s.slots += 1
             s.turns += 1
             s.servedAt[operation.site] = s.turns
+            // Marked started now, before the store's claim: a full pass that lays out the queue
+            // meanwhile leaves it out.
+            s.startedSinceRead[operation.id] = (operation.site, ContinuousClock.now)
             return true
         }
         guard claimed else { return false }
@@ -411,6 +417,7 @@ public final class Dispatcher: Sendable {
             state.withLock {
                 _ = $0.running.remove(operation.site)
                 $0.slots -= 1
+                $0.startedSinceRead[operation.id] = nil
             }
             invalidate()  // moved by someone else: read the queue again
             return false
@@ -423,8 +430,8 @@ public final class Dispatcher: Sendable {
             self.state.withLock { $0.slots -= 1 }
             // Refilled here, on the thread that saw the executor end, when the last pass's plan
             // still holds: a wake-up of the dispatch loop first cost about 1.5 ms per operation.
-            self.startReadyIfPlanned(now: Date())
-            self.finished()
+            // Otherwise the loop makes a full pass first.
+            if !self.startReadyIfPlanned(now: Date()) { self.finished() }
         }
         // The executor runs on a thread of its own from here (no hop through the cooperative pool
         // before it starts); its outcome is recorded from a task.
@@ -445,6 +452,7 @@ public final class Dispatcher: Sendable {
             _ = $0.running.remove(dispatched.site)
             $0.finished[dispatched.site, default: 0] += 1
         }
+        // The site is free: its next operation may go (the loop also recounts the queue).
         finished()
     }
 
