@@ -284,7 +284,7 @@ public final class AggregatorService: Service, Sendable {
                 _ = fleet.takeClockNeeded()  // this pass takes care of it
                 if fleet.takeStoreNeeded() { storeWake.signal() }
                 let output = take ? fleet.takeOutput(limit: 5_000) : FleetOutput()
-                return (output, lateness, (fleet.modes, fleet.liveness), output.events.contains { $0.type == .modeChanged }, fleet.droppedEvents)
+                return (output, lateness, (fleet.modes, fleet.liveness), fleet.takeModesMoved(), fleet.droppedEvents)
             }
             if dropped > droppedCounted {
                 metrics.eventsDropped.increment(by: dropped - droppedCounted)
@@ -292,7 +292,7 @@ public final class AggregatorService: Service, Sendable {
             }
             metrics.evaluationLag.record(duration: lag)
             metrics.record(modes: counts.0, liveness: counts.1)
-            // A site that changed mode may let (or stop letting) its operations run.
+            // A site that changed mode (or got its first) may let (or stop letting) its operations run.
             if modeChanged { queue.modesChanged() }
             var published = false
             if take {

@@ -54,6 +54,15 @@ public final class FleetState {
     private var queueCounts: [SiteID: QueueCounts] = [:]
     /// Sites whose next evaluation publishes a view whatever changed.
     private var forceView: Set<SiteID> = []
+    /// Some site's mode changed (or a new site got its first one) since `takeModesMoved()`:
+    /// the dispatcher must look at the sites again (a first mode is no `mode-changed` event).
+    private var modesMoved = false
+
+    public func takeModesMoved() -> Bool {
+        defer { modesMoved = false }
+        return modesMoved
+    }
+
     /// Events dropped because the output was not taken for too long (broker unreachable).
     public private(set) var droppedEvents = 0
     /// The most events kept while nobody takes them.
@@ -447,6 +456,7 @@ public final class FleetState {
         let alertChanged = record.alert != e.alert || record.alertAnnounced != nil && e.alert == .none
         let expiredChanged = record.expiredAt != e.expiredAt
         if record.mode != e.mode {
+            modesMoved = true
             if let old = record.mode {
                 modes[old] -= 1
                 output.events.append(

@@ -73,7 +73,10 @@ struct AggregatorProcessTests {
         let event = try await messages.event("store-cert", timeout: .seconds(30), "disconnected by the certificate") {
             $0.type == .modeChanged && $0.to == "disconnected"
         }
-        if view.mode == .connected { #expect(event.from == "connected") }
+        // Not the budget: that ends 12 s after the contact, the certificate 8 s after it. (On a loaded
+        // machine a late heartbeat may make the site semi-connected for a moment first, so the
+        // event's `from` is not what this checks: when it came is.)
+        #expect(event.to == "disconnected")
         #expect(event.at >= expiry.addingTimeInterval(-0.001), "disconnected before the certificate expired")
         #expect(event.at.timeIntervalSince(expiry) < 3, "disconnected \(event.at.timeIntervalSince(expiry)) s after the expiry")
         await site.shutdown()

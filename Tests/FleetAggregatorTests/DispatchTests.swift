@@ -193,8 +193,20 @@ struct DispatchTests {
             for round in 0..<5 { ids.append(try fleet.service.submit(install(site, "ext-\(round)")).operation.id) }
         }
         try await announce(sites, broker: fleet.broker)
-        // Every site is stable 0.5 s after its heartbeat; until then the first ones are served alone.
-        let allReady = Date().timeIntervalSince1970 + 0.5 + 0.3
+        // Every site is stable 0.5 s after it connected; until then the first ones are served alone.
+        // When the last one connected is read from the aggregator (on a loaded machine the
+        // heartbeats of 200 sites take a while to be taken in).
+        let siteIDs = try sites.map { try SiteID($0) }
+        let lastConnected = try await withTimeout(.seconds(30), "every site connected") { () -> Date in
+            while true {
+                let views = siteIDs.compactMap { fleet.service.view(of: $0) }
+                if views.count == siteIDs.count, views.allSatisfy({ $0.mode == .connected }) {
+                    return views.compactMap(\.modeSince).max() ?? Date()
+                }
+                try await Task.sleep(for: .milliseconds(20))
+            }
+        }
+        let allReady = lastConnected.timeIntervalSince1970 + 0.5 + 0.3
         try await fleet.waitUntil(ids, are: [.succeeded], timeout: .seconds(120))
         let calls = fleet.az.calls()
         #expect(calls.count == 1000)
@@ -204,9 +216,17 @@ struct DispatchTests {
         // Round robin by site (least recently served first), not by submission time: once every
         // site is ready, the next 200 dispatches reach (nearly) every site.
         let siteOf = Dictionary(uniqueKeysWithValues: try ids.map { ($0, try #require(fleet.operation($0)).site) })
-        let afterReady = calls.filter { $0.start >= allReady }.prefix(200)
+        // (On a loaded machine most of the work may be done before the last site is ready: the
+        // window is then the sites that still had operations, and as many dispatches.)
+        let before = calls.filter { $0.start < allReady }
+        var ranBefore: [SiteID: Int] = [:]
+        for call in before { if let site = siteOf[call.id] { ranBefore[site, default: 0] += 1 } }
+        let stillWaiting = siteIDs.filter { (ranBefore[$0] ?? 0) < 5 }.count
+        let window = min(200, stillWaiting)
+        let afterReady = calls.filter { $0.start >= allReady }.prefix(window)
         let distinct = Set(afterReady.compactMap { siteOf[$0.id] }).count
-        #expect(afterReady.count == 200 && distinct >= 190, "only \(distinct) sites among 200 dispatches once all were ready")
+        #expect(window >= 20, "only \(window) sites still had work once all were ready: nothing to judge the order by")
+        #expect(afterReady.count == window && distinct >= window * 95 / 100, "only \(distinct) sites among \(window) dispatches once all were ready")
         // Per site, oldest first.
         for site in sites.prefix(20) {
             let order = calls.filter { siteOf[$0.id]?.rawValue == site }.map { $0.arguments.last ?? "" }
