@@ -28,12 +28,37 @@ public enum ProcessTable {
     /// `/proc/PID/stat`, parsed after the command name (which may hold spaces and parentheses).
     public static func entry(_ pid: Int32) -> Entry? {
         guard let bytes = readFile("/proc/\(pid)/stat", limit: 4096), let close = bytes.lastIndex(of: UInt8(ascii: ")")) else { return nil }
-        let fields = bytes[(close + 1)...].split(separator: UInt8(ascii: " ")).map { String(decoding: $0, as: UTF8.self) }
-        // fields[0] is field 3 (state); ppid field 4, pgrp field 5, starttime field 22.
-        guard fields.count > 19, let state = fields[0].first, let parent = Int32(fields[1]), let group = Int32(fields[2]),
-            let start = UInt64(fields[19])
+        // After the name: field 3 (state), ppid field 4, pgrp field 5, starttime field 22; read
+        // on the bytes (this runs for every process after every command: no strings made).
+        var field = 2
+        var at = close + 1
+        var state: UInt8 = 0
+        var parent: UInt64?
+        var group: UInt64?
+        var startTicks: UInt64?
+        while at < bytes.count, field < 22 {
+            while at < bytes.count, bytes[at] == UInt8(ascii: " ") { at += 1 }
+            field += 1
+            let start = at
+            while at < bytes.count, bytes[at] != UInt8(ascii: " ") { at += 1 }
+            guard at > start else { break }
+            if field == 3 { state = bytes[start] }
+            if field == 4 || field == 5 || field == 22 {
+                var value: UInt64 = 0
+                for b in bytes[start..<at] {
+                    guard b >= 0x30, b <= 0x39 else { return nil }
+                    value = value &* 10 &+ UInt64(b - 0x30)
+                }
+                switch field {
+                case 4: parent = value
+                case 5: group = value
+                default: startTicks = value
+                }
+            }
+        }
+        guard state != 0, let parent, let group, let startTicks, let parent32 = Int32(exactly: parent), let group32 = Int32(exactly: group)
         else { return nil }
-        return Entry(pid: pid, state: state, parent: parent, processGroup: group, startTicks: start)
+        return Entry(pid: pid, state: Character(UnicodeScalar(state)), parent: parent32, processGroup: group32, startTicks: startTicks)
     }
 
     /// Every process id in `/proc`.
@@ -42,8 +67,19 @@ public enum ProcessTable {
         defer { closedir(directory) }
         var result: [Int32] = []
         while let entry = readdir(directory) {
-            let name = withUnsafeBytes(of: entry.pointee.d_name) { raw in String(decoding: raw.prefix { $0 != 0 }, as: UTF8.self) }
-            if let pid = Int32(name) { result.append(pid) }
+            // Digits only (a process); no string made for each entry.
+            let pid = withUnsafeBytes(of: entry.pointee.d_name) { raw -> Int32? in
+                var value: Int32 = 0
+                var digits = 0
+                for b in raw {
+                    if b == 0 { break }
+                    guard b >= 0x30, b <= 0x39, digits < 9 else { return nil }
+                    value = value * 10 + Int32(b - 0x30)
+                    digits += 1
+                }
+                return digits > 0 ? value : nil
+            }
+            if let pid { result.append(pid) }
         }
         return result
     }
@@ -139,11 +175,12 @@ public enum ProcessTable {
         guard fd >= 0 else { return nil }
         defer { close(fd) }
         var result: [UInt8] = []
-        var buffer = [UInt8](repeating: 0, count: 4096)
+        var buffer = [UInt8](repeating: 0, count: min(limit, 4096))
         while result.count < limit {
             let n = buffer.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
             if n < 0 && errno == EINTR { continue }
             if n <= 0 { break }
+            if result.isEmpty && n < buffer.count { return Array(buffer[0..<n]) }  // the usual case: one read
             result += buffer[0..<n]
         }
         return result

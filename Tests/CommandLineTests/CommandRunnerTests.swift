@@ -11,6 +11,29 @@ import Glibc
 
 @Suite("running probe and check commands")
 struct CommandRunnerTests {
+    @Test("the process table reads /proc/PID/stat on its bytes: this process's parent, group and start; a name with spaces and parentheses")
+    func processTableEntry() throws {
+        let me = try #require(ProcessTable.entry(getpid()))
+        #expect(me.parent == getppid() && me.processGroup == getpgrp() && me.startTicks > 0 && !me.isGone)
+        #expect(ProcessTable.pids().contains(getpid()))
+        // A command whose name holds ") (" and spaces: the fields after the last ')' still read right.
+        let directory = try temporaryDirectory()
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let odd = directory + "/a) (b c"
+        try "#!/bin/sh\nsleep 5\n".write(toFile: odd, atomically: true, encoding: .utf8)
+        chmod(odd, 0o755)
+        let child = try ChildProcess(odd, [])
+        defer { child.signal(SIGKILL); child.wait() }
+        var entry: ProcessTable.Entry?
+        for _ in 0..<200 {
+            entry = ProcessTable.entry(child.pid)
+            if entry != nil { break }
+            usleep(5_000)
+        }
+        let found = try #require(entry)
+        #expect(found.parent == getpid() && found.startTicks >= me.startTicks)
+    }
+
     @Test("exit codes map to check states as Nagios plugins do", arguments: [(0, CheckState.pass), (1, .warn), (2, .fail), (3, .unknown), (42, .unknown)] as [(Int32, CheckState)])
     func exitCodes(_ code: Int32, _ state: CheckState) async throws {
         let outcome = try await CommandRunner.run(["/bin/sh", "-c", "echo 'status line'; echo second; exit \(code)"], timeout: .seconds(10))
