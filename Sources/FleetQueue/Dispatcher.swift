@@ -71,6 +71,11 @@ public final class Dispatcher: Sendable {
     let dispatched: @Sendable (Duration) -> Void
     /// Called when an operation's attempt has ended and its slot is free (wakes the dispatch loop).
     let finished: @Sendable () -> Void
+    /// A site's situation now, asked once more for each operation about to start: the plan a
+    /// full pass left may be a moment behind a change of mode (the clock loop tells the
+    /// dispatcher right after it happens, not at once), and an operation must never start at
+    /// a site that is not connected, or connected for less than `stableFor`, at that instant.
+    let current: (@Sendable (SiteID) -> DispatchSituation?)?
     /// What every executor's environment starts from: the aggregator's, without its own
     /// EDGEFLEET_* settings (not the executor's business); read once.
     let executorEnvironment = processEnvironment().filter { !$0.key.hasPrefix("EDGEFLEET_") }
@@ -132,8 +137,9 @@ public final class Dispatcher: Sendable {
     public init(
         store: any OperationStore, executors: [OperationKind: ExecutorTemplate], settings: DispatchSettings, logger: Logger,
         emit: @escaping @Sendable (FleetEvent) -> Void, dispatched: @escaping @Sendable (Duration) -> Void = { _ in },
-        finished: @escaping @Sendable () -> Void = {}
+        finished: @escaping @Sendable () -> Void = {}, current: (@Sendable (SiteID) -> DispatchSituation?)? = nil
     ) {
+        self.current = current
         self.dispatched = dispatched
         self.finished = finished
         self.store = store
@@ -355,7 +361,13 @@ public final class Dispatcher: Sendable {
             if candidates.isEmpty { return }
             var claimed = 0
             for candidate in candidates where claimed < free {
-                let (site, operation, situation) = candidate
+                let (site, operation, planned) = candidate
+                var situation = planned
+                if let current {
+                    guard let fresh = current(site), fresh.mode == .connected, fresh.stable || (fresh.readySince.map { $0 <= now } ?? false)
+                    else { continue }
+                    situation = fresh
+                }
                 // Rendered before it is claimed: cluster metadata the site has not reported yet
                 // holds the operation (and its site) back instead of failing it.
                 var argv: [String]?

@@ -74,7 +74,8 @@ public final class QueueService: Service, Sendable {
         let wake = wake
         dispatcher = Dispatcher(
             store: store, executors: settings.executors, settings: settings.dispatch, logger: logger,
-            emit: { events.add($0) }, dispatched: { metrics.dispatchLatency.record(duration: $0) }, finished: { wake.signal() })
+            emit: { events.add($0) }, dispatched: { metrics.dispatchLatency.record(duration: $0) }, finished: { wake.signal() },
+            current: { site in situation(site, clock.now())?.dispatch })
     }
 
     public var store: any OperationStore { queue.store }
