@@ -131,6 +131,12 @@ public final class Dispatcher: Sendable {
         /// most of a reconnect storm).
         var order: Deque<SiteID> = []
         var heads: [SiteID: Deque<DeferredOperation>] = [:]
+
+        /// Whether the last full pass's waiting list, situations and order may still be used (a
+        /// quick pass); otherwise a full pass comes first.
+        var planIsCurrent: Bool {
+            waiting != nil && ContinuousClock.now - waitingReadAt < rereadEvery && ContinuousClock.now - situationsAt < fullPassEvery
+        }
     }
     private let state = Mutex(State())
 
@@ -232,7 +238,7 @@ public final class Dispatcher: Sendable {
     /// (a site never heard from is left out), all at once.
     public func tick(now: Date, situations lookup: (Set<SiteID>) -> [SiteID: DispatchSituation]) throws {
         let quick = state.withLock { s in
-            s.waiting != nil && ContinuousClock.now - s.waitingReadAt < s.rereadEvery && ContinuousClock.now - s.situationsAt < s.fullPassEvery
+            s.planIsCurrent
         }
         if !quick {
             let started = ContinuousClock.now
@@ -325,7 +331,7 @@ public final class Dispatcher: Sendable {
     @discardableResult
     private func startReadyIfPlanned(now: Date) -> Bool {
         let planned = state.withLock { s in
-            s.waiting != nil && ContinuousClock.now - s.waitingReadAt < s.rereadEvery && ContinuousClock.now - s.situationsAt < s.fullPassEvery
+            s.planIsCurrent
         }
         if planned { startReady(now: now) }
         return planned

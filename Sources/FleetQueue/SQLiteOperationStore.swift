@@ -11,17 +11,13 @@ public import Foundation
 /// queue filters on, and the whole operation (params, times, attempts, history) as a JSON
 /// document. Each call is one transaction.
 public struct SQLiteOperationStore: OperationStore {
-    let database: Writer
-
     /// Its database (WAL), and the one writer of it.
-    struct Writer: Sendable {
-        let writer: any DatabaseWriter
-    }
+    let writer: any DatabaseWriter
 
     /// Operations in the database `writer` writes, once `createOperations` and `createRuns`
     /// have run there (the owner of the file registers them in its migrator).
     public init(writer: any DatabaseWriter) {
-        database = Writer(writer: writer)
+        self.writer = writer
     }
 
     /// Migration "v2-operations": one row per operation. Never edit a migration that has landed.
@@ -56,7 +52,7 @@ public struct SQLiteOperationStore: OperationStore {
     public func insert(_ operation: DeferredOperation) throws -> (operation: DeferredOperation, superseded: [String]) {
         let encoder = FleetJSON.encoder()
         func json(_ operation: DeferredOperation) throws -> String { String(decoding: try encoder.encode(operation), as: UTF8.self) }
-        return try database.writer.write { db in
+        return try writer.write { db in
             if let key = operation.idempotencyKey,
                 try Int.fetchOne(db, sql: "SELECT 1 FROM operations WHERE idempotencyKey = ?", arguments: [key]) != nil
             {
@@ -95,13 +91,13 @@ public struct SQLiteOperationStore: OperationStore {
     }
 
     public func operation(id: String) throws -> DeferredOperation? {
-        try database.writer.read { db in
+        try writer.read { db in
             try Self.decode(String.fetchOne(db, sql: "SELECT document FROM operations WHERE id = ?", arguments: [id]))
         }
     }
 
     public func operation(idempotencyKey: String) throws -> DeferredOperation? {
-        try database.writer.read { db in
+        try writer.read { db in
             try Self.decode(String.fetchOne(db, sql: "SELECT document FROM operations WHERE idempotencyKey = ?", arguments: [idempotencyKey]))
         }
     }
@@ -112,7 +108,7 @@ public struct SQLiteOperationStore: OperationStore {
         update: @Sendable (inout DeferredOperation) -> Void
     ) throws -> DeferredOperation {
         let encoder = FleetJSON.encoder()
-        return try database.writer.write { db in
+        return try writer.write { db in
             guard var operation = try Self.decode(String.fetchOne(db, sql: "SELECT document FROM operations WHERE id = ?", arguments: [id]))
             else { throw OperationStoreError.notFound(id) }
             guard expected.contains(operation.state), operation.state.canMove(to: to) else {
@@ -147,7 +143,7 @@ public struct SQLiteOperationStore: OperationStore {
         claimed.state = .dispatching
         claimed.history.append(OperationHistoryEntry(at: now, from: .queued, to: .dispatching, note: note))
         let document = String(decoding: try FleetJSON.encoder().encode(claimed), as: UTF8.self)
-        let changed = try database.writer.write { db in
+        let changed = try writer.write { db in
             try db.execute(
                 sql: """
                     UPDATE operations SET state = 'dispatching', document = ?
@@ -195,7 +191,7 @@ public struct SQLiteOperationStore: OperationStore {
         let whereClause = clauses.isEmpty ? "" : "WHERE " + clauses.joined(separator: " AND ")
         let limit = max(1, limit)
         let sql = "SELECT document FROM operations \(whereClause) ORDER BY sequence \(newestFirst ? "DESC" : "ASC") LIMIT \(limit + 1)"
-        let documents = try database.writer.read { db in
+        let documents = try writer.read { db in
             try String.fetchAll(db, sql: sql, arguments: StatementArguments(arguments))
         }
         let operations = try documents.prefix(limit).map { try Self.decodeOne($0) }
@@ -204,7 +200,7 @@ public struct SQLiteOperationStore: OperationStore {
     }
 
     public func counts() throws -> [SiteID: [OperationState: Int]] {
-        try database.writer.read { db in
+        try writer.read { db in
             var result: [SiteID: [OperationState: Int]] = [:]
             let rows = try Row.fetchCursor(db, sql: "SELECT site, state, COUNT(*) AS n FROM operations GROUP BY site, state")
             while let row = try rows.next() {
@@ -218,7 +214,7 @@ public struct SQLiteOperationStore: OperationStore {
     }
 
     public func recordRun(_ run: ExecutorRun) throws {
-        try database.writer.write { db in
+        try writer.write { db in
             try db.execute(
                 sql: "INSERT OR REPLACE INTO runs (operationID, processGroup, startTicks, bootID, host, startedAt) VALUES (?, ?, ?, ?, ?, ?)",
                 arguments: [run.operationID, run.processGroup, Int64(clamping: run.startTicks), run.bootID, run.host, run.startedAt.timeIntervalSince1970])
@@ -226,13 +222,13 @@ public struct SQLiteOperationStore: OperationStore {
     }
 
     public func forgetRun(operationID: String) throws {
-        try database.writer.write { db in
+        try writer.write { db in
             try db.execute(sql: "DELETE FROM runs WHERE operationID = ?", arguments: [operationID])
         }
     }
 
     public func runs() throws -> [ExecutorRun] {
-        try database.writer.read { db in
+        try writer.read { db in
             try Row.fetchAll(db, sql: "SELECT * FROM runs").map { row in
                 ExecutorRun(
                     operationID: row["operationID"], processGroup: row["processGroup"], startTicks: UInt64(max(0, row["startTicks"] as Int64)),

@@ -54,6 +54,13 @@ struct IngestDecoderTests {
 
 @Suite("the aggregator service in-process: bad input never stops ingest", .timeLimit(.minutes(1)))
 struct AggregatorServiceTests {
+    /// The in-process service logs errors only.
+    static var quietLogger: Logger {
+        var logger = Logger(label: "aggregator")
+        logger.logLevel = .error
+        return logger
+    }
+
     @Test("every kind of bad input is rejected and counted; good sites are still answered correctly")
     func badInputDoesNotStopIngest() async throws {
         let broker = try MosquittoBroker()
@@ -61,8 +68,7 @@ struct AggregatorServiceTests {
         let directory = try temporaryDirectory("edgefleet-aggregator")
         defer { try? FileManager.default.removeItem(atPath: directory) }
         let metrics = TestMetrics()
-        var logger = Logger(label: "aggregator")
-        logger.logLevel = .error
+        let logger = Self.quietLogger
         var mqtt = MQTTConfiguration(broker: try BrokerURL(parsing: broker.url), clientID: "aggregator-under-test")
         mqtt.keepAlive = .seconds(30)
         var thresholds = Thresholds()
@@ -123,8 +129,7 @@ struct AggregatorServiceTests {
         defer { broker.stop() }
         let directory = try temporaryDirectory("edgefleet-aggregator")
         defer { try? FileManager.default.removeItem(atPath: directory) }
-        var logger = Logger(label: "aggregator")
-        logger.logLevel = .error
+        let logger = Self.quietLogger
         let configuration = AggregatorConfiguration(
             mqtt: MQTTConfiguration(broker: try BrokerURL(parsing: broker.url), clientID: "aggregator-clock"),
             databasePath: directory + "/fleet.sqlite", viewRefresh: .seconds(1), summaryInterval: .milliseconds(200),
@@ -155,8 +160,7 @@ struct AggregatorServiceTests {
         defer { broker.stop() }
         let directory = try temporaryDirectory("edgefleet-aggregator")
         defer { try? FileManager.default.removeItem(atPath: directory) }
-        var logger = Logger(label: "aggregator")
-        logger.logLevel = .error
+        let logger = Self.quietLogger
         let configuration = AggregatorConfiguration(
             mqtt: MQTTConfiguration(broker: try BrokerURL(parsing: broker.url), clientID: "aggregator-under-test"),
             databasePath: directory + "/fleet.sqlite", flushInterval: .milliseconds(100))
