@@ -454,10 +454,13 @@ public final class Dispatcher: Sendable {
         // The executor runs on a thread of its own from here (no hop through the cooperative pool
         // before it starts); its outcome is recorded from a task.
         DispatchQueue.global().async {
-            let result = self.run(dispatched, argv: argv, exited: release)
-            Task {
-                await self.record(dispatched, result)
-                self.ended(dispatched, release: release)
+            // The thread is free once the executor exited; the outcome is recorded once what it
+            // may have left behind is ended too (the site stays busy until then).
+            self.run(dispatched, argv: argv, exited: release) { result in
+                Task {
+                    await self.record(dispatched, result)
+                    self.ended(dispatched, release: release)
+                }
             }
         }
         return true
@@ -474,16 +477,19 @@ public final class Dispatcher: Sendable {
         finished()
     }
 
-    /// Runs an operation's executor to its end, on the calling thread (it blocks). Nil when the
-    /// kind has no executor.
-    private func run(_ operation: DeferredOperation, argv: [String]?, exited: @escaping @Sendable () -> Void) -> Result<CommandOutcome, CommandError>? {
-        guard let template = executors[operation.kind], let argv else { return nil }
+    /// Runs an operation's executor on the calling thread until it exited (it blocks); `completion`
+    /// gets its outcome once its leftovers are ended, or nil at once when the kind has no executor.
+    private func run(
+        _ operation: DeferredOperation, argv: [String]?, exited: @escaping @Sendable () -> Void,
+        completion: @escaping @Sendable (Result<CommandOutcome, CommandError>?) -> Void
+    ) {
+        guard let template = executors[operation.kind], let argv else { return completion(nil) }
         var environment = executorEnvironment
         environment["EDGEFLEET_OPERATION_ID"] = operation.id
         let id = operation.id
         defer { state.withLock { _ = $0.processes.removeValue(forKey: id) } }
         // An az call may print a lot (JSON): read up to 64 MiB, keep the head.
-        return CommandRunner.runBlocking(
+        CommandRunner.runThenTidy(
                 argv, timeout: template.timeout, capture: .head(bytes: settings.outputBytes), environment: environment, maximumOutput: 64 << 20,
                 exited: exited,
                 started: { pid in
@@ -498,7 +504,7 @@ public final class Dispatcher: Sendable {
                         return s.stopping
                     }
                     if stop { kill(-pid, SIGTERM) }  // started just as the aggregator began to stop
-                })
+                }, completion: completion)
     }
 
     /// Records an attempt's outcome (retrying until the store takes it).
@@ -555,7 +561,7 @@ public final class Dispatcher: Sendable {
             let now = Date()
             do {
                 // The run record goes with it (same transaction).
-                let done = try store.transition(id: operation.id, expected: [.dispatching], to: to, at: now, note: note, update: update)
+                let done = try store.complete(operation, to: to, at: now, note: note, update: update)
                 if to == .queued { invalidate() }  // a retry waits in the queue again
                 emit(FleetEvent(type: event, site: done.site, at: now, operationID: done.id, kind: done.kind, note: String(note.prefix(200))))
                 return

@@ -23,6 +23,11 @@ public struct OperationFilter: Sendable, Hashable {
 public struct OperationPage: Sendable, Hashable {
     public var operations: [DeferredOperation]
     public var nextCursor: Int64?
+
+    public init(operations: [DeferredOperation], nextCursor: Int64?) {
+        self.operations = operations
+        self.nextCursor = nextCursor
+    }
 }
 
 /// A transition the store refused: the operation was not in the state the caller
@@ -65,6 +70,14 @@ public protocol OperationStore: Sendable {
     /// with one more attempt and a history entry, written from the caller's copy when the stored
     /// one has not changed since (same state, same history); `conflict` otherwise.
     func claim(_ operation: DeferredOperation, at: Date, note: String) throws -> DeferredOperation
+    /// The end of the dispatcher's attempt: `operation` as its claim returned it (`dispatching`)
+    /// moves to `to` with `update` and a history entry, and its run record is forgotten, in one
+    /// transaction; written from the caller's copy when the stored one has not changed since the
+    /// claim, otherwise as `transition` from `dispatching` (which may throw `conflict`).
+    @discardableResult
+    func complete(
+        _ operation: DeferredOperation, to: OperationState, at: Date, note: String, update: @Sendable (inout DeferredOperation) -> Void
+    ) throws -> DeferredOperation
     /// Operations matching `filter`, oldest first, after `cursor` (a `sequence`).
     func list(_ filter: OperationFilter, after cursor: Int64?, limit: Int) throws -> OperationPage
     /// Operations matching `filter`, newest first, before `cursor` (a `sequence`).
@@ -107,6 +120,14 @@ extension OperationStore {
     /// operation instead of comparing it with the caller's copy).
     public func claim(_ operation: DeferredOperation, at: Date, note: String) throws -> DeferredOperation {
         try transition(id: operation.id, expected: [.queued], to: .dispatching, at: at, note: note) { $0.attempts += 1 }
+    }
+
+    /// A completion through `transition`, for stores without a cheaper way.
+    @discardableResult
+    public func complete(
+        _ operation: DeferredOperation, to: OperationState, at: Date, note: String, update: @Sendable (inout DeferredOperation) -> Void
+    ) throws -> DeferredOperation {
+        try transition(id: operation.id, expected: [.dispatching], to: to, at: at, note: note, update: update)
     }
 
     /// Every operation matching `filter`, read page by page.

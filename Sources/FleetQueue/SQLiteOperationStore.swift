@@ -109,7 +109,7 @@ public struct SQLiteOperationStore: OperationStore {
     ) throws -> DeferredOperation {
         let encoder = FleetJSON.encoder()
         return try writer.write { db in
-            guard var operation = try Self.decode(String.fetchOne(db, sql: "SELECT document FROM operations WHERE id = ?", arguments: [id]))
+            guard var operation = try Self.decode(String.fetchOne(db.cachedStatement(sql: "SELECT document FROM operations WHERE id = ?"), arguments: [id]))
             else { throw OperationStoreError.notFound(id) }
             guard expected.contains(operation.state), operation.state.canMove(to: to) else {
                 throw OperationStoreError.conflict(id: id, expected: expected, found: operation.state)
@@ -118,13 +118,12 @@ public struct SQLiteOperationStore: OperationStore {
             update(&operation)
             operation.state = to
             operation.history.append(OperationHistoryEntry(at: at, from: from, to: to, note: note))
-            try db.execute(
-                sql: "UPDATE operations SET state = ?, document = ? WHERE id = ?",
+            try db.cachedStatement(sql: "UPDATE operations SET state = ?, document = ? WHERE id = ?").execute(
                 arguments: [to.rawValue, String(decoding: try encoder.encode(operation), as: UTF8.self), id])
             // A run is recorded only while its operation is dispatching: its end is written with
             // the outcome, in the same transaction (one commit per finished executor, not two).
             if from == .dispatching, to != .dispatching {
-                try db.execute(sql: "DELETE FROM runs WHERE operationID = ?", arguments: [id])
+                try db.cachedStatement(sql: "DELETE FROM runs WHERE operationID = ?").execute(arguments: [id])
             }
             return operation
         }
@@ -144,12 +143,12 @@ public struct SQLiteOperationStore: OperationStore {
         claimed.history.append(OperationHistoryEntry(at: now, from: .queued, to: .dispatching, note: note))
         let document = String(decoding: try FleetJSON.encoder().encode(claimed), as: UTF8.self)
         let changed = try writer.write { db in
-            try db.execute(
+            try db.cachedStatement(
                 sql: """
                     UPDATE operations SET state = 'dispatching', document = ?
                     WHERE id = ? AND state = 'queued' AND json_array_length(document, '$.history') = ?
-                    """,
-                arguments: [document, operation.id, operation.history.count])
+                    """
+            ).execute(arguments: [document, operation.id, operation.history.count])
             return db.changesCount
         }
         guard changed == 1 else {
@@ -159,6 +158,38 @@ public struct SQLiteOperationStore: OperationStore {
             throw OperationStoreError.conflict(id: operation.id, expected: [.queued], found: found.state)
         }
         return claimed
+    }
+
+    /// One conditional UPDATE from the caller's copy (as for `claim`: in a reconnect storm the
+    /// outcome of every executor is written here), and the run record's DELETE, in one
+    /// transaction; when the stored operation changed since the claim, `transition`.
+    @discardableResult
+    public func complete(
+        _ operation: DeferredOperation, to: OperationState, at now: Date, note: String, update: @Sendable (inout DeferredOperation) -> Void
+    ) throws -> DeferredOperation {
+        guard operation.state == .dispatching, operation.state.canMove(to: to) else {
+            return try transition(id: operation.id, expected: [.dispatching], to: to, at: now, note: note, update: update)
+        }
+        var completed = operation
+        update(&completed)
+        completed.state = to
+        completed.history.append(OperationHistoryEntry(at: now, from: .dispatching, to: to, note: note))
+        let document = String(decoding: try FleetJSON.encoder().encode(completed), as: UTF8.self)
+        let changed = try writer.write { db -> Int in
+            try db.cachedStatement(
+                sql: """
+                    UPDATE operations SET state = ?, document = ?
+                    WHERE id = ? AND state = 'dispatching' AND json_array_length(document, '$.history') = ?
+                    """
+            ).execute(arguments: [to.rawValue, document, operation.id, operation.history.count])
+            guard db.changesCount == 1 else { return 0 }
+            try db.cachedStatement(sql: "DELETE FROM runs WHERE operationID = ?").execute(arguments: [operation.id])
+            return 1
+        }
+        guard changed == 1 else {
+            return try transition(id: operation.id, expected: [.dispatching], to: to, at: now, note: note, update: update)
+        }
+        return completed
     }
 
     public func list(_ filter: OperationFilter, after cursor: Int64?, limit: Int) throws -> OperationPage {
@@ -215,8 +246,9 @@ public struct SQLiteOperationStore: OperationStore {
 
     public func recordRun(_ run: ExecutorRun) throws {
         try writer.write { db in
-            try db.execute(
-                sql: "INSERT OR REPLACE INTO runs (operationID, processGroup, startTicks, bootID, host, startedAt) VALUES (?, ?, ?, ?, ?, ?)",
+            try db.cachedStatement(
+                sql: "INSERT OR REPLACE INTO runs (operationID, processGroup, startTicks, bootID, host, startedAt) VALUES (?, ?, ?, ?, ?, ?)"
+            ).execute(
                 arguments: [run.operationID, run.processGroup, Int64(clamping: run.startTicks), run.bootID, run.host, run.startedAt.timeIntervalSince1970])
         }
     }

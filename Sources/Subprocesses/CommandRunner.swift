@@ -70,12 +70,14 @@ public enum CommandRunner {
     ) async throws(CommandError) -> CommandOutcome {
         guard let program = arguments.first, !program.isEmpty else { throw CommandError("empty command") }
         let result: Result<CommandOutcome, CommandError> = await withCheckedContinuation { continuation in
-            // Blocking waits (poll, waitpid) run on a thread of their own, not on the cooperative pool.
+            // Blocking waits (poll, waitpid) run on a thread of their own, not on the cooperative
+            // pool; that thread is free again once the command exited (the search for what it left
+            // behind happens on the sweeper's thread).
             DispatchQueue.global().async {
-                continuation.resume(
-                    returning: runBlocking(
-                        arguments, timeout: timeout, outputLimit: outputLimit, capture: capture, environment: environment,
-                        maximumOutput: maximumOutput, exited: exited, started: started))
+                runThenTidy(
+                    arguments, timeout: timeout, outputLimit: outputLimit, capture: capture, environment: environment,
+                    maximumOutput: maximumOutput, exited: exited, started: started
+                ) { continuation.resume(returning: $0) }
             }
         }
         return try result.get()
@@ -86,8 +88,51 @@ public enum CommandRunner {
         _ arguments: [String], timeout: Duration, outputLimit: Int = 256, capture: OutputCapture = .firstLine, environment: [String: String]? = nil,
         maximumOutput: Int = 1 << 20, exited: (@Sendable () -> Void)? = nil, started: (@Sendable (Int32) -> Void)? = nil
     ) -> Result<CommandOutcome, CommandError> {
+        let (result, search) = execute(
+            arguments, timeout: timeout, outputLimit: outputLimit, capture: capture, environment: environment, maximumOutput: maximumOutput,
+            exited: exited, started: started)
+        if let search {
+            LeftoverSweeper.shared.sweepAndWait(search)
+            reapHandedOrphans()
+        }
+        return result
+    }
+
+    /// Runs the command on the calling thread until it has exited, then returns; `completion`
+    /// gets the outcome from the sweeper's thread once whatever the command left outside its
+    /// group (a daemon in a session of its own) is ended too. In a burst of short commands (a
+    /// reconnect storm) the calling thread is free for the next one at once, and `/proc` is read
+    /// once for several of them (`LeftoverSweeper`).
+    public static func runThenTidy(
+        _ arguments: [String], timeout: Duration, outputLimit: Int = 256, capture: OutputCapture = .firstLine, environment: [String: String]? = nil,
+        maximumOutput: Int = 1 << 20, exited: (@Sendable () -> Void)? = nil, started: (@Sendable (Int32) -> Void)? = nil,
+        completion: @escaping @Sendable (Result<CommandOutcome, CommandError>) -> Void
+    ) {
+        let (result, search) = execute(
+            arguments, timeout: timeout, outputLimit: outputLimit, capture: capture, environment: environment, maximumOutput: maximumOutput,
+            exited: exited, started: started)
+        guard let search else { return completion(result) }
+        LeftoverSweeper.shared.submit(search) { _ in
+            reapHandedOrphans()
+            completion(result)
+        }
+    }
+
+    /// In a child subreaper (the agent): orphans it was handed and that have exited since.
+    private static func reapHandedOrphans() {
+        if ProcessTable.isSubreaper {
+            spawnLock.withLock { _ in ProcessTable.reapOrphans(keeping: waitedFor.withLock { $0 }) }
+        }
+    }
+
+    /// The command, to its exit or its timeout, and its process group; what it may have left
+    /// outside its group is for the caller to search (nil when it never started).
+    private static func execute(
+        _ arguments: [String], timeout: Duration, outputLimit: Int, capture: OutputCapture, environment: [String: String]?,
+        maximumOutput: Int, exited: (@Sendable () -> Void)?, started: (@Sendable (Int32) -> Void)?
+    ) -> (Result<CommandOutcome, CommandError>, LeftoverSearch?) {
         let start = ContinuousClock.now
-        guard let (readFD, writeFD) = closeOnExecPipe() else { return .failure(CommandError("pipe: \(String(cString: strerror(errno)))")) }
+        guard let (readFD, writeFD) = closeOnExecPipe() else { return (.failure(CommandError("pipe: \(String(cString: strerror(errno)))")), nil) }
         // A mark in the environment of the command and of everything it starts, so that what it
         // leaves behind (even a daemon in a session of its own) is found and ended afterwards.
         let marker = "EDGEFLEET_RUN=\(UInt64.random(in: 1...UInt64.max))"
@@ -102,7 +147,7 @@ public enum CommandRunner {
         } catch {
             close(writeFD)
             close(readFD)
-            return .failure(CommandError(error.description))
+            return (.failure(CommandError(error.description)), nil)
         }
         close(writeFD)
         let pid = spawned
@@ -200,26 +245,22 @@ public enum CommandRunner {
         while waitpid(pid, &status, 0) < 0 && errno == EINTR {}
         waitedFor.withLock { _ = $0.remove(pid) }
         exited?()  // the command and its group are gone; what follows is tidying up
-        // What it left outside its group (a daemon started with setsid), and, in a child
-        // subreaper (the agent), orphans it was handed and that have exited since.
-        // Descendants have higher ids than the command, unless the ids wrapped around while it ran
+        // What it left outside its group (a daemon started with setsid) is the caller's to search:
+        // descendants have higher ids than the command, unless the ids wrapped around while it ran
         // (pid_max is 4,194,304 on 64-bit Linux): such a leftover is missed.
-        ProcessTable.killLeftovers(withEnvironment: marker, since: startTicks, after: pid)
-        if ProcessTable.isSubreaper {
-            spawnLock.withLock { _ in ProcessTable.reapOrphans(keeping: waitedFor.withLock { $0 }) }
-        }
+        let search = LeftoverSearch(marker: Array(marker.utf8), since: startTicks, after: pid)
         let signalled = status & 0x7f
         var line = String(decoding: kept, as: UTF8.self)
         if line.count > outputLimit { line = String(line.prefix(outputLimit)) + "…" }
-        return .success(
-            CommandOutcome(
+        let outcome = CommandOutcome(
                 exitCode: signalled == 0 ? (status >> 8) & 0xff : nil,
                 signal: signalled == 0 ? nil : signalled,
                 timedOut: timedOut,
                 firstLine: line.trimmingTrailingWhitespace,
                 output: String(decoding: head, as: UTF8.self) + (dropped > 0 ? "\n… (\(dropped) more bytes not kept)" : "")
                     + (exceeded ? "\n… (ended: it wrote more than \(maximumOutput) bytes)" : ""),
-                duration: ContinuousClock.now - start, outputExceeded: exceeded))
+                duration: ContinuousClock.now - start, outputExceeded: exceeded)
+        return (.success(outcome), search)
     }
 }
 

@@ -1,4 +1,5 @@
 import CProcess
+import Dispatch
 import Synchronization
 
 #if canImport(Glibc)
@@ -97,31 +98,12 @@ public enum ProcessTable {
         return false
     }
 
-    /// Live processes (not this one) whose environment holds `variable`; with `since`, only
-    /// those started at or after that many clock ticks since boot (a command's descendants
-    /// start after it: the environment of older processes is not read at all).
-    /// `after`: only process ids above it are looked at (ids are handed out in increasing order
-    /// until they wrap, so a command's descendants have higher ids than the command: a run
-    /// reads a handful of files, not every process's).
-    public static func living(withEnvironment variable: String, since: UInt64 = 0, after: Int32 = 0) -> [Entry] {
+    /// SIGKILL to each, then a moment for each kill to land, reaping those that are this
+    /// process's children (never blocking).
+    static func end(_ processes: [Entry]) {
+        for process in processes { kill(process.pid, SIGKILL) }
         let me = getpid()
-        return pids().compactMap { pid in
-            guard pid > after, pid != me, let entry = entry(pid), !entry.isGone, entry.startTicks >= since, environment(of: pid, contains: variable)
-            else { return nil }
-            return entry
-        }
-    }
-
-    /// Kills (SIGKILL) every live process whose environment holds `variable` (what a finished
-    /// command left behind, even in a session of its own) and reaps those that are this
-    /// process's children (a child subreaper inherits them). Returns how many it killed.
-    @discardableResult
-    public static func killLeftovers(withEnvironment variable: String, since: UInt64 = 0, after: Int32 = 0) -> Int {
-        let leftovers = living(withEnvironment: variable, since: since, after: after)
-        for process in leftovers { kill(process.pid, SIGKILL) }
-        let me = getpid()
-        for process in leftovers {
-            // A moment for the kill to land, then reap it if it is ours (never block).
+        for process in processes {
             for _ in 0..<50 {
                 var status: Int32 = 0
                 let reaped = waitpid(process.pid, &status, WNOHANG)
@@ -130,7 +112,6 @@ public enum ProcessTable {
                 usleep(2_000)
             }
         }
-        return leftovers.count
     }
 
     /// Reaps zombie children of this process other than `keep` (commands still being waited
@@ -160,9 +141,11 @@ public enum ProcessTable {
     private static let subreaper = Mutex(false)
 
     /// This boot's id: process ids and start ticks only mean something within one boot.
-    public static func bootID() -> String {
+    public static func bootID() -> String { currentBootID }
+
+    /// Read once: it does not change until the machine boots again (and this process with it).
+    private static let currentBootID: String =
         (readFile("/proc/sys/kernel/random/boot_id", limit: 128).map { String(decoding: $0, as: UTF8.self) } ?? "").filter { !$0.isWhitespace }
-    }
 
     public static func hostName() -> String {
         var buffer = [CChar](repeating: 0, count: 256)
@@ -184,5 +167,157 @@ public enum ProcessTable {
             result += buffer[0..<n]
         }
         return result
+    }
+
+    /// Every live process (not this one) with an id above `after`, started at or after `since`,
+    /// whose environment holds one of `variables` (`NAME=value`, all with the same NAME), with
+    /// the index of the variable it holds. Each environment is read once, whatever the count.
+    /// Ids are handed out in increasing order until they wrap, so a command's descendants have
+    /// higher ids than the command and started after it: older processes' environments are not
+    /// read at all.
+    static func living(withAny variables: [[UInt8]], since: UInt64, after: Int32) -> [(entry: Entry, variable: Int)] {
+        guard let first = variables.first, let equals = first.firstIndex(of: UInt8(ascii: "=")) else { return [] }
+        let name = first[...equals]
+        var index: [ArraySlice<UInt8>: Int] = [:]
+        for (i, variable) in variables.enumerated() where variable.starts(with: name) { index[variable[...]] = i }
+        let me = getpid()
+        var found: [(entry: Entry, variable: Int)] = []
+        for pid in pids() where pid > after && pid != me {
+            guard let entry = entry(pid), !entry.isGone, entry.startTicks >= since,
+                let bytes = readFile("/proc/\(pid)/environ", limit: 1 << 20)
+            else { continue }
+            var start = 0
+            while start < bytes.count {
+                let end = bytes[start...].firstIndex(of: 0) ?? bytes.count
+                let item = bytes[start..<end]
+                if item.starts(with: name), let i = index[item] {
+                    found.append((entry, i))
+                    break
+                }
+                start = end + 1
+            }
+        }
+        return found
+    }
+}
+
+/// What to look for after a command ended: processes holding its marker in their environment,
+/// with higher ids than the command and started no earlier.
+public struct LeftoverSearch: Sendable {
+    var marker: [UInt8]
+    var since: UInt64
+    var after: Int32
+}
+
+/// Ends what finished commands left behind, on a thread of its own, several commands at a time:
+/// a sweep takes every search waiting by then and reads `/proc` once for all of them, and sweeps
+/// are at least `gather` apart. In a reconnect storm (hundreds of executors a second) that is one
+/// look at `/proc` for every few commands instead of one for each, and no executor thread waits
+/// for it. A lone command is swept at once.
+final class LeftoverSweeper: Sendable {
+    static let shared = LeftoverSweeper(gather: .milliseconds(20))
+
+    private struct Pending {
+        var search: LeftoverSearch
+        var completion: @Sendable (Int) -> Void
+    }
+
+    private struct State {
+        var pending: [Pending] = []
+        var started = false
+    }
+
+    private let gather: Duration
+    private let state = Mutex(State())
+    private let wake = DispatchSemaphore(value: 0)
+
+    init(gather: Duration) {
+        self.gather = gather
+    }
+
+    /// Queues a search; `completion` gets how many processes it ended, on the sweeper's thread.
+    func submit(_ search: LeftoverSearch, completion: @escaping @Sendable (Int) -> Void) {
+        let start = state.withLock { state -> Bool in
+            state.pending.append(Pending(search: search, completion: completion))
+            defer { state.started = true }
+            return !state.started
+        }
+        if start { startThread() }
+        wake.signal()
+    }
+
+    /// Queues a search and waits for it.
+    @discardableResult
+    func sweepAndWait(_ search: LeftoverSearch) -> Int {
+        let done = DispatchSemaphore(value: 0)
+        let killed = Mutex(0)
+        submit(search) { n in
+            killed.withLock { $0 = n }
+            done.signal()
+        }
+        done.wait()
+        return killed.withLock { $0 }
+    }
+
+    private func startThread() {
+        var thread = pthread_t()
+        let unmanaged = Unmanaged.passRetained(self)
+        let result = pthread_create(&thread, nil, { argument in
+            guard let argument else { return nil }
+            Unmanaged<LeftoverSweeper>.fromOpaque(argument).takeRetainedValue().loop()
+            return nil
+        }, unmanaged.toOpaque())
+        if result == 0 {
+            pthread_detach(thread)
+        } else {
+            // No thread: sweep on the caller's (never lose a completion).
+            unmanaged.release()
+            while case let batch = take(), !batch.isEmpty { finish(batch) }
+            state.withLock { $0.started = false }
+        }
+    }
+
+    private func take() -> [Pending] {
+        state.withLock { state in
+            defer { state.pending = [] }
+            return state.pending
+        }
+    }
+
+    private func finish(_ batch: [Pending]) {
+        let killed = Self.sweep(batch.map(\.search))
+        for (pending, n) in zip(batch, killed) { pending.completion(n) }
+    }
+
+    private func loop() {
+        var lastSweep: ContinuousClock.Instant?
+        while true {
+            wake.wait()
+            // At least `gather` since the last sweep began: searches that arrive meanwhile join this one.
+            if let lastSweep, case let wait = lastSweep + gather - ContinuousClock.now, wait > .zero {
+                let c = wait.components
+                usleep(UInt32(clamping: c.seconds * 1_000_000 + c.attoseconds / 1_000_000_000_000))
+            }
+            let batch = take()
+            if batch.isEmpty { continue }  // woken for searches an earlier sweep took
+            lastSweep = ContinuousClock.now
+            finish(batch)
+        }
+    }
+
+    /// One look at `/proc` for every search of `searches`: each process is matched to the search
+    /// whose marker it holds, and counted only if it is that command's descendant by its id and
+    /// start time. Returns how many each search ended.
+    static func sweep(_ searches: [LeftoverSearch]) -> [Int] {
+        guard !searches.isEmpty else { return [] }
+        let since = searches.map(\.since).min() ?? 0
+        let after = searches.map(\.after).min() ?? 0
+        let found = ProcessTable.living(withAny: searches.map(\.marker), since: since, after: after).filter { match in
+            match.entry.pid > searches[match.variable].after && match.entry.startTicks >= searches[match.variable].since
+        }
+        ProcessTable.end(found.map(\.entry))
+        var killed = Array(repeating: 0, count: searches.count)
+        for match in found { killed[match.variable] += 1 }
+        return killed
     }
 }

@@ -122,6 +122,70 @@ struct CommandRunnerTests {
         #expect(left.isEmpty, "the daemon outlived its command: \(left)")
     }
 
+    @Test("the leftovers of commands that end together are swept in shared looks at /proc: each daemon ends with its own command, a daemon of a command still running is left alone")
+    func sweepsTogether() async throws {
+        let tag = UInt32.random(in: 1000...999_999)
+        func daemons(_ pattern: String) throws -> [String] {
+            // The whole command line (-x): the shells that started them hold the pattern too.
+            try run(URL(fileURLWithPath: "/usr/bin/pgrep"), ["-x", "-f", pattern]).stdout
+                .split(separator: "\n").map(String.init).filter { !isZombie(pid_t($0) ?? 0) }
+        }
+        // Still running while the others end (until the test says so): its daemon must outlive their sweeps.
+        let directory = try temporaryDirectory("edgefleet-sweep")
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let release = directory + "/release"
+        let long = Task {
+            try await CommandRunner.run(
+                ["/bin/sh", "-c", "setsid sleep 600.\(tag)0 > /dev/null 2>&1 & while [ ! -e '\(release)' ]; do sleep 0.05; done; echo done"],
+                timeout: .seconds(120))
+        }
+        for _ in 0..<250 where try daemons("sleep 600.\(tag)0").isEmpty { try await Task.sleep(for: .milliseconds(20)) }
+        #expect(try daemons("sleep 600.\(tag)0").count == 1)
+        let outcomes = try await withThrowingTaskGroup(of: CommandOutcome.self) { group in
+            for i in 1...8 {
+                group.addTask {
+                    try await CommandRunner.run(["/bin/sh", "-c", "setsid sleep 600.\(tag)\(i) > /dev/null 2>&1 & echo started"], timeout: .seconds(10))
+                }
+            }
+            return try await group.reduce(into: []) { $0.append($1) }
+        }
+        #expect(outcomes.count == 8 && outcomes.allSatisfy { $0.firstLine == "started" })
+        // Each run returns after its sweep: nothing of the eight is left (zombies aside).
+        for i in 1...8 { #expect(try daemons("sleep 600.\(tag)\(i)").isEmpty, "daemon \(i) outlived its command") }
+        #expect(try daemons("sleep 600.\(tag)0").count == 1, "a running command's daemon was ended by another command's sweep")
+        FileManager.default.createFile(atPath: release, contents: nil)
+        let ended = try await long.value
+        #expect(ended.firstLine == "done")
+        #expect(try daemons("sleep 600.\(tag)0").isEmpty)
+    }
+
+    @Test("one sweep for several markers counts each marker's processes and kills only those")
+    func sweepCounts() async throws {
+        let a = "EDGEFLEET_RUN=\(UInt64.random(in: 1...UInt64.max))"
+        let b = "EDGEFLEET_RUN=\(UInt64.random(in: 1...UInt64.max))"
+        let c = "EDGEFLEET_RUN=\(UInt64.random(in: 1...UInt64.max))"
+        func start(_ variable: String) throws -> Int32 {
+            let parts = variable.split(separator: "=", maxSplits: 1)
+            return try spawnProcess(["/bin/sleep", "600"], environment: [String(parts[0]): String(parts[1])])
+        }
+        let first = try start(a)
+        let others = [try start(b), try start(b)]
+        let spared = try start(c)
+        defer {
+            kill(spared, SIGKILL)
+            var status: Int32 = 0
+            waitpid(spared, &status, 0)
+        }
+        // One sweep for the searches of two commands (both started before the first process).
+        let killed = LeftoverSweeper.sweep([
+            LeftoverSearch(marker: Array(a.utf8), since: 0, after: first - 1),
+            LeftoverSearch(marker: Array(b.utf8), since: 0, after: first - 1),
+        ])
+        #expect(killed == [1, 2])
+        for pid in [first] + others { #expect(ProcessTable.entry(pid) == nil, "process \(pid) still there") }
+        #expect(ProcessTable.entry(spared).map { !$0.isGone } == true)
+    }
+
     @Test("with .head(bytes:) the output is kept up to the limit, with how much was cut")
     func headCapture() async throws {
         let outcome = try await CommandRunner.run(["/bin/sh", "-c", "seq 1 1000"], timeout: .seconds(10), capture: .head(bytes: 20))
