@@ -29,6 +29,8 @@ let package = Package(
         .package(url: "https://github.com/swift-server/swift-prometheus", from: "2.4.1"),
         .package(url: "https://github.com/apple/swift-nio", from: "2.101.2"),
         .package(url: "https://github.com/apple/swift-nio-extras", from: "1.35.2"),
+        .package(url: "https://github.com/apple/swift-nio-ssl", from: "2.37.6"),
+        .package(url: "https://github.com/vapor/postgres-nio", from: "1.33.2"),
     ],
     targets: [
         // The C surface: libmosquitto through pkg-config; never a product.
@@ -103,6 +105,20 @@ let package = Package(
             ],
             swiftSettings: swiftSettings
         ),
+        // The aggregator's stores in PostgreSQL (replicas share one database): the only module
+        // that imports PostgresNIO. Blocking calls over a pool of its own event loop.
+        .target(
+            name: "FleetPostgres",
+            dependencies: [
+                "FleetCore", "FleetQueue", "FleetAggregator", "HostPort",
+                .product(name: "PostgresNIO", package: "postgres-nio"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOSSL", package: "swift-nio-ssl"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: swiftSettings
+        ),
         // The HTTP API, the dashboard and /metrics: the only module that imports Hummingbird.
         // It reaches the aggregator through one protocol (OperatorBackend), never its core.
         .target(
@@ -150,7 +166,8 @@ let package = Package(
         .executableTarget(
             name: "edgefleet-aggregator",
             dependencies: [
-                "FleetCore", "MQTT", "CommandSupport", "FleetAggregator", "FleetQueue", "FleetHTTP", "LayeredSettings", "HostPort", "Subprocesses",
+                "FleetCore", "MQTT", "CommandSupport", "FleetAggregator", "FleetQueue", "FleetHTTP", "FleetPostgres", "LayeredSettings", "HostPort",
+                "Subprocesses",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Prometheus", package: "swift-prometheus"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
@@ -179,7 +196,7 @@ let package = Package(
         // a cuttable TCP proxy, openssl-made certificates, subprocesses.
         .target(
             name: "TestSupport",
-            dependencies: ["MQTT", "CProcess", "Subprocesses"],
+            dependencies: ["MQTT", "CProcess", "Subprocesses", "HostPort"],
             path: "Tests/TestSupport",
             swiftSettings: swiftSettings
         ),
@@ -196,7 +213,7 @@ let package = Package(
         .testTarget(
             name: "FleetAggregatorTests",
             dependencies: [
-                "FleetAggregator", "FleetQueue", "FleetHTTP", "FleetCore", "FleetSimulator", "MQTT", "TestSupport", "Subprocesses",
+                "FleetAggregator", "FleetQueue", "FleetHTTP", "FleetPostgres", "FleetCore", "FleetSimulator", "MQTT", "TestSupport", "Subprocesses",
                 "LayeredSettings", "HostPort", "YAMLReader",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "MetricsTestKit", package: "swift-metrics"),

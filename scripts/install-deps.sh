@@ -8,11 +8,13 @@ set -euo pipefail
 # chromium (the dashboard, headless), prometheus (promtool checks /metrics and the alerting
 # rules), bsdutils (`script` gives the CLI a terminal) and systemd (`systemd-analyze verify`
 # checks the units in deploy/).
-# procps (`ps`) and util-linux (`mount` for the full-disk tests, `setsid`) come with most systems.
+# procps (`ps`) and util-linux (`mount` for the full-disk tests, `setsid`, `runuser`) come with most systems.
+# postgresql (the server: the tests start their own with initdb/pg_ctl as the postgres user on a free
+# port; the aggregator's PostgreSQL backend) and postgresql-client (psql).
 # With --bench, also what the benchmarks compare against or measure with: prometheus-mqtt-exporter
 # and perf.
 packages=(mosquitto mosquitto-clients libmosquitto-dev libsqlite3-dev libssl-dev libyaml-dev openssl pkg-config python3
-    libcurl4-openssl-dev chromium fonts-dejavu-core prometheus bsdutils curl systemd procps util-linux)
+    libcurl4-openssl-dev chromium fonts-dejavu-core prometheus bsdutils curl systemd procps util-linux postgresql postgresql-client)
 if [[ "${1:-}" == "--bench" ]]; then
     packages+=(prometheus-mqtt-exporter linux-perf)
 fi

@@ -11,8 +11,11 @@ import YAMLReader
 public struct AggregatorConfiguration: Sendable {
     public var mqtt: MQTTConfiguration
     public var topics: FleetTopics
-    /// The SQLite file (WAL): site records, later the operation queue.
+    /// The database: an SQLite file (WAL; the embedded default), or a `postgres://` URL
+    /// (shared by replicas; opened by the executable through `FleetPostgres`).
     public var databasePath: String
+    /// The PostgreSQL password's file (`--db-password-file`); without it, `PGPASSWORD`.
+    public var databasePasswordFile: String?
     /// Where the HTTP API, the dashboard and `/metrics` listen, `HOST:PORT` (port 0: any free one).
     public var httpListen: HostPort
     /// Bearer tokens, one per line (`--token-file`); without it every change is refused.
@@ -75,7 +78,7 @@ public struct AggregatorConfiguration: Sendable {
         "broker", "username", "passwordFile", "caFile", "certFile", "keyFile", "clientId", "topicRoot", "db",
         "http", "connectedWithin", "budget", "warnBefore", "criticalBefore", "stableFor", "staleAfter", "offlineAfter",
         "viewRefresh", "summaryInterval", "flushInterval", "maxPayloadBytes", "executors", "maxConcurrentDispatches", "maxAttempts",
-        "retryBackoff", "retryBackoffMax", "dispatchInterval", "executorOutputBytes", "tokenFile", "publicReads",
+        "retryBackoff", "retryBackoffMax", "dispatchInterval", "executorOutputBytes", "tokenFile", "publicReads", "dbPasswordFile",
         "maxSites", "storeGrace", "dashboardSession", "httpHeaderTimeout", "httpMaxConnections",
     ]
 
@@ -124,6 +127,7 @@ public struct AggregatorConfiguration: Sendable {
         }
         // Its contents are the HTTP module's to read (edgefleet-aggregator checks them with the configuration).
         let tokenFile = try settings.string("tokenFile")
+        let databasePasswordFile = try settings.string("dbPasswordFile")
         let publicReads = try settings.boolean("publicReads", default: false)
 
         var thresholds = Thresholds()
@@ -205,6 +209,7 @@ public struct AggregatorConfiguration: Sendable {
             maxPayloadBytes: maxPayloadBytes, executors: executors, dispatch: dispatch, maxAttempts: maxAttempts,
             dispatchInterval: dispatchInterval, tokenFile: tokenFile, publicReads: publicReads)
         configuration.maxSites = maxSites
+        configuration.databasePasswordFile = databasePasswordFile
         configuration.storeGrace = storeGrace
         configuration.dashboardSession = dashboardSession
         configuration.httpHeaderTimeout = httpHeaderTimeout
@@ -219,7 +224,7 @@ public struct AggregatorConfiguration: Sendable {
             "broker: \(mqtt.broker)\(mqtt.username.map { " as \($0)" } ?? "")\(mqtt.password != nil ? " (password set)" : "")",
             "client id: \(mqtt.clientID)",
             "topic root: \(topics.root)",
-            "database: \(databasePath)",
+            "database: \(databasePath)" + (databasePasswordFile.map { " (password from \($0))" } ?? ""),
             "http: \(httpListen), "
                 + (tokenFile.map { "tokens from \($0)" } ?? "no token file (changes refused)")
                 + (publicReads ? ", reads open" : ", reads need a token"),

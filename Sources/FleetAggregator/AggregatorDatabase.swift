@@ -49,6 +49,27 @@ public final class AggregatorDatabase: Sendable {
     }
 }
 
+/// Where the aggregator keeps its state: site records and the deferred-operation queue, in one
+/// database (SQLite, the embedded default; or PostgreSQL, shared by replicas: `FleetPostgres`).
+public struct AggregatorStores: Sendable {
+    public var sites: any SiteStore
+    public var operations: any OperationStore
+    /// For logs: the file's path, or the URL without secrets.
+    public var description: String
+
+    public init(sites: any SiteStore, operations: any OperationStore, description: String) {
+        self.sites = sites
+        self.operations = operations
+        self.description = description
+    }
+
+    /// Both in the SQLite file at `path` (created and migrated if needed).
+    public static func sqlite(path: String) throws -> AggregatorStores {
+        let database = try AggregatorDatabase(path: path)
+        return AggregatorStores(sites: SQLiteSiteStore(database: database), operations: SQLiteOperationStore(database: database), description: path)
+    }
+}
+
 /// Where site records and the forgotten sites' tombstones live. Narrow on purpose: the
 /// aggregator only uses this, so a second backend (PostgreSQL) can implement it.
 public protocol SiteStore: Sendable {

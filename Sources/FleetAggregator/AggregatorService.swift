@@ -29,8 +29,9 @@ public final class AggregatorService: Service, Sendable {
     let logger: Logger
     let metrics: AggregatorMetrics
     let client: MQTTClient
-    let database: AggregatorDatabase
     let store: any SiteStore
+    /// The database, for logs (a file path, or a PostgreSQL URL without secrets).
+    let databaseDescription: String
     let state: SharedFleet
     let session: UInt64
     let rejectLog: Mutex<RejectLog>
@@ -46,15 +47,19 @@ public final class AggregatorService: Service, Sendable {
     let clockWake = Wakeup()
     let storeWake = Wakeup()
 
+    /// `stores`: where site records and the queue live; by default the SQLite file at
+    /// `configuration.databasePath` (the executable opens PostgreSQL stores for a postgres:// URL).
     public init(
-        configuration: AggregatorConfiguration, logger: Logger, metrics: AggregatorMetrics = AggregatorMetrics(), clock: WallClock = .system
+        configuration: AggregatorConfiguration, logger: Logger, metrics: AggregatorMetrics = AggregatorMetrics(), clock: WallClock = .system,
+        stores: AggregatorStores? = nil
     ) throws {
         self.configuration = configuration
         self.logger = logger
         self.metrics = metrics
         self.clock = clock
-        database = try AggregatorDatabase(path: configuration.databasePath)
-        store = SQLiteSiteStore(database: database)
+        let stores = try stores ?? .sqlite(path: configuration.databasePath)
+        store = stores.sites
+        databaseDescription = stores.description
         let fleet = FleetState(thresholds: configuration.thresholds, viewRefresh: configuration.viewRefresh)
         fleet.siteLimit = configuration.maxSites
         let state = SharedFleet(fleet)
@@ -63,7 +68,7 @@ public final class AggregatorService: Service, Sendable {
         rejectLog = Mutex(RejectLog())
         let clockWake = clockWake
         queue = QueueService(
-            store: SQLiteOperationStore(writer: database.writer),
+            store: stores.operations,
             settings: QueueSettings(
                 executors: configuration.executors, dispatch: configuration.dispatch, maxAttempts: configuration.maxAttempts,
                 dispatchInterval: configuration.dispatchInterval),
@@ -163,7 +168,7 @@ public final class AggregatorService: Service, Sendable {
         let forgotten = try store.forgotten()
         state.withLock { $0.restore(restored, forgotten: forgotten, now: start) }
         queue.modesChanged()  // the restored fleet: every site's situation is new to the dispatcher
-        logger.info("aggregator started", metadata: ["sites": "\(restored.count)", "database": "\(configuration.databasePath)"])
+        logger.info("aggregator started", metadata: ["sites": "\(restored.count)", "database": "\(databaseDescription)"])
 
         let topics = configuration.topics
         client.start()

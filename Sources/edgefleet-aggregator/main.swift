@@ -3,10 +3,12 @@ import CommandSupport
 public import FleetAggregator
 import FleetCore
 public import FleetHTTP
+import FleetPostgres
 import LayeredSettings
 import Logging
 import Prometheus
 import ServiceLifecycle
+import Subprocesses
 
 /// The fleet aggregator: ingests every site's presence, heartbeats and status, computes
 /// each site's connectivity mode and deadline, and publishes retained site views, events
@@ -27,7 +29,9 @@ struct AggregatorCommand: AsyncParsableCommand {
     @OptionGroup var service: ServiceOptions
 
     @Option(help: "MQTT client id (default edgefleet-aggregator).") var clientId: String?
-    @Option(help: "SQLite database file (default ./edgefleet.sqlite).") var db: String?
+    @Option(help: "SQLite database file, or postgres://USER@HOST:PORT/DB[?sslmode=disable|require|verify-full&sslrootcert=FILE] (default ./edgefleet.sqlite).")
+    var db: String?
+    @Option(help: "File holding the PostgreSQL password (else PGPASSWORD); never in the URL.") var dbPasswordFile: String?
     @Option(help: "HTTP listen address, HOST:PORT (default 127.0.0.1:8080).") var http: String?
     @Option(help: "YAML file mapping each queueable kind to its executor (or 'executors:' in the config file).") var executors: String?
     @Option(help: "A contact this recent means connected (default 15m).") var connectedWithin: String?
@@ -65,7 +69,7 @@ struct AggregatorCommand: AsyncParsableCommand {
             ("retryBackoffMax", retryBackoffMax), ("dispatchInterval", dispatchInterval), ("executorOutputBytes", executorOutputBytes),
             ("maxSites", maxSites), ("storeGrace", storeGrace), ("dashboardSession", dashboardSession),
             ("httpHeaderTimeout", httpHeaderTimeout), ("httpMaxConnections", httpMaxConnections),
-            ("tokenFile", tokenFile), ("publicReads", publicReads),
+            ("tokenFile", tokenFile), ("publicReads", publicReads), ("dbPasswordFile", dbPasswordFile),
         ]
         var flags = service.flagSettings
         for case let (key, value?) in scalars { flags[key] = .text(value) }
@@ -81,6 +85,20 @@ struct AggregatorCommand: AsyncParsableCommand {
                 } catch {
                     throw ConfigurationError(key: "tokenFile", origin: settings.raw("tokenFile")?.1, "\(error)")
                 }
+            }
+            if PostgresLocation.isURL(configuration.databasePath) {
+                do {
+                    _ = try PostgresLocation(url: configuration.databasePath)
+                } catch {
+                    throw ConfigurationError(key: "db", origin: settings.raw("db")?.1, "\(error)")
+                }
+                do {
+                    _ = try PostgresStores.password(file: configuration.databasePasswordFile, environment: processEnvironment())
+                } catch {
+                    throw ConfigurationError(key: "dbPasswordFile", origin: settings.raw("dbPasswordFile")?.1, "\(error)")
+                }
+            } else if configuration.databasePasswordFile != nil {
+                throw ConfigurationError(key: "dbPasswordFile", origin: settings.raw("dbPasswordFile")?.1, "only a postgres:// database takes a password")
             }
             return configuration
         }
@@ -98,10 +116,17 @@ struct AggregatorCommand: AsyncParsableCommand {
         ]
         let service: AggregatorService
         do {
-            service = try AggregatorService(configuration: configuration, logger: logger, metrics: AggregatorMetrics(factory: factory))
+            // SQLite unless the URL says PostgreSQL (connected, authenticated and migrated here: a
+            // wrong address or password ends the start with the reason).
+            let stores = try PostgresLocation.isURL(configuration.databasePath)
+                ? PostgresStores.open(
+                    url: configuration.databasePath, passwordFile: configuration.databasePasswordFile, environment: processEnvironment(), logger: logger
+                ).stores
+                : AggregatorStores.sqlite(path: configuration.databasePath)
+            service = try AggregatorService(configuration: configuration, logger: logger, metrics: AggregatorMetrics(factory: factory), stores: stores)
         } catch {
             // A runtime failure, not a usage error: exit 1 with the reason, no usage text.
-            printError("edgefleet-aggregator: cannot open the database '\(configuration.databasePath)': \(error)")
+            printError("edgefleet-aggregator: cannot open the database: \(error)")
             throw ExitCode(EdgeFleetExit.failure)
         }
         let tokens = try TokenStore(path: configuration.tokenFile, logger: logger)

@@ -56,6 +56,29 @@ struct ExecutableTests {
         #expect(good.status == 0 && good.stdout.contains("reads open") && good.stdout.contains("changes refused"))
     }
 
+    @Test("the aggregator checks a postgres:// --db at --check-config: no password in the URL (and none echoed), a readable password file, none for SQLite")
+    func aggregatorDatabaseSettings() throws {
+        let aggregator = try builtProduct("edgefleet-aggregator")
+        let directory = try temporaryDirectory("edgefleet-db-settings")
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        try "s3cret-value\n".write(toFile: directory + "/pw", atomically: true, encoding: .utf8)
+        for (flags, key, message) in [
+            (["--db", "postgres://fleet:s3cret-value@127.0.0.1/edgefleet"], "db", "--db-password-file"),
+            (["--db", "postgres://fleet@127.0.0.1"], "db", "names no database"),
+            (["--db", "postgres://fleet@127.0.0.1/edgefleet?sslmode=maybe"], "db", "sslmode"),
+            (["--db", "postgres://fleet@127.0.0.1/edgefleet", "--db-password-file", directory + "/none"], "dbPasswordFile", "cannot read"),
+            (["--db", directory + "/fleet.sqlite", "--db-password-file", directory + "/pw"], "dbPasswordFile", "only a postgres:// database"),
+        ] {
+            let result = try run(aggregator, ["--check-config"] + flags, environment: [:])
+            #expect(result.status == 2, "\(flags)")
+            #expect(result.stderr.contains(key) && result.stderr.contains(message), "\(flags): \(result.stderr)")
+            #expect(!result.stderr.contains("s3cret-value") && !result.stdout.contains("s3cret-value"), "a password was echoed")
+        }
+        let good = try run(
+            aggregator, ["--check-config", "--db", "postgres://fleet@127.0.0.1:5433/edgefleet", "--db-password-file", directory + "/pw"], environment: [:])
+        #expect(good.status == 0 && good.stdout.contains("postgres://fleet@127.0.0.1:5433/edgefleet") && !good.stdout.contains("s3cret-value"))
+    }
+
     @Test("the agent validates its configuration: a bad setting exits 2 naming the key; --check-config prints it")
     func agentConfiguration() throws {
         let agent = try builtProduct("edgefleet-agent")

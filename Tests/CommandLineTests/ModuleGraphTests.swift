@@ -33,10 +33,23 @@ struct ModuleGraphTests {
         let modules = try Self.modules()
         #expect(modules["FleetHTTP"] != nil)
         for (name, module) in modules where name != "FleetHTTP" {
-            #expect(module.imports.isDisjoint(with: ["Hummingbird", "NIOCore", "NIOHTTPTypes", "Prometheus"]) || name == "edgefleet-aggregator", "\(name)")
+            #expect(module.imports.isDisjoint(with: ["Hummingbird", "NIOHTTPTypes", "Prometheus"]) || name == "edgefleet-aggregator", "\(name)")
+            // NIO: the two network edges (HTTP, and PostgreSQL through PostgresNIO).
+            #expect(!module.imports.contains("NIOCore") || ["edgefleet-aggregator", "FleetPostgres"].contains(name), "\(name) imports NIOCore")
             #expect(!module.imports.contains("FleetHTTP") || name == "edgefleet-aggregator", "\(name) imports FleetHTTP")
         }
         #expect(!(modules["FleetHTTP"]?.imports.contains("FleetAggregator") ?? true), "HTTP imports the core")
+    }
+
+    @Test("PostgreSQL is an edge: only FleetPostgres imports PostgresNIO, and neither the core nor the queue knows it")
+    func postgresIsAnEdge() throws {
+        let modules = try Self.modules()
+        #expect(modules["FleetPostgres"]?.imports.contains("PostgresNIO") == true)
+        for (name, module) in modules where name != "FleetPostgres" {
+            #expect(!module.imports.contains("PostgresNIO"), "\(name) imports PostgresNIO")
+            #expect(!module.imports.contains("FleetPostgres") || name == "edgefleet-aggregator", "\(name) imports FleetPostgres")
+        }
+        #expect(modules["FleetPostgres"]?.imports.isDisjoint(with: ["MQTT", "FleetHTTP", "Hummingbird", "GRDB"]) == true)
     }
 
     @Test("the queue knows nothing of fleet state, MQTT or HTTP; libraries never parse command lines")
@@ -44,7 +57,7 @@ struct ModuleGraphTests {
         let modules = try Self.modules()
         let queue = try #require(modules["FleetQueue"])
         #expect(queue.imports.isDisjoint(with: ["FleetAggregator", "MQTT", "FleetMessaging", "FleetHTTP", "Hummingbird"]), "\(queue.imports)")
-        for library in ["FleetAgent", "FleetAggregator", "FleetQueue", "FleetHTTP", "Subprocesses", "LayeredSettings", "FleetSimulator", "FleetCore"] {
+        for library in ["FleetAgent", "FleetAggregator", "FleetQueue", "FleetHTTP", "FleetPostgres", "Subprocesses", "LayeredSettings", "FleetSimulator", "FleetCore"] {
             let imports = try #require(modules[library]).imports
             #expect(imports.isDisjoint(with: ["ArgumentParser", "CommandSupport"]), "\(library) imports \(imports.intersection(["ArgumentParser", "CommandSupport"]))")
         }

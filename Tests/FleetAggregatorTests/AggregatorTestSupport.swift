@@ -33,7 +33,9 @@ final class AggregatorProcess: @unchecked Sendable {  // immutable; ChildProcess
         broker: MosquittoBroker, database: String, extra: [String] = [], flags: [String] = Short.flags, environment: [String: String]? = nil,
         brokerURL: String? = nil, log: String? = nil, descriptorLimit: Int? = nil
     ) throws {
-        self.log = log ?? database + "-\(UUID().uuidString.prefix(6)).log"
+        // Next to an SQLite file; for a postgres:// database, in the temporary directory.
+        let logBase = database.hasPrefix("postgres") ? FileManager.default.temporaryDirectory.path + "/edgefleet-aggregator-pg" : database
+        self.log = log ?? logBase + "-\(UUID().uuidString.prefix(6)).log"
         let binary = try builtProduct("edgefleet-aggregator").path
         // Any free port for the HTTP API: tests run side by side, and 8080 may be taken.
         let arguments = ["--broker", brokerURL ?? broker.url, "--db", database, "--log-level", "debug"] + (flags + extra).withDefaultHTTP + flags + extra
@@ -85,15 +87,18 @@ struct AggregatorFixture {
     let observer: MQTTClient
     let messages: MessageCollector
     let aggregator: AggregatorProcess
+    /// What `--db` names: the SQLite file in `directory`, or a postgres:// URL.
+    let database: String
 
-    var database: String { directory + "/fleet.sqlite" }
-
-    static func start(flags: [String] = Short.flags, environment: [String: String]? = nil) async throws -> AggregatorFixture {
+    /// `database`: a postgres:// URL (its password file among `flags`); by default an SQLite file.
+    static func start(flags: [String] = Short.flags, environment: [String: String]? = nil, database: String? = nil) async throws -> AggregatorFixture {
         let broker = try MosquittoBroker()
         let directory = try temporaryDirectory("edgefleet-aggregator")
+        let database = database ?? directory + "/fleet.sqlite"
         let (observer, messages) = try await fleetObserver(broker)
-        let aggregator = try AggregatorProcess(broker: broker, database: directory + "/fleet.sqlite", flags: flags, environment: environment)
-        let fixture = AggregatorFixture(broker: broker, directory: directory, observer: observer, messages: messages, aggregator: aggregator)
+        let aggregator = try AggregatorProcess(broker: broker, database: database, flags: flags, environment: environment)
+        let fixture = AggregatorFixture(
+            broker: broker, directory: directory, observer: observer, messages: messages, aggregator: aggregator, database: database)
         do {
             try await messages.aggregatorOnline()
         } catch {
@@ -109,7 +114,7 @@ struct AggregatorFixture {
         aggregator.terminate()
         let next = try AggregatorProcess(broker: broker, database: database, flags: flags, environment: environment)
         try await messages.aggregatorOnline()
-        return AggregatorFixture(broker: broker, directory: directory, observer: observer, messages: messages, aggregator: next)
+        return AggregatorFixture(broker: broker, directory: directory, observer: observer, messages: messages, aggregator: next, database: database)
     }
 
     func stop() {

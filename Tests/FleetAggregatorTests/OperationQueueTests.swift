@@ -5,7 +5,7 @@ import Foundation
 import TestSupport
 import Testing
 
-@Suite("the operation queue: store, submission, operator actions (real SQLite)")
+@Suite("the operation queue: store, submission, operator actions (real SQLite and real PostgreSQL)")
 struct OperationQueueTests {
     static let now = Date(timeIntervalSince1970: 1_790_000_000)
     static let executors: [OperationKind: ExecutorTemplate] = [
@@ -19,20 +19,19 @@ struct OperationQueueTests {
     static let semi = SiteSituation(mode: .semiConnected, stable: false, deadline: now.addingTimeInterval(86_400), capabilities: [:])
     static let connected = SiteSituation(mode: .connected, stable: true, deadline: now.addingTimeInterval(30 * 86_400), capabilities: [:])
 
-    func makeQueue() throws -> (DeferredQueue, String) {
-        let directory = try temporaryDirectory("edgefleet-queue")
-        let database = try AggregatorDatabase(path: directory + "/fleet.sqlite")
-        return (DeferredQueue(store: SQLiteOperationStore(database: database), executors: Self.executors), directory)
+    func makeQueue(_ backend: StoreBackend) throws -> (DeferredQueue, FreshStores) {
+        let fresh = try FreshStores(backend)
+        return (DeferredQueue(store: fresh.stores.operations, executors: Self.executors), fresh)
     }
 
     func upgrade(_ site: String = "store-1", version: String = "1.30.4", key: String? = nil) -> SubmissionRequest {
         SubmissionRequest(site: site, kind: "cluster.upgrade", params: ["kubernetesVersion": version], createdBy: "alice", idempotencyKey: key)
     }
 
-    @Test("a semi-connected site's operation is queued with the reason and the deadline; a connected, stable one runs now, unless scheduled later or behind others")
-    func queuedOrNow() throws {
-        let (queue, directory) = try makeQueue()
-        defer { try? FileManager.default.removeItem(atPath: directory) }
+    @Test("a semi-connected site's operation is queued with the reason and the deadline; a connected, stable one runs now, unless scheduled later or behind others", arguments: StoreBackend.allCases)
+    func queuedOrNow(backend: StoreBackend) throws {
+        let (queue, fresh) = try makeQueue(backend)
+        defer { fresh.remove() }
         let waiting = try queue.submit(upgrade(), situation: Self.semi, now: Self.now)
         #expect(waiting.operation.state == .queued && waiting.reason.contains("semi-connected"))
         #expect(waiting.deadline == Self.semi.deadline)
@@ -56,10 +55,10 @@ struct OperationQueueTests {
         #expect(blocked.operation.history.map(\.to) == [.queued, .blocked])
     }
 
-    @Test("a claim writes the dispatcher's copy only while the stored operation is unchanged; a stale copy is refused; leaving dispatching forgets the run")
-    func claimComparesAndSets() throws {
-        let (queue, directory) = try makeQueue()
-        defer { try? FileManager.default.removeItem(atPath: directory) }
+    @Test("a claim and an attempt's end write the dispatcher's copy only while the stored operation is unchanged; a stale copy is refused; leaving dispatching forgets the run", arguments: StoreBackend.allCases)
+    func claimComparesAndSets(backend: StoreBackend) throws {
+        let (queue, fresh) = try makeQueue(backend)
+        defer { fresh.remove() }
         let store = queue.store
         let submitted = try queue.submit(upgrade(), situation: Self.semi, now: Self.now).operation
         let claimed = try store.claim(submitted, at: Self.now, note: "attempt 1 of 5")
@@ -74,14 +73,27 @@ struct OperationQueueTests {
         #expect(try store.runs().isEmpty, "the run record goes with the outcome")
         // Queued again, with a history the old copy does not have: the old copy is refused too.
         #expect(throws: OperationStoreError.self) { try store.claim(submitted, at: Self.now, note: "stale") }
-        let fresh = try #require(try store.operation(id: submitted.id))
-        #expect(try store.claim(fresh, at: Self.now, note: "attempt 2 of 5").attempts == 2)
+        let current = try #require(try store.operation(id: submitted.id))
+        let second = try store.claim(current, at: Self.now, note: "attempt 2 of 5")
+        #expect(second.attempts == 2)
+
+        // The attempt's end, from the claim's copy: written as the dispatcher has it, the run forgotten.
+        try store.recordRun(ExecutorRun(operationID: submitted.id, processGroup: 43, startTicks: 1, bootID: "b", host: "h", startedAt: Self.now))
+        let done = try store.complete(second, to: .succeeded, at: Self.now, note: "exit 0") { $0.lastError = nil }
+        #expect(done.state == .succeeded && done.history.map(\.to).suffix(2) == [.dispatching, .succeeded])
+        #expect(try store.operation(id: submitted.id) == done)
+        #expect(try store.runs().isEmpty)
+        // Its end again, from the same (now stale) copy: refused, the stored one untouched.
+        #expect(throws: OperationStoreError.conflict(id: submitted.id, expected: [.dispatching], found: .succeeded)) {
+            try store.complete(second, to: .failed, at: Self.now, note: "late") { _ in }
+        }
+        #expect(try store.operation(id: submitted.id) == done)
     }
 
-    @Test("bad submissions are refused with a message naming the problem")
-    func refusals() throws {
-        let (queue, directory) = try makeQueue()
-        defer { try? FileManager.default.removeItem(atPath: directory) }
+    @Test("bad submissions are refused with a message naming the problem", arguments: StoreBackend.allCases)
+    func refusals(backend: StoreBackend) throws {
+        let (queue, fresh) = try makeQueue(backend)
+        defer { fresh.remove() }
         func refusal(_ request: SubmissionRequest) -> QueueError? {
             do {
                 _ = try queue.submit(request, situation: Self.semi, now: Self.now)
@@ -105,24 +117,24 @@ struct OperationQueueTests {
         #expect(refusal(expired)?.message.hasPrefix("expiresAt") == true)
     }
 
-    @Test("an executor placeholder that nothing can fill is refused at submission, named")
-    func unknownPlaceholder() throws {
-        let directory = try temporaryDirectory("edgefleet-queue")
-        defer { try? FileManager.default.removeItem(atPath: directory) }
+    @Test("an executor placeholder that nothing can fill is refused at submission, named", arguments: StoreBackend.allCases)
+    func unknownPlaceholder(backend: StoreBackend) throws {
+        let fresh = try FreshStores(backend)
+        defer { fresh.remove() }
         let queue = DeferredQueue(
-            store: SQLiteOperationStore(database: try AggregatorDatabase(path: directory + "/fleet.sqlite")),
+            store: fresh.stores.operations,
             executors: [.gitopsConfigure: ExecutorTemplate(argv: ["az", "k8s-configuration", "--url", "{repo.url}"])])
         #expect(throws: QueueError(.notQueueable, "the executor for gitops.configure has a placeholder nothing can fill: {repo.url}")) {
             try queue.submit(SubmissionRequest(site: "s1", kind: "gitops.configure", createdBy: "a"), situation: nil, now: Self.now)
         }
     }
 
-    @Test("attempts come from the request, else the kind's executor, else the queue's default")
-    func attempts() throws {
-        let directory = try temporaryDirectory("edgefleet-queue")
-        defer { try? FileManager.default.removeItem(atPath: directory) }
+    @Test("attempts come from the request, else the kind's executor, else the queue's default", arguments: StoreBackend.allCases)
+    func attempts(backend: StoreBackend) throws {
+        let fresh = try FreshStores(backend)
+        defer { fresh.remove() }
         let queue = DeferredQueue(
-            store: SQLiteOperationStore(database: try AggregatorDatabase(path: directory + "/fleet.sqlite")),
+            store: fresh.stores.operations,
             executors: [
                 .extensionInstall: ExecutorTemplate(argv: ["az", "{params.name}"], maxAttempts: 2),
                 .extensionDelete: ExecutorTemplate(argv: ["az", "{params.name}"]),
@@ -138,10 +150,10 @@ struct OperationQueueTests {
         #expect(try attempts("extension.delete", nil) == 7)
     }
 
-    @Test("an idempotency key returns the existing operation")
-    func idempotency() throws {
-        let (queue, directory) = try makeQueue()
-        defer { try? FileManager.default.removeItem(atPath: directory) }
+    @Test("an idempotency key returns the existing operation", arguments: StoreBackend.allCases)
+    func idempotency(backend: StoreBackend) throws {
+        let (queue, fresh) = try makeQueue(backend)
+        defer { fresh.remove() }
         let first = try queue.submit(upgrade(key: "change-42"), situation: Self.semi, now: Self.now)
         let again = try queue.submit(upgrade(version: "1.31.0", key: "change-42"), situation: Self.semi, now: Self.now)
         #expect(again.existing && again.operation.id == first.operation.id)
@@ -149,10 +161,10 @@ struct OperationQueueTests {
         #expect(try queue.store.all(OperationFilter()).count == 1)
     }
 
-    @Test("a newer coalescing operation supersedes the older queued one for the same target, recorded in both histories")
-    func coalescing() throws {
-        let (queue, directory) = try makeQueue()
-        defer { try? FileManager.default.removeItem(atPath: directory) }
+    @Test("a newer coalescing operation supersedes the older queued one for the same target, recorded in both histories", arguments: StoreBackend.allCases)
+    func coalescing(backend: StoreBackend) throws {
+        let (queue, fresh) = try makeQueue(backend)
+        defer { fresh.remove() }
         func scale(_ pool: String, _ count: String) -> SubmissionRequest {
             SubmissionRequest(site: "s1", kind: "nodepool.scale", params: ["nodepool": pool, "count": count], createdBy: "bob")
         }
@@ -170,10 +182,10 @@ struct OperationQueueTests {
         #expect(u2.superseded == [u1.operation.id])
     }
 
-    @Test("cancel, retry (failed only), release (blocked only) and bulk cancel by filter")
-    func actions() throws {
-        let (queue, directory) = try makeQueue()
-        defer { try? FileManager.default.removeItem(atPath: directory) }
+    @Test("cancel, retry (failed only), release (blocked only) and bulk cancel by filter", arguments: StoreBackend.allCases)
+    func actions(backend: StoreBackend) throws {
+        let (queue, fresh) = try makeQueue(backend)
+        defer { fresh.remove() }
         let op = try queue.submit(upgrade(), situation: Self.semi, now: Self.now).operation
         #expect(throws: QueueError.self) { try queue.retry(id: op.id, by: "a", now: Self.now) }
         let cancelled = try queue.cancel(id: op.id, by: "carol", now: Self.now)
@@ -203,10 +215,10 @@ struct OperationQueueTests {
         #expect(try queue.store.counts()[try SiteID("bulk")] == [.cancelled: 3])
     }
 
-    @Test("listing pages through operations oldest first with a cursor, filtered")
-    func paging() throws {
-        let (queue, directory) = try makeQueue()
-        defer { try? FileManager.default.removeItem(atPath: directory) }
+    @Test("listing pages through operations oldest first with a cursor, filtered", arguments: StoreBackend.allCases)
+    func paging(backend: StoreBackend) throws {
+        let (queue, fresh) = try makeQueue(backend)
+        defer { fresh.remove() }
         var ids: [String] = []
         for i in 0..<25 {
             ids.append(

@@ -15,7 +15,9 @@ struct ProcessQueueFixture {
     let az: StandInAzure
     let queue: DeferredQueue
 
-    static func start(connectedWithin: String, stableFor: String, limit: Int = 4) async throws -> ProcessQueueFixture {
+    /// `backend`: where the aggregator keeps its state (a new PostgreSQL database on the test
+    /// server, or an SQLite file); the test writes operations into the same database.
+    static func start(connectedWithin: String, stableFor: String, limit: Int = 4, backend: StoreBackend = .sqlite) async throws -> ProcessQueueFixture {
         let az = try StandInAzure()
         let directory = try temporaryDirectory("edgefleet-process-queue")
         try """
@@ -31,10 +33,15 @@ struct ProcessQueueFixture {
             "--critical-before", "5m", "--stable-for", stableFor, "--max-concurrent-dispatches", "\(limit)", "--dispatch-interval", "100ms",
             "--flush-interval", "100ms",
         ]
+        let executors: [OperationKind: ExecutorTemplate] = [.extensionInstall: ExecutorTemplate(argv: ["az", "{params.name}"])]
+        if backend == .postgres {
+            let stores = try FreshStores(.postgres)
+            let fleet = try await AggregatorFixture.start(
+                flags: flags + ["--db-password-file", stores.passwordFile ?? ""], environment: environment, database: stores.database)
+            return ProcessQueueFixture(fleet: fleet, az: az, queue: DeferredQueue(store: stores.stores.operations, executors: executors))
+        }
         let fleet = try await AggregatorFixture.start(flags: flags, environment: environment)
-        let queue = DeferredQueue(
-            store: SQLiteOperationStore(database: try AggregatorDatabase(path: fleet.database)),
-            executors: [.extensionInstall: ExecutorTemplate(argv: ["az", "{params.name}"])])
+        let queue = DeferredQueue(store: SQLiteOperationStore(database: try AggregatorDatabase(path: fleet.database)), executors: executors)
         return ProcessQueueFixture(fleet: fleet, az: az, queue: queue)
     }
 
@@ -64,9 +71,12 @@ struct ProcessQueueFixture {
 
 @Suite("the queue with the aggregator as its own process", .timeLimit(.minutes(3)))
 struct ProcessDispatchTests {
-    @Test("semi-connected: queued and nothing runs; contact back: nothing until stableFor, then in order, one at a time, exact argv")
-    func semiConnectedThenBack() async throws {
-        let q = try await ProcessQueueFixture.start(connectedWithin: "5s", stableFor: "1500ms")  // 5 s: a loaded machine delays heartbeats
+    @Test(
+        "semi-connected: queued and nothing runs; contact back: nothing until stableFor, then in order, one at a time, exact argv",
+        arguments: StoreBackend.allCases)
+    func semiConnectedThenBack(backend: StoreBackend) async throws {
+        // 5 s: a loaded machine delays heartbeats.
+        let q = try await ProcessQueueFixture.start(connectedWithin: "5s", stableFor: "1500ms", backend: backend)
         defer { q.stop() }
         let site = try SimulatedSite("proc-site", brokerURL: q.fleet.broker.url)
         site.reportContact(at: Date().addingTimeInterval(-60))

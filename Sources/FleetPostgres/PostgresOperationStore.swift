@@ -1,0 +1,246 @@
+public import FleetCore
+public import FleetQueue
+import PostgresNIO
+
+#if canImport(FoundationEssentials)
+public import FoundationEssentials
+#else
+public import Foundation
+#endif
+
+/// The deferred-operation queue in PostgreSQL: the same rows and rules as the SQLite store (one
+/// row per operation, the whole operation as a JSON document, every method one transaction),
+/// shared by every aggregator replica on the database. Conditional writes (the claim, an
+/// attempt's end) compare `history_count`, a column, instead of reading the document.
+public struct PostgresOperationStore: OperationStore {
+    let pool: PostgresPool
+
+    /// Operations in `pool`'s database, once `PostgresSchema.migrate` has run there.
+    public init(pool: PostgresPool) {
+        self.pool = pool
+    }
+
+    private static func json(_ operation: DeferredOperation) throws -> String {
+        String(decoding: try FleetJSON.encoder().encode(operation), as: UTF8.self)
+    }
+
+    static func decodeOne(_ document: String) throws -> DeferredOperation {
+        try FleetJSON.decoder().decode(DeferredOperation.self, from: Data(document.utf8))
+    }
+
+    public func insert(_ operation: DeferredOperation) throws -> (operation: DeferredOperation, superseded: [String]) {
+        do {
+            return try pool.transaction { c in
+                if let key = operation.idempotencyKey, try !c.query("SELECT 1 FROM operations WHERE idempotency_key = \(key)").isEmpty {
+                    throw OperationStoreError.duplicateIdempotencyKey(key)
+                }
+                var stored = operation
+                var superseded: [String] = []
+                if let target = operation.coalescingTarget {
+                    let older = try c.query(
+                        """
+                        SELECT document FROM operations WHERE site = \(operation.site.rawValue) AND kind = \(operation.kind.rawValue)
+                        AND state IN ('queued', 'blocked') ORDER BY sequence FOR UPDATE
+                        """
+                    ).map { try Self.decodeOne(try $0.decode(String.self)) }
+                    for var old in older where old.coalescingTarget == target {
+                        old.history.append(
+                            OperationHistoryEntry(at: operation.createdAt, from: old.state, to: .superseded, note: "superseded by \(operation.id)"))
+                        old.state = .superseded
+                        try c.query(
+                            """
+                            UPDATE operations SET state = 'superseded', document = \(try Self.json(old)), history_count = \(old.history.count)
+                            WHERE id = \(old.id)
+                            """)
+                        superseded.append(old.id)
+                    }
+                    if !superseded.isEmpty {
+                        stored.history.append(
+                            OperationHistoryEntry(
+                                at: operation.createdAt, from: operation.state, to: operation.state,
+                                note: "supersedes \(superseded.joined(separator: ", "))"))
+                    }
+                }
+                let rows = try c.query(
+                    """
+                    INSERT INTO operations (id, site, kind, state, idempotency_key, history_count, document)
+                    VALUES (\(stored.id), \(stored.site.rawValue), \(stored.kind.rawValue), \(stored.state.rawValue),
+                            \(stored.idempotencyKey), \(stored.history.count), '{}')
+                    RETURNING sequence
+                    """)
+                guard let sequence = try rows.first?.decode(Int64.self) else { throw PostgresStoreError("INSERT returned no sequence") }
+                stored.sequence = sequence
+                try c.query("UPDATE operations SET document = \(try Self.json(stored)) WHERE sequence = \(sequence)")
+                return (stored, superseded)
+            }
+        } catch let error as PostgresStoreError where error.isUniqueViolation {
+            // Two replicas took the same key at once: the other one's insert stands.
+            if let key = operation.idempotencyKey { throw OperationStoreError.duplicateIdempotencyKey(key) }
+            throw error
+        }
+    }
+
+    public func operation(id: String) throws -> DeferredOperation? {
+        try pool.withConnection { c in
+            try c.query("SELECT document FROM operations WHERE id = \(id)").first.map { try Self.decodeOne(try $0.decode(String.self)) }
+        }
+    }
+
+    public func operation(idempotencyKey: String) throws -> DeferredOperation? {
+        try pool.withConnection { c in
+            try c.query("SELECT document FROM operations WHERE idempotency_key = \(idempotencyKey)").first.map {
+                try Self.decodeOne(try $0.decode(String.self))
+            }
+        }
+    }
+
+    @discardableResult
+    public func transition(
+        id: String, expected: Set<OperationState>, to: OperationState, at: Date, note: String,
+        update: @Sendable (inout DeferredOperation) -> Void
+    ) throws -> DeferredOperation {
+        try pool.transaction { c in
+            guard let row = try c.query("SELECT document FROM operations WHERE id = \(id) FOR UPDATE").first else {
+                throw OperationStoreError.notFound(id)
+            }
+            var operation = try Self.decodeOne(try row.decode(String.self))
+            guard expected.contains(operation.state), operation.state.canMove(to: to) else {
+                throw OperationStoreError.conflict(id: id, expected: expected, found: operation.state)
+            }
+            let from = operation.state
+            update(&operation)
+            operation.state = to
+            operation.history.append(OperationHistoryEntry(at: at, from: from, to: to, note: note))
+            try c.query(
+                """
+                UPDATE operations SET state = \(to.rawValue), document = \(try Self.json(operation)), history_count = \(operation.history.count)
+                WHERE id = \(id)
+                """)
+            if from == .dispatching, to != .dispatching {
+                try c.query("DELETE FROM runs WHERE operation_id = \(id)")
+            }
+            return operation
+        }
+    }
+
+    public func claim(_ operation: DeferredOperation, at now: Date, note: String) throws -> DeferredOperation {
+        guard operation.state == .queued else {
+            throw OperationStoreError.conflict(id: operation.id, expected: [.queued], found: operation.state)
+        }
+        var claimed = operation
+        claimed.attempts += 1
+        claimed.state = .dispatching
+        claimed.history.append(OperationHistoryEntry(at: now, from: .queued, to: .dispatching, note: note))
+        let document = try Self.json(claimed)
+        let changed = try pool.withConnection { c in
+            try c.changes(
+                """
+                UPDATE operations SET state = 'dispatching', document = \(document), history_count = \(claimed.history.count)
+                WHERE id = \(operation.id) AND state = 'queued' AND history_count = \(operation.history.count)
+                """)
+        }
+        guard changed == 1 else {
+            guard let found = try self.operation(id: operation.id) else { throw OperationStoreError.notFound(operation.id) }
+            throw OperationStoreError.conflict(id: operation.id, expected: [.queued], found: found.state)
+        }
+        return claimed
+    }
+
+    @discardableResult
+    public func complete(
+        _ operation: DeferredOperation, to: OperationState, at now: Date, note: String, update: @Sendable (inout DeferredOperation) -> Void
+    ) throws -> DeferredOperation {
+        guard operation.state == .dispatching, operation.state.canMove(to: to) else {
+            return try transition(id: operation.id, expected: [.dispatching], to: to, at: now, note: note, update: update)
+        }
+        var completed = operation
+        update(&completed)
+        completed.state = to
+        completed.history.append(OperationHistoryEntry(at: now, from: .dispatching, to: to, note: note))
+        let document = try Self.json(completed)
+        let changed = try pool.transaction { c -> Int in
+            let n = try c.changes(
+                """
+                UPDATE operations SET state = \(to.rawValue), document = \(document), history_count = \(completed.history.count)
+                WHERE id = \(operation.id) AND state = 'dispatching' AND history_count = \(operation.history.count)
+                """)
+            if n == 1 { try c.query("DELETE FROM runs WHERE operation_id = \(operation.id)") }
+            return n
+        }
+        guard changed == 1 else {
+            return try transition(id: operation.id, expected: [.dispatching], to: to, at: now, note: note, update: update)
+        }
+        return completed
+    }
+
+    public func list(_ filter: OperationFilter, after cursor: Int64?, limit: Int) throws -> OperationPage {
+        try page(filter, cursor: cursor, limit: limit, newestFirst: false)
+    }
+
+    public func listNewestFirst(_ filter: OperationFilter, before cursor: Int64?, limit: Int) throws -> OperationPage {
+        try page(filter, cursor: cursor, limit: limit, newestFirst: true)
+    }
+
+    private func page(_ filter: OperationFilter, cursor: Int64?, limit: Int, newestFirst: Bool) throws -> OperationPage {
+        var clauses: [String] = []
+        var binds = PostgresBindings()
+        func parameter(_ value: some PostgresEncodable & Sendable) throws -> String {
+            try binds.append(value)
+            return "$\(binds.count)"
+        }
+        if let site = filter.site { clauses.append("site = \(try parameter(site.rawValue))") }
+        if let kind = filter.kind { clauses.append("kind = \(try parameter(kind.rawValue))") }
+        if let states = filter.states { clauses.append("state = ANY(\(try parameter(states.map(\.rawValue).sorted())))") }
+        if let cursor { clauses.append(newestFirst ? "sequence < \(try parameter(cursor))" : "sequence > \(try parameter(cursor))") }
+        let whereClause = clauses.isEmpty ? "" : "WHERE " + clauses.joined(separator: " AND ")
+        let limit = max(1, limit)
+        let sql = "SELECT document FROM operations \(whereClause) ORDER BY sequence \(newestFirst ? "DESC" : "ASC") LIMIT \(limit + 1)"
+        let documents = try pool.withConnection { c in
+            try c.query(PostgresQuery(unsafeSQL: sql, binds: binds)).map { try $0.decode(String.self) }
+        }
+        let operations = try documents.prefix(limit).map(Self.decodeOne)
+        return OperationPage(operations: operations, nextCursor: documents.count > limit ? operations.last?.sequence : nil)
+    }
+
+    public func counts() throws -> [SiteID: [OperationState: Int]] {
+        try pool.withConnection { c in
+            var result: [SiteID: [OperationState: Int]] = [:]
+            for row in try c.query("SELECT site, state, COUNT(*) FROM operations GROUP BY site, state") {
+                let (siteText, stateText, n) = try row.decode((String, String, Int64).self)
+                guard let site = try? SiteID(siteText), let state = OperationState(rawValue: stateText) else { continue }
+                result[site, default: [:]][state] = Int(n)
+            }
+            return result
+        }
+    }
+
+    public func recordRun(_ run: ExecutorRun) throws {
+        try pool.withConnection { c in
+            try c.query(
+                """
+                INSERT INTO runs (operation_id, process_group, start_ticks, boot_id, host, started_at)
+                VALUES (\(run.operationID), \(run.processGroup), \(Int64(clamping: run.startTicks)), \(run.bootID), \(run.host),
+                        \(run.startedAt.timeIntervalSince1970))
+                ON CONFLICT (operation_id) DO UPDATE SET process_group = excluded.process_group, start_ticks = excluded.start_ticks,
+                    boot_id = excluded.boot_id, host = excluded.host, started_at = excluded.started_at
+                """)
+        }
+    }
+
+    public func forgetRun(operationID: String) throws {
+        try pool.withConnection { c in
+            try c.query("DELETE FROM runs WHERE operation_id = \(operationID)")
+        }
+    }
+
+    public func runs() throws -> [ExecutorRun] {
+        try pool.withConnection { c in
+            try c.query("SELECT operation_id, process_group, start_ticks, boot_id, host, started_at FROM runs").map { row in
+                let (id, group, ticks, boot, host, started) = try row.decode((String, Int32, Int64, String, String, Double).self)
+                return ExecutorRun(
+                    operationID: id, processGroup: group, startTicks: UInt64(max(0, ticks)), bootID: boot, host: host,
+                    startedAt: Date(timeIntervalSince1970: started))
+            }
+        }
+    }
+}

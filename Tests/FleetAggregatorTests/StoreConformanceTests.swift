@@ -1,0 +1,187 @@
+import FleetAggregator
+import FleetCore
+import FleetPostgres
+import FleetQueue
+import Foundation
+import Logging
+import TestSupport
+import Testing
+
+/// The site store's rules on both backends, the PostgreSQL backend's migrations and URL, and
+/// what it does when the database refuses the user or goes away.
+@Suite("the stores on SQLite and PostgreSQL (real servers)")
+struct StoreConformanceTests {
+    static let now = Date(timeIntervalSince1970: 1_790_000_000)
+
+    func record(_ site: String, seq: UInt64 = 1) throws -> SiteRecord {
+        var record = SiteRecord(site: try SiteID(site))
+        record.lastSeq = seq
+        record.lastHeartbeatAt = Self.now
+        record.lastAzureContactAt = Self.now.addingTimeInterval(-60)
+        record.capabilities = ["clusterAutoscaler": true]
+        return record
+    }
+
+    @Test("site records: saved, read back whole, updated in place; a forgotten site is removed, tombstoned, not written back, and revived", arguments: StoreBackend.allCases)
+    func siteRecords(backend: StoreBackend) throws {
+        let fresh = try FreshStores(backend)
+        defer { fresh.remove() }
+        let store = fresh.stores.sites
+        // More than one batch (the PostgreSQL store writes 1,000 per statement).
+        let records = try (1...2_500).map { try record(String(format: "site-%04d", $0)) }
+        try store.save(records, at: Self.now)
+        #expect(try store.count() == 2_500)
+        let loaded = try store.loadAll()
+        #expect(loaded.problems.isEmpty)
+        #expect(Dictionary(uniqueKeysWithValues: loaded.records.map { ($0.site, $0) }) == Dictionary(uniqueKeysWithValues: records.map { ($0.site, $0) }))
+        // Updated in place.
+        try store.save([try record("site-0001", seq: 99)], at: Self.now)
+        #expect(try store.loadAll().records.first { $0.site.rawValue == "site-0001" }?.lastSeq == 99)
+        #expect(try store.count() == 2_500)
+
+        let gone = try SiteID("site-0002")
+        try store.forget(gone, at: Self.now)
+        #expect(try store.forgotten() == [gone])
+        #expect(try store.count() == 2_499)
+        // A record taken for writing just before its site was forgotten is not written back.
+        try store.save([try record("site-0002", seq: 7)], at: Self.now)
+        #expect(try store.count() == 2_499)
+        try store.revive([gone])
+        #expect(try store.forgotten().isEmpty)
+        try store.save([try record("site-0002", seq: 8)], at: Self.now)
+        #expect(try store.loadAll().records.first { $0.site == gone }?.lastSeq == 8)
+
+        // A restart reads the same.
+        let again = try fresh.reopen()
+        #expect(try again.sites.count() == 2_500)
+        #expect(try again.sites.loadAll().records.first { $0.site.rawValue == "site-0001" }?.lastSeq == 99)
+    }
+
+    @Test("operations survive a reopen of the database; the run records too", arguments: StoreBackend.allCases)
+    func operationsReopen(backend: StoreBackend) throws {
+        let fresh = try FreshStores(backend)
+        defer { fresh.remove() }
+        let queue = DeferredQueue(store: fresh.stores.operations, executors: OperationQueueTests.executors)
+        let submitted = try queue.submit(
+            SubmissionRequest(site: "store-1", kind: "cluster.upgrade", params: ["kubernetesVersion": "1.30.4"], createdBy: "alice", idempotencyKey: "k1"),
+            situation: OperationQueueTests.semi, now: Self.now
+        ).operation
+        try fresh.stores.operations.recordRun(
+            ExecutorRun(operationID: submitted.id, processGroup: 4242, startTicks: 123_456_789_012, bootID: "boot", host: "h", startedAt: Self.now))
+        let again = try fresh.reopen().operations
+        #expect(try again.operation(id: submitted.id) == submitted)
+        #expect(try again.operation(idempotencyKey: "k1")?.id == submitted.id)
+        #expect(try again.counts() == [submitted.site: [.queued: 1]])
+        let runs = try again.runs()
+        #expect(runs.count == 1 && runs.first?.processGroup == 4242 && runs.first?.startTicks == 123_456_789_012 && runs.first?.startedAt == Self.now)
+    }
+
+    @Test("PostgreSQL: versioned migrations run once, by one replica at a time; a database migrated by a newer EdgeFleet is refused")
+    func migrations() throws {
+        let fresh = try FreshStores(.postgres)
+        defer { fresh.remove() }
+        let server = try #require(fresh.server)
+        let name = String(fresh.database.split(separator: "/").last!)
+        let names = try server.psql("SELECT name FROM schema_migrations ORDER BY name", database: name).split(separator: "\n").map(String.init)
+        #expect(names == ["v1-sites", "v2-operations", "v3-runs", "v4-forgotten-sites"])
+        // Three replicas opening at once: each finds the schema whole, nothing is applied twice.
+        let opened = try (0..<3).map { _ in Task.detached { try fresh.reopen().sites.count() } }
+        for task in opened { _ = try awaitBlocking(task) }
+        #expect(try server.psql("SELECT count(*) FROM schema_migrations", database: name).trimmingCharacters(in: .whitespacesAndNewlines) == "4")
+        try server.psql("INSERT INTO schema_migrations (name) VALUES ('v99-from-the-future')", database: name)
+        #expect {
+            _ = try fresh.reopen()
+        } throws: { error in
+            "\(error)".contains("migrated by a newer EdgeFleet") && "\(error)".contains("v99-from-the-future")
+        }
+    }
+
+    @Test("PostgreSQL URLs: the password is never in the URL; the user, the database and sslmode are checked; loopback defaults to plain TCP, elsewhere to verify-full")
+    func locations() throws {
+        let plain = try PostgresLocation(url: "postgres://fleet@127.0.0.1:5433/edgefleet")
+        #expect(plain.user == "fleet" && plain.address.port == 5433 && plain.database == "edgefleet" && plain.tls == .disable)
+        #expect(try PostgresLocation(url: "postgresql://fleet@db.example:5432/edgefleet").tls == .verifyFull(rootCertificateFile: nil))
+        #expect(try PostgresLocation(url: "postgres://fleet@db.example/edgefleet?sslmode=verify-full&sslrootcert=/etc/ca.pem").tls
+            == .verifyFull(rootCertificateFile: "/etc/ca.pem"))
+        #expect(try PostgresLocation(url: "postgres://fleet@[::1]:5432/edgefleet?sslmode=require").tls == .require)
+        #expect(try PostgresLocation(url: "postgres://fleet@db.example/edgefleet").address.port == 5432)
+        func refusal(_ url: String) -> String? {
+            do {
+                _ = try PostgresLocation(url: url)
+                return nil
+            } catch {
+                return error.description
+            }
+        }
+        #expect(refusal("postgres://fleet:secret@127.0.0.1/edgefleet")?.contains("--db-password-file") == true)
+        #expect(refusal("postgres://fleet:secret@127.0.0.1/edgefleet")?.contains("secret") == false)
+        #expect(refusal("postgres://127.0.0.1/edgefleet")?.contains("names no user") == true)
+        #expect(refusal("postgres://fleet@127.0.0.1:5432")?.contains("names no database") == true)
+        #expect(refusal("postgres://fleet@127.0.0.1:99999/edgefleet")?.contains("database address") == true)
+        #expect(refusal("postgres://fleet@127.0.0.1/edgefleet?sslmode=allow")?.contains("not one of disable, require, verify-full") == true)
+        #expect(refusal("postgres://fleet@127.0.0.1/edgefleet?sslmode=require&sslrootcert=/x")?.contains("needs sslmode=verify-full") == true)
+        #expect(refusal("postgres://fleet@127.0.0.1/edgefleet?application_name=x")?.contains("unknown URL parameter") == true)
+    }
+
+    @Test("PostgreSQL: a wrong password is refused at once with the server's reason and no secret; the password comes from a file or PGPASSWORD")
+    func wrongPassword() throws {
+        let server = try PostgresServer.shared()
+        let url = server.url(try server.createDatabase())
+        let directory = try temporaryDirectory("edgefleet-pgpw")
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let wrong = directory + "/wrong"
+        try Data("not-the-password-42\n".utf8).write(to: URL(fileURLWithPath: wrong))
+        let started = ContinuousClock.now
+        #expect {
+            _ = try PostgresStores.open(url: url, passwordFile: wrong, environment: [:], logger: Logger(label: "test"))
+        } throws: { error in
+            let text = "\(error)"
+            return text.contains("password authentication failed") && !text.contains("not-the-password-42")
+        }
+        #expect(ContinuousClock.now - started < .seconds(15))
+        // PGPASSWORD when no file is named.
+        let opened = try PostgresStores.open(url: url, passwordFile: nil, environment: ["PGPASSWORD": server.password], logger: Logger(label: "test"))
+        #expect(try opened.stores.sites.count() == 0)
+        #expect(throws: PostgresStoreError.self) { try PostgresStores.password(file: directory + "/missing", environment: [:]) }
+    }
+
+    @Test("PostgreSQL stopped: calls fail with a clear error within the timeout, nothing hangs; started again, the same pool works without a restart")
+    func databaseStopped() throws {
+        let server = try PostgresServer()  // its own: stopping it must not disturb other tests
+        defer { try? server.stop() }
+        let url = server.url(try server.createDatabase())
+        let (stores, _) = try PostgresStores.open(url: url, passwordFile: server.passwordFile, environment: [:], logger: Logger(label: "test"))
+        try stores.sites.save([try record("site-1")], at: Self.now)
+        try server.stop()
+        var started = ContinuousClock.now
+        #expect(throws: PostgresStoreError.self) { try stores.sites.save([try record("site-2")], at: Self.now) }
+        #expect(ContinuousClock.now - started < .seconds(5), "a stopped database held the caller")
+        started = ContinuousClock.now
+        #expect(throws: PostgresStoreError.self) { _ = try stores.operations.counts() }
+        #expect(ContinuousClock.now - started < .seconds(5), "a stopped database held the caller")
+        try server.start()
+        try stores.sites.save([try record("site-2")], at: Self.now)
+        #expect(try stores.sites.count() == 2)
+    }
+}
+
+/// Waits for a detached task from synchronous test code.
+func awaitBlocking<T: Sendable>(_ task: Task<T, any Error>) throws -> T {
+    let done = DispatchSemaphore(value: 0)
+    let box = LockedBox<Result<T, any Error>?>(nil)
+    Task.detached {
+        let result = await task.result
+        box.set(result)
+        done.signal()
+    }
+    done.wait()
+    return try box.get()!.get()
+}
+
+final class LockedBox<T>: @unchecked Sendable {
+    private var value: T
+    private let lock = NSLock()
+    init(_ value: T) { self.value = value }
+    func set(_ value: T) { lock.withLock { self.value = value } }
+    func get() -> T { lock.withLock { value } }
+}
