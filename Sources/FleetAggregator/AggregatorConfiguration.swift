@@ -16,6 +16,20 @@ public struct AggregatorConfiguration: Sendable {
     public var databasePath: String
     /// The PostgreSQL password's file (`--db-password-file`); without it, `PGPASSWORD`.
     public var databasePasswordFile: String?
+    /// Replicas on PostgreSQL: this replica's id (the rules of a site id: a-z, 0-9 and '-'; default
+    /// from the host name and the process id) and the leader's lease (default 3 s: a killed
+    /// leader is replaced within it).
+    public var replicaID: String?
+    /// A replica id from the host name and the process id (lowercased, other characters as '-').
+    public static func defaultReplicaID(host: String, pid: Int32) -> String {
+        let cleaned = String(host.lowercased().map { ($0.isASCII && ($0.isLetter || $0.isNumber)) ? $0 : "-" }.prefix(48))
+        let id = (cleaned.isEmpty ? "replica" : cleaned) + "-\(pid)"
+        return (try? SiteID(id)) != nil ? id : "replica-\(pid)"
+    }
+
+    /// The MQTT client id when none is configured (replicas each make their own from it).
+    public static let defaultClientID = "edgefleet-aggregator"
+    public var leaderLease: Duration = .seconds(3)
     /// Where the HTTP API, the dashboard and `/metrics` listen, `HOST:PORT` (port 0: any free one).
     public var httpListen: HostPort
     /// Bearer tokens, one per line (`--token-file`); without it every change is refused.
@@ -78,7 +92,7 @@ public struct AggregatorConfiguration: Sendable {
         "broker", "username", "passwordFile", "caFile", "certFile", "keyFile", "clientId", "topicRoot", "db",
         "http", "connectedWithin", "budget", "warnBefore", "criticalBefore", "stableFor", "staleAfter", "offlineAfter",
         "viewRefresh", "summaryInterval", "flushInterval", "maxPayloadBytes", "executors", "maxConcurrentDispatches", "maxAttempts",
-        "retryBackoff", "retryBackoffMax", "dispatchInterval", "executorOutputBytes", "tokenFile", "publicReads", "dbPasswordFile",
+        "retryBackoff", "retryBackoffMax", "dispatchInterval", "executorOutputBytes", "tokenFile", "publicReads", "dbPasswordFile", "replicaId", "leaderLease",
         "maxSites", "storeGrace", "dashboardSession", "httpHeaderTimeout", "httpMaxConnections",
     ]
 
@@ -116,7 +130,7 @@ public struct AggregatorConfiguration: Sendable {
     public static func load(_ settings: inout Settings) throws(ConfigurationError) -> AggregatorConfiguration {
         let connection = try settings.brokerSettings()
         let root = try settings.topicRoot()
-        let clientID = try settings.string("clientId", default: "edgefleet-aggregator")
+        let clientID = try settings.string("clientId", default: Self.defaultClientID)
         let database = try settings.string("db", default: "./edgefleet.sqlite")
         if database.isEmpty { throw ConfigurationError(key: "db", origin: settings.raw("db")?.1, "must not be empty") }
         let httpListen: HostPort
@@ -128,6 +142,14 @@ public struct AggregatorConfiguration: Sendable {
         // Its contents are the HTTP module's to read (edgefleet-aggregator checks them with the configuration).
         let tokenFile = try settings.string("tokenFile")
         let databasePasswordFile = try settings.string("dbPasswordFile")
+        let replicaID = try settings.string("replicaId")
+        if let replicaID, (try? SiteID(replicaID)) == nil {
+            throw ConfigurationError(key: "replicaId", origin: settings.raw("replicaId")?.1, "'\(replicaID)' is not a replica id (a-z, 0-9 and '-', at most 63)")
+        }
+        let leaderLease = try settings.duration("leaderLease", default: .seconds(3))
+        if leaderLease < .seconds(1) {
+            throw ConfigurationError(key: "leaderLease", origin: settings.raw("leaderLease")?.1, "must be at least 1s")
+        }
         let publicReads = try settings.boolean("publicReads", default: false)
 
         var thresholds = Thresholds()
@@ -210,6 +232,8 @@ public struct AggregatorConfiguration: Sendable {
             dispatchInterval: dispatchInterval, tokenFile: tokenFile, publicReads: publicReads)
         configuration.maxSites = maxSites
         configuration.databasePasswordFile = databasePasswordFile
+        configuration.replicaID = replicaID
+        configuration.leaderLease = leaderLease
         configuration.storeGrace = storeGrace
         configuration.dashboardSession = dashboardSession
         configuration.httpHeaderTimeout = httpHeaderTimeout

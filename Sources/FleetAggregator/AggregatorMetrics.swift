@@ -19,6 +19,9 @@ public struct AggregatorMetrics: Sendable {
     let storeFailures: Counter
     /// Events the state dropped because nobody took them for too long (the broker unreachable).
     let eventsDropped: Counter
+    /// 1 while this replica leads (a sole aggregator always), and the epoch of the lead.
+    let leader: Gauge
+    let leaderEpoch: Gauge
     /// The queue's own (operations by state, dispatch latency).
     public let queue: QueueMetrics
 
@@ -34,6 +37,8 @@ public struct AggregatorMetrics: Sendable {
         "edgefleet_publish_failures_total": "Publications that failed (the broker was unreachable).",
         "edgefleet_store_write_failures_total": "Flushes of site records that failed (a full disk, a read-only or lost database).",
         "edgefleet_events_dropped_total": "Fleet events dropped unpublished: more than the state keeps piled up while the broker was unreachable.",
+        "edgefleet_leader": "1 while this aggregator replica leads (publishes and dispatches), 0 while it stands by.",
+        "edgefleet_leader_epoch": "The epoch of the lead this replica last saw (it increases at every change of leader).",
     ].merging(QueueMetrics.help) { own, _ in own }
 
     public init(factory: any MetricsFactory = MetricsSystem.factory) {
@@ -59,6 +64,8 @@ public struct AggregatorMetrics: Sendable {
         publishFailures = Counter(label: "edgefleet_publish_failures_total", factory: factory)
         storeFailures = Counter(label: "edgefleet_store_write_failures_total", factory: factory)
         eventsDropped = Counter(label: "edgefleet_events_dropped_total", factory: factory)
+        leader = Gauge(label: "edgefleet_leader", factory: factory)
+        leaderEpoch = Gauge(label: "edgefleet_leader_epoch", factory: factory)
         queue = QueueMetrics(factory: factory)
     }
 

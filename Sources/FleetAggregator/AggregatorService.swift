@@ -46,13 +46,20 @@ public final class AggregatorService: Service, Sendable {
     /// What the clock loop and the dispatch loop wait on between the instants they plan.
     let clockWake = Wakeup()
     let storeWake = Wakeup()
+    let roleAnnounced = Wakeup()
+    /// Whether this replica leads: only the leader publishes views, events and the summary,
+    /// writes site records and dispatches; a standby ingests (its state stays warm) and serves
+    /// the API. A sole aggregator always leads.
+    public let leadership: Leadership
 
     /// `stores`: where site records and the queue live; by default the SQLite file at
     /// `configuration.databasePath` (the executable opens PostgreSQL stores for a postgres:// URL).
     public init(
         configuration: AggregatorConfiguration, logger: Logger, metrics: AggregatorMetrics = AggregatorMetrics(), clock: WallClock = .system,
-        stores: AggregatorStores? = nil
+        stores: AggregatorStores? = nil, leadership: Leadership? = nil
     ) throws {
+        let leadership = leadership ?? .sole(replicaID: configuration.mqtt.clientID, logger: logger)
+        self.leadership = leadership
         self.configuration = configuration
         self.logger = logger
         self.metrics = metrics
@@ -86,17 +93,21 @@ public final class AggregatorService: Service, Sendable {
                 state.withLock { $0.setQueue(counts, now: clock.now()) }
                 clockWake.signal()  // views whose queue counts changed go out
             },
-            eventAdded: { clockWake.signal() })
+            eventAdded: { clockWake.signal() }, leadership: leadership)
 
         var mqtt = configuration.mqtt
         let topics = configuration.topics
         let session = session
         let host = Self.hostName()
+        // Replicas: each has its Last Will on its own presence topic (a standby that dies must not
+        // say that the aggregator is gone); a sole aggregator on the aggregator's presence.
+        let replicaTopic: FleetTopic? = leadership.isReplicated ? (try? SiteID(leadership.replicaID)).map { .replicaPresence($0) } : nil
+        let replicaID = leadership.isReplicated ? leadership.replicaID : nil
         mqtt.willProvider = {
             let presence = Presence(
                 site: Self.aggregatorID, state: .offline, reason: .lost, session: session,
-                agent: AgentInfo(version: EdgeFleetVersion.current, host: host), at: clock.now())
-            return LastWill(.aggregatorPresence, in: topics, payload: (try? FleetJSON.encode(presence)) ?? [])
+                agent: AgentInfo(version: EdgeFleetVersion.current, host: host), at: clock.now(), replica: replicaID)
+            return LastWill(replicaTopic ?? .aggregatorPresence, in: topics, payload: (try? FleetJSON.encode(presence)) ?? [])
         }
         client = try MQTTClient(configuration: mqtt, logger: logger)
     }
@@ -158,6 +169,11 @@ public final class AggregatorService: Service, Sendable {
     /// The thresholds the fleet is evaluated against.
     public var thresholds: Thresholds { configuration.thresholds }
 
+    /// This replica's role and the epoch of the lead (a sole aggregator: leader, epoch 1).
+    public var role: (replica: String, role: String, epoch: Int64, replicated: Bool) {
+        (leadership.replicaID, leadership.role.rawValue, leadership.epoch, leadership.isReplicated)
+    }
+
     /// Whether the aggregator's broker connection is up now.
     public var brokerConnected: Bool { client.state.isConnected }
 
@@ -171,6 +187,34 @@ public final class AggregatorService: Service, Sendable {
         logger.info("aggregator started", metadata: ["sites": "\(restored.count)", "database": "\(databaseDescription)"])
 
         let topics = configuration.topics
+        let (state, clockWake, queue, clock, replica, metrics) = (state, clockWake, queue, clock, leadership.replicaID, metrics)
+        metrics.leader.record(leadership.isLeader ? 1 : 0)
+        metrics.leaderEpoch.record(Int(leadership.epoch))
+        leadership.onChange { role, epoch in
+            metrics.leader.record(role == .leader ? 1 : 0)
+            metrics.leaderEpoch.record(Int(epoch))
+        }
+        let previousLeader = Mutex<String?>(nil)
+        leadership.onChange { role, epoch in
+            guard role == .leader else { return }
+            // A new lead: the whole fleet is published again under its epoch (a standby published
+            // nothing), and the change is an event.
+            state.withLock { $0.republishAll(now: clock.now()) }
+            self.roleAnnounced.signal()
+            let from = previousLeader.withLock { $0 }
+            queue.events.add(FleetEvent(type: .leaderChanged, site: nil, at: clock.now(), from: from, to: replica, note: "epoch \(epoch)"))
+            clockWake.signal()
+        }
+        if leadership.isReplicated {
+            // Remember who led before this replica (for the event's `from`).
+            let leadership = leadership
+            leadership.onChange { role, _ in
+                if role == .standby {
+                    previousLeader.withLock { $0 = leadership.leader }
+                    self.roleAnnounced.signal()
+                }
+            }
+        }
         client.start()
         // Whatever way the loops end (a graceful shutdown, cancellation, a fatal refusal by the
         // broker), the dispatcher, the last flush and the client's thread are stopped before
@@ -185,6 +229,7 @@ public final class AggregatorService: Service, Sendable {
                 group.addTask { await self.publishLoop() }
                 group.addTask { await self.storeLoop() }
                 group.addTask { try await self.presenceLoop() }
+                if leadership.isReplicated { group.addTask { await self.roleLoop() } }
                 try await withGracefulShutdownHandler {
                     try await group.next()
                 } onGracefulShutdown: {
@@ -192,6 +237,7 @@ public final class AggregatorService: Service, Sendable {
                     // The loops wait on these, not on a timer: wake them to see they must stop.
                     self.clockWake.signal()
                     self.storeWake.signal()
+                    self.roleAnnounced.signal()
                 }
                 group.cancelAll()
             }
@@ -282,12 +328,16 @@ public final class AggregatorService: Service, Sendable {
             // Output goes to the publish loop one batch at a time: the clock never waits for the
             // broker (a publish held up by a lost connection stalled every evaluation until the
             // link came back), and nothing is taken from the state while a batch is on its way.
-            let take = connected && !publisherBusy.withLock { $0 }
+            // A standby publishes nothing: what it would have published is dropped (it republishes
+            // the whole fleet when it takes the lead).
+            let leading = leadership.isLeader
+            let take = connected && leading && !publisherBusy.withLock { $0 }
             let (output, lag, counts, modeChanged, dropped) = state.withLock { fleet in
                 fleet.setListening(connected, now: now)
                 let (_, lateness) = fleet.runDue(now: now, limit: 2_000)
                 _ = fleet.takeClockNeeded()  // this pass takes care of it
                 if fleet.takeStoreNeeded() { storeWake.signal() }
+                if !leading { _ = fleet.takeOutput() }
                 let output = take ? fleet.takeOutput(limit: 5_000) : FleetOutput()
                 return (output, lateness, (fleet.modes, fleet.liveness), fleet.takeModesMoved(), fleet.droppedEvents)
             }
@@ -300,9 +350,14 @@ public final class AggregatorService: Service, Sendable {
             // A site that changed mode (or got its first) may let (or stop letting) its operations run.
             if modeChanged { queue.modesChanged() }
             var published = false
+            if !leading { _ = queue.events.take() }
             if take {
                 var batch = PublishBatch(output: output)
                 batch.output.events += queue.events.take()
+                if leadership.isReplicated {
+                    let epoch = leadership.epoch
+                    for index in batch.output.events.indices { batch.output.events[index].epoch = epoch }
+                }
                 if ContinuousClock.now - lastSummary >= configuration.summaryInterval {
                     batch.summary = state.withLock { fleet in fleet.takeSummaryChange() ? fleet.summary(now: clock.now()) : nil }
                     if batch.summary != nil { lastSummary = ContinuousClock.now }
@@ -409,6 +464,8 @@ public final class AggregatorService: Service, Sendable {
             if !state.withLock({ $0.hasDirty }) { await storeWake.wait(until: lastSweep + .seconds(60)) }
             if isStopping { return }
             try? await Task.sleep(for: configuration.flushInterval)
+            // Only the leader writes site records (a standby's are written when it takes the lead).
+            if !leadership.isLeader { continue }
             // SQLite blocks: on a thread of its own, not on the cooperative pool ingest runs on.
             await withCheckedContinuation { (done: CheckedContinuation<Void, Never>) in
                 DispatchQueue.global().async {
@@ -460,6 +517,15 @@ public final class AggregatorService: Service, Sendable {
         }
     }
 
+    /// Replicas: this replica's presence again at every change of its role.
+    private func roleLoop() async {
+        while !isStopping {
+            await roleAnnounced.wait(until: nil)
+            if isStopping { return }
+            if client.state.isConnected { await announce(.online, reason: nil) }
+        }
+    }
+
     /// Writes changed records in batches of 2,000, taking each batch from the state
     /// just before writing it (a whole fleet's records are never copied at once).
     private func flush() {
@@ -496,8 +562,10 @@ public final class AggregatorService: Service, Sendable {
 
     private func finish() async {
         outbox.continuation.finish()
-        state.withLock { _ = $0.sweepUnwritten() }  // everything, on the way out
-        flush()
+        if leadership.isLeader {
+            state.withLock { _ = $0.sweepUnwritten() }  // everything, on the way out
+            flush()
+        }
         // Say goodbye if the broker takes it within 2 s; a broker that is gone must not keep the
         // process from stopping (its Last Will says `lost` instead).
         let client = client
@@ -517,11 +585,23 @@ public final class AggregatorService: Service, Sendable {
 
     // MARK: - Publishing
 
+    /// The aggregator's presence; with replicas, this replica's on its own topic (with its role
+    /// and the epoch), and the leader's on the aggregator's topic too.
     private func announce(_ presenceState: PresenceState, reason: OfflineReason?) async {
-        let presence = Presence(
+        var presence = Presence(
             site: Self.aggregatorID, state: presenceState, reason: reason, session: session,
             agent: AgentInfo(version: EdgeFleetVersion.current, host: Self.hostName()), at: clock.now())
-        await send(.aggregatorPresence, presence)
+        guard leadership.isReplicated, let replica = try? SiteID(leadership.replicaID) else {
+            await send(.aggregatorPresence, presence)
+            return
+        }
+        presence.replica = leadership.replicaID
+        presence.role = leadership.role.rawValue
+        presence.epoch = leadership.epoch
+        await send(.replicaPresence(replica), presence)
+        // The aggregator's topic: the leader says it is there; a leader going away says nothing
+        // there (the next leader announces itself within the lease).
+        if leadership.isLeader && presenceState == .online { await send(.aggregatorPresence, presence) }
     }
 
     /// Views go out concurrently (the newest per site only); events in order.

@@ -199,8 +199,19 @@ public struct HealthStatus: Codable, Sendable, Hashable {
     public var sites: Int
     /// `ok`, or why and since when the site records cannot be written.
     public var store: String?
+    /// Replicas on PostgreSQL: this replica's id, its role (`leader` or `standby`) and the epoch
+    /// of the lead. Absent from a single aggregator.
+    public var replica: String?
+    public var role: String?
+    public var epoch: Int64?
 
-    public init(status: String, version: String, broker: String, sites: Int, store: String? = nil) {
+    public init(
+        status: String, version: String, broker: String, sites: Int, store: String? = nil, replica: String? = nil, role: String? = nil,
+        epoch: Int64? = nil
+    ) {
+        self.replica = replica
+        self.role = role
+        self.epoch = epoch
         self.store = store
         self.status = status
         self.version = version

@@ -110,11 +110,19 @@ public struct Presence: Codable, Sendable, Hashable, SchemaIdentified {
     public var agent: AgentInfo?
     public var heartbeatIntervalS: Double?
     public var at: Date
+    /// Aggregator replicas on PostgreSQL: this replica's id, its role (`leader` or `standby`)
+    /// and the epoch of the lead it last saw. Absent from agents and from a single aggregator.
+    public var replica: String?
+    public var role: String?
+    public var epoch: Int64?
 
     public init(
         site: SiteID, state: PresenceState, reason: OfflineReason? = nil, session: UInt64, agent: AgentInfo? = nil,
-        heartbeatIntervalS: Double? = nil, at: Date, instance: String? = nil
+        heartbeatIntervalS: Double? = nil, at: Date, instance: String? = nil, replica: String? = nil, role: String? = nil, epoch: Int64? = nil
     ) {
+        self.replica = replica
+        self.role = role
+        self.epoch = epoch
         self.instance = instance
         self.site = site
         self.state = state
@@ -537,6 +545,9 @@ public enum FleetEventType: String, Codable, Sendable, Hashable, CaseIterable {
     case operationSuperseded = "operation-superseded"
     /// An operator removed a decommissioned site (`DELETE /v1/sites/{site}`); `note` says who.
     case siteForgotten = "site-forgotten"
+    /// Replicas on PostgreSQL: a replica took the lead; `to` is its replica id, `from` the
+    /// previous leader's when known, `epoch` the new lead's.
+    case leaderChanged = "leader-changed"
 }
 
 /// `edgefleet.event/1` on `{root}/fleet/events`.
@@ -556,11 +567,16 @@ public struct FleetEvent: Codable, Sendable, Hashable, SchemaIdentified {
     public var operationID: String?
     public var kind: OperationKind?
     public var note: String?
+    /// Replicas on PostgreSQL: the epoch of the lead under which the event was published (it
+    /// increases at every change of leader; an event never carries an older epoch than one
+    /// published before it). Absent from a single aggregator.
+    public var epoch: Int64?
 
     public init(
         type: FleetEventType, site: SiteID?, at: Date, from: String? = nil, to: String? = nil, level: AlertLevel? = nil,
-        remainingS: Double? = nil, operationID: String? = nil, kind: OperationKind? = nil, note: String? = nil
+        remainingS: Double? = nil, operationID: String? = nil, kind: OperationKind? = nil, note: String? = nil, epoch: Int64? = nil
     ) {
+        self.epoch = epoch
         self.type = type
         self.site = site
         self.at = at

@@ -37,8 +37,11 @@ public enum FleetTopic: Sendable, Hashable {
     case fleetStatus
     /// `{root}/fleet/events`: mode changes, alerts and operation events.
     case fleetEvents
-    /// `{root}/aggregator/presence`: the aggregator's own presence.
+    /// `{root}/aggregator/presence`: the aggregator's own presence (with replicas: the leader's).
     case aggregatorPresence
+    /// `{root}/aggregator/replicas/{replica}/presence`: one aggregator replica's presence and
+    /// role (replicas on PostgreSQL), with its Last Will.
+    case replicaPresence(SiteID)
 }
 
 /// How a topic's messages travel (docs/contract.md, "Topics"): the one place that says it, so
@@ -61,6 +64,7 @@ extension FleetTopic {
         case .fleetStatus: TopicDelivery(qos: 1, retained: true)
         case .fleetEvents: TopicDelivery(qos: 1, retained: false)
         case .aggregatorPresence: TopicDelivery(qos: 1, retained: true)
+        case .replicaPresence: TopicDelivery(qos: 1, retained: true)
         }
     }
 }
@@ -95,6 +99,7 @@ public struct FleetTopics: Sendable, Hashable {
         case .fleetStatus: return "\(r)/fleet/status"
         case .fleetEvents: return "\(r)/fleet/events"
         case .aggregatorPresence: return "\(r)/aggregator/presence"
+        case .replicaPresence(let replica): return "\(r)/aggregator/replicas/\(replica.rawValue)/presence"
         }
     }
 
@@ -129,6 +134,8 @@ public struct FleetTopics: Sendable, Hashable {
         case 2 where levels[0] == "fleet" && levels[1] == "status": return .success(.fleetStatus)
         case 2 where levels[0] == "fleet" && levels[1] == "events": return .success(.fleetEvents)
         case 2 where levels[0] == "aggregator" && levels[1] == "presence": return .success(.aggregatorPresence)
+        case 4 where levels[0] == "aggregator" && levels[1] == "replicas" && levels[3] == "presence":
+            return site(levels[2]).map { .replicaPresence($0) }
         case 3 where levels[0] == "fleet" && levels[1] == "sites":
             return site(levels[2]).map { .siteView($0) }
         case 3 where levels[0] == "sites":

@@ -112,10 +112,13 @@ public struct OperatorAPI: Sendable {
             // 503 while site records have failed to be written for longer than storeGrace (a full
             // disk, a lost database): a liveness probe or an operator sees it.
             let problem = service.storeProblem(now: nil)
+            let role = service.role
             return JSONBody.response(
                 HealthStatus(
                     status: problem == nil ? "ok" : "unhealthy", version: EdgeFleetVersion.current,
-                    broker: service.brokerConnected ? "connected" : "disconnected", sites: service.siteCount, store: problem ?? "ok"),
+                    broker: service.brokerConnected ? "connected" : "disconnected", sites: service.siteCount, store: problem ?? "ok",
+                    replica: role.replicated ? role.replica : nil, role: role.replicated ? role.role : nil,
+                    epoch: role.replicated ? role.epoch : nil),
                 status: problem == nil ? .ok : .serviceUnavailable)
         }
 

@@ -16,6 +16,8 @@ public protocol OperatorBackend: Sendable {
     var thresholds: Thresholds { get }
     /// Whether the aggregator's broker connection is up now.
     var brokerConnected: Bool { get }
+    /// This replica's id, role (`leader`, `standby`) and the lead's epoch; `replicated` false for a sole aggregator.
+    var role: (replica: String, role: String, epoch: Int64, replicated: Bool) { get }
     /// How many sites the fleet holds (cheap: for /healthz).
     var siteCount: Int { get }
     /// Why the store is unhealthy, or nil.

@@ -14,10 +14,24 @@ public import Foundation
 /// attempt's end) compare `history_count`, a column, instead of reading the document.
 public struct PostgresOperationStore: OperationStore {
     let pool: PostgresPool
+    /// The lease a dispatch write must hold (the claim, an attempt's end): holder and epoch,
+    /// checked in the same statement against `leader_lease` (row locked for share, so a change of
+    /// leader waits for the write, and a deposed leader's late write is refused). Nil: unfenced
+    /// (a single aggregator, tests of the store alone).
+    let fence: (@Sendable () -> LeaseGrant?)?
 
     /// Operations in `pool`'s database, once `PostgresSchema.migrate` has run there.
-    public init(pool: PostgresPool) {
+    public init(pool: PostgresPool, fence: (@Sendable () -> LeaseGrant?)? = nil) {
         self.pool = pool
+        self.fence = fence
+    }
+
+    /// The fence's SQL condition and its holder and epoch (always true when unfenced); throws
+    /// when fenced and this replica does not lead.
+    private func leaseHeld(_ id: String) throws -> LeaseGrant? {
+        guard let fence else { return nil }
+        guard let grant = fence() else { throw OperationStoreError.notLeader(id: id, epoch: nil) }
+        return grant
     }
 
     private static func json(_ operation: DeferredOperation) throws -> String {
@@ -132,14 +146,19 @@ public struct PostgresOperationStore: OperationStore {
         claimed.state = .dispatching
         claimed.history.append(OperationHistoryEntry(at: now, from: .queued, to: .dispatching, note: note))
         let document = try Self.json(claimed)
+        let grant = try leaseHeld(operation.id)
         let changed = try pool.withConnection { c in
             try c.changes(
                 """
                 UPDATE operations SET state = 'dispatching', document = \(document), history_count = \(claimed.history.count)
                 WHERE id = \(operation.id) AND state = 'queued' AND history_count = \(operation.history.count)
+                AND (\(grant == nil) OR EXISTS (
+                    SELECT 1 FROM leader_lease WHERE id = 1 AND holder = \(grant?.holder ?? "") AND epoch = \(grant?.epoch ?? -1)
+                    AND expires_at > now() FOR SHARE))
                 """)
         }
         guard changed == 1 else {
+            if let grant, try !holds(grant) { throw OperationStoreError.notLeader(id: operation.id, epoch: grant.epoch) }
             guard let found = try self.operation(id: operation.id) else { throw OperationStoreError.notFound(operation.id) }
             throw OperationStoreError.conflict(id: operation.id, expected: [.queued], found: found.state)
         }
@@ -158,19 +177,35 @@ public struct PostgresOperationStore: OperationStore {
         completed.state = to
         completed.history.append(OperationHistoryEntry(at: now, from: .dispatching, to: to, note: note))
         let document = try Self.json(completed)
+        let grant = try leaseHeld(operation.id)
         let changed = try pool.transaction { c -> Int in
             let n = try c.changes(
                 """
                 UPDATE operations SET state = \(to.rawValue), document = \(document), history_count = \(completed.history.count)
                 WHERE id = \(operation.id) AND state = 'dispatching' AND history_count = \(operation.history.count)
+                AND (\(grant == nil) OR EXISTS (
+                    SELECT 1 FROM leader_lease WHERE id = 1 AND holder = \(grant?.holder ?? "") AND epoch = \(grant?.epoch ?? -1)
+                    AND expires_at > now() FOR SHARE))
                 """)
             if n == 1 { try c.query("DELETE FROM runs WHERE operation_id = \(operation.id)") }
             return n
         }
         guard changed == 1 else {
+            // A deposed leader's outcome is not written: the next leader finds the operation
+            // still dispatching and runs it again (its history says why).
+            if let grant, try !holds(grant) { throw OperationStoreError.notLeader(id: operation.id, epoch: grant.epoch) }
             return try transition(id: operation.id, expected: [.dispatching], to: to, at: now, note: note, update: update)
         }
         return completed
+    }
+
+    /// Whether the lease is still `grant`'s (after a fenced write changed nothing).
+    private func holds(_ grant: LeaseGrant) throws -> Bool {
+        try pool.withConnection { c in
+            try !c.query(
+                "SELECT 1 FROM leader_lease WHERE id = 1 AND holder = \(grant.holder) AND epoch = \(grant.epoch) AND expires_at > now()"
+            ).isEmpty
+        }
     }
 
     public func list(_ filter: OperationFilter, after cursor: Int64?, limit: Int) throws -> OperationPage {

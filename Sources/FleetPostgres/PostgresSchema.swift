@@ -40,6 +40,17 @@ public enum PostgresSchema {
             "v4-forgotten-sites",
             ["CREATE TABLE forgotten_sites (site text PRIMARY KEY, forgotten_at text NOT NULL)"]
         ),
+        (
+            // PostgreSQL only (one SQLite aggregator leads alone): the replicas' lease, one row.
+            "v5-leader-lease",
+            [
+                """
+                CREATE TABLE leader_lease (
+                    id integer PRIMARY KEY CHECK (id = 1), holder text NOT NULL, epoch bigint NOT NULL, expires_at timestamptz NOT NULL)
+                """,
+                "INSERT INTO leader_lease (id, holder, epoch, expires_at) VALUES (1, '', 0, 'epoch')",
+            ]
+        ),
     ]
 
     /// Applies what is missing, in one transaction, under an advisory lock: replicas that start

@@ -1,4 +1,5 @@
 public import FleetAggregator
+public import FleetQueue
 public import Logging
 
 #if canImport(FoundationEssentials)
@@ -29,15 +30,17 @@ public enum PostgresStores {
 
     /// Connects (failing at once if the database cannot be reached or refuses the user),
     /// migrates, and returns both stores on one pool.
+    /// `fence`: the lease dispatch writes must hold (the replica's `Leadership.fence`).
     public static func open(
-        url: String, passwordFile: String?, environment: [String: String], poolSize: Int = 4, logger: Logger
+        url: String, passwordFile: String?, environment: [String: String], poolSize: Int = 4, fence: (@Sendable () -> LeaseGrant?)? = nil,
+        logger: Logger
     ) throws -> (stores: AggregatorStores, pool: PostgresPool) {
         let location = try PostgresLocation(url: url)
         let pool = try PostgresPool(
             location: location, password: try password(file: passwordFile, environment: environment), size: poolSize, logger: logger)
         try PostgresSchema.migrate(pool)
         let stores = AggregatorStores(
-            sites: PostgresSiteStore(pool: pool), operations: PostgresOperationStore(pool: pool), description: location.description)
+            sites: PostgresSiteStore(pool: pool), operations: PostgresOperationStore(pool: pool, fence: fence), description: location.description)
         return (stores, pool)
     }
 }

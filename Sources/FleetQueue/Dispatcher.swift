@@ -91,6 +91,8 @@ public final class Dispatcher: Sendable {
         var processes: [String: pid_t] = [:]
         /// Shutting down: executors are being stopped, and their operations go back to the queue.
         var stopping = false
+        /// This replica stopped leading: nothing starts until `resume()`.
+        var standingDown = false
         /// Per site, how many of its operations have finished; a pass that read the queue
         /// before one finished must not start the site's next (the finished one may be
         /// queued again for a retry, and it goes first).
@@ -170,6 +172,24 @@ public final class Dispatcher: Sendable {
         for group in state.withLock({ Array($0.processes.values) }) { kill(-group, SIGKILL) }
         let last = ContinuousClock.now + .seconds(5)
         while runningCount > 0, ContinuousClock.now < last { try? await Task.sleep(for: .milliseconds(20)) }
+    }
+
+    /// This replica stopped leading: starts nothing more (until `resume`) and asks every running
+    /// executor's process group to stop (SIGTERM); returns how many. Their outcomes are refused
+    /// by the store's fence, and the next leader runs their operations again.
+    @discardableResult
+    public func standDown() -> Int {
+        let groups = state.withLock { s -> [pid_t] in
+            s.standingDown = true
+            return Array(s.processes.values)
+        }
+        for group in groups { kill(-group, SIGTERM) }
+        return groups.count
+    }
+
+    /// Leading again (a new epoch): operations may start.
+    public func resume() {
+        state.withLock { $0.standingDown = false }
     }
 
     /// Whether operations wait in the queue (or it is not known: the store was not read since a change).
@@ -416,7 +436,7 @@ public final class Dispatcher: Sendable {
     @discardableResult
     private func start(_ operation: DeferredOperation, argv: [String]?, finishedBefore: UInt64, now: Date) -> Bool {
         let claimed = state.withLock { s -> Bool in
-            guard !s.stopping, s.slots < settings.limit, (s.finished[operation.site] ?? 0) == finishedBefore,
+            guard !s.stopping, !s.standingDown, s.slots < settings.limit, (s.finished[operation.site] ?? 0) == finishedBefore,
                 s.running.insert(operation.site).inserted
             else { return false }
             s.slots += 1
@@ -567,6 +587,9 @@ public final class Dispatcher: Sendable {
                 return
             } catch OperationStoreError.conflict, OperationStoreError.notFound {
                 logger.error("operation \(operation.id) was moved by someone else while it ran; its outcome (\(to.rawValue)) is not recorded")
+                return
+            } catch OperationStoreError.notLeader {
+                logger.warning("operation \(operation.id): this replica no longer leads; its outcome (\(to.rawValue)) is left to the next leader, which runs it again")
                 return
             } catch {
                 logger.error("cannot record the end of operation \(operation.id), retrying in \(DurationFormat.format(wait)): \(error)")

@@ -36,9 +36,13 @@ public enum OperationStoreError: Error, Sendable, Hashable, CustomStringConverti
     case notFound(String)
     case conflict(id: String, expected: Set<OperationState>, found: OperationState)
     case duplicateIdempotencyKey(String)
+    /// A dispatch write by a replica that no longer leads (its epoch is not the lease's): refused.
+    case notLeader(id: String, epoch: Int64?)
 
     public var description: String {
         switch self {
+        case .notLeader(let id, let epoch):
+            "operation \(id): this replica does not lead\(epoch.map { " (epoch \($0))" } ?? ""); the write was refused"
         case .notFound(let id): "no operation \(id)"
         case .conflict(let id, let expected, let found):
             "operation \(id) is \(found.rawValue), not \(expected.map(\.rawValue).sorted().joined(separator: " or "))"

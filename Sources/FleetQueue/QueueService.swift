@@ -50,12 +50,15 @@ public final class QueueService: Service, Sendable {
     let countsChanged: @Sendable ([SiteID: [OperationState: Int]]) -> Void
     let wake = Wakeup()
     let stopping = Mutex(false)
+    /// Only the leader dispatches (replicas on PostgreSQL); a sole aggregator always leads.
+    public let leadership: Leadership
 
     public init(
         store: any OperationStore, settings: QueueSettings, logger: Logger, metrics: QueueMetrics = QueueMetrics(), clock: WallClock = .system,
         situation: @escaping SiteSituationLookup, situations: DispatchSituationsLookup? = nil, countsChanged: @escaping @Sendable ([SiteID: [OperationState: Int]]) -> Void = { _ in },
-        eventAdded: @escaping @Sendable () -> Void = {}
+        eventAdded: @escaping @Sendable () -> Void = {}, leadership: Leadership? = nil
     ) {
+        self.leadership = leadership ?? .sole(replicaID: "aggregator", logger: logger)
         self.settings = settings
         self.logger = logger
         self.metrics = metrics
@@ -83,7 +86,18 @@ public final class QueueService: Service, Sendable {
     /// Recovers what a killed predecessor left running, then dispatches until shutdown; at
     /// shutdown, running executors are stopped and their operations queued again.
     public func run() async throws {
-        try await recover()
+        let (dispatcher, wake, logger) = (dispatcher, wake, logger)
+        leadership.onChange { role, epoch in
+            if role == .standby {
+                // A deposed leader stops its executors at once: their outcomes would be refused
+                // (fenced), and the next leader runs their operations again.
+                let stopped = dispatcher.standDown()
+                if stopped > 0 { logger.warning("not the leader any more (epoch \(epoch)): \(stopped) running executor(s) stopped") }
+            }
+            wake.signal()
+        }
+        // A sole aggregator recovers before anything else, and a failure ends the start (as before).
+        if !leadership.isReplicated { try await recover() }
         await withGracefulShutdownHandler {
             await dispatchLoop()
         } onGracefulShutdown: {
@@ -92,7 +106,6 @@ public final class QueueService: Service, Sendable {
         }
         // Not in this task: cancelled (a group cancelled), its sleeps would return at once and
         // the wait for executors to stop would spin.
-        let dispatcher = dispatcher
         await Task { await dispatcher.shutdown() }.value
     }
 
@@ -123,10 +136,23 @@ public final class QueueService: Service, Sendable {
         var lastCounts = ContinuousClock.now - .seconds(10)
         var countsStale = true
         var queueEmpty = false  // nothing queued, dispatching or blocked at the last count
+        // The epoch under which this replica recovered and dispatches (nil: not leading).
+        var ledEpoch: Int64? = leadership.isReplicated ? nil : leadership.epoch
         while !isStopping {
             let now = clock.now()
             do {
-                try dispatcher.tick(now: now) { sites in self.situations(sites, now) }
+                if let fence = leadership.fence {
+                    if ledEpoch != fence.epoch {
+                        // A new lead: what the previous leader left dispatching is looked at first.
+                        try await recover()
+                        dispatcher.resume()
+                        dispatcher.invalidate()
+                        ledEpoch = fence.epoch
+                    }
+                    try dispatcher.tick(now: now) { sites in self.situations(sites, now) }
+                } else {
+                    ledEpoch = nil
+                }
                 if events.takeChanged() { countsStale = true }
                 let sinceCount = ContinuousClock.now - lastCounts
                 if (countsStale && sinceCount >= .milliseconds(250)) || sinceCount >= (queueEmpty ? .seconds(10) : .seconds(2)) {

@@ -9,6 +9,8 @@ import Logging
 import Prometheus
 import ServiceLifecycle
 import Subprocesses
+import FleetQueue
+import Foundation
 
 /// The fleet aggregator: ingests every site's presence, heartbeats and status, computes
 /// each site's connectivity mode and deadline, and publishes retained site views, events
@@ -32,6 +34,8 @@ struct AggregatorCommand: AsyncParsableCommand {
     @Option(help: "SQLite database file, or postgres://USER@HOST:PORT/DB[?sslmode=disable|require|verify-full&sslrootcert=FILE] (default ./edgefleet.sqlite).")
     var db: String?
     @Option(help: "File holding the PostgreSQL password (else PGPASSWORD); never in the URL.") var dbPasswordFile: String?
+    @Option(help: "Replicas on PostgreSQL: this replica's id (default HOSTNAME-PID).") var replicaId: String?
+    @Option(help: "Replicas on PostgreSQL: the leader's lease; a killed leader is replaced within it (default 3s).") var leaderLease: String?
     @Option(help: "HTTP listen address, HOST:PORT (default 127.0.0.1:8080).") var http: String?
     @Option(help: "YAML file mapping each queueable kind to its executor (or 'executors:' in the config file).") var executors: String?
     @Option(help: "A contact this recent means connected (default 15m).") var connectedWithin: String?
@@ -69,7 +73,7 @@ struct AggregatorCommand: AsyncParsableCommand {
             ("retryBackoffMax", retryBackoffMax), ("dispatchInterval", dispatchInterval), ("executorOutputBytes", executorOutputBytes),
             ("maxSites", maxSites), ("storeGrace", storeGrace), ("dashboardSession", dashboardSession),
             ("httpHeaderTimeout", httpHeaderTimeout), ("httpMaxConnections", httpMaxConnections),
-            ("tokenFile", tokenFile), ("publicReads", publicReads), ("dbPasswordFile", dbPasswordFile),
+            ("tokenFile", tokenFile), ("publicReads", publicReads), ("dbPasswordFile", dbPasswordFile), ("replicaId", replicaId), ("leaderLease", leaderLease),
         ]
         var flags = service.flagSettings
         for case let (key, value?) in scalars { flags[key] = .text(value) }
@@ -115,15 +119,31 @@ struct AggregatorCommand: AsyncParsableCommand {
             .seconds(86_400), .seconds(7 * 86_400),
         ]
         let service: AggregatorService
+        let leadership: Leadership
         do {
-            // SQLite unless the URL says PostgreSQL (connected, authenticated and migrated here: a
-            // wrong address or password ends the start with the reason).
-            let stores = try PostgresLocation.isURL(configuration.databasePath)
-                ? PostgresStores.open(
-                    url: configuration.databasePath, passwordFile: configuration.databasePasswordFile, environment: processEnvironment(), logger: logger
-                ).stores
-                : AggregatorStores.sqlite(path: configuration.databasePath)
-            service = try AggregatorService(configuration: configuration, logger: logger, metrics: AggregatorMetrics(factory: factory), stores: stores)
+            var configuration = configuration
+            if PostgresLocation.isURL(configuration.databasePath) {
+                // Replicas share the database: each competes for the lead, and its dispatch writes
+                // carry its epoch (connected, authenticated and migrated here: a wrong address or
+                // password ends the start with the reason).
+                let replicaID = configuration.replicaID ?? AggregatorConfiguration.defaultReplicaID(host: ProcessTable.hostName(), pid: getpid())
+                if configuration.mqtt.clientID == AggregatorConfiguration.defaultClientID {
+                    configuration.mqtt.clientID = "edgefleet-aggregator-\(replicaID)"  // one broker session per replica
+                }
+                let lead = LeadershipHandle()
+                let (stores, pool) = try PostgresStores.open(
+                    url: configuration.databasePath, passwordFile: configuration.databasePasswordFile, environment: processEnvironment(),
+                    fence: { lead.leadership?.fence }, logger: logger)
+                leadership = Leadership(replicaID: replicaID, lease: configuration.leaderLease, store: PostgresLeaseStore(pool: pool), logger: logger)
+                lead.leadership = leadership
+                service = try AggregatorService(
+                    configuration: configuration, logger: logger, metrics: AggregatorMetrics(factory: factory), stores: stores, leadership: leadership)
+            } else {
+                service = try AggregatorService(
+                    configuration: configuration, logger: logger, metrics: AggregatorMetrics(factory: factory),
+                    stores: .sqlite(path: configuration.databasePath))
+                leadership = service.leadership
+            }
         } catch {
             // A runtime failure, not a usage error: exit 1 with the reason, no usage text.
             printError("edgefleet-aggregator: cannot open the database: \(error)")
@@ -143,7 +163,9 @@ struct AggregatorCommand: AsyncParsableCommand {
             // Dispatcher shutdown (10 s for executors to stop, 5 s more after SIGKILL), the last
             // flush and the goodbye (2 s) fit in the limit.
             // Shut down in reverse: HTTP first, then the queue (its executors), then the core (the last flush, the goodbye).
-            try await ServiceGroup.runService([service, service.queue, http], program: "edgefleet-aggregator", shutdownLimit: .seconds(30), logger: logger)
+            // The lead is given up last (after the last flush), so that the next leader takes over at once.
+            try await ServiceGroup.runService(
+                [leadership, service, service.queue, http], program: "edgefleet-aggregator", shutdownLimit: .seconds(30), logger: logger)
         } catch where "\(error)".contains("bind(") {
             printError("edgefleet-aggregator: cannot listen on \(address) (--http): \(error)")
             throw ExitCode(EdgeFleetExit.failure)
@@ -155,6 +177,17 @@ struct AggregatorCommand: AsyncParsableCommand {
 }
 
 await AggregatorCommand.runMain()
+
+/// Where the fence finds the replica's lead (the stores are opened before the lead exists: the
+/// lease lives in the same database).
+final class LeadershipHandle: @unchecked Sendable {
+    private let lock = NSLock()
+    private var value: Leadership?
+    var leadership: Leadership? {
+        get { lock.withLock { value } }
+        set { lock.withLock { value = newValue } }
+    }
+}
 
 /// The HTTP API reaches the aggregator only through `OperatorBackend`.
 extension AggregatorService: OperatorBackend {}

@@ -83,17 +83,65 @@ struct StoreConformanceTests {
         let server = try #require(fresh.server)
         let name = String(fresh.database.split(separator: "/").last!)
         let names = try server.psql("SELECT name FROM schema_migrations ORDER BY name", database: name).split(separator: "\n").map(String.init)
-        #expect(names == ["v1-sites", "v2-operations", "v3-runs", "v4-forgotten-sites"])
+        #expect(names == ["v1-sites", "v2-operations", "v3-runs", "v4-forgotten-sites", "v5-leader-lease"])
         // Three replicas opening at once: each finds the schema whole, nothing is applied twice.
         let opened = try (0..<3).map { _ in Task.detached { try fresh.reopen().sites.count() } }
         for task in opened { _ = try awaitBlocking(task) }
-        #expect(try server.psql("SELECT count(*) FROM schema_migrations", database: name).trimmingCharacters(in: .whitespacesAndNewlines) == "4")
+        #expect(try server.psql("SELECT count(*) FROM schema_migrations", database: name).trimmingCharacters(in: .whitespacesAndNewlines) == "5")
         try server.psql("INSERT INTO schema_migrations (name) VALUES ('v99-from-the-future')", database: name)
         #expect {
             _ = try fresh.reopen()
         } throws: { error in
             "\(error)".contains("migrated by a newer EdgeFleet") && "\(error)".contains("v99-from-the-future")
         }
+    }
+
+    @Test("PostgreSQL lease and fence: one holder at a time, a new epoch at every change; a deposed leader's claim and outcome are refused, the new leader's taken")
+    func leaseAndFence() throws {
+        let fresh = try FreshStores(.postgres)
+        defer { fresh.remove() }
+        let server = try #require(fresh.server)
+        let (_, pool) = try PostgresStores.open(url: fresh.database, passwordFile: fresh.passwordFile, environment: [:], logger: Logger(label: "test"))
+        let lease = PostgresLeaseStore(pool: pool)
+        let a = try #require(try lease.campaign(holder: "a", epoch: nil, duration: .seconds(2)))
+        #expect(a.holder == "a")
+        // B cannot take a lease that has not run out; A renews without a new epoch.
+        #expect(try lease.campaign(holder: "b", epoch: nil, duration: .seconds(2)) == a)
+        #expect(try lease.campaign(holder: "a", epoch: a.epoch, duration: .seconds(2)) == a)
+
+        // Both replicas' stores, each fenced by what it believes it holds.
+        let believed = LockedBox<[String: LeaseGrant]>(["a": a])
+        func store(_ holder: String) throws -> PostgresOperationStore {
+            PostgresOperationStore(pool: pool, fence: { believed.get()[holder] })
+        }
+        let queue = DeferredQueue(store: try store("a"), executors: OperationQueueTests.executors)
+        func submit(_ version: String) throws -> DeferredOperation {
+            try queue.submit(
+                SubmissionRequest(site: "store-\(version.replacingOccurrences(of: ".", with: "-"))", kind: "cluster.upgrade", params: ["kubernetesVersion": version], createdBy: "t"),
+                situation: OperationQueueTests.semi, now: Self.now
+            ).operation
+        }
+        let first = try submit("1.30.1")
+        let second = try submit("1.30.2")
+        let running = try store("a").claim(first, at: Self.now, note: "attempt 1")
+        #expect(throws: OperationStoreError.notLeader(id: second.id, epoch: nil)) { try store("b").claim(second, at: Self.now, note: "b is no leader") }
+
+        // A's lease runs out (it stalled); B takes it under a new epoch.
+        try lease.release(holder: "a", epoch: a.epoch)
+        let b = try #require(try lease.campaign(holder: "b", epoch: nil, duration: .seconds(30)))
+        #expect(b.holder == "b" && b.epoch == a.epoch + 1)
+        believed.set(["a": a, "b": b])
+        // A, deposed but unaware, can neither claim nor record an outcome: both refused in the database.
+        #expect(throws: OperationStoreError.notLeader(id: second.id, epoch: a.epoch)) { try store("a").claim(second, at: Self.now, note: "late") }
+        #expect(throws: OperationStoreError.notLeader(id: first.id, epoch: a.epoch)) {
+            try store("a").complete(running, to: .succeeded, at: Self.now, note: "late outcome") { _ in }
+        }
+        #expect(try store("b").operation(id: first.id)?.state == .dispatching)
+        #expect(try store("b").operation(id: second.id)?.state == .queued)
+        // B's are taken.
+        #expect(try store("b").claim(second, at: Self.now, note: "attempt 1").state == .dispatching)
+        #expect(try store("b").complete(running, to: .succeeded, at: Self.now, note: "exit 0") { _ in }.state == .succeeded)
+        _ = server
     }
 
     @Test("PostgreSQL URLs: the password is never in the URL; the user, the database and sslmode are checked; loopback defaults to plain TCP, elsewhere to verify-full")
