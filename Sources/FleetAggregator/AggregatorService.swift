@@ -635,6 +635,9 @@ public final class AggregatorService: Service, Sendable {
 
     /// Publishes with the contract's QoS and retain flag for the topic.
     private func send<T: Encodable>(_ topic: FleetTopic, _ value: T) async {
+        // A replica that stopped leading while a batch was on its way sends none of the rest: the
+        // next leader may already publish (epochs on events never go back).
+        if case .replicaPresence = topic {} else if leadership.isReplicated, !leadership.isLeader { return }
         let started = ContinuousClock.now
         do {
             try await client.publish(topic, in: configuration.topics, payload: FleetJSON.encode(value))

@@ -97,7 +97,8 @@ public final class PostgresPool: Sendable {
     }
 
     deinit {
-        for connection in idle.withLock({ $0 }) { connection.close().whenComplete { _ in } }
+        // Closed and waited for (PostgresNIO asserts that a connection is closed before it goes).
+        for connection in idle.withLock({ $0 }) { Connection.closeAndWait(connection) }
         try? group.syncShutdownGracefully()
     }
 
@@ -116,7 +117,7 @@ public final class PostgresPool: Sendable {
             return nil
         }
         let raw = try reusable ?? open()
-        let connection = Connection(raw: raw, logger: logger, timeout: timeout)
+        let connection = Connection(raw: raw, logger: logger, timeout: timeout, pooled: true)
         do {
             let result = try body(connection)
             idle.withLock { $0.append(raw) }
@@ -124,7 +125,7 @@ public final class PostgresPool: Sendable {
         } catch {
             // Kept only while it is sound: a statement the server refused leaves it usable.
             if raw.isClosed || connection.broken.withLock({ $0 }) {
-                raw.close().whenComplete { _ in }
+                Connection.closeAndWait(raw)
             } else {
                 idle.withLock { $0.append(raw) }
             }
@@ -147,9 +148,10 @@ public final class PostgresPool: Sendable {
         }
     }
 
-    /// A connection of its own, outside the pool (a session that holds a lock, or listens).
-    public func dedicatedConnection() throws -> Connection {
-        Connection(raw: try open(), logger: logger, timeout: timeout)
+    /// A connection of its own, outside the pool (the leader lease's, which must never wait behind
+    /// the store's traffic), whose calls fail after `timeout` (default: the pool's).
+    public func dedicatedConnection(timeout: Duration? = nil) throws -> Connection {
+        Connection(raw: try open(), logger: logger, timeout: timeout ?? self.timeout)
     }
 
     private func open() throws -> PostgresConnection {
@@ -169,11 +171,25 @@ public final class PostgresPool: Sendable {
         let timeout: Duration
         /// It timed out: what it was doing is unknown, so it is closed, never reused.
         let broken = Mutex(false)
+        /// A wrapper for one call on a pooled connection (the pool keeps the connection).
+        let pooled: Bool
 
-        init(raw: PostgresConnection, logger: Logger, timeout: Duration) {
+        init(raw: PostgresConnection, logger: Logger, timeout: Duration, pooled: Bool = false) {
+            self.pooled = pooled
             self.raw = raw
             self.logger = logger
             self.timeout = timeout
+        }
+
+        deinit {
+            // A connection held by its own (the lease's) goes with it.
+            if !raw.isClosed, !pooled { Self.closeAndWait(raw) }
+        }
+
+        /// Closes `raw` and waits for it (at most 5 s), unless called on its event loop.
+        static func closeAndWait(_ raw: PostgresConnection) {
+            guard !raw.isClosed, !raw.eventLoop.inEventLoop else { return }
+            _ = try? wait(raw.close(), timeout: .seconds(5)) {}
         }
 
         /// Runs `query` and returns its rows.
@@ -201,7 +217,7 @@ public final class PostgresPool: Sendable {
         }
 
         public func close() {
-            raw.close().whenComplete { _ in }
+            Self.closeAndWait(raw)
         }
 
         public var isClosed: Bool { raw.isClosed || broken.withLock { $0 } }

@@ -93,6 +93,9 @@ public final class Dispatcher: Sendable {
         var stopping = false
         /// This replica stopped leading: nothing starts until `resume()`.
         var standingDown = false
+        /// How many times it stood down: a run started before the last time was stopped by it,
+        /// and its outcome is not recorded (the next lead's recovery queues it again, noted).
+        var standDowns: UInt64 = 0
         /// Per site, how many of its operations have finished; a pass that read the queue
         /// before one finished must not start the site's next (the finished one may be
         /// queued again for a retry, and it goes first).
@@ -181,6 +184,7 @@ public final class Dispatcher: Sendable {
     public func standDown() -> Int {
         let groups = state.withLock { s -> [pid_t] in
             s.standingDown = true
+            s.standDowns += 1
             return Array(s.processes.values)
         }
         for group in groups { kill(-group, SIGTERM) }
@@ -435,19 +439,19 @@ public final class Dispatcher: Sendable {
 
     @discardableResult
     private func start(_ operation: DeferredOperation, argv: [String]?, finishedBefore: UInt64, now: Date) -> Bool {
-        let claimed = state.withLock { s -> Bool in
+        let claimed = state.withLock { s -> UInt64? in
             guard !s.stopping, !s.standingDown, s.slots < settings.limit, (s.finished[operation.site] ?? 0) == finishedBefore,
                 s.running.insert(operation.site).inserted
-            else { return false }
+            else { return nil }
             s.slots += 1
             s.turns += 1
             s.servedAt[operation.site] = s.turns
             // Marked started now, before the store's claim: a full pass that lays out the queue
             // meanwhile leaves it out.
             s.startedSinceRead[operation.id] = (operation.site, ContinuousClock.now)
-            return true
+            return s.standDowns
         }
-        guard claimed else { return false }
+        guard let standDownsAtStart = claimed else { return false }
         let dispatched: DeferredOperation
         do {
             dispatched = try store.claim(operation, at: now, note: "attempt \(operation.attempts + 1) of \(operation.maxAttempts)")
@@ -478,7 +482,13 @@ public final class Dispatcher: Sendable {
             // may have left behind is ended too (the site stays busy until then).
             self.run(dispatched, argv: argv, exited: release) { result in
                 Task {
-                    await self.record(dispatched, result)
+                    if self.state.withLock({ $0.standDowns }) == standDownsAtStart {
+                        await self.record(dispatched, result)
+                    } else {
+                        // Stopped because this replica stood down (even if it leads again by now):
+                        // not its outcome to record; the next lead's recovery queues it again.
+                        self.logger.warning("operation \(dispatched.id) was stopped when this replica stood down; its outcome is not recorded")
+                    }
                     self.ended(dispatched, release: release)
                 }
             }

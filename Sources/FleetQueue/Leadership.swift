@@ -3,7 +3,9 @@ public import Logging
 public import ServiceLifecycle
 import Synchronization
 
-/// Who holds the lease now, as the database says.
+/// Who holds the lease now, as the database says. `holder` names one run of one replica
+/// (`REPLICA@INCARNATION`): a replica restarted under the same id is another holder, and never
+/// mistakes its predecessor's lease for its own.
 public struct LeaseGrant: Sendable, Hashable {
     public var holder: String
     public var epoch: Int64
@@ -12,6 +14,9 @@ public struct LeaseGrant: Sendable, Hashable {
         self.holder = holder
         self.epoch = epoch
     }
+
+    /// The replica id part of `holder`.
+    public var replica: String { String(holder.split(separator: "@", maxSplits: 1).first ?? Substring(holder)) }
 }
 
 /// Where replicas compete for the lead: one row in the shared database, with the epoch that
@@ -36,14 +41,16 @@ public enum ReplicaRole: String, Sendable, Hashable {
 /// always the leader, epoch 1).
 ///
 /// A leader renews every `lease / 4`. It counts its lease from the moment it *sent* a renewal
-/// that succeeded, on its own monotonic clock, and gives the lead up when 80% of the lease has
-/// passed since then without another success: the database's lease, counted from when it
+/// that succeeded, on its own monotonic clock, and gives the lead up when two thirds of the lease
+/// have passed since then without another success: the database's lease, counted from when it
 /// *received* the renewal, runs out later, so a deposed leader has stopped before anyone else
 /// may start. Writes that matter (claiming an operation, recording its end) are fenced in the
 /// database by holder and epoch as well (`fence`), so even a leader that stalled past its lease
 /// cannot write late.
 public final class Leadership: Service, Sendable {
     public let replicaID: String
+    /// What this run of the replica writes as the lease's holder: its id and a random incarnation.
+    public let holder: String
     public let lease: Duration
     let store: (any LeaseStore)?
     let logger: Logger
@@ -59,6 +66,11 @@ public final class Leadership: Service, Sendable {
     private let state: Mutex<State>
     private let wake = Wakeup()
 
+    /// The share of the lease a leader keeps the lead after its last renewal was sent: the rest
+    /// (a third) is the margin in which what it already handed to the broker is delivered before
+    /// anyone else may lead.
+    static let holdFraction = 2.0 / 3.0
+
     /// One aggregator, nobody to compete with: the leader at epoch 1 from the start.
     public static func sole(replicaID: String, logger: Logger) -> Leadership {
         Leadership(replicaID: replicaID, lease: .seconds(3600), store: nil, logger: logger)
@@ -67,6 +79,8 @@ public final class Leadership: Service, Sendable {
     /// A replica that competes for the lead through `store`; a standby until it wins a round.
     public init(replicaID: String, lease: Duration, store: (any LeaseStore)?, logger: Logger) {
         self.replicaID = replicaID
+        var generator = SystemRandomNumberGenerator()
+        holder = "\(replicaID)@\(String(generator.next() as UInt64, radix: 16))"
         self.lease = lease
         self.store = store
         self.logger = logger
@@ -84,7 +98,7 @@ public final class Leadership: Service, Sendable {
 
     /// What fenced writes carry: this replica's id and epoch while it leads; nil otherwise.
     public var fence: LeaseGrant? {
-        state.withLock { $0.role == .leader ? LeaseGrant(holder: replicaID, epoch: $0.epoch) : nil }
+        state.withLock { $0.role == .leader ? LeaseGrant(holder: holder, epoch: $0.epoch) : nil }
     }
 
     /// Called at every change of role (on the campaign's task; keep it short).
@@ -115,11 +129,11 @@ public final class Leadership: Service, Sendable {
             let sent = ContinuousClock.now
             let (mine, epoch) = state.withLock { ($0.role == .leader, $0.epoch) }
             do {
-                let grant = try store.campaign(holder: replicaID, epoch: mine ? epoch : nil, duration: lease)
-                if let grant, grant.holder == replicaID {
-                    set(.leader, epoch: grant.epoch, leader: replicaID, validUntil: sent + lease * 0.8)
+                let grant = try store.campaign(holder: holder, epoch: mine ? epoch : nil, duration: lease)
+                if let grant, grant.holder == holder {
+                    set(.leader, epoch: grant.epoch, leader: replicaID, validUntil: sent + lease * Self.holdFraction)
                 } else {
-                    set(.standby, epoch: grant?.epoch ?? epoch, leader: grant?.holder, validUntil: nil)
+                    set(.standby, epoch: grant?.epoch ?? epoch, leader: grant?.replica, validUntil: nil)
                 }
             } catch {
                 // The lead is kept only while the last renewal's lease runs (the check below).
@@ -139,7 +153,7 @@ public final class Leadership: Service, Sendable {
         if mine {
             set(.standby, epoch: epoch, leader: nil, validUntil: nil)
             do {
-                try store.release(holder: replicaID, epoch: epoch)
+                try store.release(holder: holder, epoch: epoch)
             } catch {
                 logger.warning("cannot give the leader lease up (it runs out by itself): \(error)")
             }

@@ -134,7 +134,7 @@ struct AggregatorCommand: AsyncParsableCommand {
                 let (stores, pool) = try PostgresStores.open(
                     url: configuration.databasePath, passwordFile: configuration.databasePasswordFile, environment: processEnvironment(),
                     fence: { lead.leadership?.fence }, logger: logger)
-                leadership = Leadership(replicaID: replicaID, lease: configuration.leaderLease, store: PostgresLeaseStore(pool: pool), logger: logger)
+                leadership = Leadership(replicaID: replicaID, lease: configuration.leaderLease, store: PostgresLeaseStore(pool: pool, timeout: configuration.leaderLease / 3), logger: logger)
                 lead.leadership = leadership
                 service = try AggregatorService(
                     configuration: configuration, logger: logger, metrics: AggregatorMetrics(factory: factory), stores: stores, leadership: leadership)
