@@ -339,9 +339,16 @@ extension OperatorAPI {
         <meta name=viewport content='width=device-width, initial-scale=1'>\(refresh ? "<meta http-equiv=refresh content=10>" : "")
         <style>\(Self.style)</style></head><body>
         <header><h1><a href='/'>EdgeFleet</a></h1><nav><a href='/'>Fleet</a><a href='/queue'>Queue</a></nav>
-        <span class=small>\(escape(timestamp(Date()))) · \(signedIn ? "signed in <form method=post action='/ui/logout' class=inline><button>sign out</button></form>" : "read only")</span></header>
+        <span class=small>\(replicaLine)\(escape(timestamp(Date()))) · \(signedIn ? "signed in <form method=post action='/ui/logout' class=inline><button>sign out</button></form>" : "read only")</span></header>
         <main>\(body)</main></body></html>
         """
+    }
+
+    /// Replicas on PostgreSQL: which replica serves this page and its role (nothing for a sole aggregator).
+    var replicaLine: String {
+        let role = service.role
+        guard role.replicated else { return "" }
+        return "replica \(escape(role.replica)) <span class='role role-\(escape(role.role))'>\(escape(role.role))</span> epoch \(role.epoch) · "
     }
 
     func card(_ label: String, _ value: String, _ detail: String) -> String {

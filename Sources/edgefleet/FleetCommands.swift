@@ -24,6 +24,10 @@ struct StatusCommand: ClientCommand {
         }
         print(modes.render())
         print("agents: \(summary.liveness.online) online · \(summary.liveness.stale) stale · \(summary.liveness.offline) offline")
+        // Replicas on PostgreSQL: which one answered, and its role (a sole aggregator says nothing).
+        if let health = try? await api.get("/healthz", as: HealthStatus.self), let replica = health.replica, let role = health.role {
+            print("aggregator: replica \(replica), \(role)\(health.epoch.map { " (epoch \($0))" } ?? "")")
+        }
         let queue = summary.queue
         print(
             "queue: \(queue.queued) queued · \(queue.blocked) blocked · \(queue.dispatching) running · \(queue.failed) failed"

@@ -42,7 +42,7 @@ struct DeployTests {
     }
 
     @Test("Kubernetes manifests: every name, key and port a workload refers to exists; its configuration loads in the real binary",
-          arguments: [("agent.yaml", "edgefleet-agent"), ("aggregator.yaml", "edgefleet-aggregator")])
+          arguments: [("agent.yaml", "edgefleet-agent"), ("aggregator.yaml", "edgefleet-aggregator"), ("aggregator-ha.yaml", "edgefleet-aggregator")])
     func kubernetes(_ file: String, _ binary: String) async throws {
         let documents = try Self.documents("\(Self.deploy)/kubernetes/\(file)")
         let workloads = documents.filter { ["Deployment", "StatefulSet"].contains($0["kind"]?.string ?? "") }
@@ -70,6 +70,7 @@ struct DeployTests {
 
         // Volumes: each ConfigMap, Secret and claim exists with the keys it names.
         var mountedFiles: [String: String] = [:]  // path in the container → content
+        var settingsEnvironment: [String: String] = [:]  // EDGEFLEET_* variables the containers set
         let volumes = pod["volumes"]?.sequence ?? []
         let claimTemplates = (workload["spec"]?["volumeClaimTemplates"]?.sequence ?? []).compactMap { $0["metadata"]?["name"]?.string }
         let containers = try #require(pod["containers"]?.sequence)
@@ -100,13 +101,21 @@ struct DeployTests {
                     mountedFiles[file] = content
                 }
             }
-            // Environment from Secrets and ConfigMaps: the object and its key exist.
+            // Environment from Secrets and ConfigMaps: the object and its key exist. EdgeFleet's own
+            // settings (EDGEFLEET_*) go to the configuration check below with their values.
             for variable in container["env"]?.sequence ?? [] {
+                let name = variable["name"]?.string ?? ""
+                if let value = variable["value"]?.string, name.hasPrefix("EDGEFLEET_") { settingsEnvironment[name] = value }
+                if variable["valueFrom"]?["fieldRef"] != nil, name.hasPrefix("EDGEFLEET_") { settingsEnvironment[name] = "pod-name-7f9c" }
                 for (field, kind) in [("secretKeyRef", "Secret"), ("configMapKeyRef", "ConfigMap")] {
                     guard let reference = variable["valueFrom"]?[field] else { continue }
                     let object = try #require(Self.find(documents, kind: kind, name: reference["name"]!.string!), "\(kind) \(reference["name"]!.string!)")
-                    let keys = ((object["stringData"]?.mapping ?? []) + (object["data"]?.mapping ?? [])).compactMap(\.key.string)
+                    let pairs = (object["stringData"]?.mapping ?? []) + (object["data"]?.mapping ?? [])
+                    let keys = pairs.compactMap(\.key.string)
                     #expect(keys.contains(reference["key"]!.string!), "\(kind) \(reference["name"]!.string!) has no key \(reference["key"]!.string!)")
+                    if name.hasPrefix("EDGEFLEET_"), let value = pairs.first(where: { $0.key.string == reference["key"]!.string! })?.value.string {
+                        settingsEnvironment[name] = value
+                    }
                 }
             }
             let resources = try #require(container["resources"])
@@ -133,8 +142,15 @@ struct DeployTests {
             Issue.record("\(binary)'s configuration names \(path), which no volume provides")
         }
         try rendered.write(toFile: directory + "/config.yaml", atomically: true, encoding: .utf8)
-        let checked = try await runAsync(try builtProduct(binary), ["--check-config", "--config", directory + "/config.yaml"], environment: [:])
+        let checked = try await runAsync(
+            try builtProduct(binary), ["--check-config", "--config", directory + "/config.yaml"], environment: settingsEnvironment)
         #expect(checked.status == 0, "\(checked.stderr)")
+        if file == "aggregator-ha.yaml" {
+            // Two replicas on PostgreSQL: the URL from the Secret, each replica's id from its pod's name.
+            #expect(workload["kind"]?.string == "Deployment" && workload["spec"]?["replicas"]?.string == "2")
+            #expect(checked.stdout.contains("database: postgres://"), "\(checked.stdout)")
+            #expect(settingsEnvironment["EDGEFLEET_REPLICA_ID"] != nil)
+        }
 
         // Ports: the probes and the Service name a container port; the configuration listens on it.
         let ports = containers.flatMap { $0["ports"]?.sequence ?? [] }

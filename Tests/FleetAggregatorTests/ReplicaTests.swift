@@ -96,6 +96,13 @@ struct ReplicaTests {
         }
         let health2 = try await HTTP.request("GET", port: bPort, "/healthz")
         #expect(health2.text.contains(#""role":"leader""#) && health2.text.contains(#""epoch":\#(epochB)"#))
+        // The dashboard says it too (reads are token-protected: the sign-in page is enough to show the header).
+        let page = try await HTTP.request("GET", port: bPort, "/", token: OperatorFixture.token)
+        #expect(page.text.contains("replica replica-b <span class='role role-leader'>leader</span> epoch \(epochB)"), "\(page.text.prefix(600))")
+        // The CLI's status says which replica answered and its role.
+        let status = try await runAsync(
+            try builtProduct("edgefleet"), ["status", "--server", "http://127.0.0.1:\(bPort)"], environment: ["EDGEFLEET_TOKEN": OperatorFixture.token])
+        #expect(status.status == 0 && status.stdout.contains("aggregator: replica replica-b, leader (epoch \(epochB))"), "\(status.stdout)\(status.stderr)")
         let metrics = try await HTTP.request("GET", port: bPort, "/metrics", token: OperatorFixture.token)
         #expect(metrics.text.contains("edgefleet_leader 1") && metrics.text.contains("edgefleet_leader_epoch \(epochB)"))
 
