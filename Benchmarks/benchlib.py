@@ -105,3 +105,36 @@ def write_section(path, name, section):
     else:
         text = text.rstrip() + "\n\n" + section + "\n"
     open(path, "w").write(text)
+
+
+def start_postgres(directory):
+    """A PostgreSQL server of its own (Debian's initdb and pg_ctl, as the postgres user when run as root) on a free
+    loopback port, with the default durability settings; returns (url, password_file, stop)."""
+    versions = sorted(int(v) for v in os.listdir("/usr/lib/postgresql") if v.isdigit())
+    if not versions:
+        sys.exit("PostgreSQL is not installed: run `make deps` first")
+    bindir = f"/usr/lib/postgresql/{versions[-1]}/bin"
+    data = os.path.join(directory, "pgdata")
+    password_file = os.path.join(directory, "pg-password")
+    open(password_file, "w").write("bench-" + os.urandom(8).hex() + "\n")
+    os.chmod(password_file, 0o600)
+    port = free_port()
+    as_postgres = []
+    if os.getuid() == 0:
+        import pwd
+        entry = pwd.getpwnam("postgres")
+        os.chown(directory, entry.pw_uid, entry.pw_gid)
+        os.chown(password_file, entry.pw_uid, entry.pw_gid)
+        as_postgres = ["runuser", "-u", "postgres", "--"]
+    subprocess.run(as_postgres + [f"{bindir}/initdb", "-D", data, "-U", "edgefleet", "--auth=scram-sha-256", f"--pwfile={password_file}",
+                                  "--encoding=UTF8", "--locale=C"], check=True, stdout=subprocess.DEVNULL)
+    subprocess.run(as_postgres + [f"{bindir}/pg_ctl", "-D", data, "-l", os.path.join(directory, "postgres.log"), "-w", "-o",
+                                  f"-p {port} -k {directory} -c listen_addresses=127.0.0.1 -c max_connections=200", "start"],
+                   check=True, stdout=subprocess.DEVNULL)
+    password = open(password_file).read().strip()
+    subprocess.run(["psql", "-X", "-q", "-h", "127.0.0.1", "-p", str(port), "-U", "edgefleet", "-d", "postgres", "-c",
+                    "CREATE DATABASE edgefleet"], check=True, env={**os.environ, "PGPASSWORD": password})
+
+    def stop():
+        subprocess.run(as_postgres + [f"{bindir}/pg_ctl", "-D", data, "-m", "fast", "-w", "stop"], stdout=subprocess.DEVNULL)
+    return f"postgres://edgefleet@127.0.0.1:{port}/edgefleet", password_file, stop

@@ -43,6 +43,31 @@ public struct PostgresOperationStore: OperationStore {
     }
 
     public func insert(_ operation: DeferredOperation) throws -> (operation: DeferredOperation, superseded: [String]) {
+        // Most kinds supersede nothing: one statement, one round trip. The sequence is drawn in
+        // it and written into the document on the server; the unique index refuses a key used
+        // before (answered as the duplicate it is, below).
+        if operation.coalescingTarget == nil {
+            do {
+                let document = try Self.json(operation)
+                let rows = try pool.withConnection { c in
+                    try c.query(
+                        """
+                        INSERT INTO operations (sequence, id, site, kind, state, idempotency_key, history_count, document)
+                        SELECT n, \(operation.id), \(operation.site.rawValue), \(operation.kind.rawValue), \(operation.state.rawValue),
+                               \(operation.idempotencyKey), \(operation.history.count), jsonb_set(\(document)::jsonb, '{sequence}', to_jsonb(n))::text
+                        FROM (SELECT nextval(pg_get_serial_sequence('operations', 'sequence')) AS n) AS drawn
+                        RETURNING sequence
+                        """)
+                }
+                guard let sequence = try rows.first?.decode(Int64.self) else { throw PostgresStoreError("INSERT returned no sequence") }
+                var stored = operation
+                stored.sequence = sequence
+                return (stored, [])
+            } catch let error as PostgresStoreError where error.isUniqueViolation {
+                if let key = operation.idempotencyKey { throw OperationStoreError.duplicateIdempotencyKey(key) }
+                throw error
+            }
+        }
         do {
             return try pool.transaction { c in
                 if let key = operation.idempotencyKey, try !c.query("SELECT 1 FROM operations WHERE idempotency_key = \(key)").isEmpty {
@@ -210,6 +235,24 @@ public struct PostgresOperationStore: OperationStore {
 
     public func list(_ filter: OperationFilter, after cursor: Int64?, limit: Int) throws -> OperationPage {
         try page(filter, cursor: cursor, limit: limit, newestFirst: false)
+    }
+
+    /// A COUNT on the indexed columns: no document is read.
+    public func count(_ filter: OperationFilter, limit: Int) throws -> Int {
+        var clauses: [String] = []
+        var binds = PostgresBindings()
+        func parameter(_ value: some PostgresEncodable & Sendable) throws -> String {
+            try binds.append(value)
+            return "$\(binds.count)"
+        }
+        if let site = filter.site { clauses.append("site = \(try parameter(site.rawValue))") }
+        if let kind = filter.kind { clauses.append("kind = \(try parameter(kind.rawValue))") }
+        if let states = filter.states { clauses.append("state = ANY(\(try parameter(states.map(\.rawValue).sorted())))") }
+        let whereClause = clauses.isEmpty ? "" : "WHERE " + clauses.joined(separator: " AND ")
+        let sql = "SELECT COUNT(*) FROM (SELECT 1 FROM operations \(whereClause) LIMIT \(max(1, limit))) AS limited"
+        return try pool.withConnection { c in
+            Int(try c.query(PostgresQuery(unsafeSQL: sql, binds: binds)).first?.decode(Int64.self) ?? 0)
+        }
     }
 
     public func listNewestFirst(_ filter: OperationFilter, before cursor: Int64?, limit: Int) throws -> OperationPage {

@@ -87,7 +87,7 @@ public final class PostgresPool: Sendable {
             database: location.database, tls: tls)
         configuration.options.connectTimeout = .seconds(10)
         self.configuration = configuration
-        group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+        group = MultiThreadedEventLoopGroup(numberOfThreads: min(2, System.coreCount))
         do {
             try withConnection { _ in }
         } catch {

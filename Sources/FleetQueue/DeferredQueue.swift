@@ -162,19 +162,16 @@ public struct DeferredQueue: Sendable {
         guard (1...100).contains(maxAttempts) else { throw QueueError(.invalid, "maxAttempts: must be between 1 and 100") }
 
         do {
-            if let key = request.idempotencyKey, let existing = try store.operation(idempotencyKey: key) {
-                return SubmissionResult(
-                    operation: existing, existing: true, reason: "idempotency key '\(key)' already used", deadline: situation?.deadline,
-                    superseded: [])
-            }
+            // A key used before is found by the insert (a unique index, in the same transaction):
+            // no read ahead of it (on PostgreSQL each is a round trip).
             var reason: String
-            let ahead = try store.list(OperationFilter(site: site, states: [.queued, .dispatching]), after: nil, limit: 1_000).operations.count
             switch situation {
             case nil: reason = "queued: the site has not reported yet"
             case let s? where s.mode == .connected && s.stable:
+                // Only here is the count of what waits ahead said (a read the other cases do without).
                 if let notBefore = request.notBefore, notBefore > now {
                     reason = "queued: the site is connected; scheduled for \(RFC3339.format(notBefore))"
-                } else if ahead > 0 {
+                } else if case let ahead = try store.count(OperationFilter(site: site, states: [.queued, .dispatching]), limit: 1_000), ahead > 0 {
                     reason = "queued: the site is connected; it runs after \(ahead)\(ahead == 1_000 ? " or more" : "") earlier operation(s) there"
                 } else {
                     reason = "queued to run now: the site is connected"
@@ -204,7 +201,7 @@ public struct DeferredQueue: Sendable {
             do {
                 (operation, superseded) = try store.insert(operation)
             } catch OperationStoreError.duplicateIdempotencyKey {
-                // Lost a race with an identical submission: answer with the winner.
+                // Submitted before (or a race with an identical submission): answer with that one.
                 if let key = request.idempotencyKey, let existing = try store.operation(idempotencyKey: key) {
                     return SubmissionResult(
                         operation: existing, existing: true, reason: "idempotency key '\(key)' already used",

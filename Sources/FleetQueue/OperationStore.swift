@@ -84,6 +84,8 @@ public protocol OperationStore: Sendable {
     ) throws -> DeferredOperation
     /// Operations matching `filter`, oldest first, after `cursor` (a `sequence`).
     func list(_ filter: OperationFilter, after cursor: Int64?, limit: Int) throws -> OperationPage
+    /// How many operations match `filter`, counting no further than `limit`.
+    func count(_ filter: OperationFilter, limit: Int) throws -> Int
     /// Operations matching `filter`, newest first, before `cursor` (a `sequence`).
     func listNewestFirst(_ filter: OperationFilter, before cursor: Int64?, limit: Int) throws -> OperationPage
     /// Counts by site and state, for views, the summary and metrics.
@@ -132,6 +134,11 @@ extension OperationStore {
         _ operation: DeferredOperation, to: OperationState, at: Date, note: String, update: @Sendable (inout DeferredOperation) -> Void
     ) throws -> DeferredOperation {
         try transition(id: operation.id, expected: [.dispatching], to: to, at: at, note: note, update: update)
+    }
+
+    /// A count through `list`, for stores without a cheaper way.
+    public func count(_ filter: OperationFilter, limit: Int) throws -> Int {
+        try list(filter, after: nil, limit: limit).operations.count
     }
 
     /// Every operation matching `filter`, read page by page.

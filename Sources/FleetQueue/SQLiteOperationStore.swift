@@ -196,6 +196,27 @@ public struct SQLiteOperationStore: OperationStore {
         try page(filter, cursor: cursor, limit: limit, newestFirst: false)
     }
 
+    /// A COUNT on the indexed columns: no document is read (a submission says how many wait ahead of it).
+    public func count(_ filter: OperationFilter, limit: Int) throws -> Int {
+        var clauses: [String] = []
+        var arguments: [(any DatabaseValueConvertible)?] = []
+        if let site = filter.site {
+            clauses.append("site = ?")
+            arguments.append(site.rawValue)
+        }
+        if let kind = filter.kind {
+            clauses.append("kind = ?")
+            arguments.append(kind.rawValue)
+        }
+        if let states = filter.states {
+            clauses.append("state IN (\(Array(repeating: "?", count: states.count).joined(separator: ", ")))")
+            arguments += states.map(\.rawValue).sorted().map { $0 as (any DatabaseValueConvertible)? }
+        }
+        let whereClause = clauses.isEmpty ? "" : "WHERE " + clauses.joined(separator: " AND ")
+        let sql = "SELECT COUNT(*) FROM (SELECT 1 FROM operations \(whereClause) LIMIT \(max(1, limit)))"
+        return try writer.read { db in try Int.fetchOne(db.cachedStatement(sql: sql), arguments: StatementArguments(arguments)) ?? 0 }
+    }
+
     public func listNewestFirst(_ filter: OperationFilter, before cursor: Int64?, limit: Int) throws -> OperationPage {
         try page(filter, cursor: cursor, limit: limit, newestFirst: true)
     }
