@@ -38,6 +38,8 @@ bench:
 	python3 Benchmarks/slow_clients.py --skip-build --write docs/benchmarks.md
 	python3 Benchmarks/idle.py --skip-build --write docs/benchmarks.md
 	python3 Benchmarks/cpu_per_heartbeat.py --skip-build --write docs/benchmarks.md
+	python3 Benchmarks/cpu_per_heartbeat.py --skip-build --postgres --write docs/benchmarks.md
+	python3 Benchmarks/aggregator.py --only scale --postgres --skip-build --write docs/benchmarks.md
 	python3 Benchmarks/failover.py --skip-build --write docs/benchmarks.md
 	python3 Benchmarks/queue_postgres.py --skip-build --write docs/benchmarks.md
 

@@ -31,7 +31,10 @@ import sys
 import tempfile
 import time
 
-from benchlib import ROOT, build_release, free_port, machine, start_broker, which, write_section
+from benchlib import ROOT, build_release, free_port, machine, start_broker, start_postgres, which, write_section
+
+# The database the aggregator runs on: its SQLite file (the default), or (--postgres) a PostgreSQL of its own.
+POSTGRES = None  # (url, password file) when set
 
 INGEST_MIN_RATIO = 0.8
 INGEST_MIN_RATE = 50_000
@@ -47,7 +50,8 @@ def bin_dir():
 
 def start_aggregator(binary, port, directory, extra=(), http_port=0):
     log = open(os.path.join(directory, "aggregator.log"), "a")
-    proc = subprocess.Popen([binary, "--broker", f"mqtt://127.0.0.1:{port}", "--db", os.path.join(directory, "fleet.sqlite"),
+    database = ["--db", POSTGRES[0], "--db-password-file", POSTGRES[1]] if POSTGRES else ["--db", os.path.join(directory, "fleet.sqlite")]
+    proc = subprocess.Popen([binary, "--broker", f"mqtt://127.0.0.1:{port}", *database,
                              "--http", f"127.0.0.1:{http_port}", "--log-level", "warning", *extra], stdout=log, stderr=subprocess.STDOUT)
     wait_retained(port, "edgefleet/v1/aggregator/presence", timeout=30)
     return proc
@@ -229,6 +233,7 @@ def main():
     parser.add_argument("--only", choices=["ingest", "scale"])
     parser.add_argument("--write")
     parser.add_argument("--skip-build", action="store_true")
+    parser.add_argument("--postgres", action="store_true", help="the scale run on PostgreSQL (a server of its own) instead of SQLite")
     args = parser.parse_args()
 
     if args.skip_build:
@@ -275,10 +280,22 @@ was {rss:.0f} MB.
             write_section(args.write, "aggregator-ingest", section)
 
     if args.only in (None, "scale"):
-        s = scale(aggregator, bench, args.scale_sites, args.scale_seconds)
+        global POSTGRES
+        postgres_directory = tempfile.TemporaryDirectory(prefix="edgefleet-scale-pg-") if args.postgres else None
+        stop_postgres = None
+        if postgres_directory:
+            url, password_file, stop_postgres = start_postgres(postgres_directory.name)
+            POSTGRES = (url, password_file)
+        try:
+            s = scale(aggregator, bench, args.scale_sites, args.scale_seconds)
+        finally:
+            if stop_postgres:
+                stop_postgres()
+        backend = "postgres" if args.postgres else "sqlite"
         print(json.dumps(s), file=sys.stderr)
-        section = f"""<!-- aggregator-scale:begin -->
-## Aggregator at {s['sites']:,} sites (issue 4)
+        name = "aggregator-scale" + ("-postgres" if args.postgres else "")
+        section = f"""<!-- {name}:begin -->
+## Aggregator at {s['sites']:,} sites (issue 4{', on PostgreSQL: issue 14' if args.postgres else ''})
 
 The release aggregator is given {s['sites']:,} sites (one heartbeat each, taken in {s['loadSeconds']:.1f} s including their first
 retained views), then heartbeats for all of them flow at 10,000/s for {s['seconds']:.0f} s ({s['heartbeatsPerSecond']:,.0f}/s achieved) while every
@@ -286,7 +303,8 @@ retained views), then heartbeats for all of them flow at 10,000/s for {s['second
 `edgefleet/v1/fleet/sites/{{site}}` saying `semi-connected` is measured by a subscriber in the same process as the
 publisher.
 
-- Command: `python3 Benchmarks/aggregator.py --only scale --scale-sites {args.scale_sites} --scale-seconds {args.scale_seconds:.0f} --write docs/benchmarks.md` (part of `make bench`)
+- Command: `python3 Benchmarks/aggregator.py --only scale --scale-sites {args.scale_sites} --scale-seconds {args.scale_seconds:.0f}{' --postgres' if args.postgres else ''} --write docs/benchmarks.md` (part of `make bench`)
+- Database: {'PostgreSQL (Debian, on loopback, default durability; a server of its own)' if args.postgres else 'SQLite (WAL)'}
 - Machine: {where}
 - Measured: {when}
 
@@ -301,10 +319,10 @@ publisher.
 | `/metrics` full scrape ({s['sites']:,} site deadlines), median of 3 | {s['scrapeMedian'] * 1000:.0f} ms | < 1 s: {mark(s['scrapeMax'] < SCRAPE_MAX_S)} |
 | `/metrics` full scrape, slowest of 3 | {s['scrapeMax'] * 1000:.0f} ms | |
 | broker peak RSS (for scale) | {s['brokerRssMB']:.0f} MB | |
-<!-- aggregator-scale:end -->"""
+<!-- {name}:end -->"""
         print(section)
         if args.write:
-            write_section(args.write, "aggregator-scale", section)
+            write_section(args.write, name, section)
 
 
 if __name__ == "__main__":
