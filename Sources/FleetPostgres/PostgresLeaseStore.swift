@@ -39,7 +39,7 @@ public final class PostgresLeaseStore: LeaseStore {
         }
     }
 
-    public func campaign(holder: String, epoch: Int64?, duration: Duration) throws -> LeaseGrant? {
+    public func campaign(holder: String, epoch: Int64?, duration: Duration) throws -> (grant: LeaseGrant?, won: Bool) {
         let milliseconds = Int64(duration.components.seconds * 1000 + duration.components.attoseconds / 1_000_000_000_000_000)
         return try withConnection { c in
             // Renew when held by this holder at this epoch; else take it when it has run out
@@ -54,11 +54,11 @@ public final class PostgresLeaseStore: LeaseStore {
                 """)
             if let row = taken.first {
                 let (holder, epoch) = try row.decode((String, Int64).self)
-                return LeaseGrant(holder: holder, epoch: epoch)
+                return (LeaseGrant(holder: holder, epoch: epoch), true)
             }
-            guard let row = try c.query("SELECT holder, epoch FROM leader_lease WHERE id = 1 AND expires_at > now()").first else { return nil }
+            guard let row = try c.query("SELECT holder, epoch FROM leader_lease WHERE id = 1 AND expires_at > now()").first else { return (nil, false) }
             let (current, currentEpoch) = try row.decode((String, Int64).self)
-            return LeaseGrant(holder: current, epoch: currentEpoch)
+            return (LeaseGrant(holder: current, epoch: currentEpoch), false)
         }
     }
 

@@ -292,6 +292,29 @@ public struct PostgresOperationStore: OperationStore {
         }
     }
 
+    public func holdClaim(id: String, for duration: Duration) throws {
+        let milliseconds = Int64(duration.components.seconds * 1000 + duration.components.attoseconds / 1_000_000_000_000_000)
+        try pool.withConnection { c in
+            try c.query(
+                """
+                UPDATE operations SET claim_expires = now() + \(milliseconds) * interval '1 millisecond'
+                WHERE id = \(id) AND state = 'dispatching'
+                """)
+        }
+    }
+
+    public func releaseClaim(id: String) throws {
+        try pool.withConnection { c in
+            try c.query("UPDATE operations SET claim_expires = now() WHERE id = \(id) AND state = 'dispatching'")
+        }
+    }
+
+    public func claimLapsed(id: String) throws -> Bool {
+        try pool.withConnection { c in
+            try c.query("SELECT claim_expires IS NULL OR claim_expires <= now() FROM operations WHERE id = \(id)").first?.decode(Bool.self) ?? true
+        }
+    }
+
     public func recordRun(_ run: ExecutorRun) throws {
         try pool.withConnection { c in
             try c.query(

@@ -51,6 +51,11 @@ public enum PostgresSchema {
                 "INSERT INTO leader_lease (id, holder, epoch, expires_at) VALUES (1, '', 0, 'epoch')",
             ]
         ),
+        (
+            // How long a dispatching operation's claim holds (its executor's longest possible run).
+            "v6-claim-expiry",
+            ["ALTER TABLE operations ADD COLUMN claim_expires timestamptz"]
+        ),
     ]
 
     /// Applies what is missing, in one transaction, under an advisory lock: replicas that start

@@ -45,8 +45,17 @@ public struct DispatchSettings: Sendable, Hashable {
     public var maximumBackoff: Duration = .seconds(1800)
     /// Bytes of an executor's output kept in the history.
     public var outputBytes: Int = 4096
+    /// Replicas: every executor runs under coreutils' `timeout` (its own time limit, which holds
+    /// even if this replica dies and leaves it running), and its claim is held for that long
+    /// (`claimBound`): no other replica runs the operation again before the executor cannot be
+    /// running any more.
+    public var boundedRuns = false
 
-    public init(limit: Int = 4, backoff: Duration = .seconds(30), maximumBackoff: Duration = .seconds(1800), outputBytes: Int = 4096) {
+    public init(
+        limit: Int = 4, backoff: Duration = .seconds(30), maximumBackoff: Duration = .seconds(1800), outputBytes: Int = 4096,
+        boundedRuns: Bool = false
+    ) {
+        self.boundedRuns = boundedRuns
         self.limit = limit
         self.backoff = backoff
         self.maximumBackoff = maximumBackoff
@@ -93,6 +102,9 @@ public final class Dispatcher: Sendable {
         var stopping = false
         /// This replica stopped leading: nothing starts until `resume()`.
         var standingDown = false
+        /// Operations this dispatcher claimed and whose outcome is not recorded yet (a periodic
+        /// look for lapsed claims leaves them alone).
+        var inFlight: Set<String> = []
         /// How many times it stood down: a run started before the last time was stopped by it,
         /// and its outcome is not recorded (the next lead's recovery queues it again, noted).
         var standDowns: UInt64 = 0
@@ -208,20 +220,35 @@ public final class Dispatcher: Sendable {
     /// SIGKILL after `grace`): one operation never runs twice at the same time. An executor
     /// that cannot be ended leaves its operation `dispatching` (logged); the next start tries again.
     /// Blocks while it waits for leftovers to end: call it off the cooperative pool.
-    public func recover(now: Date, grace: Duration = .seconds(10)) throws {
+    ///
+    /// Replicas: an operation whose executor is not on this host (or not known) is queued again only
+    /// once its claim has run out (`claimLapsed`: the executor's own time limit has passed, or its
+    /// replica released the claim after the executor ended). `periodic`: the look a leader makes
+    /// every few seconds, which leaves alone what this dispatcher itself is running.
+    public func recover(now: Date, grace: Duration = .seconds(10), periodic: Bool = false) throws {
         let boot = ProcessTable.bootID()
         let host = ProcessTable.hostName()
         var runs: [String: ExecutorRun] = [:]
         for run in try store.runs() { runs[run.operationID] = run }
+        let ours = state.withLock { $0.inFlight }
         for operation in try store.all(OperationFilter(states: [.dispatching])) {
+            if periodic && ours.contains(operation.id) { continue }
             // A record from another boot or host names processes that are not these.
             let run = runs[operation.id].flatMap { $0.bootID == boot && $0.host == host ? $0 : nil }
+            var lapsedElsewhere = false
+            if run == nil {
+                guard try store.claimLapsed(id: operation.id) else { continue }  // its executor may still run elsewhere
+                lapsedElsewhere = runs[operation.id] != nil
+            }
             let (found, gone) = LeftoverExecutors.end(operationID: operation.id, run: run, grace: grace)
             guard gone else {
                 logger.error("operation \(operation.id): its executor from before the restart cannot be ended; it stays dispatching")
                 continue
             }
             var note = "the aggregator stopped while this was running; it runs again (at least once)"
+            if lapsedElsewhere, let other = runs[operation.id] {
+                note = "its run on \(other.host) (started \(RFC3339.format(other.startedAt))) ended with its replica, and its claim ran out; it runs again (at least once)"
+            }
             if found > 0 {
                 note += "; its executor was still running (\(found) process(es), group \(run.map { "\($0.processGroup)" } ?? "unrecorded")) and was ended first"
             }
@@ -234,6 +261,10 @@ public final class Dispatcher: Sendable {
         let stillDispatching = Set(try store.all(OperationFilter(states: [.dispatching])).map(\.id))
         for id in runs.keys where !stillDispatching.contains(id) { try? store.forgetRun(operationID: id) }
     }
+
+    /// How long a claim holds under `boundedRuns`: the executor's limit, the 5 s more its own
+    /// `timeout` allows, the 10 s before that kills it, and 5 s of margin.
+    static func claimBound(_ template: ExecutorTemplate) -> Duration { template.timeout + .seconds(20) }
 
     /// One pass: expire, block, then start what may start. `situation` answers for a site
     /// the aggregator knows (nil: never heard from).
@@ -449,6 +480,7 @@ public final class Dispatcher: Sendable {
             // Marked started now, before the store's claim: a full pass that lays out the queue
             // meanwhile leaves it out.
             s.startedSinceRead[operation.id] = (operation.site, ContinuousClock.now)
+            s.inFlight.insert(operation.id)
             return s.standDowns
         }
         guard let standDownsAtStart = claimed else { return false }
@@ -460,9 +492,25 @@ public final class Dispatcher: Sendable {
                 _ = $0.running.remove(operation.site)
                 $0.slots -= 1
                 $0.startedSinceRead[operation.id] = nil
+                $0.inFlight.remove(operation.id)
             }
             invalidate()  // moved by someone else: read the queue again
             return false
+        }
+        if settings.boundedRuns, let template = executors[operation.kind] {
+            // The claim holds as long as the executor can run; without that, another replica could
+            // run it again meanwhile: it does not start (its claim, never held, counts as lapsed).
+            do {
+                try store.holdClaim(id: dispatched.id, for: Self.claimBound(template))
+            } catch {
+                logger.error("operation \(dispatched.id): its claim could not be held (\(error)); not started, a recovery queues it again")
+                state.withLock {
+                    _ = $0.running.remove(operation.site)
+                    $0.slots -= 1
+                    $0.inFlight.remove(operation.id)
+                }
+                return false
+            }
         }
         emit(FleetEvent(type: .operationDispatched, site: dispatched.site, at: now, operationID: dispatched.id, kind: dispatched.kind))
         // The slot is given back once: when the executor has exited, or when it never started.
@@ -486,8 +534,10 @@ public final class Dispatcher: Sendable {
                         await self.record(dispatched, result)
                     } else {
                         // Stopped because this replica stood down (even if it leads again by now):
-                        // not its outcome to record; the next lead's recovery queues it again.
+                        // not its outcome to record; the next lead's recovery queues it again, at
+                        // once now that its claim is released.
                         self.logger.warning("operation \(dispatched.id) was stopped when this replica stood down; its outcome is not recorded")
+                        try? self.store.releaseClaim(id: dispatched.id)
                     }
                     self.ended(dispatched, release: release)
                 }
@@ -500,6 +550,7 @@ public final class Dispatcher: Sendable {
     private func ended(_ dispatched: DeferredOperation, release: @Sendable () -> Void) {
         release()
         state.withLock {
+            $0.inFlight.remove(dispatched.id)
             _ = $0.running.remove(dispatched.site)
             $0.finished[dispatched.site, default: 0] += 1
         }
@@ -513,7 +564,13 @@ public final class Dispatcher: Sendable {
         _ operation: DeferredOperation, argv: [String]?, exited: @escaping @Sendable () -> Void,
         completion: @escaping @Sendable (Result<CommandOutcome, CommandError>?) -> Void
     ) {
-        guard let template = executors[operation.kind], let argv else { return completion(nil) }
+        guard let template = executors[operation.kind], var argv else { return completion(nil) }
+        if settings.boundedRuns {
+            // Its own limit, which holds if this replica dies and leaves it running (the runner's
+            // kills it first while this replica lives); the claim holds longer still.
+            let limit = Int64((template.timeout + .seconds(5)).secondsValue.rounded(.up))
+            argv = ["timeout", "--kill-after=10s", "\(limit)s"] + argv
+        }
         var environment = executorEnvironment
         environment["EDGEFLEET_OPERATION_ID"] = operation.id
         let id = operation.id
@@ -600,6 +657,7 @@ public final class Dispatcher: Sendable {
                 return
             } catch OperationStoreError.notLeader {
                 logger.warning("operation \(operation.id): this replica no longer leads; its outcome (\(to.rawValue)) is left to the next leader, which runs it again")
+                try? store.releaseClaim(id: operation.id)  // its executor has ended: no need to wait for the claim to run out
                 return
             } catch {
                 logger.error("cannot record the end of operation \(operation.id), retrying in \(DurationFormat.format(wait)): \(error)")

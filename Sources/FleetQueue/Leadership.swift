@@ -24,8 +24,10 @@ public struct LeaseGrant: Sendable, Hashable {
 public protocol LeaseStore: Sendable {
     /// One round: renews the lease for `duration` when `holder` holds it at `epoch`; else takes
     /// it (epoch + 1) when it is free or has run out. Returns who holds it after the round (nil:
-    /// nobody, it ran out and this caller could not take it).
-    func campaign(holder: String, epoch: Int64?, duration: Duration) throws -> LeaseGrant?
+    /// nobody) and whether this round renewed or took it: a lease that still names `holder` but
+    /// was not renewed (it stood down meanwhile) is not won again until it has run out, and then
+    /// under a new epoch.
+    func campaign(holder: String, epoch: Int64?, duration: Duration) throws -> (grant: LeaseGrant?, won: Bool)
     /// Gives the lease up at once (a graceful stop): another replica takes it at its next round.
     func release(holder: String, epoch: Int64) throws
 }
@@ -129,8 +131,8 @@ public final class Leadership: Service, Sendable {
             let sent = ContinuousClock.now
             let (mine, epoch) = state.withLock { ($0.role == .leader, $0.epoch) }
             do {
-                let grant = try store.campaign(holder: holder, epoch: mine ? epoch : nil, duration: lease)
-                if let grant, grant.holder == holder {
+                let (grant, won) = try store.campaign(holder: holder, epoch: mine ? epoch : nil, duration: lease)
+                if let grant, won {
                     set(.leader, epoch: grant.epoch, leader: replicaID, validUntil: sent + lease * Self.holdFraction)
                 } else {
                     set(.standby, epoch: grant?.epoch ?? epoch, leader: grant?.replica, validUntil: nil)

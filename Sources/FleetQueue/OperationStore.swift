@@ -90,6 +90,13 @@ public protocol OperationStore: Sendable {
     func listNewestFirst(_ filter: OperationFilter, before cursor: Int64?, limit: Int) throws -> OperationPage
     /// Counts by site and state, for views, the summary and metrics.
     func counts() throws -> [SiteID: [OperationState: Int]]
+    /// Replicas: how long the claim of a dispatching operation holds (the longest its executor can
+    /// run, its own time limit included): until then no other replica runs it again.
+    func holdClaim(id: String, for duration: Duration) throws
+    /// Replicas: the claim is over (its executor has ended, and its outcome could not be written).
+    func releaseClaim(id: String) throws
+    /// Replicas: whether the claim of a dispatching operation has run out (or was released).
+    func claimLapsed(id: String) throws -> Bool
     /// Records, durably, that an executor for an operation was started (replacing an older record).
     func recordRun(_ run: ExecutorRun) throws
     /// Forgets the run of an operation (its outcome is recorded, or it is known to be gone).
@@ -135,6 +142,12 @@ extension OperationStore {
     ) throws -> DeferredOperation {
         try transition(id: operation.id, expected: [.dispatching], to: to, at: at, note: note, update: update)
     }
+
+    /// One aggregator (SQLite): no other replica can hold a claim, so every claim is over once
+    /// its executor on this host is (the recovery looks for that by itself).
+    public func holdClaim(id: String, for duration: Duration) throws {}
+    public func releaseClaim(id: String) throws {}
+    public func claimLapsed(id: String) throws -> Bool { true }
 
     /// A count through `list`, for stores without a cheaper way.
     public func count(_ filter: OperationFilter, limit: Int) throws -> Int {

@@ -111,11 +111,11 @@ public final class QueueService: Service, Sendable {
 
     /// Ends executors a killed predecessor left running and queues their operations again.
     /// It blocks while leftovers end: not on the cooperative pool.
-    public func recover() async throws {
+    public func recover(periodic: Bool = false) async throws {
         let dispatcher = dispatcher
         let now = clock.now()
         try await withCheckedThrowingContinuation { (done: CheckedContinuation<Void, any Error>) in
-            DispatchQueue.global().async { done.resume(with: Result { try dispatcher.recover(now: now) }) }
+            DispatchQueue.global().async { done.resume(with: Result { try dispatcher.recover(now: now, periodic: periodic) }) }
         }
     }
 
@@ -138,6 +138,7 @@ public final class QueueService: Service, Sendable {
         var queueEmpty = false  // nothing queued, dispatching or blocked at the last count
         // The epoch under which this replica recovered and dispatches (nil: not leading).
         var ledEpoch: Int64? = leadership.isReplicated ? nil : leadership.epoch
+        var lastLapsedLook = ContinuousClock.now
         while !isStopping {
             let now = clock.now()
             do {
@@ -148,6 +149,12 @@ public final class QueueService: Service, Sendable {
                         dispatcher.resume()
                         dispatcher.invalidate()
                         ledEpoch = fence.epoch
+                        lastLapsedLook = ContinuousClock.now
+                    } else if leadership.isReplicated, ContinuousClock.now - lastLapsedLook >= .seconds(5) {
+                        // Claims of another replica's runs that have run out since (its executor's
+                        // own time limit passed): queued again.
+                        lastLapsedLook = ContinuousClock.now
+                        try await recover(periodic: true)
                     }
                     try dispatcher.tick(now: now) { sites in self.situations(sites, now) }
                 } else {

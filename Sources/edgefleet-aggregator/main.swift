@@ -127,6 +127,9 @@ struct AggregatorCommand: AsyncParsableCommand {
                 // carry its epoch (connected, authenticated and migrated here: a wrong address or
                 // password ends the start with the reason).
                 let replicaID = configuration.replicaID ?? AggregatorConfiguration.defaultReplicaID(host: ProcessTable.hostName(), pid: getpid())
+                // Executors under their own time limit, claims held that long (no run twice at once,
+                // even when a replica dies on another host leaving its executor running).
+                configuration.dispatch.boundedRuns = true
                 if configuration.mqtt.clientID == AggregatorConfiguration.defaultClientID {
                     configuration.mqtt.clientID = "edgefleet-aggregator-\(replicaID)"  // one broker session per replica
                 }

@@ -118,7 +118,15 @@ struct ChaosTests {
         var epochs: [Int64] = []
         for round in 0..<5 {
             try await Task.sleep(for: .milliseconds(Int.random(in: 1_000...3_000)))
-            let lead = try #require(await leader(replicas), "no leader before kill \(round + 1)")
+            // A leader whose renewals were slow on this loaded machine may have stood down a moment
+            // ago (the lease lapses, then is taken again under a new epoch): wait for the lead.
+            let standing = replicas
+            let lead = try await withTimeout(.seconds(30), "a leader before kill \(round + 1)") {
+                while true {
+                    if let lead = await leader(standing) { return lead }
+                    try await Task.sleep(for: .milliseconds(100))
+                }
+            }
             epochs.append(lead.epoch)
             replicas[lead.slot].process.kill()
             replicas[lead.slot].process = try start(lead.slot, port: replicas[lead.slot].port)

@@ -83,11 +83,11 @@ struct StoreConformanceTests {
         let server = try #require(fresh.server)
         let name = String(fresh.database.split(separator: "/").last!)
         let names = try server.psql("SELECT name FROM schema_migrations ORDER BY name", database: name).split(separator: "\n").map(String.init)
-        #expect(names == ["v1-sites", "v2-operations", "v3-runs", "v4-forgotten-sites", "v5-leader-lease"])
+        #expect(names == ["v1-sites", "v2-operations", "v3-runs", "v4-forgotten-sites", "v5-leader-lease", "v6-claim-expiry"])
         // Three replicas opening at once: each finds the schema whole, nothing is applied twice.
         let opened = try (0..<3).map { _ in Task.detached { try fresh.reopen().sites.count() } }
         for task in opened { _ = try awaitBlocking(task) }
-        #expect(try server.psql("SELECT count(*) FROM schema_migrations", database: name).trimmingCharacters(in: .whitespacesAndNewlines) == "5")
+        #expect(try server.psql("SELECT count(*) FROM schema_migrations", database: name).trimmingCharacters(in: .whitespacesAndNewlines) == "6")
         try server.psql("INSERT INTO schema_migrations (name) VALUES ('v99-from-the-future')", database: name)
         #expect {
             _ = try fresh.reopen()
@@ -103,11 +103,17 @@ struct StoreConformanceTests {
         let server = try #require(fresh.server)
         let (_, pool) = try PostgresStores.open(url: fresh.database, passwordFile: fresh.passwordFile, environment: [:], logger: Logger(label: "test"))
         let lease = PostgresLeaseStore(pool: pool)
-        let a = try #require(try lease.campaign(holder: "a", epoch: nil, duration: .seconds(2)))
-        #expect(a.holder == "a")
+        let opening = try lease.campaign(holder: "a", epoch: nil, duration: .seconds(2))
+        let a = try #require(opening.grant)
+        #expect(a.holder == "a" && opening.won)
         // B cannot take a lease that has not run out; A renews without a new epoch.
-        #expect(try lease.campaign(holder: "b", epoch: nil, duration: .seconds(2)) == a)
-        #expect(try lease.campaign(holder: "a", epoch: a.epoch, duration: .seconds(2)) == a)
+        let byB = try lease.campaign(holder: "b", epoch: nil, duration: .seconds(2))
+        #expect(byB.grant == a && !byB.won)
+        let renewed = try lease.campaign(holder: "a", epoch: a.epoch, duration: .seconds(2))
+        #expect(renewed.grant == a && renewed.won)
+        // A that stood down (it asks without its epoch) does not win back the lease it still names.
+        let standingDown = try lease.campaign(holder: "a", epoch: nil, duration: .seconds(2))
+        #expect(standingDown.grant == a && !standingDown.won)
 
         // Both replicas' stores, each fenced by what it believes it holds.
         let believed = LockedBox<[String: LeaseGrant]>(["a": a])
@@ -128,7 +134,9 @@ struct StoreConformanceTests {
 
         // A's lease runs out (it stalled); B takes it under a new epoch.
         try lease.release(holder: "a", epoch: a.epoch)
-        let b = try #require(try lease.campaign(holder: "b", epoch: nil, duration: .seconds(30)))
+        let takeover = try lease.campaign(holder: "b", epoch: nil, duration: .seconds(30))
+        let b = try #require(takeover.grant)
+        #expect(takeover.won)
         #expect(b.holder == "b" && b.epoch == a.epoch + 1)
         believed.set(["a": a, "b": b])
         // A, deposed but unaware, can neither claim nor record an outcome: both refused in the database.
@@ -142,6 +150,51 @@ struct StoreConformanceTests {
         #expect(try store("b").claim(second, at: Self.now, note: "attempt 1").state == .dispatching)
         #expect(try store("b").complete(running, to: .succeeded, at: Self.now, note: "exit 0") { _ in }.state == .succeeded)
         _ = server
+    }
+
+    @Test("PostgreSQL: an operation running under a replica on another host is queued again only once its claim has run out or was released, its history saying why")
+    func claimsElsewhere() async throws {
+        let fresh = try FreshStores(.postgres)
+        defer { fresh.remove() }
+        let store = fresh.stores.operations
+        let queue = DeferredQueue(store: store, executors: OperationQueueTests.executors)
+        func running(_ version: String, hold: Duration) throws -> DeferredOperation {
+            let submitted = try queue.submit(
+                SubmissionRequest(site: "store-\(version)", kind: "cluster.upgrade", params: ["kubernetesVersion": "1.30.\(version)"], createdBy: "t"),
+                situation: OperationQueueTests.semi, now: Self.now
+            ).operation
+            let claimed = try store.claim(submitted, at: Self.now, note: "attempt 1 of 5")
+            try store.holdClaim(id: claimed.id, for: hold)
+            // Its executor runs on another machine (a replica that then died there).
+            try store.recordRun(
+                ExecutorRun(operationID: claimed.id, processGroup: 4242, startTicks: 1, bootID: "another-boot", host: "other-host", startedAt: Self.now))
+            return claimed
+        }
+        let shortHold = try running("1", hold: .seconds(2))
+        let released = try running("2", hold: .seconds(600))
+        let held = try running("3", hold: .seconds(600))
+        let dispatcher = Dispatcher(
+            store: store, executors: OperationQueueTests.executors, settings: DispatchSettings(boundedRuns: true), logger: Logger(label: "test"),
+            emit: { _ in })
+        // The new leader's recovery: all three may still run over there; none is touched.
+        try dispatcher.recover(now: Date())
+        for operation in [shortHold, released, held] { #expect(try store.operation(id: operation.id)?.state == .dispatching) }
+        // The replica that ran the second saw its executor end (its outcome refused): it released the claim.
+        try store.releaseClaim(id: released.id)
+        // The first one's claim runs out by itself.
+        let deadline = ContinuousClock.now + .seconds(20)
+        while try !store.claimLapsed(id: shortHold.id) {
+            guard ContinuousClock.now < deadline else { throw TestSupportError("the claim never ran out") }
+            try await Task.sleep(for: .milliseconds(100))
+        }
+        try dispatcher.recover(now: Date(), periodic: true)
+        for operation in [shortHold, released] {
+            let now = try #require(try store.operation(id: operation.id))
+            #expect(now.state == .queued)
+            #expect(now.history.last?.note.contains("ended with its replica, and its claim ran out") == true, "\(now.history.map(\.note))")
+        }
+        #expect(try store.operation(id: held.id)?.state == .dispatching, "a claim still held was taken")
+        #expect(try SQLiteOperationStore(database: try AggregatorDatabase(path: fresh.directory + "/x.sqlite")).claimLapsed(id: "any"))
     }
 
     @Test("PostgreSQL URLs: the password is never in the URL; the user, the database and sslmode are checked; loopback defaults to plain TCP, elsewhere to verify-full")
