@@ -186,8 +186,9 @@ let package = Package(
         .executableTarget(
             name: "edgefleet-bench",
             dependencies: [
-                "MQTT", "FleetCore", "FleetAggregator", "FleetQueue",
+                "MQTT", "FleetCore", "FleetAggregator", "FleetQueue", "FleetPostgres",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
             ],
             path: "Benchmarks/edgefleet-bench",
             swiftSettings: swiftSettings
