@@ -315,6 +315,27 @@ public struct PostgresOperationStore: OperationStore {
         }
     }
 
+    public func enqueueEvent(_ event: FleetEvent) throws {
+        let text = String(decoding: try FleetJSON.encode(event), as: UTF8.self)
+        try pool.withConnection { c in
+            try c.query("INSERT INTO event_outbox (event) VALUES (\(text))")
+        }
+    }
+
+    /// Taken in one statement (deleted as they are read): a leader that dies right after loses
+    /// them (events are notices; the operations themselves are in the database).
+    public func takeQueuedEvents(limit: Int) throws -> [FleetEvent] {
+        let rows = try pool.withConnection { c in
+            try c.query(
+                """
+                DELETE FROM event_outbox WHERE sequence IN (SELECT sequence FROM event_outbox ORDER BY sequence LIMIT \(Int64(limit)))
+                RETURNING sequence, event
+                """
+            ).map { try $0.decode((Int64, String).self) }
+        }
+        return try rows.sorted { $0.0 < $1.0 }.map { try FleetJSON.decoder().decode(FleetEvent.self, from: Data($0.1.utf8)) }
+    }
+
     public func recordRun(_ run: ExecutorRun) throws {
         try pool.withConnection { c in
             try c.query(

@@ -56,6 +56,11 @@ public enum PostgresSchema {
             "v6-claim-expiry",
             ["ALTER TABLE operations ADD COLUMN claim_expires timestamptz"]
         ),
+        (
+            // Operators' changes made through standbys, waiting for the leader to publish them.
+            "v7-event-outbox",
+            ["CREATE TABLE event_outbox (sequence bigserial PRIMARY KEY, event text NOT NULL)"]
+        ),
     ]
 
     /// Applies what is missing, in one transaction, under an advisory lock: replicas that start

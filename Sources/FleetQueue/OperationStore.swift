@@ -97,6 +97,10 @@ public protocol OperationStore: Sendable {
     func releaseClaim(id: String) throws
     /// Replicas: whether the claim of a dispatching operation has run out (or was released).
     func claimLapsed(id: String) throws -> Bool
+    /// Replicas: an operator's change made through a standby, for the leader to publish.
+    func enqueueEvent(_ event: FleetEvent) throws
+    /// Replicas: the events standbys left, oldest first, taken (each is handed out once).
+    func takeQueuedEvents(limit: Int) throws -> [FleetEvent]
     /// Records, durably, that an executor for an operation was started (replacing an older record).
     func recordRun(_ run: ExecutorRun) throws
     /// Forgets the run of an operation (its outcome is recorded, or it is known to be gone).
@@ -148,6 +152,9 @@ extension OperationStore {
     public func holdClaim(id: String, for duration: Duration) throws {}
     public func releaseClaim(id: String) throws {}
     public func claimLapsed(id: String) throws -> Bool { true }
+    /// One aggregator always leads: nothing is left for another.
+    public func enqueueEvent(_ event: FleetEvent) throws {}
+    public func takeQueuedEvents(limit: Int) throws -> [FleetEvent] { [] }
 
     /// A count through `list`, for stores without a cheaper way.
     public func count(_ filter: OperationFilter, limit: Int) throws -> Int {

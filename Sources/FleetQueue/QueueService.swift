@@ -157,6 +157,10 @@ public final class QueueService: Service, Sendable {
                         try await recover(periodic: true)
                     }
                     try dispatcher.tick(now: now) { sites in self.situations(sites, now) }
+                    if leadership.isReplicated {
+                        // Operators' changes made through standbys, to publish.
+                        for event in try queue.store.takeQueuedEvents(limit: 1_000) { events.add(event) }
+                    }
                 } else {
                     ledEpoch = nil
                 }
@@ -193,9 +197,9 @@ public final class QueueService: Service, Sendable {
         wake.signal()
         if !result.existing {
             for id in result.superseded {
-                events.add(FleetEvent(type: .operationSuperseded, site: result.operation.site, at: now, operationID: id, note: "superseded by \(result.operation.id)"))
+                announce(FleetEvent(type: .operationSuperseded, site: result.operation.site, at: now, operationID: id, note: "superseded by \(result.operation.id)"))
             }
-            events.add(
+            announce(
                 FleetEvent(
                     type: result.operation.state == .blocked ? .operationBlocked : .operationQueued, site: result.operation.site, at: now,
                     operationID: result.operation.id, kind: result.operation.kind, note: result.reason))
@@ -242,7 +246,21 @@ public final class QueueService: Service, Sendable {
         wake.signal()
         let now = clock.now()
         for operation in operations {
-            events.add(FleetEvent(type: type, site: operation.site, at: now, operationID: operation.id, kind: operation.kind, note: note))
+            announce(FleetEvent(type: type, site: operation.site, at: now, operationID: operation.id, kind: operation.kind, note: note))
+        }
+    }
+
+    /// An operator's change as an event: published by this replica when it leads; otherwise left
+    /// in the database's outbox for the leader, which publishes it within a second.
+    private func announce(_ event: FleetEvent) {
+        if leadership.isLeader || !leadership.isReplicated {
+            events.add(event)
+            return
+        }
+        do {
+            try queue.store.enqueueEvent(event)
+        } catch {
+            logger.warning("the event of operation \(event.operationID ?? "?") could not be left for the leader: \(error)")
         }
     }
 }

@@ -63,11 +63,22 @@ struct ReplicaTests {
         // A site: the leader publishes its view; every event so far carries the leader's epoch.
         let site = try SimulatedSite("ha-site", brokerURL: broker.url)
         site.reportContact(at: Date())
+        site.regainAzure()  // every heartbeat reports a fresh contact (a loaded machine must not age it past connectedWithin)
         try await site.connect()
         try await site.status(cluster: ClusterInfo(name: "aks-ha", resourceGroup: "rg"))
         site.startBeating()
         _ = try await messages.view("ha-site", "ha-site connected") { $0.mode == .connected }
         let epochA = try #require(aLeads.epoch)
+        // A submission through the standby: its event is published by the leader (through the outbox).
+        let early = #"{"site":"ha-site","kind":"extension.install","params":{"name":"through-the-standby"},"createdBy":"test","notBefore":"2099-01-01T00:00:00Z"}"#
+        let viaStandby = try await HTTP.request("POST", port: bPort, "/v1/operations", token: OperatorFixture.token, body: Array(early.utf8))
+        let earlyID = try #require((try viaStandby.json()["operation"] as? [String: Any])?["id"] as? String, "\(viaStandby.status) \(viaStandby.text)")
+        let queuedEvent = try await messages.event("ha-site", "the standby's submission announced by the leader") { $0.type == .operationQueued && $0.operationID == earlyID }
+        #expect(queuedEvent.epoch == epochA)
+        // Cancelled through the standby too (it would hold the site's later operations until 2099).
+        let cancelled = try await HTTP.request("POST", port: bPort, "/v1/operations/\(earlyID)/cancel", token: OperatorFixture.token)
+        #expect(cancelled.status == 200, "\(cancelled.text)")
+        _ = try await messages.event("ha-site", "the standby's cancel announced by the leader") { $0.type == .operationCancelled && $0.operationID == earlyID }
 
         // SIGKILL of the leader: the standby takes the lead once the lease ran out.
         let killedAt = ContinuousClock.now
