@@ -26,7 +26,8 @@ public struct PostgresStoreError: Error, Sendable, CustomStringConvertible {
                 return PostgresStoreError(
                     "PostgreSQL: \(info[.message] ?? "error")\(state.map { " (SQLSTATE \($0))" } ?? "")", sqlState: state)
             }
-            return PostgresStoreError("PostgreSQL: \(error.code)")
+            // A connection error's cause (a refused certificate, a refused connection) says what to fix.
+            return PostgresStoreError("PostgreSQL: \(error.code)\(error.underlying.map { ": \($0)" } ?? "")")
         }
         return PostgresStoreError("PostgreSQL: \(error)")
     }

@@ -32,8 +32,10 @@ struct OperatorAPITests {
         // The dashboard's cookie is not a credential for the API (another site's page could make a browser send it).
         #expect(try await HTTP.get(port: f.port, "/v1/fleet", headers: ["Cookie": "edgefleet_token=\(OperatorFixture.token)"]).status == 401)
         #expect(try await HTTP.post(port: f.port, "/v1/operations/op-x/cancel", headers: ["Cookie": "edgefleet_token=\(OperatorFixture.token)"]).status == 401)
-        // A token followed by NUL bytes is not the token.
-        #expect(try await f.get("/v1/fleet", token: OperatorFixture.token + String(repeating: "\u{0}", count: 256)).status != 200)
+        // A token followed by NUL bytes is not the token: answered 400 or the connection closed (the
+        // server may close it while the client still writes, which a loaded machine shows as an empty answer).
+        let nul = try? await f.get("/v1/fleet", token: OperatorFixture.token + String(repeating: "\u{0}", count: 256))
+        #expect(nul.map { $0.status != 200 } ?? true)
 
         // Tokens are read again when the file changes: a revoked token stops working.
         try "\(OperatorFixture.token)\n".write(toFile: f.tokenFile, atomically: true, encoding: .utf8)

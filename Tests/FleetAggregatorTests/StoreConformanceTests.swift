@@ -246,6 +246,31 @@ struct StoreConformanceTests {
         #expect(throws: PostgresStoreError.self) { try PostgresStores.password(file: directory + "/missing", environment: [:]) }
     }
 
+    @Test("PostgreSQL over TLS: verify-full with the server's CA connects, with another CA is refused naming the certificate; require encrypts without checking")
+    func tls() throws {
+        let pki = try TestPKI()
+        defer { pki.remove() }
+        let server = try PostgresServer(tls: pki)
+        defer { try? server.stop() }
+        let database = try server.createDatabase()
+        func open(_ query: String) throws -> AggregatorStores {
+            try PostgresStores.open(url: server.url(database, query: query), passwordFile: server.passwordFile, environment: [:], logger: Logger(label: "test"))
+                .stores
+        }
+        let verified = try open("sslmode=verify-full&sslrootcert=\(pki.caCertificate)")
+        try verified.sites.save([try record("tls-site")], at: Self.now)
+        #expect(try verified.sites.count() == 1)
+        // The session really is encrypted (the server says so).
+        let encrypted = try server.psql("SELECT count(*) FROM pg_stat_ssl WHERE ssl AND pid <> pg_backend_pid()", database: database)
+        #expect((Int(encrypted.trimmingCharacters(in: .whitespacesAndNewlines)) ?? 0) >= 1)
+        #expect {
+            _ = try open("sslmode=verify-full&sslrootcert=\(pki.otherCACertificate)")
+        } throws: { error in
+            "\(error)".lowercased().contains("certificate")
+        }
+        #expect(try open("sslmode=require").sites.count() == 1)
+    }
+
     @Test("PostgreSQL stopped: calls fail with a clear error within the timeout, nothing hangs; started again, the same pool works without a restart")
     func databaseStopped() throws {
         let server = try PostgresServer()  // its own: stopping it must not disturb other tests

@@ -30,7 +30,18 @@ public final class PostgresServer: @unchecked Sendable {
         return result
     }()
 
-    public init() throws {
+    /// `tls`: the server also speaks TLS with `tls`'s server certificate (for 127.0.0.1).
+    public convenience init(tls: TestPKI) throws {
+        try self.init(certificate: (tls.serverCertificate, tls.serverKey))
+    }
+
+    public convenience init() throws {
+        try self.init(certificate: nil)
+    }
+
+    let tls: Bool
+
+    private init(certificate: (String, String)?) throws {
         guard let version = try? FileManager.default.contentsOfDirectory(atPath: "/usr/lib/postgresql").compactMap(Int.init).max() else {
             throw TestSupportError("PostgreSQL is not installed (Debian package: postgresql)")
         }
@@ -41,6 +52,12 @@ public final class PostgresServer: @unchecked Sendable {
         let passwordFile = directory + "/password"
         try Data((password + "\n").utf8).write(to: URL(fileURLWithPath: passwordFile))
         chmod(passwordFile, 0o600)
+        if let (certificate, key) = certificate {
+            try FileManager.default.copyItem(atPath: certificate, toPath: directory + "/server.crt")
+            try FileManager.default.copyItem(atPath: key, toPath: directory + "/server.key")
+            chmod(directory + "/server.key", 0o600)
+        }
+        tls = certificate != nil
         try Self.giveToPostgres(directory)
         port = try freeLoopbackPort()
         try asPostgres(
@@ -77,7 +94,9 @@ public final class PostgresServer: @unchecked Sendable {
             "pg_ctl",
             [
                 "-D", dataDirectory, "-l", directory + "/postgres.log", "-w", "-t", "60", "-o",
-                "-p \(port) -k \(directory) -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200", "start",
+                "-p \(port) -k \(directory) -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200"
+                    + (tls ? " -c ssl=on -c ssl_cert_file=\(directory)/server.crt -c ssl_key_file=\(directory)/server.key" : ""),
+                "start",
             ])
     }
 
