@@ -138,7 +138,32 @@ public struct PostgresOperationStore: OperationStore {
         id: String, expected: Set<OperationState>, to: OperationState, at: Date, note: String,
         update: @Sendable (inout DeferredOperation) -> Void
     ) throws -> DeferredOperation {
-        try pool.transaction { c in
+        try transition(id: id, expected: expected, to: to, at: at, note: note, fenced: false, update: update)
+    }
+
+    /// The dispatcher's transitions carry the lease, checked in the same transaction (the lease
+    /// row locked for share: a change of leader waits for it).
+    @discardableResult
+    public func transitionAsLeader(
+        id: String, expected: Set<OperationState>, to: OperationState, at: Date, note: String,
+        update: @Sendable (inout DeferredOperation) -> Void
+    ) throws -> DeferredOperation {
+        try transition(id: id, expected: expected, to: to, at: at, note: note, fenced: true, update: update)
+    }
+
+    private func transition(
+        id: String, expected: Set<OperationState>, to: OperationState, at: Date, note: String, fenced: Bool,
+        update: @Sendable (inout DeferredOperation) -> Void
+    ) throws -> DeferredOperation {
+        let grant = fenced ? try leaseHeld(id) : nil
+        return try pool.transaction { c in
+            if let grant {
+                let held = try c.query(
+                    """
+                    SELECT 1 FROM leader_lease WHERE id = 1 AND holder = \(grant.holder) AND epoch = \(grant.epoch) AND expires_at > now() FOR SHARE
+                    """)
+                guard !held.isEmpty else { throw OperationStoreError.notLeader(id: id, epoch: grant.epoch) }
+            }
             guard let row = try c.query("SELECT document FROM operations WHERE id = \(id) FOR UPDATE").first else {
                 throw OperationStoreError.notFound(id)
             }

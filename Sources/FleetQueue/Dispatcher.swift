@@ -252,7 +252,7 @@ public final class Dispatcher: Sendable {
             if found > 0 {
                 note += "; its executor was still running (\(found) process(es), group \(run.map { "\($0.processGroup)" } ?? "unrecorded")) and was ended first"
             }
-            try store.transition(id: operation.id, expected: [.dispatching], to: .queued, at: now, note: note, update: { _ in })
+            try store.transitionAsLeader(id: operation.id, expected: [.dispatching], to: .queued, at: now, note: note, update: { _ in })
             try? store.forgetRun(operationID: operation.id)
             emit(FleetEvent(type: .operationQueued, site: operation.site, at: now, operationID: operation.id, kind: operation.kind, note: note))
             logger.warning("operation \(operation.id) was running when the aggregator stopped; queued again", metadata: ["leftovers": "\(found)"])
@@ -460,7 +460,7 @@ public final class Dispatcher: Sendable {
 
     private func move(_ operation: DeferredOperation, to: OperationState, at now: Date, note: String, event: FleetEventType) throws {
         do {
-            let moved = try store.transition(id: operation.id, expected: [operation.state], to: to, at: now, note: note, update: { _ in })
+            let moved = try store.transitionAsLeader(id: operation.id, expected: [operation.state], to: to, at: now, note: note, update: { _ in })
             emit(FleetEvent(type: event, site: moved.site, at: now, operationID: moved.id, kind: moved.kind, note: note))
         } catch OperationStoreError.conflict {
             // An operator acted on it meanwhile; theirs stands.

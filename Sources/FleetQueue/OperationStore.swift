@@ -70,6 +70,14 @@ public protocol OperationStore: Sendable {
         id: String, expected: Set<OperationState>, to: OperationState, at: Date, note: String,
         update: @Sendable (inout DeferredOperation) -> Void
     ) throws -> DeferredOperation
+    /// `transition` by the dispatcher (expiring, blocking, queueing again after a crash): with
+    /// replicas, refused (`notLeader`) unless the caller still holds the lead, in the same
+    /// transaction. Operators' actions use `transition`, which any replica may make.
+    @discardableResult
+    func transitionAsLeader(
+        id: String, expected: Set<OperationState>, to: OperationState, at: Date, note: String,
+        update: @Sendable (inout DeferredOperation) -> Void
+    ) throws -> DeferredOperation
     /// The dispatcher's claim: `operation` (as the caller read it, `queued`) becomes `dispatching`
     /// with one more attempt and a history entry, written from the caller's copy when the stored
     /// one has not changed since (same state, same history); `conflict` otherwise.
@@ -145,6 +153,15 @@ extension OperationStore {
         _ operation: DeferredOperation, to: OperationState, at: Date, note: String, update: @Sendable (inout DeferredOperation) -> Void
     ) throws -> DeferredOperation {
         try transition(id: operation.id, expected: [.dispatching], to: to, at: at, note: note, update: update)
+    }
+
+    /// One aggregator always leads.
+    @discardableResult
+    public func transitionAsLeader(
+        id: String, expected: Set<OperationState>, to: OperationState, at: Date, note: String,
+        update: @Sendable (inout DeferredOperation) -> Void
+    ) throws -> DeferredOperation {
+        try transition(id: id, expected: expected, to: to, at: at, note: note, update: update)
     }
 
     /// One aggregator (SQLite): no other replica can hold a claim, so every claim is over once

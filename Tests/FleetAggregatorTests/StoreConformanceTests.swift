@@ -144,6 +144,13 @@ struct StoreConformanceTests {
         #expect(throws: OperationStoreError.notLeader(id: first.id, epoch: a.epoch)) {
             try store("a").complete(running, to: .succeeded, at: Self.now, note: "late outcome") { _ in }
         }
+        // Nor expire or block one (the dispatcher's other writes), nor queue its own run again.
+        #expect(throws: OperationStoreError.notLeader(id: second.id, epoch: a.epoch)) {
+            try store("a").transitionAsLeader(id: second.id, expected: [.queued], to: .expired, at: Self.now, note: "late") { _ in }
+        }
+        #expect(throws: OperationStoreError.notLeader(id: first.id, epoch: a.epoch)) {
+            try store("a").transitionAsLeader(id: first.id, expected: [.dispatching], to: .queued, at: Self.now, note: "late") { _ in }
+        }
         #expect(try store("b").operation(id: first.id)?.state == .dispatching)
         #expect(try store("b").operation(id: second.id)?.state == .queued)
         // B's are taken.
