@@ -71,7 +71,11 @@ def main():
         if args.postgres:
             # Its own directory under /tmp: the postgres user cannot enter this one (0700, root's).
             pg_directory = tempfile.mkdtemp(prefix="edgefleet-cpu-pg-")
-            url, password_file, stop_pg = start_postgres(pg_directory)
+            try:
+                url, password_file, stop_pg = start_postgres(pg_directory)
+            except BaseException:
+                stop_all(procs)  # the broker started above
+                raise
 
             def stop_postgres():
                 stop_pg()
