@@ -264,27 +264,15 @@ public struct PostgresOperationStore: OperationStore {
 
     /// A COUNT on the indexed columns: no document is read.
     public func count(_ filter: OperationFilter, limit: Int) throws -> Int {
-        var clauses: [String] = []
-        var binds = PostgresBindings()
-        func parameter(_ value: some PostgresEncodable & Sendable) throws -> String {
-            try binds.append(value)
-            return "$\(binds.count)"
-        }
-        if let site = filter.site { clauses.append("site = \(try parameter(site.rawValue))") }
-        if let kind = filter.kind { clauses.append("kind = \(try parameter(kind.rawValue))") }
-        if let states = filter.states { clauses.append("state = ANY(\(try parameter(states.map(\.rawValue).sorted())))") }
-        let whereClause = clauses.isEmpty ? "" : "WHERE " + clauses.joined(separator: " AND ")
+        let (whereClause, binds) = try Self.whereClause(filter)
         let sql = "SELECT COUNT(*) FROM (SELECT 1 FROM operations \(whereClause) LIMIT \(max(1, limit))) AS limited"
         return try pool.withConnection { c in
             Int(try c.query(PostgresQuery(unsafeSQL: sql, binds: binds)).first?.decode(Int64.self) ?? 0)
         }
     }
 
-    public func listNewestFirst(_ filter: OperationFilter, before cursor: Int64?, limit: Int) throws -> OperationPage {
-        try page(filter, cursor: cursor, limit: limit, newestFirst: true)
-    }
-
-    private func page(_ filter: OperationFilter, cursor: Int64?, limit: Int, newestFirst: Bool) throws -> OperationPage {
+    /// The WHERE clause of `filter` (and of a listing's cursor) on the indexed columns, with its binds.
+    private static func whereClause(_ filter: OperationFilter, cursor: Int64? = nil, newestFirst: Bool = false) throws -> (String, PostgresBindings) {
         var clauses: [String] = []
         var binds = PostgresBindings()
         func parameter(_ value: some PostgresEncodable & Sendable) throws -> String {
@@ -295,7 +283,15 @@ public struct PostgresOperationStore: OperationStore {
         if let kind = filter.kind { clauses.append("kind = \(try parameter(kind.rawValue))") }
         if let states = filter.states { clauses.append("state = ANY(\(try parameter(states.map(\.rawValue).sorted())))") }
         if let cursor { clauses.append(newestFirst ? "sequence < \(try parameter(cursor))" : "sequence > \(try parameter(cursor))") }
-        let whereClause = clauses.isEmpty ? "" : "WHERE " + clauses.joined(separator: " AND ")
+        return (clauses.isEmpty ? "" : "WHERE " + clauses.joined(separator: " AND "), binds)
+    }
+
+    public func listNewestFirst(_ filter: OperationFilter, before cursor: Int64?, limit: Int) throws -> OperationPage {
+        try page(filter, cursor: cursor, limit: limit, newestFirst: true)
+    }
+
+    private func page(_ filter: OperationFilter, cursor: Int64?, limit: Int, newestFirst: Bool) throws -> OperationPage {
+        let (whereClause, binds) = try Self.whereClause(filter, cursor: cursor, newestFirst: newestFirst)
         let limit = max(1, limit)
         let sql = "SELECT document FROM operations \(whereClause) ORDER BY sequence \(newestFirst ? "DESC" : "ASC") LIMIT \(limit + 1)"
         let documents = try pool.withConnection { c in

@@ -198,30 +198,15 @@ public struct SQLiteOperationStore: OperationStore {
 
     /// A COUNT on the indexed columns: no document is read (a submission says how many wait ahead of it).
     public func count(_ filter: OperationFilter, limit: Int) throws -> Int {
-        var clauses: [String] = []
-        var arguments: [(any DatabaseValueConvertible)?] = []
-        if let site = filter.site {
-            clauses.append("site = ?")
-            arguments.append(site.rawValue)
-        }
-        if let kind = filter.kind {
-            clauses.append("kind = ?")
-            arguments.append(kind.rawValue)
-        }
-        if let states = filter.states {
-            clauses.append("state IN (\(Array(repeating: "?", count: states.count).joined(separator: ", ")))")
-            arguments += states.map(\.rawValue).sorted().map { $0 as (any DatabaseValueConvertible)? }
-        }
-        let whereClause = clauses.isEmpty ? "" : "WHERE " + clauses.joined(separator: " AND ")
+        let (whereClause, arguments) = Self.whereClause(filter)
         let sql = "SELECT COUNT(*) FROM (SELECT 1 FROM operations \(whereClause) LIMIT \(max(1, limit)))"
         return try writer.read { db in try Int.fetchOne(db.cachedStatement(sql: sql), arguments: StatementArguments(arguments)) ?? 0 }
     }
 
-    public func listNewestFirst(_ filter: OperationFilter, before cursor: Int64?, limit: Int) throws -> OperationPage {
-        try page(filter, cursor: cursor, limit: limit, newestFirst: true)
-    }
-
-    private func page(_ filter: OperationFilter, cursor: Int64?, limit: Int, newestFirst: Bool) throws -> OperationPage {
+    /// The WHERE clause of `filter` (and of a listing's cursor) on the indexed columns, with its arguments.
+    private static func whereClause(
+        _ filter: OperationFilter, cursor: Int64? = nil, newestFirst: Bool = false
+    ) -> (String, [(any DatabaseValueConvertible)?]) {
         var clauses: [String] = []
         var arguments: [(any DatabaseValueConvertible)?] = []
         if let site = filter.site {
@@ -240,7 +225,15 @@ public struct SQLiteOperationStore: OperationStore {
             clauses.append(newestFirst ? "sequence < ?" : "sequence > ?")
             arguments.append(cursor)
         }
-        let whereClause = clauses.isEmpty ? "" : "WHERE " + clauses.joined(separator: " AND ")
+        return (clauses.isEmpty ? "" : "WHERE " + clauses.joined(separator: " AND "), arguments)
+    }
+
+    public func listNewestFirst(_ filter: OperationFilter, before cursor: Int64?, limit: Int) throws -> OperationPage {
+        try page(filter, cursor: cursor, limit: limit, newestFirst: true)
+    }
+
+    private func page(_ filter: OperationFilter, cursor: Int64?, limit: Int, newestFirst: Bool) throws -> OperationPage {
+        let (whereClause, arguments) = Self.whereClause(filter, cursor: cursor, newestFirst: newestFirst)
         let limit = max(1, limit)
         let sql = "SELECT document FROM operations \(whereClause) ORDER BY sequence \(newestFirst ? "DESC" : "ASC") LIMIT \(limit + 1)"
         let documents = try writer.read { db in
