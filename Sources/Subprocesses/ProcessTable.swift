@@ -114,6 +114,20 @@ public enum ProcessTable {
         }
     }
 
+    /// For a child subreaper that is about to exit: ends and reaps every child it still has (the
+    /// daemons checks left that a sweep did not catch, and what they started), so that nothing
+    /// it was handed outlives it. Only when no command of its own is running.
+    public static func endAllChildren() {
+        guard isSubreaper else { return }
+        let me = getpid()
+        // Killing a daemon hands its own children to this process: a few rounds take them too.
+        for _ in 0..<10 {
+            let children = pids().compactMap { pid in entry(pid).flatMap { $0.parent == me ? $0 : nil } }
+            if children.isEmpty { return }
+            end(children)
+        }
+    }
+
     /// Reaps zombie children of this process other than `keep` (commands still being waited
     /// for): orphans a child subreaper inherited and that exited by themselves.
     public static func reapOrphans(keeping keep: Set<Int32>) {
@@ -184,8 +198,15 @@ public enum ProcessTable {
         var found: [(entry: Entry, variable: Int)] = []
         for pid in pids() where pid > after && pid != me {
             guard let entry = entry(pid), !entry.isGone, entry.startTicks >= since,
-                let bytes = readFile("/proc/\(pid)/environ", limit: 1 << 20)
+                var bytes = readFile("/proc/\(pid)/environ", limit: 1 << 20)
             else { continue }
+            // A process in the middle of an exec shows an empty environment for a moment (the
+            // new image's is not in place yet): a daemon caught there was missed, and outlived
+            // its check. Look once more after the exec has had time to finish.
+            if bytes.isEmpty, entry.parent != 2, entry.pid != 2 {
+                usleep(2_000)
+                bytes = readFile("/proc/\(pid)/environ", limit: 1 << 20) ?? []
+            }
             var start = 0
             while start < bytes.count {
                 let end = bytes[start...].firstIndex(of: 0) ?? bytes.count

@@ -75,6 +75,7 @@ struct AgentCommand: AsyncParsableCommand {
         let service = try AgentService(configuration: configuration, logger: logger)
         // SIGTERM and SIGINT shut the service down gracefully (offline presence, then disconnect);
         // whatever way it stops, the process is gone within seconds.
+        defer { ProcessTable.endAllChildren() }  // nothing a check left behind outlives the agent
         try await ServiceGroup.runService([service], program: "edgefleet-agent", logger: logger)
     }
 }
