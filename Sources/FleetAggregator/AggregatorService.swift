@@ -348,7 +348,7 @@ public final class AggregatorService: Service, Sendable {
             metrics.evaluationLag.record(duration: lag)
             metrics.record(modes: counts.0, liveness: counts.1)
             // A site that changed mode (or got its first) may let (or stop letting) its operations run.
-            if modeChanged { queue.modesChanged() }
+            queue.sitesMoved(modeChanged)
             var published = false
             if !leading { _ = queue.events.take() }
             if take {

@@ -54,12 +54,12 @@ public final class FleetState {
     private var queueCounts: [SiteID: QueueCounts] = [:]
     /// Sites whose next evaluation publishes a view whatever changed.
     private var forceView: Set<SiteID> = []
-    /// Some site's mode changed (or a new site got its first one) since `takeModesMoved()`:
-    /// the dispatcher must look at the sites again (a first mode is no `mode-changed` event).
-    private var modesMoved = false
+    /// The sites whose mode changed (or that got their first) since `takeModesMoved()`: the
+    /// dispatcher must look at them again (a first mode is no `mode-changed` event).
+    private var modesMoved: Set<SiteID> = []
 
-    public func takeModesMoved() -> Bool {
-        defer { modesMoved = false }
+    public func takeModesMoved() -> Set<SiteID> {
+        defer { modesMoved = [] }
         return modesMoved
     }
 
@@ -456,7 +456,7 @@ public final class FleetState {
         let alertChanged = record.alert != e.alert || record.alertAnnounced != nil && e.alert == .none
         let expiredChanged = record.expiredAt != e.expiredAt
         if record.mode != e.mode {
-            modesMoved = true
+            modesMoved.insert(site)
             if let old = record.mode {
                 modes[old] -= 1
                 output.events.append(

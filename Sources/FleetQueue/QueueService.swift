@@ -121,9 +121,16 @@ public final class QueueService: Service, Sendable {
 
     var isStopping: Bool { stopping.withLock { $0 } || Task.isCancelled }
 
-    /// Some site changed mode: it may let (or stop letting) its operations run.
+    /// Any site may have changed mode: every site is looked at again.
     public func modesChanged() {
         dispatcher.modesChanged()
+        wake.signal()
+    }
+
+    /// These sites changed mode: they may let (or stop letting) their operations run.
+    public func sitesMoved(_ sites: Set<SiteID>) {
+        guard !sites.isEmpty else { return }
+        dispatcher.sitesMoved(sites)
         wake.signal()
     }
 

@@ -1,0 +1,77 @@
+@testable import FleetQueue
+import FleetCore
+import Foundation
+import Logging
+import Synchronization
+import TestSupport
+import Testing
+
+@Suite("the dispatcher's plan: a site that connects is looked at alone, not with the whole queue")
+struct DispatcherPlanTests {
+    @Test("a site that connects after the full pass gets its operations started by the next pass, which looks up that site only")
+    func movedSiteJoins() throws {
+        let fresh = try FreshStores(.sqlite)
+        defer { fresh.remove() }
+        let store = fresh.stores.operations
+        let queue = DeferredQueue(store: store, executors: OperationQueueTests.executors)
+        func submit(_ site: String) throws -> DeferredOperation {
+            try queue.submit(
+                SubmissionRequest(site: site, kind: "extension.install", params: ["name": "ext"], createdBy: "t"),
+                situation: OperationQueueTests.semi, now: OperationQueueTests.now
+            ).operation
+        }
+        let operations = try (0..<50).map { try submit("plan-\($0)") }
+        let joining = operations[17]
+        // No executors: a started operation is claimed (dispatching) and then failed with the reason.
+        let dispatcher = Dispatcher(store: store, executors: [:], settings: DispatchSettings(), logger: Logger(label: "test"), emit: { _ in })
+        let situations = Mutex([SiteID: DispatchSituation]())
+        for operation in operations { situations.withLock { $0[operation.site] = DispatchSituation(mode: .semiConnected, stable: false, cluster: nil) } }
+        let asked = Mutex([Set<SiteID>]())
+        let lookup: (Set<SiteID>) -> [SiteID: DispatchSituation] = { sites in
+            asked.withLock { $0.append(sites) }
+            return situations.withLock { all in all.filter { sites.contains($0.key) } }
+        }
+        // The full pass: every site with queued operations looked up; nothing may run.
+        try dispatcher.tick(now: Date(), situations: lookup)
+        #expect(asked.withLock { $0.last?.count } == 50)
+        #expect(try store.operation(id: joining.id)?.state == .queued)
+
+        // One site connects (a mode change): the next pass looks it up alone and starts its operation.
+        situations.withLock { $0[joining.site] = DispatchSituation(mode: .connected, stable: true, cluster: nil) }
+        dispatcher.sitesMoved([joining.site])
+        try dispatcher.tick(now: Date(), situations: lookup)
+        #expect(asked.withLock { $0.count } == 2)
+        #expect(asked.withLock { $0.last } == [joining.site], "the pass after a mode change looked up \(asked.withLock { $0.last?.count ?? 0 }) sites")
+        #expect(try store.operation(id: joining.id)?.state != .queued, "the connected site's operation did not start")
+        for other in operations where other.id != joining.id { #expect(try store.operation(id: other.id)?.state == .queued) }
+
+        // It stops being connected: it leaves the plan (nothing more of it would start).
+        situations.withLock { $0[joining.site] = DispatchSituation(mode: .semiConnected, stable: false, cluster: nil) }
+        dispatcher.sitesMoved([joining.site])
+        try dispatcher.tick(now: Date(), situations: lookup)
+        #expect(asked.withLock { $0.last } == [joining.site])
+    }
+
+    @Test("a site that passes its deadline is a full pass's work: its operations are blocked")
+    func movedSiteExpires() throws {
+        let fresh = try FreshStores(.sqlite)
+        defer { fresh.remove() }
+        let store = fresh.stores.operations
+        let queue = DeferredQueue(store: store, executors: OperationQueueTests.executors)
+        let operation = try queue.submit(
+            SubmissionRequest(site: "plan-expiring", kind: "extension.install", params: ["name": "ext"], createdBy: "t"),
+            situation: OperationQueueTests.semi, now: OperationQueueTests.now
+        ).operation
+        let dispatcher = Dispatcher(store: store, executors: [:], settings: DispatchSettings(), logger: Logger(label: "test"), emit: { _ in })
+        let situation = Mutex(DispatchSituation(mode: .semiConnected, stable: false, cluster: nil))
+        let lookup: (Set<SiteID>) -> [SiteID: DispatchSituation] = { sites in
+            Dictionary(uniqueKeysWithValues: sites.map { ($0, situation.withLock { $0 }) })
+        }
+        try dispatcher.tick(now: Date(), situations: lookup)
+        situation.withLock { $0 = DispatchSituation(mode: .disconnected, stable: false, expiredAt: Date(), cluster: nil) }
+        dispatcher.sitesMoved([operation.site])
+        try dispatcher.tick(now: Date(), situations: lookup)  // looks again, finds it past its deadline
+        try dispatcher.tick(now: Date(), situations: lookup)  // the full pass that follows blocks it
+        #expect(try store.operation(id: operation.id)?.state == .blocked)
+    }
+}
