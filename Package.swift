@@ -31,6 +31,7 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-nio-extras", from: "1.35.2"),
         .package(url: "https://github.com/apple/swift-nio-ssl", from: "2.37.6"),
         .package(url: "https://github.com/vapor/postgres-nio", from: "1.33.2"),
+        .package(url: "https://github.com/apple/swift-crypto", "3.12.3"..<"5.0.0"),
     ],
     targets: [
         // The C surface: libmosquitto through pkg-config; never a product.
@@ -119,12 +120,19 @@ let package = Package(
             ],
             swiftSettings: swiftSettings
         ),
+        // Principals (name, role, the SHA-256 of a token) and their file: the aggregator reads it,
+        // the CLI's `token add` writes it.
+        .target(
+            name: "Principals",
+            dependencies: ["YAMLReader", .product(name: "Crypto", package: "swift-crypto")],
+            swiftSettings: swiftSettings
+        ),
         // The HTTP API, the dashboard and /metrics: the only module that imports Hummingbird.
         // It reaches the aggregator through one protocol (OperatorBackend), never its core.
         .target(
             name: "FleetHTTP",
             dependencies: [
-                "FleetCore", "FleetQueue", "HostPort",
+                "FleetCore", "FleetQueue", "HostPort", "Principals",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "Hummingbird", package: "hummingbird"),
@@ -167,7 +175,7 @@ let package = Package(
             name: "edgefleet-aggregator",
             dependencies: [
                 "FleetCore", "MQTT", "CommandSupport", "FleetAggregator", "FleetQueue", "FleetHTTP", "FleetPostgres", "LayeredSettings", "HostPort",
-                "Subprocesses",
+                "Subprocesses", "Principals",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Prometheus", package: "swift-prometheus"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
@@ -178,7 +186,8 @@ let package = Package(
         .executableTarget(
             name: "edgefleet",
             dependencies: [
-                "FleetCore", "MQTT", "CommandSupport", "FleetSimulator", "Subprocesses", "LayeredSettings", .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                "FleetCore", "MQTT", "CommandSupport", "FleetSimulator", "Subprocesses", "LayeredSettings", "Principals",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ],
             swiftSettings: swiftSettings
@@ -215,7 +224,7 @@ let package = Package(
             name: "FleetAggregatorTests",
             dependencies: [
                 "FleetAggregator", "FleetQueue", "FleetHTTP", "FleetPostgres", "FleetCore", "FleetSimulator", "MQTT", "TestSupport", "Subprocesses",
-                "LayeredSettings", "HostPort", "YAMLReader",
+                "LayeredSettings", "HostPort", "YAMLReader", "Principals",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "MetricsTestKit", package: "swift-metrics"),
             ],

@@ -68,13 +68,13 @@ printf '%s\n' '#!/bin/sh' \
     'sleep 3' 'echo "stand-in az: $*"' > "$demo/bin/az"
 chmod +x "$demo/bin/az"
 cp scripts/demo-executors.yaml "$demo/executors.yaml"
-openssl rand -hex 24 > "$demo/tokens"
-token=$(cat "$demo/tokens")
+# One principal, an admin named demo: its token is printed once, only its SHA-256 is kept.
+token=$("$bin/edgefleet" token add demo admin --principals "$demo/principals.yaml" 2>/dev/null)
 
 # The aggregator, 30 days in 30 minutes: connected within 30 s, a 30-minute budget, alerts
 # 7 and 2 "days" (minutes) before the deadline, operations released after 20 s of stable link.
 PATH="$demo/bin:$PATH" "$bin/edgefleet-aggregator" --broker "mqtt://127.0.0.1:$mqtt_port" --db "$demo/fleet.sqlite" \
-    --http "127.0.0.1:$http_port" --token-file "$demo/tokens" --public-reads true --executors "$demo/executors.yaml" \
+    --http "127.0.0.1:$http_port" --principals "$demo/principals.yaml" --public-reads true --executors "$demo/executors.yaml" \
     --connected-within 30s --budget 30m --warn-before 7m --critical-before 2m --stable-for 20s --view-refresh 10s \
     --max-concurrent-dispatches 2 > "$demo/aggregator.log" 2>&1 &
 pids=($! "${pids[@]}")

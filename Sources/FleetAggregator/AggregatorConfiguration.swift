@@ -32,8 +32,11 @@ public struct AggregatorConfiguration: Sendable {
     public var leaderLease: Duration = .seconds(3)
     /// Where the HTTP API, the dashboard and `/metrics` listen, `HOST:PORT` (port 0: any free one).
     public var httpListen: HostPort
-    /// Bearer tokens, one per line (`--token-file`); without it every change is refused.
+    /// The principals file (`--principals`; `--token-file`, a flat token list, is the earlier
+    /// name and format): who may use the API; without it every change is refused.
     public var tokenFile: String?
+    /// Which key named the principals file (for errors about it).
+    public var principalsKey = "principals"
     /// Reads (`GET`, the dashboard, `/metrics`) without a token.
     public var publicReads: Bool
     public var thresholds: Thresholds
@@ -62,6 +65,8 @@ public struct AggregatorConfiguration: Sendable {
     public var httpHeaderTimeout: Duration = .seconds(10)
     /// Open HTTP connections at most (nil: below the descriptor limit, at most 10,000).
     public var httpMaxConnections: Int?
+    /// Unknown tokens one address may present in a minute before it waits (429) for the rest of it.
+    public var authFailuresPerMinute = 10
 
     public init(
         mqtt: MQTTConfiguration, topics: FleetTopics = FleetTopics(), databasePath: String = "./edgefleet.sqlite",
@@ -92,8 +97,8 @@ public struct AggregatorConfiguration: Sendable {
         "broker", "username", "passwordFile", "caFile", "certFile", "keyFile", "clientId", "topicRoot", "db",
         "http", "connectedWithin", "budget", "warnBefore", "criticalBefore", "stableFor", "staleAfter", "offlineAfter",
         "viewRefresh", "summaryInterval", "flushInterval", "maxPayloadBytes", "executors", "maxConcurrentDispatches", "maxAttempts",
-        "retryBackoff", "retryBackoffMax", "dispatchInterval", "executorOutputBytes", "tokenFile", "publicReads", "dbPasswordFile", "replicaId", "leaderLease",
-        "maxSites", "storeGrace", "dashboardSession", "httpHeaderTimeout", "httpMaxConnections",
+        "retryBackoff", "retryBackoffMax", "dispatchInterval", "executorOutputBytes", "tokenFile", "principals", "publicReads", "dbPasswordFile", "replicaId", "leaderLease",
+        "maxSites", "storeGrace", "dashboardSession", "httpHeaderTimeout", "httpMaxConnections", "authFailuresPerMinute",
     ]
 
     /// One executor as written in the file: `argv` and an optional `timeout`.
@@ -140,7 +145,13 @@ public struct AggregatorConfiguration: Sendable {
             throw ConfigurationError(key: "http", origin: settings.raw("http")?.1, "\(error); expected HOST:PORT, like 127.0.0.1:8080 or [::1]:8080")
         }
         // Its contents are the HTTP module's to read (edgefleet-aggregator checks them with the configuration).
-        let tokenFile = try settings.string("tokenFile")
+        let principals = try settings.string("principals")
+        let legacyTokens = try settings.string("tokenFile")
+        if principals != nil && legacyTokens != nil {
+            throw ConfigurationError(
+                key: "tokenFile", origin: settings.raw("tokenFile")?.1, "give --principals or --token-file (its earlier name), not both")
+        }
+        let tokenFile = principals ?? legacyTokens
         let databasePasswordFile = try settings.string("dbPasswordFile")
         let replicaID = try settings.string("replicaId")
         if let replicaID, (try? SiteID(replicaID)) == nil {
@@ -214,6 +225,7 @@ public struct AggregatorConfiguration: Sendable {
         let dashboardSession = try settings.duration("dashboardSession", default: .seconds(12 * 3600))
         let httpHeaderTimeout = try settings.duration("httpHeaderTimeout", default: .seconds(10))
         let httpMaxConnections = try settings.integer("httpMaxConnections", default: 0, range: 0...1_000_000)
+        let authFailuresPerMinute = try settings.integer("authFailuresPerMinute", default: 10, range: 1...1_000_000)
         try settings.rejectUnknownFileKeys()
 
         var mqtt = MQTTConfiguration(
@@ -231,6 +243,7 @@ public struct AggregatorConfiguration: Sendable {
             maxPayloadBytes: maxPayloadBytes, executors: executors, dispatch: dispatch, maxAttempts: maxAttempts,
             dispatchInterval: dispatchInterval, tokenFile: tokenFile, publicReads: publicReads)
         configuration.maxSites = maxSites
+        configuration.principalsKey = principals != nil ? "principals" : "tokenFile"
         configuration.databasePasswordFile = databasePasswordFile
         configuration.replicaID = replicaID
         configuration.leaderLease = leaderLease
@@ -238,6 +251,7 @@ public struct AggregatorConfiguration: Sendable {
         configuration.dashboardSession = dashboardSession
         configuration.httpHeaderTimeout = httpHeaderTimeout
         configuration.httpMaxConnections = httpMaxConnections == 0 ? nil : httpMaxConnections
+        configuration.authFailuresPerMinute = authFailuresPerMinute
         return configuration
     }
 
@@ -250,7 +264,7 @@ public struct AggregatorConfiguration: Sendable {
             "topic root: \(topics.root)",
             "database: \(databasePath)" + (databasePasswordFile.map { " (password from \($0))" } ?? ""),
             "http: \(httpListen), "
-                + (tokenFile.map { "tokens from \($0)" } ?? "no token file (changes refused)")
+                + (tokenFile.map { "principals from \($0)" } ?? "no principals file (changes refused)")
                 + (publicReads ? ", reads open" : ", reads need a token"),
             "connected within \(DurationFormat.format(t.connectedWithin)), budget \(DurationFormat.format(t.budget)), "
                 + "warn \(DurationFormat.format(t.warnBefore)) and critical \(DurationFormat.format(t.criticalBefore)) before the deadline, "

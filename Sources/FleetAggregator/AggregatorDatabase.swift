@@ -45,6 +45,7 @@ public final class AggregatorDatabase: Sendable {
                 t.column("forgottenAt", .text).notNull()
             }
         }
+        migrator.registerMigration("v5-audit", migrate: SQLiteAuditStore.create)
         return migrator
     }
 }
@@ -54,19 +55,24 @@ public final class AggregatorDatabase: Sendable {
 public struct AggregatorStores: Sendable {
     public var sites: any SiteStore
     public var operations: any OperationStore
+    /// Every change asked of the API, by whom.
+    public var audit: any AuditStore
     /// For logs: the file's path, or the URL without secrets.
     public var description: String
 
-    public init(sites: any SiteStore, operations: any OperationStore, description: String) {
+    public init(sites: any SiteStore, operations: any OperationStore, audit: any AuditStore, description: String) {
         self.sites = sites
         self.operations = operations
+        self.audit = audit
         self.description = description
     }
 
     /// Both in the SQLite file at `path` (created and migrated if needed).
     public static func sqlite(path: String) throws -> AggregatorStores {
         let database = try AggregatorDatabase(path: path)
-        return AggregatorStores(sites: SQLiteSiteStore(database: database), operations: SQLiteOperationStore(database: database), description: path)
+        return AggregatorStores(
+            sites: SQLiteSiteStore(database: database), operations: SQLiteOperationStore(database: database), audit: SQLiteAuditStore(database: database),
+            description: path)
     }
 }
 

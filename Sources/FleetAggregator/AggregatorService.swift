@@ -30,6 +30,8 @@ public final class AggregatorService: Service, Sendable {
     let metrics: AggregatorMetrics
     let client: MQTTClient
     let store: any SiteStore
+    /// Every change asked of the API, by whom (in the same database).
+    let auditStore: any AuditStore
     /// The database, for logs (a file path, or a PostgreSQL URL without secrets).
     let databaseDescription: String
     let state: SharedFleet
@@ -66,6 +68,7 @@ public final class AggregatorService: Service, Sendable {
         self.clock = clock
         let stores = try stores ?? .sqlite(path: configuration.databasePath)
         store = stores.sites
+        auditStore = stores.audit
         databaseDescription = stores.description
         let fleet = FleetState(thresholds: configuration.thresholds, viewRefresh: configuration.viewRefresh)
         fleet.siteLimit = configuration.maxSites
@@ -420,6 +423,16 @@ public final class AggregatorService: Service, Sendable {
 
     /// One operation, by id.
     public func operation(id: String) throws -> DeferredOperation? { try queue.store.operation(id: id) }
+
+    // MARK: - The audit log
+
+    /// Records a change asked of the API.
+    public func audit(_ entry: AuditEntry) throws { try auditStore.append(entry) }
+
+    /// The audit log, newest first, older than `before` (an entry's id).
+    public func auditLog(before: Int64?, limit: Int, principal: String?) throws -> [AuditEntry] {
+        try auditStore.entries(before: before, limit: limit, principal: principal)
+    }
 
     /// Removes a decommissioned site: refused (conflict) while operations wait for it or run
     /// there, unless `force`, which cancels the waiting ones (a running one is never cut short).

@@ -233,3 +233,53 @@ public struct SiteForgotten: Codable, Sendable, Hashable {
         self.cancelled = cancelled
     }
 }
+
+/// One change asked of the API (docs/contract.md, "Audit log"): who (the principal the token
+/// names, and the name a client gave as `onBehalfOf`), when, from which address, what, and how
+/// it was answered. Refusals of a known principal (403) are entries too; unknown tokens are not
+/// (nobody to name: they are counted in `edgefleet_api_auth_failures_total`).
+public struct AuditEntry: Codable, Sendable, Hashable {
+    /// Increasing; given by the store.
+    public var id: Int64?
+    public var at: Date
+    public var principal: String
+    public var role: String
+    public var onBehalfOf: String?
+    /// The client's address (IP, without the port).
+    public var address: String
+    /// What was asked, such as `operation.submit`, `operation.cancel`, `site.forget`.
+    public var action: String
+    /// What it was asked of: an operation id, a site, a rollout id.
+    public var target: String?
+    /// The answer's HTTP status.
+    public var status: Int
+    /// The outcome in a line: the operation made, or the reason of a refusal.
+    public var detail: String?
+
+    public init(
+        id: Int64? = nil, at: Date, principal: String, role: String, onBehalfOf: String? = nil, address: String, action: String,
+        target: String? = nil, status: Int, detail: String? = nil
+    ) {
+        self.id = id
+        self.at = at
+        self.principal = principal
+        self.role = role
+        self.onBehalfOf = onBehalfOf
+        self.address = address
+        self.action = action
+        self.target = target
+        self.status = status
+        self.detail = detail
+    }
+}
+
+/// `GET /v1/audit`: newest first; `nextCursor` pages on to older entries.
+public struct AuditPage: Codable, Sendable, Hashable {
+    public var entries: [AuditEntry]
+    public var nextCursor: String?
+
+    public init(entries: [AuditEntry], nextCursor: String?) {
+        self.entries = entries
+        self.nextCursor = nextCursor
+    }
+}

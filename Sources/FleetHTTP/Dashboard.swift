@@ -13,20 +13,20 @@ import Foundation
 /// `/sites/{site}`, the queue at `/queue`. Opened as `/?token=...` it sets an HttpOnly,
 /// SameSite=Strict cookie and shows cancel/retry/release buttons, which post plain forms.
 extension OperatorAPI {
-    func addDashboard(to router: Router<BasicRequestContext>) {
-        router.get("/") { request, _ in
-            htmlErrors {
+    func addDashboard(to router: Router<FleetRequestContext>) {
+        router.get("/") { request, context in
+            await htmlErrors {
                 let query = try Query(request)
                 if let token = query["token"] {
-                    return login(token: token)
+                    return login(token: token, context)
                 }
-                let signedIn = try dashboardAccess(request)
+                let signedIn = try dashboardAccess(request, context)
                 return html(fleetPage(query: query, signedIn: signedIn))
             }
         }
         router.get("/sites/{site}") { request, context in
-            htmlErrors {
-                let signedIn = try dashboardAccess(request)
+            await htmlErrors {
+                let signedIn = try dashboardAccess(request, context)
                 let site = try siteParameter(context)
                 guard let page = sitePage(site, signedIn: signedIn) else {
                     throw APIError.notFound("no site \(site) has reported to this aggregator")
@@ -34,49 +34,54 @@ extension OperatorAPI {
                 return html(page)
             }
         }
-        router.get("/queue") { request, _ in
-            htmlErrors {
-                let signedIn = try dashboardAccess(request)
+        router.get("/queue") { request, context in
+            await htmlErrors {
+                let signedIn = try dashboardAccess(request, context)
                 return html(try queuePage(query: try Query(request), signedIn: signedIn))
             }
         }
         router.post("/ui/operations/{id}/{action}") { request, context in
             var request = request
             let form = (try? await request.collectBody(upTo: 4096)).map { String(buffer: $0) } ?? ""
-            return htmlErrors {
+            return await htmlErrors {
                 try sameOrigin(request)
-                try authorize(request, .change, cookie: true)
-                let id = try context.parameters.require("id")
                 guard let action = OperatorAction(rawValue: try context.parameters.require("action")) else {
                     throw APIError.notFound("no action \(context.parameters.get("action") ?? "")")
                 }
-                var back = "/queue"
-                for pair in form.split(separator: "&") where pair.hasPrefix("back=") {
-                    back = Self.safeReturnPath(Query.decode(pair.dropFirst(5)))
+                return try await change(
+                    request, context, action.access, action: "operation.\(action.rawValue)", target: context.parameters.get("id"), cookie: true
+                ) { caller, _ in
+                    let id = try context.parameters.require("id")
+                    var back = "/queue"
+                    for pair in form.split(separator: "&") where pair.hasPrefix("back=") {
+                        back = Self.safeReturnPath(Query.decode(pair.dropFirst(5)))
+                    }
+                    let operation = try perform(action, id: id, by: caller.who + " (dashboard)")
+                    return (Response(status: .seeOther, headers: [.location: back]), "now \(operation.state.rawValue) (dashboard)")
                 }
-                _ = try perform(action, id: id, by: Self.operatorName(request, fallback: "dashboard"))
-                return Response(status: .seeOther, headers: [.location: back])
             }
         }
         router.post("/ui/logout") { request, _ in
-            htmlErrors {
+            await htmlErrors {
                 // Only from the dashboard's own pages: another page must not sign an operator out.
                 try sameOrigin(request)
                 if let id = cookies(of: request)[Self.cookieName] { sessions.close(id) }
                 return Response(
-                    status: .seeOther, headers: [.location: "/", .setCookie: "\(Self.cookieName)=; Path=/; Max-Age=0; HttpOnly; SameSite=Strict"])
+                    status: .seeOther, headers: [.location: "/", .setCookie: "\(Self.cookieName)=; Path=/; Max-Age=0; HttpOnly; SameSite=Strict\(secure ? "; Secure" : "")"])
             }
         }
     }
 
-    /// A page needs a token unless reads are public; answers whether buttons are shown.
-    func dashboardAccess(_ request: Request) throws(APIError) -> Bool {
+    /// A page needs a token unless reads are public; answers whether buttons are shown (to a
+    /// principal who may act: an operator or an admin).
+    func dashboardAccess(_ request: Request, _ context: FleetRequestContext) throws(APIError) -> Bool {
         do {
-            return try authorize(request, .read, cookie: true)
+            let caller = try authorize(request, context, .read, cookie: true)
+            return (caller.principal?.role ?? .viewer) >= .operator
         } catch let error where error.status == .unauthorized || error.status == .forbidden {
             throw APIError(
                 status: error.status, code: error.code,
-                message: "\(error.message). Open the dashboard as /?token=YOUR_TOKEN (a token from the aggregator's --token-file).",
+                message: "\(error.message). Open the dashboard as /?token=YOUR_TOKEN (a token of a principal in the aggregator's --principals file).",
                 headers: error.headers)
         }
     }
@@ -108,9 +113,9 @@ extension OperatorAPI {
     }
 
     /// A page's errors as an HTML page with the same status (a person reads these).
-    func htmlErrors(_ build: () throws -> Response) -> Response {
+    func htmlErrors(_ build: () async throws -> Response) async -> Response {
         do {
-            return try build()
+            return try await build()
         } catch let error as APIError {
             var response = html(page(title: "Error", refresh: false, body: "<p class=error>\(escape(error.message))</p>"), status: error.status)
             for field in error.headers { response.headers.append(field) }
@@ -120,15 +125,31 @@ extension OperatorAPI {
         }
     }
 
-    func login(token: String) -> Response {
-        guard tokens.accepts(token) else {
-            return html(page(title: "Not signed in", refresh: false, body: "<p class=error>That token is not valid.</p>"), status: .forbidden)
+    func login(token: String, _ context: FleetRequestContext) -> Response {
+        let address = context.clientAddress
+        if let wait = failures.wait(for: address) {
+            authFailures.increment()
+            let seconds = max(1, Int(wait.components.seconds) + 1)
+            var response = html(
+                page(title: "Not signed in", refresh: false, body: "<p class=error>Too many unknown tokens from this address; try again in \(seconds) s.</p>"),
+                status: .tooManyRequests)
+            response.headers[.retryAfter] = "\(seconds)"
+            return response
+        }
+        guard principals.principal(forToken: token) != nil else {
+            failures.failed(address)
+            authFailures.increment()
+            var response = html(page(title: "Not signed in", refresh: false, body: "<p class=error>That token is not valid.</p>"), status: .unauthorized)
+            for field in Self.challenge(error: "invalid_token") { response.headers.append(field) }
+            return response
         }
         let id = sessions.open(token: token)
         let seconds = sessions.lifetime.components.seconds
         return Response(
             status: .seeOther,
-            headers: [.location: "/", .setCookie: "\(Self.cookieName)=\(id); Path=/; Max-Age=\(seconds); HttpOnly; SameSite=Strict"])
+            headers: [
+                .location: "/", .setCookie: "\(Self.cookieName)=\(id); Path=/; Max-Age=\(seconds); HttpOnly; SameSite=Strict\(secure ? "; Secure" : "")",
+            ])
     }
 
     func html(_ text: String, status: HTTPResponse.Status = .ok) -> Response {

@@ -1,6 +1,7 @@
 import FleetCore
 import FleetQueue
-import Hummingbird
+public import Hummingbird
+public import NIOCore
 
 #if canImport(FoundationEssentials)
 import FoundationEssentials
@@ -194,4 +195,19 @@ func percentEncoded(_ text: String) -> String {
         }
     }
     return out
+}
+
+/// The request context of every route: Hummingbird's core, and the client's address (for the
+/// audit log and for slowing down an address that keeps presenting unknown tokens).
+public struct FleetRequestContext: RequestContext, RemoteAddressRequestContext {
+    public var coreContext: CoreRequestContextStorage
+    public let remoteAddress: SocketAddress?
+
+    public init(source: ApplicationRequestContextSource) {
+        coreContext = .init(source: source)
+        remoteAddress = source.channel.remoteAddress
+    }
+
+    /// The client's IP address without the port (`unknown` when the channel has none).
+    var clientAddress: String { remoteAddress?.ipAddress ?? "unknown" }
 }

@@ -2,6 +2,8 @@ import Dispatch
 import FleetCore
 import FleetQueue
 public import Hummingbird
+import NIOCore
+public import Principals
 public import Prometheus
 
 #if canImport(FoundationEssentials)
@@ -13,80 +15,207 @@ import Foundation
 /// The aggregator's HTTP surface (docs/contract.md, "Operator surfaces"; `docs/openapi.yaml`):
 /// the JSON API under `/v1`, `/metrics`, `/healthz` and the dashboard.
 ///
-/// Every change needs a bearer token from the token file; reads need one too unless
-/// `publicReads`. `/healthz` is always open. The dashboard also takes the token from a
-/// session cookie set by opening `/?token=...` (a random id; SameSite=Strict, HttpOnly; the token
-/// stays on the server), so its buttons work without JavaScript and a page from another site
-/// cannot use them.
+/// Callers are principals (`--principals FILE`): a name, a role (viewer, operator, admin) and
+/// a bearer token of which only the SHA-256 is kept. Every change needs a principal whose role
+/// allows it; reads need one too unless `publicReads`. `/healthz` is always open. A missing or
+/// unknown token is answered 401 with `WWW-Authenticate: Bearer`, a known one without the
+/// right 403 (RFC 6750); an address that keeps presenting unknown tokens waits (429). Every
+/// change is recorded in the audit log under the principal's name. The dashboard also takes
+/// the token from a session cookie set by opening `/?token=...` (a random id; SameSite=Strict,
+/// HttpOnly, Secure under TLS; the token stays on the server), so its buttons work without
+/// JavaScript and a page from another site cannot use them.
 public struct OperatorAPI: Sendable {
     let service: any OperatorBackend
-    let tokens: TokenStore
+    let principals: PrincipalStore
     let publicReads: Bool
     let registry: PrometheusCollectorRegistry
     let sessions: DashboardSessions
     let connections: ConnectionGuard
+    let failures: FailedAttempts
+    let authFailures: Prometheus.Counter
+    /// Served over TLS: the dashboard's cookie is `Secure`.
+    let secure: Bool
     /// Each metric's `# HELP` text (swift-metrics carries none).
     let help: [String: String]
 
     public init(
-        service: any OperatorBackend, tokens: TokenStore, publicReads: Bool, registry: PrometheusCollectorRegistry, help: [String: String] = [:],
+        service: any OperatorBackend, principals: PrincipalStore, publicReads: Bool, registry: PrometheusCollectorRegistry, help: [String: String] = [:],
         sessionLifetime: Duration = .seconds(12 * 3600), sessionIdle: Duration = .seconds(3600), headerTimeout: Duration = .seconds(10),
-        maxConnections: Int? = nil
+        maxConnections: Int? = nil, secure: Bool = false, failureLimit: Int = 10, failureWindow: Duration = .seconds(60)
     ) {
         self.sessions = DashboardSessions(lifetime: sessionLifetime, idle: sessionIdle)
         self.connections = ConnectionGuard(
             capacity: maxConnections ?? ConnectionGuard.defaultCapacity(), headTimeout: .milliseconds(headerTimeout.milliseconds))
         self.service = service
-        self.tokens = tokens
+        self.principals = principals
         self.publicReads = publicReads
         self.registry = registry
-        self.help = help
+        self.help = help.merging(["edgefleet_api_auth_failures_total": "API requests refused for a missing, unknown or malformed token (401) or a wait after too many (429)."]) { a, _ in a }
+        self.secure = secure
+        self.failures = FailedAttempts(limit: failureLimit, window: failureWindow)
+        self.authFailures = registry.makeCounter(name: "edgefleet_api_auth_failures_total")
     }
 
-    enum Access { case read, change }
+    /// What a request needs: `read` (any principal, or none when reads are public), `operate`
+    /// (operator or admin), `administer` (admin).
+    enum Access { case read, operate, administer }
+
+    /// Who is asking: the principal the token names (nil: an anonymous public read), from which
+    /// address, and the name a client gave for whom it acts (`X-EdgeFleet-Operator`, or the
+    /// body's `createdBy`/`by`), which is recorded only as "on behalf of".
+    struct Caller: Sendable {
+        var principal: Principal?
+        var address: String
+        var onBehalfOf: String?
+
+        /// A name the client gave in a body, when no header gave one.
+        mutating func behalf(_ name: String?) {
+            guard onBehalfOf == nil, let name else { return }
+            let clean = OperatorAPI.printable(name, limit: 64)
+            if !clean.isEmpty { onBehalfOf = clean }
+        }
+
+        /// For histories: the principal's name, and for whom it acted when a client said so.
+        var who: String {
+            let name = principal?.name ?? "anonymous"
+            guard let onBehalfOf, onBehalfOf != name else { return name }
+            return "\(name) on behalf of \(onBehalfOf)"
+        }
+    }
 
     /// The dashboard's session cookie: a random id, never the token.
     static let cookieName = "edgefleet_session"
 
-    /// Checks the request's credentials; returns whether it carries a valid token.
-    /// `cookie`: the dashboard's routes also accept the token cookie.
-    @discardableResult
-    func authorize(_ request: Request, _ access: Access, cookie: Bool = false) throws(APIError) -> Bool {
+    /// Who asks, and whether they may: throws 429 (an address that kept failing), 401 (no token
+    /// where one is needed, an unknown or malformed one), 403 (a principal without the right,
+    /// or no principals configured at all). `cookie`: the dashboard's routes also accept the
+    /// session cookie.
+    func authorize(_ request: Request, _ context: FleetRequestContext, _ access: Access, cookie: Bool = false) throws(APIError) -> Caller {
+        let caller = try identify(request, context, access, cookie: cookie)
+        try permit(caller, access)
+        return caller
+    }
+
+    /// Who asks (401, 429 as `authorize`), without looking at the role.
+    func identify(_ request: Request, _ context: FleetRequestContext, _ access: Access, cookie: Bool = false) throws(APIError) -> Caller {
+        let address = context.clientAddress
+        let behalf = Self.operatorName(request)
+        if let wait = failures.wait(for: address) {
+            authFailures.increment()
+            let seconds = max(1, Int(wait.components.seconds) + 1)
+            throw APIError(
+                status: .tooManyRequests, code: "too-many-failures",
+                message: "too many requests with unknown tokens from \(address); try again in \(seconds) s", headers: [.retryAfter: "\(seconds)"])
+        }
         var candidate: String?
+        var fromCookie = false
         if let header = request.headers[.authorization] {
             guard header.lowercased().hasPrefix("bearer ") else {
-                throw APIError(status: .unauthorized, code: "unauthorized", message: "use 'Authorization: Bearer TOKEN'", headers: Self.challenge)
+                authFailures.increment()
+                throw APIError(
+                    status: .unauthorized, code: "unauthorized", message: "use 'Authorization: Bearer TOKEN'",
+                    headers: Self.challenge(error: "invalid_request"))
             }
             candidate = String(header.dropFirst(7)).trimmed
         } else if cookie, let id = cookies(of: request)[Self.cookieName] {
             candidate = sessions.token(for: id) ?? ""  // an expired or unknown session is a wrong credential
+            fromCookie = true
         }
-        let valid = candidate.map { tokens.accepts($0) } ?? false
-        if valid { return true }
-        if access == .read && publicReads { return false }
-        if !tokens.isConfigured {
-            let what = access == .change ? "changes are disabled" : "reads need a token and none is configured"
+        if !principals.isConfigured {
+            // Nobody is known: a read is public or refused, a change refused, whatever token comes.
+            if access == .read && publicReads { return Caller(principal: nil, address: address) }
+            let what = access == .read ? "reads need a token and none is configured" : "changes are disabled"
+            throw APIError(status: .forbidden, code: "forbidden", message: "\(what): the aggregator was started without --principals")
+        }
+        if let candidate {
+            if let principal = principals.principal(forToken: candidate) {
+                return Caller(principal: principal, address: address, onBehalfOf: behalf)
+            }
+            // An expired dashboard session still reads a public fleet (signed out).
+            if fromCookie && access == .read && publicReads { return Caller(principal: nil, address: address) }
+            if !fromCookie { failures.failed(address) }
+            authFailures.increment()
             throw APIError(
-                status: .forbidden, code: "forbidden", message: "\(what): the aggregator was started without --token-file")
+                status: .unauthorized, code: "unauthorized",
+                message: fromCookie ? "the dashboard session has ended; sign in again" : "the token is not valid",
+                headers: Self.challenge(error: "invalid_token"))
         }
-        guard candidate != nil else {
-            throw APIError(status: .unauthorized, code: "unauthorized", message: "a bearer token is required", headers: Self.challenge)
-        }
-        throw APIError(status: .forbidden, code: "forbidden", message: "the token is not valid")
+        if access == .read && publicReads { return Caller(principal: nil, address: address) }
+        authFailures.increment()
+        throw APIError(status: .unauthorized, code: "unauthorized", message: "a bearer token is required", headers: Self.challenge(error: nil))
     }
 
-    static let challenge: HTTPFields = [.wwwAuthenticate: #"Bearer realm="edgefleet""#]
-
-    /// Who asked, for the history: the `X-EdgeFleet-Operator` header (the CLI sends
-    /// `user@host`), printable and at most 64 characters; `api` without it.
-    static func operatorName(_ request: Request, fallback: String = "api") -> String {
-        let header = request.headers.first(where: { $0.name.canonicalName == "x-edgefleet-operator" })?.value
-        for candidate in [header, fallback] {
-            guard let candidate else { continue }
-            let clean = printable(candidate, limit: 64)
-            if !clean.isEmpty { return clean }
+    /// 403 unless the caller's role allows `access` (an anonymous caller only reads, where reads are public).
+    func permit(_ caller: Caller, _ access: Access) throws(APIError) {
+        guard let principal = caller.principal else {
+            if access == .read && publicReads { return }
+            throw APIError(status: .unauthorized, code: "unauthorized", message: "a bearer token is required", headers: Self.challenge(error: nil))
         }
-        return "api"
+        let needed: Role
+        switch access {
+        case .read: needed = .viewer
+        case .operate: needed = .operator
+        case .administer: needed = .admin
+        }
+        guard principal.role >= needed else {
+            throw APIError(
+                status: .forbidden, code: "forbidden",
+                message: "\(principal.name) is \(Self.article(principal.role)) \(principal.role.rawValue); this needs the \(needed.rawValue) role",
+                headers: Self.challenge(error: "insufficient_scope"))
+        }
+    }
+
+    static func article(_ role: Role) -> String { role == .viewer ? "a" : "an" }
+
+    /// RFC 6750's challenge, with the error code when there is one.
+    static func challenge(error: String?) -> HTTPFields {
+        [.wwwAuthenticate: #"Bearer realm="edgefleet""# + (error.map { #", error="\#($0)""# } ?? "")]
+    }
+
+    /// A change: authorized, done, and recorded in the audit log under the caller's name with
+    /// its answer (a refusal of a known principal too). `body` returns the response and the
+    /// outcome in a line, and may name the target (read from the request's body) and for whom
+    /// the client acts (`by` in a body: only "on behalf of", never the principal).
+    func change(
+        _ request: Request, _ context: FleetRequestContext, _ access: Access, action: String, target: String?, cookie: Bool = false,
+        _ body: (inout Caller, inout String?) async throws -> (Response, String?)
+    ) async throws -> Response {
+        var caller = try identify(request, context, access, cookie: cookie)
+        var target = target
+        let at = Date()
+        func record(_ status: HTTPResponse.Status, _ detail: String?) {
+            guard let principal = caller.principal else { return }
+            let entry = AuditEntry(
+                at: at, principal: principal.name, role: principal.role.rawValue, onBehalfOf: caller.onBehalfOf, address: caller.address,
+                action: action, target: target, status: status.code, detail: detail.map { Self.printable($0, limit: 512) })
+            do {
+                try service.audit(entry)
+            } catch {
+                context.logger.error("cannot record a change in the audit log: \(error)", metadata: ["entry": "\(entry)"])
+            }
+        }
+        do {
+            try permit(caller, access)
+        } catch {
+            record(error.status, error.message)
+            throw error
+        }
+        do {
+            let (response, detail) = try await body(&caller, &target)
+            record(response.status, detail)
+            return response
+        } catch let error as APIError {
+            record(error.status, error.message)
+            throw error
+        }
+    }
+
+    /// The name a client gave for whom it acts (`X-EdgeFleet-Operator`; the CLI sends
+    /// `user@host`), printable and at most 64 characters; nil without one.
+    static func operatorName(_ request: Request) -> String? {
+        guard let header = request.headers.first(where: { $0.name.canonicalName == "x-edgefleet-operator" })?.value else { return nil }
+        let clean = printable(header, limit: 64)
+        return clean.isEmpty ? nil : clean
     }
 
     /// `text` without control characters (C0, DEL, C1: a name ends up in histories that
@@ -97,8 +226,8 @@ public struct OperatorAPI: Sendable {
     }
 
     /// The router with every route.
-    public func router() -> Router<BasicRequestContext> {
-        let router = Router(context: BasicRequestContext.self)
+    public func router() -> Router<FleetRequestContext> {
+        let router = Router(context: FleetRequestContext.self)
         router.add(middleware: JSONErrorMiddleware())
         addAPI(to: router)
         addDashboard(to: router)
@@ -107,7 +236,7 @@ public struct OperatorAPI: Sendable {
 
     // MARK: - /v1
 
-    func addAPI(to router: Router<BasicRequestContext>) {
+    func addAPI(to router: Router<FleetRequestContext>) {
         router.get("/healthz") { _, _ in
             // 503 while site records have failed to be written for longer than storeGrace (a full
             // disk, a lost database): a liveness probe or an operator sees it.
@@ -122,8 +251,8 @@ public struct OperatorAPI: Sendable {
                 status: problem == nil ? .ok : .serviceUnavailable)
         }
 
-        router.get("/metrics") { request, _ in
-            try authorize(request, .read)
+        router.get("/metrics") { request, context in
+            try authorize(request, context, .read)
             let head = scrape()
             let deadlines = service.siteDeadlines()
             // Per-site lines rendered here, not through the registry (one metric object per label
@@ -144,14 +273,14 @@ public struct OperatorAPI: Sendable {
                 })
         }
 
-        router.get("/v1/fleet") { request, _ in
-            try authorize(request, .read)
+        router.get("/v1/fleet") { request, context in
+            try authorize(request, context, .read)
             _ = try Query(request, allowed: [])
             return JSONBody.response(service.summary())
         }
 
-        router.get("/v1/sites") { request, _ in
-            try authorize(request, .read)
+        router.get("/v1/sites") { request, context in
+            try authorize(request, context, .read)
             let query = try Query(request, allowed: ["mode", "liveness", "limit", "cursor"])
             let limit = try query.limit()
             let views = service.views(mode: try query.mode(), liveness: try query.liveness())
@@ -166,7 +295,7 @@ public struct OperatorAPI: Sendable {
         }
 
         router.get("/v1/sites/{site}") { request, context in
-            try authorize(request, .read)
+            try authorize(request, context, .read)
             _ = try Query(request, allowed: [])
             let site = try siteParameter(context)
             guard let detail = service.detail(of: site) else { throw APIError.notFound("no site \(site) has reported to this aggregator") }
@@ -174,24 +303,25 @@ public struct OperatorAPI: Sendable {
         }
 
         router.delete("/v1/sites/{site}") { request, context in
-            try authorize(request, .change)
-            let query = try Query(request, allowed: ["force"])
-            let force: Bool
-            switch query["force"] {
-            case nil, "false": force = false
-            case "true": force = true
-            case let other?: throw APIError.badRequest("force: true or false, got '\(other)'")
+            try await change(request, context, .administer, action: "site.forget", target: context.parameters.get("site")) { caller, _ in
+                let query = try Query(request, allowed: ["force"])
+                let force: Bool
+                switch query["force"] {
+                case nil, "false": force = false
+                case "true": force = true
+                case let other?: throw APIError.badRequest("force: true or false, got '\(other)'")
+                }
+                let site = try siteParameter(context)
+                let who = caller.who
+                let forgotten = try await offloaded { () throws(APIError) in
+                    do throws(QueueError) { return try service.forget(site: site.rawValue, force: force, by: who) } catch { throw APIError(error) }
+                }
+                return (JSONBody.response(forgotten), forgotten.cancelled.isEmpty ? "forgotten" : "forgotten; cancelled \(forgotten.cancelled.joined(separator: ", "))")
             }
-            let site = try siteParameter(context)
-            let who = Self.operatorName(request)
-            let forgotten = try await offloaded { () throws(APIError) in
-                do throws(QueueError) { return try service.forget(site: site.rawValue, force: force, by: who) } catch { throw APIError(error) }
-            }
-            return JSONBody.response(forgotten)
         }
 
         router.get("/v1/sites/{site}/capabilities") { request, context in
-            try authorize(request, .read)
+            try authorize(request, context, .read)
             _ = try Query(request, allowed: [])
             let site = try siteParameter(context)
             guard let capabilities = service.capabilities(of: site) else {
@@ -200,8 +330,8 @@ public struct OperatorAPI: Sendable {
             return JSONBody.response(capabilities)
         }
 
-        router.get("/v1/operations") { request, _ in
-            try authorize(request, .read)
+        router.get("/v1/operations") { request, context in
+            try authorize(request, context, .read)
             let query = try Query(request, allowed: ["site", "state", "kind", "limit", "cursor", "order"])
             let filter = OperationFilter(site: try query.site(), kind: try query.kind(), states: try query.states())
             var cursor: Int64?
@@ -228,30 +358,37 @@ public struct OperatorAPI: Sendable {
             return JSONBody.response(OperationList(operations: page.operations, nextCursor: page.nextCursor.map(String.init)))
         }
 
-        router.post("/v1/operations") { request, _ in
-            try authorize(request, .change)
-            _ = try Query(request, allowed: [])
-            let body = try await JSONBody.decode(SubmitOperationRequest.self, from: request)
-            let result = try submit(body, by: Self.operatorName(request, fallback: body.createdBy ?? "api"))
-            return JSONBody.response(
-                SubmitOperationResponse(
-                    operation: result.operation, existing: result.existing, reason: result.reason, deadline: result.deadline,
-                    superseded: result.superseded),
-                status: result.existing ? .ok : .created)
+        router.post("/v1/operations") { request, context in
+            try await change(request, context, .operate, action: "operation.submit", target: nil) { caller, target in
+                _ = try Query(request, allowed: [])
+                let body = try await JSONBody.decode(SubmitOperationRequest.self, from: request)
+                target = body.site
+                caller.behalf(body.createdBy)
+                let result = try submit(body, by: caller.who)
+                let response = JSONBody.response(
+                    SubmitOperationResponse(
+                        operation: result.operation, existing: result.existing, reason: result.reason, deadline: result.deadline,
+                        superseded: result.superseded),
+                    status: result.existing ? .ok : .created)
+                return (response, (result.existing ? "existing " : "queued ") + result.operation.id)
+            }
         }
 
-        router.post("/v1/operations/cancel") { request, _ in
-            try authorize(request, .change)
-            _ = try Query(request, allowed: [])
-            let body = try await JSONBody.decode(BulkCancelRequest.self, from: request)
-            let by = Self.operatorName(request, fallback: body.by ?? "api")
-            // One SQLite transaction per operation: on a thread of its own, not the cooperative pool.
-            let cancelled = try await offloaded { () throws(APIError) in try bulkCancel(body, by: by) }
-            return JSONBody.response(BulkCancelResponse(cancelled: cancelled.map(\.id)))
+        router.post("/v1/operations/cancel") { request, context in
+            try await change(request, context, .administer, action: "operations.cancel", target: nil) { caller, target in
+                _ = try Query(request, allowed: [])
+                let body = try await JSONBody.decode(BulkCancelRequest.self, from: request)
+                target = body.site ?? body.kind ?? (body.all == true ? "all" : nil)
+                caller.behalf(body.by)
+                // One SQLite transaction per operation: on a thread of its own, not the cooperative pool.
+                let who = caller.who
+                let cancelled = try await offloaded { () throws(APIError) in try bulkCancel(body, by: who) }
+                return (JSONBody.response(BulkCancelResponse(cancelled: cancelled.map(\.id))), "cancelled \(cancelled.count)")
+            }
         }
 
         router.get("/v1/operations/{id}") { request, context in
-            try authorize(request, .read)
+            try authorize(request, context, .read)
             _ = try Query(request, allowed: [])
             let id = try context.parameters.require("id")
             let operation: DeferredOperation?
@@ -264,18 +401,49 @@ public struct OperatorAPI: Sendable {
             return JSONBody.response(operation)
         }
 
+        router.get("/v1/audit") { request, context in
+            // Never public: it names principals and their addresses.
+            let caller = try identify(request, context, .read)
+            guard caller.principal != nil else {
+                throw APIError(status: .unauthorized, code: "unauthorized", message: "the audit log needs a token", headers: Self.challenge(error: nil))
+            }
+            let query = try Query(request, allowed: ["cursor", "limit", "principal"])
+            var before: Int64?
+            if let text = query["cursor"] {
+                guard let value = Int64(text), value > 0 else { throw APIError.badRequest("cursor: not a cursor this API gave out") }
+                before = value
+            }
+            let principal = query["principal"]
+            if let principal, !Principal.isValidName(principal) { throw APIError.badRequest("principal: not a principal's name") }
+            let limit = try query.limit()
+            let entries: [AuditEntry]
+            do {
+                entries = try service.auditLog(before: before, limit: limit + 1, principal: principal)
+            } catch {
+                throw APIError(status: .serviceUnavailable, code: "unavailable", message: "the audit log cannot be read: \(error)")
+            }
+            let page = Array(entries.prefix(limit))
+            let next = entries.count > limit ? page.last?.id.map(String.init) : nil
+            return JSONBody.response(AuditPage(entries: page, nextCursor: next))
+        }
+
         for action in OperatorAction.allCases {
             router.post("/v1/operations/{id}/\(action.rawValue)") { request, context in
-                try authorize(request, .change)
-                _ = try Query(request, allowed: [])
-                let id = try context.parameters.require("id")
-                return JSONBody.response(try perform(action, id: id, by: Self.operatorName(request)))
+                try await change(request, context, action.access, action: "operation.\(action.rawValue)", target: context.parameters.get("id")) { caller, _ in
+                    _ = try Query(request, allowed: [])
+                    let id = try context.parameters.require("id")
+                    let operation = try perform(action, id: id, by: caller.who)
+                    return (JSONBody.response(operation), "now \(operation.state.rawValue)")
+                }
             }
         }
     }
 
     enum OperatorAction: String, CaseIterable, Sendable {
         case cancel, retry, release
+
+        /// Releasing an operation past a site's deadline is an admin's; the others an operator's.
+        var access: Access { self == .release ? .administer : .operate }
     }
 
     func perform(_ action: OperatorAction, id: String, by who: String) throws(APIError) -> DeferredOperation {
@@ -339,7 +507,7 @@ public struct OperatorAPI: Sendable {
         }
     }
 
-    func siteParameter(_ context: BasicRequestContext) throws(APIError) -> SiteID {
+    func siteParameter(_ context: FleetRequestContext) throws(APIError) -> SiteID {
         guard let text = context.parameters.get("site") else { throw .badRequest("a site id is required") }
         do { return try SiteID(text) } catch { throw .badRequest("site: \(error.description)") }
     }
@@ -444,7 +612,7 @@ func offloaded<T: Sendable>(_ body: @escaping @Sendable () throws(APIError) -> T
 /// Turns every error into the API's JSON error body: routes that do not exist (404), a
 /// body too large (413), and anything unexpected (500, logged).
 struct JSONErrorMiddleware: RouterMiddleware {
-    typealias Context = BasicRequestContext
+    typealias Context = FleetRequestContext
 
     func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
         do {

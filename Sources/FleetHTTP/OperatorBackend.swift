@@ -41,4 +41,9 @@ public protocol OperatorBackend: Sendable {
     func release(id: String, by who: String) throws(QueueError) -> DeferredOperation
     func cancelAll(_ filter: OperationFilter, by who: String) throws(QueueError) -> [DeferredOperation]
     func forget(site text: String, force: Bool, by who: String) throws(QueueError) -> SiteForgotten
+
+    /// Records a change asked of the API (who, when, from where, what, the answer).
+    func audit(_ entry: AuditEntry) throws
+    /// The audit log, newest first, older than `before` (an entry's id), at most `limit`.
+    func auditLog(before: Int64?, limit: Int, principal: String?) throws -> [AuditEntry]
 }

@@ -61,6 +61,13 @@ public enum PostgresSchema {
             "v7-event-outbox",
             ["CREATE TABLE event_outbox (sequence bigserial PRIMARY KEY, event text NOT NULL)"]
         ),
+        (
+            "v8-audit",
+            [
+                "CREATE TABLE audit (id bigserial PRIMARY KEY, at timestamptz NOT NULL, principal text NOT NULL, entry jsonb NOT NULL)",
+                "CREATE INDEX audit_principal ON audit (principal, id)",
+            ]
+        ),
     ]
 
     /// Applies what is missing, in one transaction, under an advisory lock: replicas that start

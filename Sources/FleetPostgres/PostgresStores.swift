@@ -40,7 +40,8 @@ public enum PostgresStores {
             location: location, password: try password(file: passwordFile, environment: environment), size: poolSize, logger: logger)
         try PostgresSchema.migrate(pool)
         let stores = AggregatorStores(
-            sites: PostgresSiteStore(pool: pool), operations: PostgresOperationStore(pool: pool, fence: fence), description: location.description)
+            sites: PostgresSiteStore(pool: pool), operations: PostgresOperationStore(pool: pool, fence: fence), audit: PostgresAuditStore(pool: pool),
+            description: location.description)
         return (stores, pool)
     }
 }

@@ -7,6 +7,7 @@ import FleetPostgres
 import LayeredSettings
 import Logging
 import Prometheus
+import Principals
 import ServiceLifecycle
 import Subprocesses
 import FleetQueue
@@ -60,7 +61,10 @@ struct AggregatorCommand: AsyncParsableCommand {
     @Option(help: "How long a dashboard sign-in lasts; an hour without use ends it sooner (default 12h).") var dashboardSession: String?
     @Option(help: "A client must send a whole request head within this (default 10s).") var httpHeaderTimeout: String?
     @Option(help: "Open HTTP connections at most; 0: below the descriptor limit, at most 10000 (default 0).") var httpMaxConnections: String?
-    @Option(help: "File of API bearer tokens, one per line; without it every change through the API is refused.") var tokenFile: String?
+    @Option(help: "Unknown tokens one address may present in a minute before it must wait (429) (default 10).") var authFailuresPerMinute: String?
+    @Option(help: "The principals file: who may use the API, by name and role (edgefleet token add writes it); without it every change is refused.")
+    var principals: String?
+    @Option(help: "The earlier name of --principals (a flat token list is still read: each token an admin).") var tokenFile: String?
     @Option(help: "Reads (GET, the dashboard, /metrics) without a token: true or false (default false).") var publicReads: String?
 
     var flagSettings: [String: Settings.Value] {
@@ -72,8 +76,8 @@ struct AggregatorCommand: AsyncParsableCommand {
             ("maxConcurrentDispatches", maxConcurrentDispatches), ("maxAttempts", maxAttempts), ("retryBackoff", retryBackoff),
             ("retryBackoffMax", retryBackoffMax), ("dispatchInterval", dispatchInterval), ("executorOutputBytes", executorOutputBytes),
             ("maxSites", maxSites), ("storeGrace", storeGrace), ("dashboardSession", dashboardSession),
-            ("httpHeaderTimeout", httpHeaderTimeout), ("httpMaxConnections", httpMaxConnections),
-            ("tokenFile", tokenFile), ("publicReads", publicReads), ("dbPasswordFile", dbPasswordFile), ("replicaId", replicaId), ("leaderLease", leaderLease),
+            ("httpHeaderTimeout", httpHeaderTimeout), ("httpMaxConnections", httpMaxConnections), ("authFailuresPerMinute", authFailuresPerMinute),
+            ("tokenFile", tokenFile), ("principals", principals), ("publicReads", publicReads), ("dbPasswordFile", dbPasswordFile), ("replicaId", replicaId), ("leaderLease", leaderLease),
         ]
         var flags = service.flagSettings
         for case let (key, value?) in scalars { flags[key] = .text(value) }
@@ -83,11 +87,12 @@ struct AggregatorCommand: AsyncParsableCommand {
     func run() async throws {
         let configuration = try loadConfiguration(file: service.config, flags: flagSettings) { settings throws(ConfigurationError) in
             let configuration = try AggregatorConfiguration.load(&settings)
-            if let tokenFile = configuration.tokenFile {
+            if let file = configuration.tokenFile {
                 do {
-                    _ = try TokenStore.read(path: tokenFile)
+                    _ = try PrincipalsFile.read(path: file)
                 } catch {
-                    throw ConfigurationError(key: "tokenFile", origin: settings.raw("tokenFile")?.1, "\(error)")
+                    let key = configuration.principalsKey
+                    throw ConfigurationError(key: key, origin: settings.raw(key)?.1, "\(error)")
                 }
             }
             if PostgresLocation.isURL(configuration.databasePath) {
@@ -152,12 +157,13 @@ struct AggregatorCommand: AsyncParsableCommand {
             printError("edgefleet-aggregator: cannot open the database: \(error)")
             throw ExitCode(EdgeFleetExit.failure)
         }
-        let tokens = try TokenStore(path: configuration.tokenFile, logger: logger)
-        if !tokens.isConfigured { logger.warning("no --token-file: every change through the HTTP API is refused") }
+        let principals = try PrincipalStore(path: configuration.tokenFile, logger: logger)
+        if !principals.isConfigured { logger.warning("no --principals: every change through the HTTP API is refused") }
         let api = OperatorAPI(
-            service: service, tokens: tokens, publicReads: configuration.publicReads, registry: registry, help: AggregatorMetrics.help,
+            service: service, principals: principals, publicReads: configuration.publicReads, registry: registry, help: AggregatorMetrics.help,
             sessionLifetime: configuration.dashboardSession, sessionIdle: min(configuration.dashboardSession, .seconds(3600)),
-            headerTimeout: configuration.httpHeaderTimeout, maxConnections: configuration.httpMaxConnections)
+            headerTimeout: configuration.httpHeaderTimeout, maxConnections: configuration.httpMaxConnections,
+            failureLimit: configuration.authFailuresPerMinute)
         let address = configuration.httpListen
         let http = api.application(address: address, logger: logger) { bound in
             logger.info("HTTP API listening on http://\(bound)", metadata: ["dashboard": "http://\(bound)/"])

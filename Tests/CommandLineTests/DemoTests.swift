@@ -35,7 +35,7 @@ struct DemoTests {
         let dashboard = try await withTimeout(.seconds(90), "the demo's dashboard line") { () -> String in
             while true {
                 let text = (try? String(contentsOfFile: output, encoding: .utf8)) ?? ""
-                if let range = text.range(of: #"http://127\.0\.0\.1:[0-9]+/\?token=[0-9a-f]+"#, options: .regularExpression) { return String(text[range]) }
+                if let range = text.range(of: #"http://127\.0\.0\.1:[0-9]+/\?token=[0-9A-Za-z_]+"#, options: .regularExpression) { return String(text[range]) }
                 if !demo.isRunning { throw TestSupportError("the demo ended: \(text) \((try? String(contentsOfFile: directory + "/err", encoding: .utf8)) ?? "")") }
                 try await Task.sleep(for: .milliseconds(200))
             }

@@ -44,9 +44,16 @@ struct ExecutableTests {
         let directory = try temporaryDirectory("edgefleet-http-settings")
         defer { try? FileManager.default.removeItem(atPath: directory) }
         try "short\n".write(toFile: directory + "/weak", atomically: true, encoding: .utf8)
+        try "principals:\n  - name: alice\n    role: operator\n    tokenSHA256: not-a-digest\n".write(
+            toFile: directory + "/bad-digest.yaml", atomically: true, encoding: .utf8)
+        try "principals:\n  - name: alice\n    role: root\n    tokenSHA256: \(String(repeating: "a", count: 64))\n".write(
+            toFile: directory + "/bad-role.yaml", atomically: true, encoding: .utf8)
         for (flags, key) in [
             (["--http", "8080"], "http"), (["--http", "host:99999"], "http"), (["--token-file", directory + "/none"], "tokenFile"),
             (["--token-file", directory + "/weak"], "tokenFile"), (["--public-reads", "maybe"], "publicReads"),
+            (["--principals", directory + "/bad-digest.yaml"], "tokenSHA256"), (["--principals", directory + "/bad-role.yaml"], "principals"),
+            (["--principals", directory + "/bad-role.yaml", "--token-file", directory + "/weak"], "not both"),
+            (["--auth-failures-per-minute", "0"], "authFailuresPerMinute"),
         ] {
             let result = try run(aggregator, ["--check-config"] + flags, environment: [:])
             #expect(result.status == 2, "\(flags)")
@@ -115,15 +122,16 @@ struct ExecutableTests {
         defer { try? FileManager.default.removeItem(atPath: directory) }
         let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
         var example = try String(contentsOf: root.appendingPathComponent("deploy/aggregator.example.yaml"), encoding: .utf8)
-        for name in ["password", "ca.crt", "tokens"] {
-            _ = FileManager.default.createFile(atPath: "\(directory)/\(name)", contents: Data("secret-long-enough-for-a-token\n".utf8))
+        for name in ["password", "ca.crt", "principals.yaml"] {
+            let contents = name == "principals.yaml" ? "principals: []\n" : "secret-long-enough-for-a-token\n"
+            _ = FileManager.default.createFile(atPath: "\(directory)/\(name)", contents: Data(contents.utf8))
             example = example.replacingOccurrences(of: "/etc/edgefleet/aggregator/\(name)", with: "\(directory)/\(name)")
         }
         try example.write(toFile: "\(directory)/aggregator.yaml", atomically: true, encoding: .utf8)
         let loaded = try run(aggregator, ["--check-config", "--config", "\(directory)/aggregator.yaml"], environment: [:])
         #expect(loaded.status == 0, "\(loaded.stderr)")
         #expect(loaded.stdout.contains("budget 30d") && loaded.stdout.contains("as edgefleet-aggregator (password set)"))
-        #expect(loaded.stdout.contains("tokens from \(directory)/tokens, reads need a token"))
+        #expect(loaded.stdout.contains("principals from \(directory)/principals.yaml, reads need a token"), "\(loaded.stdout)")
         // Every queueable kind has its az command.
         for kind in ["cluster.create", "cluster.update", "cluster.upgrade", "cluster.delete", "nodepool.add", "nodepool.scale",
                      "metallb.configure", "monitoring.configure", "gitops.configure", "extension.install", "extension.update", "extension.delete"] {

@@ -24,7 +24,7 @@ struct DashboardTests {
         // Signing out ends the session on the server: the same cookie, replayed, is refused.
         let out = try await HTTP.request("POST", port: f.port, "/ui/logout", headers: ["Cookie": cookie, "Sec-Fetch-Site": "same-origin"])
         #expect(out.status == 303 && out.headers["set-cookie"]?.contains("Max-Age=0") == true)
-        #expect(try await HTTP.get(port: f.port, "/", headers: ["Cookie": cookie]).status == 403)
+        #expect(try await HTTP.get(port: f.port, "/", headers: ["Cookie": cookie]).status == 401)
         // A new session expires by itself.
         let again = try await HTTP.get(port: f.port, "/?token=\(OperatorFixture.token)")
         let second = String(try #require(again.headers["set-cookie"]).split(separator: ";")[0])
@@ -33,7 +33,7 @@ struct DashboardTests {
         try await withTimeout(.seconds(40), "the session to expire") {
             while try await HTTP.get(port: f.port, "/", headers: ["Cookie": second]).status == 200 { try await Task.sleep(for: .milliseconds(250)) }
         }
-        #expect(try await HTTP.get(port: f.port, "/", headers: ["Cookie": second]).status == 403)
+        #expect(try await HTTP.get(port: f.port, "/", headers: ["Cookie": second]).status == 401)
     }
 
     @Test("signing in with a token sets a cookie; the pages show the fleet; a cancel button cancels; no token, no page")
@@ -47,7 +47,7 @@ struct DashboardTests {
         let anonymous = try await HTTP.get(port: f.port, "/")
         #expect(anonymous.status == 401 && anonymous.headers["content-type"]?.hasPrefix("text/html") == true)
         #expect(anonymous.text.contains("/?token="))
-        #expect(try await HTTP.get(port: f.port, "/?token=wrong-token-0123456789abcdef").status == 403)
+        #expect(try await HTTP.get(port: f.port, "/?token=wrong-token-0123456789abcdef").status == 401)
 
         let login = try await HTTP.get(port: f.port, "/?token=\(OperatorFixture.token)")
         #expect(login.status == 303 && login.headers["location"] == "/")

@@ -12,7 +12,7 @@ struct OpenAPITests {
     static let contractRoutes: Set<String> = [
         "GET /v1/fleet", "GET /v1/sites", "GET /v1/sites/{site}", "DELETE /v1/sites/{site}", "GET /v1/sites/{site}/capabilities", "GET /v1/operations",
         "POST /v1/operations", "GET /v1/operations/{id}", "POST /v1/operations/{id}/cancel", "POST /v1/operations/{id}/retry",
-        "POST /v1/operations/{id}/release", "POST /v1/operations/cancel", "GET /metrics", "GET /healthz", "GET /",
+        "POST /v1/operations/{id}/release", "POST /v1/operations/cancel", "GET /metrics", "GET /healthz", "GET /", "GET /v1/audit",
     ]
 
     static func document() throws -> YAMLNode {

@@ -20,12 +20,13 @@ struct OperatorAPITests {
             #expect(none.errorCode == "unauthorized")
             #expect(none.headers["www-authenticate"]?.hasPrefix("Bearer") == true)
             let wrong = try await HTTP.request(method, port: f.port, target, token: "not-the-token-at-all-0000", body: method == "POST" ? Array("{}".utf8) : nil)
-            #expect(wrong.status == 403, "\(method) \(target) with a wrong token")
-            #expect(wrong.errorCode == "forbidden")
+            #expect(wrong.status == 401, "\(method) \(target) with a wrong token")
+            #expect(wrong.errorCode == "unauthorized")
+            #expect(wrong.headers["www-authenticate"]?.contains(#"error="invalid_token""#) == true)
         }
         // A token that is a prefix or an extension of a real one is not one.
-        #expect(try await f.get("/v1/fleet", token: String(OperatorFixture.token.dropLast())).status == 403)
-        #expect(try await f.get("/v1/fleet", token: OperatorFixture.token + "x").status == 403)
+        #expect(try await f.get("/v1/fleet", token: String(OperatorFixture.token.dropLast())).status == 401)
+        #expect(try await f.get("/v1/fleet", token: OperatorFixture.token + "x").status == 401)
         #expect(try await HTTP.get(port: f.port, "/v1/fleet", headers: ["Authorization": "Basic dXNlcjpwYXNz"]).status == 401)
         #expect(try await f.get("/v1/fleet").status == 200)
         #expect(try await f.get("/v1/fleet", token: "second-token-abcdefghijklmnop").status == 200)
@@ -40,7 +41,7 @@ struct OperatorAPITests {
         // Tokens are read again when the file changes: a revoked token stops working.
         try "\(OperatorFixture.token)\n".write(toFile: f.tokenFile, atomically: true, encoding: .utf8)
         try await withTimeout(.seconds(10), "the revoked token to be refused") {
-            while try await f.get("/v1/fleet", token: "second-token-abcdefghijklmnop").status != 403 { try await Task.sleep(for: .milliseconds(100)) }
+            while try await f.get("/v1/fleet", token: "second-token-abcdefghijklmnop").status != 401 { try await Task.sleep(for: .milliseconds(100)) }
         }
         #expect(try await f.get("/v1/fleet").status == 200)
     }
@@ -57,14 +58,14 @@ struct OperatorAPITests {
         defer { closed.stop() }
         let refused = try await closed.post("/v1/operations", #"{"site":"a","kind":"cluster.upgrade"}"#, token: OperatorFixture.token)
         #expect(refused.status == 403)
-        #expect(refused.text.contains("--token-file"))
-        #expect(closed.fleet.aggregator.output.contains("no --token-file"))
+        #expect(refused.text.contains("--principals"))
+        #expect(closed.fleet.aggregator.output.contains("no --principals"))
 
         // No token file and no public reads: nothing can be read, and the answer says why.
         let sealed = try await OperatorFixture.start(withTokens: false)
         defer { sealed.stop() }
         let read = try await sealed.get("/v1/fleet")
-        #expect(read.status == 403 && read.text.contains("--token-file"))
+        #expect(read.status == 403 && read.text.contains("--principals"))
     }
 
     @Test("sites, one site, capabilities: each mode answered as the catalog says, with the workaround where the site has it")
@@ -194,7 +195,7 @@ struct OperatorAPITests {
         #expect(try again.status == 200 && (again.json()["existing"] as? Bool) == true)
         #expect((try again.json()["operation"] as? [String: Any])?["id"] as? String == firstID)
         let shown = try await f.operation(firstID)
-        #expect(shown["state"] as? String == "queued" && shown["createdBy"] as? String == "api")
+        #expect(shown["state"] as? String == "queued" && shown["createdBy"] as? String == "admin")
         #expect((shown["history"] as? [[String: Any]])?.first?["to"] as? String == "queued")
 
         // 422: not queueable, with the workaround; 400: bad input; 404: unknown operation.
@@ -238,7 +239,7 @@ struct OperatorAPITests {
         // Who asked, from the body when no header says: control characters never reach the history.
         let named = try await f.post(
             "/v1/operations", #"{"site":"site-new","kind":"extension.install","params":{"name":"n"},"createdBy":"eve\u001b[2J\u009b\u0007"}"#)
-        #expect(((try named.json()["operation"] as? [String: Any])?["createdBy"] as? String) == "eve[2J")
+        #expect(((try named.json()["operation"] as? [String: Any])?["createdBy"] as? String) == "admin on behalf of eve[2J")
 
         // Cancel: 200, then 409 (already cancelled); retry of a non-failed one: 409.
         let cancelled = try await HTTP.post(

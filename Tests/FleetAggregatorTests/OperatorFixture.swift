@@ -22,12 +22,15 @@ struct OperatorFixture: @unchecked Sendable {  // immutable after start; its par
         "--connected-within", "10s", "--budget", "1h", "--warn-before", "10m", "--critical-before", "5m", "--stable-for", "500ms",
     ]
 
+    /// `principals`: a principals file's text, given with `--principals` instead of the flat token list.
     static func start(
-        publicReads: Bool = false, withTokens: Bool = true, thresholds: [String] = defaultThresholds, extra: [String] = []
+        publicReads: Bool = false, withTokens: Bool = true, principals: String? = nil, thresholds: [String] = defaultThresholds,
+        extra: [String] = []
     ) async throws -> OperatorFixture {
         let az = try StandInAzure()
         let directory = try temporaryDirectory("edgefleet-operator")
         try "# operators\n\(token)\n\nsecond-token-abcdefghijklmnop\n".write(toFile: directory + "/tokens", atomically: true, encoding: .utf8)
+        if let principals { try principals.write(toFile: directory + "/principals.yaml", atomically: true, encoding: .utf8) }
         try """
             executors:
               cluster.upgrade:
@@ -47,7 +50,13 @@ struct OperatorFixture: @unchecked Sendable {  // immutable after start; its par
                 "--view-refresh", "1s", "--summary-interval", "200ms", "--flush-interval", "200ms", "--dispatch-interval", "100ms",
                 "--http", "127.0.0.1:0",
             ]
-        if withTokens { flags += ["--token-file", directory + "/tokens"] }
+        if principals != nil {
+            flags += ["--principals", directory + "/principals.yaml"]
+        } else if withTokens {
+            flags += ["--token-file", directory + "/tokens"]
+        }
+        // Tests ask from one address: wrong tokens on purpose must not make the rest wait.
+        if !extra.contains("--auth-failures-per-minute") { flags += ["--auth-failures-per-minute", "1000"] }
         if publicReads { flags += ["--public-reads", "true"] }
         let fleet = try await AggregatorFixture.start(flags: flags + extra, environment: environment)
         do {

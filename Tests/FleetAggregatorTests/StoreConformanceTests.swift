@@ -57,6 +57,28 @@ struct StoreConformanceTests {
         #expect(try again.sites.loadAll().records.first { $0.site.rawValue == "site-0001" }?.lastSeq == 99)
     }
 
+    @Test("the audit log: appended with increasing ids, read newest first, paged by id, filtered by principal", arguments: StoreBackend.allCases)
+    func audit(_ backend: StoreBackend) throws {
+        let fresh = try FreshStores(backend)
+        defer { fresh.remove() }
+        let audit = fresh.stores.audit
+        var ids: [Int64] = []
+        for (n, who) in ["ada", "otto", "ada", "vera", "ada"].enumerated() {
+            let entry = try audit.append(
+                AuditEntry(
+                    at: Self.now.addingTimeInterval(Double(n)), principal: who, role: "admin", onBehalfOf: n == 0 ? "x@y" : nil, address: "10.0.0.\(n)",
+                    action: "operation.cancel", target: "op-\(n)", status: 200, detail: "now cancelled"))
+            ids.append(try #require(entry.id))
+        }
+        #expect(ids == ids.sorted() && Set(ids).count == 5)
+        let newest = try audit.entries(before: nil, limit: 3, principal: nil)
+        #expect(newest.map(\.target) == ["op-4", "op-3", "op-2"])
+        #expect(try audit.entries(before: newest.last?.id, limit: 10, principal: nil).map(\.target) == ["op-1", "op-0"])
+        let ada = try audit.entries(before: nil, limit: 10, principal: "ada")
+        #expect(ada.map(\.target) == ["op-4", "op-2", "op-0"])
+        #expect(ada.last?.onBehalfOf == "x@y" && ada.last?.address == "10.0.0.0" && ada.last?.at == Self.now)
+    }
+
     @Test("operations survive a reopen of the database; the run records too", arguments: StoreBackend.allCases)
     func operationsReopen(backend: StoreBackend) throws {
         let fresh = try FreshStores(backend)
@@ -83,11 +105,11 @@ struct StoreConformanceTests {
         let server = try #require(fresh.server)
         let name = String(fresh.database.split(separator: "/").last!)
         let names = try server.psql("SELECT name FROM schema_migrations ORDER BY name", database: name).split(separator: "\n").map(String.init)
-        #expect(names == ["v1-sites", "v2-operations", "v3-runs", "v4-forgotten-sites", "v5-leader-lease", "v6-claim-expiry", "v7-event-outbox"])
+        #expect(names == ["v1-sites", "v2-operations", "v3-runs", "v4-forgotten-sites", "v5-leader-lease", "v6-claim-expiry", "v7-event-outbox", "v8-audit"])
         // Three replicas opening at once: each finds the schema whole, nothing is applied twice.
         let opened = try (0..<3).map { _ in Task.detached { try fresh.reopen().sites.count() } }
         for task in opened { _ = try awaitBlocking(task) }
-        #expect(try server.psql("SELECT count(*) FROM schema_migrations", database: name).trimmingCharacters(in: .whitespacesAndNewlines) == "7")
+        #expect(try server.psql("SELECT count(*) FROM schema_migrations", database: name).trimmingCharacters(in: .whitespacesAndNewlines) == "8")
         try server.psql("INSERT INTO schema_migrations (name) VALUES ('v99-from-the-future')", database: name)
         #expect {
             _ = try fresh.reopen()

@@ -29,18 +29,30 @@ public enum HTTP {
     /// Sends one request to `127.0.0.1:port` and reads the whole answer (`Connection: close`),
     /// on a thread of its own: a test's blocking socket must not hold one of the few threads
     /// that run every task of the test process (the simulated sites' heartbeats among them).
+    /// `source`: the loopback address to connect from (another client, as the server sees it).
     public static func request(
-        _ method: String, port: Int, _ target: String, token: String? = nil, headers: [String: String] = [:], body: [UInt8]? = nil
+        _ method: String, port: Int, _ target: String, token: String? = nil, headers: [String: String] = [:], body: [UInt8]? = nil,
+        source: String? = nil
     ) async throws -> HTTPResponse {
-        try await offload { try requestBlocking(method, port: port, target, token: token, headers: headers, body: body) }
+        try await offload { try requestBlocking(method, port: port, target, token: token, headers: headers, body: body, source: source) }
     }
 
     static func requestBlocking(
-        _ method: String, port: Int, _ target: String, token: String? = nil, headers: [String: String] = [:], body: [UInt8]? = nil
+        _ method: String, port: Int, _ target: String, token: String? = nil, headers: [String: String] = [:], body: [UInt8]? = nil,
+        source: String? = nil
     ) throws -> HTTPResponse {
         let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
         guard fd >= 0 else { throw TestSupportError("socket: \(errno)") }
         defer { close(fd) }
+        if let source {
+            var local = sockaddr_in()
+            local.sin_family = sa_family_t(AF_INET)
+            local.sin_addr.s_addr = inet_addr(source)
+            let bound = withUnsafePointer(to: &local) {
+                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+            }
+            guard bound == 0 else { throw TestSupportError("bind to \(source): errno \(errno)") }
+        }
         var timeout = timeval(tv_sec: 30, tv_usec: 0)
         setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
         var address = sockaddr_in()
