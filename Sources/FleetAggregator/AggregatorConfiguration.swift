@@ -67,6 +67,9 @@ public struct AggregatorConfiguration: Sendable {
     public var httpMaxConnections: Int?
     /// Unknown tokens one address may present in a minute before it waits (429) for the rest of it.
     public var authFailuresPerMinute = 10
+    /// HTTPS: the certificate chain and the key (PEM, both or neither); re-read when they change.
+    public var tlsCertificate: String?
+    public var tlsKey: String?
 
     public init(
         mqtt: MQTTConfiguration, topics: FleetTopics = FleetTopics(), databasePath: String = "./edgefleet.sqlite",
@@ -98,7 +101,7 @@ public struct AggregatorConfiguration: Sendable {
         "http", "connectedWithin", "budget", "warnBefore", "criticalBefore", "stableFor", "staleAfter", "offlineAfter",
         "viewRefresh", "summaryInterval", "flushInterval", "maxPayloadBytes", "executors", "maxConcurrentDispatches", "maxAttempts",
         "retryBackoff", "retryBackoffMax", "dispatchInterval", "executorOutputBytes", "tokenFile", "principals", "publicReads", "dbPasswordFile", "replicaId", "leaderLease",
-        "maxSites", "storeGrace", "dashboardSession", "httpHeaderTimeout", "httpMaxConnections", "authFailuresPerMinute",
+        "maxSites", "storeGrace", "dashboardSession", "httpHeaderTimeout", "httpMaxConnections", "authFailuresPerMinute", "tlsCert", "tlsKey",
     ]
 
     /// One executor as written in the file: `argv` and an optional `timeout`.
@@ -226,6 +229,12 @@ public struct AggregatorConfiguration: Sendable {
         let httpHeaderTimeout = try settings.duration("httpHeaderTimeout", default: .seconds(10))
         let httpMaxConnections = try settings.integer("httpMaxConnections", default: 0, range: 0...1_000_000)
         let authFailuresPerMinute = try settings.integer("authFailuresPerMinute", default: 10, range: 1...1_000_000)
+        let tlsCertificate = try settings.string("tlsCert")
+        let tlsKey = try settings.string("tlsKey")
+        if (tlsCertificate == nil) != (tlsKey == nil) {
+            let missing = tlsCertificate == nil ? "tlsCert" : "tlsKey"
+            throw ConfigurationError(key: missing, origin: nil, "HTTPS needs both --tls-cert and --tls-key")
+        }
         try settings.rejectUnknownFileKeys()
 
         var mqtt = MQTTConfiguration(
@@ -252,6 +261,8 @@ public struct AggregatorConfiguration: Sendable {
         configuration.httpHeaderTimeout = httpHeaderTimeout
         configuration.httpMaxConnections = httpMaxConnections == 0 ? nil : httpMaxConnections
         configuration.authFailuresPerMinute = authFailuresPerMinute
+        configuration.tlsCertificate = tlsCertificate
+        configuration.tlsKey = tlsKey
         return configuration
     }
 
@@ -263,7 +274,7 @@ public struct AggregatorConfiguration: Sendable {
             "client id: \(mqtt.clientID)",
             "topic root: \(topics.root)",
             "database: \(databasePath)" + (databasePasswordFile.map { " (password from \($0))" } ?? ""),
-            "http: \(httpListen), "
+            "http: \(tlsCertificate == nil ? "" : "https ")\(httpListen), "
                 + (tokenFile.map { "principals from \($0)" } ?? "no principals file (changes refused)")
                 + (publicReads ? ", reads open" : ", reads need a token"),
             "connected within \(DurationFormat.format(t.connectedWithin)), budget \(DurationFormat.format(t.budget)), "

@@ -62,6 +62,9 @@ struct AggregatorCommand: AsyncParsableCommand {
     @Option(help: "A client must send a whole request head within this (default 10s).") var httpHeaderTimeout: String?
     @Option(help: "Open HTTP connections at most; 0: below the descriptor limit, at most 10000 (default 0).") var httpMaxConnections: String?
     @Option(help: "Unknown tokens one address may present in a minute before it must wait (429) (default 10).") var authFailuresPerMinute: String?
+    @Option(help: "The HTTPS certificate chain (PEM); with --tls-key the API, dashboard and /metrics speak HTTPS only. Re-read when it changes.")
+    var tlsCert: String?
+    @Option(help: "The HTTPS private key (PEM), for --tls-cert.") var tlsKey: String?
     @Option(help: "The principals file: who may use the API, by name and role (edgefleet token add writes it); without it every change is refused.")
     var principals: String?
     @Option(help: "The earlier name of --principals (a flat token list is still read: each token an admin).") var tokenFile: String?
@@ -76,7 +79,7 @@ struct AggregatorCommand: AsyncParsableCommand {
             ("maxConcurrentDispatches", maxConcurrentDispatches), ("maxAttempts", maxAttempts), ("retryBackoff", retryBackoff),
             ("retryBackoffMax", retryBackoffMax), ("dispatchInterval", dispatchInterval), ("executorOutputBytes", executorOutputBytes),
             ("maxSites", maxSites), ("storeGrace", storeGrace), ("dashboardSession", dashboardSession),
-            ("httpHeaderTimeout", httpHeaderTimeout), ("httpMaxConnections", httpMaxConnections), ("authFailuresPerMinute", authFailuresPerMinute),
+            ("httpHeaderTimeout", httpHeaderTimeout), ("httpMaxConnections", httpMaxConnections), ("authFailuresPerMinute", authFailuresPerMinute), ("tlsCert", tlsCert), ("tlsKey", tlsKey),
             ("tokenFile", tokenFile), ("principals", principals), ("publicReads", publicReads), ("dbPasswordFile", dbPasswordFile), ("replicaId", replicaId), ("leaderLease", leaderLease),
         ]
         var flags = service.flagSettings
@@ -93,6 +96,13 @@ struct AggregatorCommand: AsyncParsableCommand {
                 } catch {
                     let key = configuration.principalsKey
                     throw ConfigurationError(key: key, origin: settings.raw(key)?.1, "\(error)")
+                }
+            }
+            if let certificate = configuration.tlsCertificate, let key = configuration.tlsKey {
+                do {
+                    _ = try TLSFiles.load(certificate: certificate, key: key)
+                } catch {
+                    throw ConfigurationError(key: "tlsCert", origin: settings.raw("tlsCert")?.1, "\(error)")
                 }
             }
             if PostgresLocation.isURL(configuration.databasePath) {
@@ -159,14 +169,24 @@ struct AggregatorCommand: AsyncParsableCommand {
         }
         let principals = try PrincipalStore(path: configuration.tokenFile, logger: logger)
         if !principals.isConfigured { logger.warning("no --principals: every change through the HTTP API is refused") }
+        var tls: TLSFiles?
+        if let certificate = configuration.tlsCertificate, let key = configuration.tlsKey {
+            do {
+                tls = try TLSFiles(certificate: certificate, key: key, logger: logger)
+            } catch {
+                printError("edgefleet-aggregator: \(error)")
+                throw ExitCode(EdgeFleetExit.failure)
+            }
+        }
         let api = OperatorAPI(
             service: service, principals: principals, publicReads: configuration.publicReads, registry: registry, help: AggregatorMetrics.help,
             sessionLifetime: configuration.dashboardSession, sessionIdle: min(configuration.dashboardSession, .seconds(3600)),
-            headerTimeout: configuration.httpHeaderTimeout, maxConnections: configuration.httpMaxConnections,
+            headerTimeout: configuration.httpHeaderTimeout, maxConnections: configuration.httpMaxConnections, secure: tls != nil,
             failureLimit: configuration.authFailuresPerMinute)
         let address = configuration.httpListen
-        let http = api.application(address: address, logger: logger) { bound in
-            logger.info("HTTP API listening on http://\(bound)", metadata: ["dashboard": "http://\(bound)/"])
+        let scheme = tls == nil ? "http" : "https"
+        let http = try api.application(address: address, logger: logger, tls: tls) { bound in
+            logger.info("HTTP API listening on \(scheme)://\(bound)", metadata: ["dashboard": "\(scheme)://\(bound)/"])
         }
         do {
             // Dispatcher shutdown (10 s for executors to stop, 5 s more after SIGKILL), the last

@@ -1,11 +1,12 @@
 import ArgumentParser
+import AsyncHTTPClient
 import CommandSupport
 import FleetCore
 import Foundation
-
-#if canImport(FoundationNetworking)
-import FoundationNetworking
-#endif
+import NIOCore
+import NIOHTTP1
+import NIOSSL
+import Synchronization
 
 /// A failure the CLI reports in one line and maps to its exit code (contract: 0 ok,
 /// 1 failure, 2 usage, 3 not found, 4 refused by the server).
@@ -22,6 +23,8 @@ struct ClientOptions: ParsableArguments {
     @Option(help: "The aggregator's HTTP API (default $EDGEFLEET_SERVER or http://127.0.0.1:8080).") var server: String?
     @Option(help: "File holding the API token (default: $EDGEFLEET_TOKEN, or the file $EDGEFLEET_TOKEN_FILE).") var tokenFile: String?
     @Option(help: "table or json.") var output: OutputFormat = .table
+    @Option(help: "For an https:// server: the CA that signed its certificate (PEM; default $EDGEFLEET_CA_FILE, else the system's CAs).")
+    var caFile: String?
 
     func client() throws -> APIClient {
         let environment = ProcessInfo.processInfo.environment
@@ -42,7 +45,9 @@ struct ClientOptions: ParsableArguments {
         } else if let value = environment["EDGEFLEET_TOKEN"], !value.isEmpty {
             token = value
         }
-        return APIClient(base: url, token: token)
+        let ca = caFile ?? environment["EDGEFLEET_CA_FILE"]
+        if let ca, !FileManager.default.isReadableFile(atPath: ca) { throw CLIFailure.usage("--ca-file: cannot read '\(ca)'") }
+        return APIClient(base: url, token: token, http: try APIClient.httpClient(caFile: ca))
     }
 }
 
@@ -50,16 +55,35 @@ enum OutputFormat: String, ExpressibleByArgument, CaseIterable {
     case table, json
 }
 
-/// The aggregator's HTTP API, through URLSession.
+/// The aggregator's HTTP API, over HTTP or HTTPS (AsyncHTTPClient: it verifies the server with
+/// the operator's CA or the system's).
 struct APIClient {
     let base: URL
     let token: String?
+    let http: HTTPClient
 
-    static let session: URLSession = {
-        let configuration = URLSessionConfiguration.ephemeral
-        configuration.timeoutIntervalForRequest = 30
-        return URLSession(configuration: configuration)
-    }()
+    /// Clients live as long as the process (a command is short, and a client must be shut down
+    /// before it is released).
+    private static let clients = Mutex([String: HTTPClient]())
+
+    static func httpClient(caFile: String?) throws -> HTTPClient {
+        try clients.withLock { clients in
+            if let client = clients[caFile ?? ""] { return client }
+            var tls = TLSConfiguration.makeClientConfiguration()
+            if let caFile {
+                do {
+                    tls.trustRoots = .certificates(try NIOSSLCertificate.fromPEMFile(caFile))
+                } catch {
+                    throw CLIFailure.usage("--ca-file: '\(caFile)' holds no PEM certificate (\(error))")
+                }
+            }
+            var configuration = HTTPClient.Configuration(tlsConfiguration: tls, redirectConfiguration: .disallow)
+            configuration.timeout = .init(connect: .seconds(10), read: .seconds(30))
+            let client = HTTPClient(eventLoopGroupProvider: .singleton, configuration: configuration)
+            clients[caFile ?? ""] = client
+            return client
+        }
+    }
 
     /// The operator's name for the queue's history: `user@host`.
     static let operatorName: String = {
@@ -82,25 +106,31 @@ struct APIClient {
         var components = URLComponents(url: base.appendingPathComponent(path), resolvingAgainstBaseURL: false)!
         let items = query.compactMap { name, value in value.map { URLQueryItem(name: name, value: $0) } }
         if !items.isEmpty { components.queryItems = items }
-        var request = URLRequest(url: components.url!)
-        request.httpMethod = method
-        request.setValue("application/json", forHTTPHeaderField: "Accept")
-        request.setValue(Self.operatorName, forHTTPHeaderField: "X-EdgeFleet-Operator")
-        if let token { request.setValue("Bearer \(token)", forHTTPHeaderField: "Authorization") }
+        var request = HTTPClientRequest(url: components.url!.absoluteString)
+        request.method = HTTPMethod(rawValue: method)
+        request.headers.add(name: "Accept", value: "application/json")
+        request.headers.add(name: "X-EdgeFleet-Operator", value: Self.operatorName)
+        if let token { request.headers.add(name: "Authorization", value: "Bearer \(token)") }
         if let body {
-            request.httpBody = Data(try FleetJSON.encode(body))
-            request.setValue("application/json", forHTTPHeaderField: "Content-Type")
+            request.body = .bytes(ByteBuffer(bytes: try FleetJSON.encode(body)))
+            request.headers.add(name: "Content-Type", value: "application/json")
         }
         let data: Data
-        let response: URLResponse
+        let status: Int
         do {
-            (data, response) = try await Self.session.data(for: request)
+            let response = try await http.execute(request, timeout: .seconds(30))
+            status = Int(response.status.code)
+            data = Data(try await response.body.collect(upTo: 256 << 20).readableBytesView)
+        } catch let error as NIOSSLError {
+            throw CLIFailure.failure(
+                "cannot reach the aggregator at \(base.absoluteString) over TLS: \(error). Give the CA that signed its certificate with --ca-file.")
+        } catch let error as BoringSSLError {
+            throw CLIFailure.failure(
+                "cannot reach the aggregator at \(base.absoluteString) over TLS: \(error). Give the CA that signed its certificate with --ca-file.")
         } catch {
             throw CLIFailure.failure(
-                "cannot reach the aggregator at \(base.absoluteString): \(error.localizedDescription). Is it running? Point --server or EDGEFLEET_SERVER at it."
-            )
+                "cannot reach the aggregator at \(base.absoluteString): \(error). Is it running? Point --server or EDGEFLEET_SERVER at it.")
         }
-        let status = (response as? HTTPURLResponse)?.statusCode ?? 0
         guard (200..<300).contains(status) else { throw Self.failure(status: status, data: data, base: base) }
         do {
             return try FleetJSON.decode(T.self, from: Array(data))
@@ -116,7 +146,7 @@ struct APIClient {
         switch status {
         case 401:
             return CLIFailure(
-                code: EdgeFleetExit.refused, description: "\(message): pass --token-file FILE or set EDGEFLEET_TOKEN (a token from the aggregator's --token-file)")
+                code: EdgeFleetExit.refused, description: "\(message): pass --token-file FILE or set EDGEFLEET_TOKEN (a principal's token: edgefleet token add)")
         case 403:
             return CLIFailure(code: EdgeFleetExit.refused, description: "refused: \(message)")
         case 404:

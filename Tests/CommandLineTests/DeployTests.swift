@@ -132,6 +132,13 @@ struct DeployTests {
         let directory = try temporaryDirectory("edgefleet-k8s")
         defer { try? FileManager.default.removeItem(atPath: directory) }
         var rendered = config
+        // The HTTPS Secret ships placeholders (the operator brings the certificate): a real pair
+        // stands in for them, so that the configuration is checked as it will run.
+        let pki = try TestPKI()
+        defer { pki.remove() }
+        for (path, content) in mountedFiles where content.contains("(the server certificate") || content.contains("(its private key)") {
+            mountedFiles[path] = try String(contentsOfFile: path.hasSuffix(".key") ? pki.serverKey : pki.serverCertificate, encoding: .utf8)
+        }
         for (path, content) in mountedFiles where path != configPath {
             let local = directory + path
             try FileManager.default.createDirectory(atPath: (local as NSString).deletingLastPathComponent, withIntermediateDirectories: true)

@@ -122,8 +122,12 @@ struct ExecutableTests {
         defer { try? FileManager.default.removeItem(atPath: directory) }
         let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
         var example = try String(contentsOf: root.appendingPathComponent("deploy/aggregator.example.yaml"), encoding: .utf8)
-        for name in ["password", "ca.crt", "principals.yaml"] {
-            let contents = name == "principals.yaml" ? "principals: []\n" : "secret-long-enough-for-a-token\n"
+        let pki = try TestPKI()
+        defer { pki.remove() }
+        for name in ["password", "ca.crt", "principals.yaml", "https.crt", "https.key"] {
+            var contents = name == "principals.yaml" ? "principals: []\n" : "secret-long-enough-for-a-token\n"
+            if name == "https.crt" { contents = try String(contentsOfFile: pki.serverCertificate, encoding: .utf8) }
+            if name == "https.key" { contents = try String(contentsOfFile: pki.serverKey, encoding: .utf8) }
             _ = FileManager.default.createFile(atPath: "\(directory)/\(name)", contents: Data(contents.utf8))
             example = example.replacingOccurrences(of: "/etc/edgefleet/aggregator/\(name)", with: "\(directory)/\(name)")
         }

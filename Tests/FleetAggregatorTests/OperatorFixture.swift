@@ -73,7 +73,7 @@ struct OperatorFixture: @unchecked Sendable {  // immutable after start; its par
     static func listeningPort(_ aggregator: AggregatorProcess) async throws -> Int {
         try await withTimeout(.seconds(20), "the HTTP API to listen") {
             while true {
-                if let range = aggregator.output.range(of: #"HTTP API listening on http://127\.0\.0\.1:[0-9]+"#, options: .regularExpression),
+                if let range = aggregator.output.range(of: #"HTTP API listening on https?://127\.0\.0\.1:[0-9]+"#, options: .regularExpression),
                     let port = Int(aggregator.output[range].split(separator: ":").last ?? "")
                 {
                     return port

@@ -38,5 +38,20 @@ public struct TestPKI: Sendable {
         }
     }
 
+    /// Another server certificate for 127.0.0.1 and localhost from the same CA (a renewal):
+    /// `NAME.crt` and `NAME.key` in the directory; returns their paths.
+    public func issueServerCertificate(_ name: String) throws -> (certificate: String, key: String) {
+        let openssl = try executable("openssl")
+        let d = directory.path
+        for arguments in [
+            ["req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-keyout", "\(d)/\(name).key", "-out", "\(d)/\(name).csr", "-subj", "/CN=localhost"],
+            ["x509", "-req", "-in", "\(d)/\(name).csr", "-CA", "\(d)/ca.crt", "-CAkey", "\(d)/ca.key", "-CAcreateserial", "-out", "\(d)/\(name).crt", "-days", "2", "-extfile", "\(d)/server.ext"],
+        ] {
+            let result = try run(openssl, arguments)
+            guard result.status == 0 else { throw TestSupportError("openssl \(arguments.joined(separator: " ")) failed: \(result.stderr)") }
+        }
+        return ("\(d)/\(name).crt", "\(d)/\(name).key")
+    }
+
     public func remove() { try? FileManager.default.removeItem(at: directory) }
 }
