@@ -112,6 +112,8 @@ public struct AgentConfiguration: Sendable {
     public var certificateFiles: [String]
     public var kubeconfig: String?
     public var cluster: ClusterInfo
+    /// The site's labels (`SiteLabels`: Kubernetes' syntax), sent in every status.
+    public var labels: [String: String] = [:]
 
     /// Builds and validates the configuration; every error names its key and source.
     public static func load(_ settings: inout Settings) throws(ConfigurationError) -> AgentConfiguration {
@@ -182,6 +184,7 @@ public struct AgentConfiguration: Sendable {
             name: try settings.string("clusterName"), resourceGroup: try settings.string("resourceGroup"),
             subscription: try settings.string("subscription"), customLocation: try settings.string("customLocation"),
             kubernetesVersion: try settings.string("kubernetesVersion"))
+        let labels = try Self.labels(&settings)
         try settings.rejectUnknownFileKeys()
 
         let topics = FleetTopics(root: root)
@@ -195,10 +198,29 @@ public struct AgentConfiguration: Sendable {
         } catch {
             throw ConfigurationError(key: "broker", origin: nil, error.description)
         }
-        return AgentConfiguration(
+        var configuration = AgentConfiguration(
             site: site, mqtt: mqtt, topics: topics, heartbeatInterval: heartbeatInterval, probeInterval: probeInterval,
             statusRefresh: statusRefresh, stateDirectory: stateDirectory, probe: probe, probeCAFile: probeCAFile, checks: checks,
             checkConcurrency: checkConcurrency, spoolCapacity: spoolCapacity, certificateFiles: certificateFiles, kubeconfig: kubeconfig, cluster: cluster)
+        configuration.labels = labels
+        return configuration
+    }
+
+    /// `labels`: a mapping in the file (`region: north`), or `region=north,tier=store` as a flag
+    /// or an environment variable; keys and values checked as Kubernetes checks labels.
+    static func labels(_ settings: inout Settings) throws(ConfigurationError) -> [String: String] {
+        guard let (value, origin) = settings.raw("labels") else { return [:] }
+        let labels: [String: String]
+        switch value {
+        case .structured:
+            labels = try settings.decode([String: String].self, "labels") ?? [:]
+        case .text(let text):
+            do { labels = try SiteLabels.parse(text) } catch { throw ConfigurationError(key: "labels", origin: origin, error.description) }
+        case .list(let items):
+            do { labels = try SiteLabels.parse(items.joined(separator: ",")) } catch { throw ConfigurationError(key: "labels", origin: origin, error.description) }
+        }
+        if let problem = SiteLabels.problem(labels) { throw ConfigurationError(key: "labels", origin: origin, problem) }
+        return labels
     }
 
     /// Every file key the agent understands, for documentation and `--help`.
@@ -206,7 +228,7 @@ public struct AgentConfiguration: Sendable {
         "site", "broker", "username", "passwordFile", "caFile", "certFile", "keyFile", "topicRoot", "heartbeatInterval",
         "probeInterval", "statusRefresh", "stateDir", "probeEndpoints", "region", "probeCommand", "probeTimeout", "probeCaFile", "checks",
         "checkConcurrency", "spoolCapacity", "certificate", "kubeconfig", "clusterName", "resourceGroup", "subscription", "customLocation",
-        "kubernetesVersion",
+        "kubernetesVersion", "labels",
     ]
 }
 
@@ -231,6 +253,7 @@ extension AgentConfiguration {
         lines.append("checks: \(checks.isEmpty ? "none" : checks.map(\.name).joined(separator: ", ")) (at most \(checkConcurrency) at once)")
         lines.append("certificates: \(certificateFiles.isEmpty ? "none" : certificateFiles.joined(separator: ", "))\(kubeconfig.map { "; kubeconfig \($0)" } ?? "")")
         lines.append("cluster: \(cluster.name ?? "-") in \(cluster.resourceGroup ?? "-")")
+        lines.append("labels: \(labels.isEmpty ? "none" : labels.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }.joined(separator: ","))")
         return lines.joined(separator: "\n")
     }
 }

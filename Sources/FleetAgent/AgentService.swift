@@ -232,7 +232,8 @@ public final class AgentService: Service, Sendable {
         }
         return SiteStatus(
             site: configuration.site, session: tracker.currentSession, at: now(), cluster: configuration.cluster, checks: all,
-            capabilities: LocalChecks.capabilities(configuration.checks, results: checks), instance: instance)
+            capabilities: LocalChecks.capabilities(configuration.checks, results: checks), instance: instance,
+            labels: configuration.labels.isEmpty ? nil : configuration.labels)
     }
 }
 

@@ -134,16 +134,27 @@ public final class AggregatorService: Service, Sendable {
     }
 
     /// Every site's view now, ordered by site id, filtered.
-    public func views(mode: ConnectivityMode? = nil, liveness: Liveness? = nil) -> [SiteView] {
+    public func views(mode: ConnectivityMode? = nil, liveness: Liveness? = nil, selector: LabelSelector = LabelSelector()) -> [SiteView] {
         let now = clock.now()
         return state.withLock { fleet in
-            fleet.allViews(now: now) { view in (mode.map { view.mode == $0 } ?? true) && (liveness.map { view.liveness == $0 } ?? true) }
+            fleet.allViews(now: now) { view in
+                (mode.map { view.mode == $0 } ?? true) && (liveness.map { view.liveness == $0 } ?? true)
+                    && (selector.isEmpty || selector.matches(view.labels ?? [:]))
+            }
         }
     }
 
-    /// Every site's deadline as last evaluated, ordered by site id (for `/metrics`).
-    public func siteDeadlines() -> [(site: SiteID, deadline: Date)] {
-        state.withLock { $0.deadlineEntries() }.sorted { $0.site < $1.site }
+    /// The sites whose labels match `selector`.
+    public func sites(matching selector: LabelSelector) -> Set<SiteID> {
+        state.withLock { fleet in Set(fleet.records.lazy.filter { selector.matches($0.value.labels) }.map(\.key)) }
+    }
+
+    /// Every site's deadline as last evaluated, ordered by site id (for `/metrics`), of the sites `selector` matches.
+    public func siteDeadlines(selector: LabelSelector = LabelSelector()) -> [(site: SiteID, deadline: Date)] {
+        state.withLock { fleet in
+            let entries = fleet.deadlineEntries()
+            return selector.isEmpty ? entries : entries.filter { selector.matches(fleet.records[$0.site]?.labels ?? [:]) }
+        }.sorted { $0.site < $1.site }
     }
 
     /// One site's view and what its agent last reported.

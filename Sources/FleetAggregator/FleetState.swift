@@ -339,7 +339,8 @@ public final class FleetState {
         let evaluation = evaluation(of: record, now: now)
         return SiteView(
             site: site, evaluation: evaluation, lastHeartbeatAt: record.lastHeartbeatAt,
-            lastAzureContactAt: record.lastAzureContactAt, queue: queueCounts[site] ?? QueueCounts(), checks: record.checks)
+            lastAzureContactAt: record.lastAzureContactAt, queue: queueCounts[site] ?? QueueCounts(), checks: record.checks,
+            labels: record.labels)
     }
 
     /// Every site's view now, ordered by site id (for the operator surfaces).
@@ -508,7 +509,8 @@ public final class FleetState {
             output.views.append(
                 SiteView(
                     site: site, evaluation: e, lastHeartbeatAt: record.lastHeartbeatAt,
-                    lastAzureContactAt: record.lastAzureContactAt, queue: queueCounts[site] ?? QueueCounts(), checks: record.checks))
+                    lastAzureContactAt: record.lastAzureContactAt, queue: queueCounts[site] ?? QueueCounts(), checks: record.checks,
+                    labels: record.labels))
             record.viewPublishedAt = now
             summaryChanged = true
         }

@@ -149,6 +149,7 @@ public struct IngestDecoder: Sendable {
             }
         case .status(let s):
             guard plausible(s.at) else { return reject(.absurdTimestamp, "at \(RFC3339.format(s.at))") }
+            if let labels = s.labels, let problem = SiteLabels.problem(labels) { return reject(.invalidPayload, "labels: \(problem)") }
         }
         return .success(input)
     }

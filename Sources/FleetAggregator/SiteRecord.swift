@@ -39,6 +39,8 @@ public struct SiteRecord: Codable, Sendable, Hashable {
     public var checkResults: [CheckResult] = []
     public var capabilities: [String: Bool] = [:]
     public var cluster: ClusterInfo?
+    /// The labels of the newest status (`SiteLabels`).
+    public var labels: [String: String] = [:]
 
     // What was last evaluated and published.
     public var mode: ConnectivityMode?
@@ -81,6 +83,7 @@ public struct SiteRecord: Codable, Sendable, Hashable {
         checkResults = try c.decodeIfPresent([CheckResult].self, forKey: .checkResults) ?? []
         capabilities = try c.decodeIfPresent([String: Bool].self, forKey: .capabilities) ?? [:]
         cluster = try c.decodeIfPresent(ClusterInfo.self, forKey: .cluster)
+        labels = try c.decodeIfPresent([String: String].self, forKey: .labels) ?? [:]
         mode = try c.decodeIfPresent(ConnectivityMode.self, forKey: .mode)
         modeSince = try c.decodeIfPresent(Date.self, forKey: .modeSince)
         liveness = try c.decodeIfPresent(Liveness.self, forKey: .liveness)
@@ -232,6 +235,7 @@ extension SiteRecord {
             checkResults = s.checks
             capabilities = s.capabilities
             cluster = s.cluster
+            labels = s.labels ?? [:]
             if live { lastSeenAt = now }
             return .applied
         }

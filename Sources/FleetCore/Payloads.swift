@@ -273,11 +273,14 @@ public struct SiteStatus: Codable, Sendable, Hashable, SchemaIdentified {
     /// Status changes the agent dropped from its offline spool (oldest first) since
     /// the last status that reached the broker; absent when none were.
     public var spoolDropped: Int?
+    /// The site's labels (`SiteLabels`), from the agent's configuration; absent when it has none.
+    public var labels: [String: String]?
 
     public init(
         site: SiteID, session: UInt64, at: Date, cluster: ClusterInfo? = nil, checks: [CheckResult] = [],
-        capabilities: [String: Bool] = [:], spoolDropped: Int? = nil, instance: String? = nil
+        capabilities: [String: Bool] = [:], spoolDropped: Int? = nil, instance: String? = nil, labels: [String: String]? = nil
     ) {
+        self.labels = labels
         self.instance = instance
         self.spoolDropped = spoolDropped
         self.site = site
@@ -406,11 +409,14 @@ public struct SiteView: Codable, Sendable, Hashable, SchemaIdentified {
     public var projected: Bool
     public var queue: QueueCounts
     public var checks: CheckCounts
+    /// The site's labels as its agent last reported them; absent when it has none.
+    public var labels: [String: String]?
 
     public init(
         site: SiteID, evaluation: SiteEvaluation, lastHeartbeatAt: Date?, lastAzureContactAt: Date?,
-        queue: QueueCounts = QueueCounts(), checks: CheckCounts = CheckCounts()
+        queue: QueueCounts = QueueCounts(), checks: CheckCounts = CheckCounts(), labels: [String: String] = [:]
     ) {
+        self.labels = labels.isEmpty ? nil : labels
         self.site = site
         self.mode = evaluation.mode
         self.modeSince = evaluation.modeSince

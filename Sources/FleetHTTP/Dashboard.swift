@@ -21,7 +21,7 @@ extension OperatorAPI {
                     return login(token: token, context)
                 }
                 let signedIn = try dashboardAccess(request, context)
-                return html(fleetPage(query: query, signedIn: signedIn))
+                return html(try fleetPage(query: query, signedIn: signedIn))
             }
         }
         router.get("/sites/{site}") { request, context in
@@ -164,12 +164,17 @@ extension OperatorAPI {
 
     // MARK: - Pages
 
-    func fleetPage(query: Query, signedIn: Bool) -> String {
+    func fleetPage(query: Query, signedIn: Bool) throws(APIError) -> String {
         let now = Date()
         let summary = service.summary()
         let budget = service.thresholds.budget.secondsValue
         let mode = ConnectivityMode(rawValue: query["mode"] ?? "")
-        var views = service.views(mode: mode, liveness: nil)
+        // Sites by label: `selector` filters (Kubernetes' equality-based syntax), `group` names the
+        // label whose values make one table each.
+        let selector = try query.selector()
+        let group = query["group"].flatMap { $0.isEmpty ? nil : $0 }
+        if let group, let problem = SiteLabels.problem(key: group) { throw APIError.badRequest("group: \(problem)") }
+        var views = service.views(mode: mode, liveness: nil, selector: selector)
         let sort = ["site", "mode", "deadline"].contains(query["sort"] ?? "") ? query["sort"]! : "deadline"
         let descending = query["order"] == "desc"
         views.sort { a, b in
@@ -206,16 +211,43 @@ extension OperatorAPI {
             "\(summary.queue.queued) queued · \(summary.queue.blocked) blocked · \(summary.queue.failed) failed")
         body += "</section>"
 
+        // What the links keep of the current filter.
+        var keep = mode.map { "&mode=\($0.rawValue)" } ?? ""
+        if !selector.isEmpty { keep += "&selector=\(Query.encode(selector.description))" }
+        if let group { keep += "&group=\(Query.encode(group))" }
         func header(_ key: String, _ label: String) -> String {
             let order = sort == key && !descending ? "desc" : "asc"
             let arrow = sort == key ? (descending ? " ▾" : " ▴") : ""
-            let modeQuery = mode.map { "&mode=\($0.rawValue)" } ?? ""
-            return "<th><a href='/?sort=\(key)&order=\(order)\(modeQuery)'>\(escape(label))\(arrow)</a></th>"
+            return "<th><a href='/?sort=\(key)&order=\(order)\(escape(keep))'>\(escape(label))\(arrow)</a></th>"
         }
-        body += "<h2>Sites\(mode.map { " · \(escape($0.rawValue)) <a class=small href='/'>all</a>" } ?? "")</h2>"
-        body += "<table id=sites><thead><tr>\(header("site", "Site"))\(header("mode", "Mode"))<th>Liveness</th>"
-        body += "\(header("deadline", "Deadline"))<th>Time left</th><th>Queue</th><th>Checks</th></tr></thead><tbody>"
-        for view in shown {
+        body += "<form class=filter method=get action='/'>"
+        if let mode { body += "<input type=hidden name=mode value='\(mode.rawValue)'>" }
+        body += "<label>Selector <input name=selector size=32 placeholder='region=north,tier!=lab' value='\(escape(selector.description))'></label> "
+        body += "<label>Group by label <input name=group size=12 placeholder='region' value='\(escape(group ?? ""))'></label> "
+        body += "<button>Show</button></form>"
+        let filtered = mode != nil || !selector.isEmpty
+        body += "<h2>Sites\(mode.map { " · \(escape($0.rawValue))" } ?? "")\(selector.isEmpty ? "" : " · <code>\(escape(selector.description))</code>")"
+        body += "\(filtered ? " <a class=small href='/'>all</a>" : "")</h2>"
+        let tableHead = "<table id=sites><thead><tr>\(header("site", "Site"))\(header("mode", "Mode"))<th>Liveness</th>"
+            + "\(header("deadline", "Deadline"))<th>Time left</th><th>Queue</th><th>Checks</th><th>Labels</th></tr></thead><tbody>"
+        // One table, or one per value of the grouping label (sites without it last).
+        var groups: [(title: String?, views: [SiteView])] = [(nil, Array(shown))]
+        if let group {
+            var byValue: [String: [SiteView]] = [:]
+            for view in shown { byValue[view.labels?[group] ?? "", default: []].append(view) }
+            groups = byValue.keys.sorted { a, b in a.isEmpty != b.isEmpty ? !a.isEmpty : a < b }.map { value in
+                (value.isEmpty ? "no \(group)" : "\(group)=\(value)", byValue[value]!)
+            }
+        }
+        for (title, members) in groups {
+        if let title {
+            var modes: [ConnectivityMode: Int] = [:]
+            for view in members { modes[view.mode, default: 0] += 1 }
+            let counts = ConnectivityMode.allCases.compactMap { m in modes[m].map { "\($0) \(m.rawValue)" } }.joined(separator: " · ")
+            body += "<h3 class=group>\(escape(title)) <span class=small>\(members.count) sites: \(escape(counts))</span></h3>"
+        }
+        body += tableHead
+        for view in members {
             body += "<tr data-site='\(escape(view.site.rawValue))' data-mode='\(view.mode.rawValue)'>"
             body += "<td><a href='/sites/\(escape(view.site.rawValue))'>\(escape(view.site.rawValue))</a></td>"
             body += "<td>\(modeBadge(view.mode, projected: view.projected))</td>"
@@ -226,9 +258,12 @@ extension OperatorAPI {
             body += "<td><a href='/queue?site=\(escape(view.site.rawValue))'>\(depth)</a>"
             if view.queue.blocked > 0 { body += " <span class='tag blocked'>\(view.queue.blocked) blocked</span>" }
             if view.queue.failed > 0 { body += " <span class='tag failed'>\(view.queue.failed) failed</span>" }
-            body += "</td><td>\(checks(view.checks))</td></tr>"
+            body += "</td><td>\(checks(view.checks))</td>"
+            let labels = (view.labels ?? [:]).sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }
+            body += "<td class=small>\(labels.map(escape).joined(separator: "<br>"))</td></tr>"
         }
         body += "</tbody></table>"
+        }
         if views.count > shown.count {
             body += "<p class=small>Showing \(shown.count) of \(views.count) sites; filter by mode to see the others.</p>"
         }
@@ -245,6 +280,9 @@ extension OperatorAPI {
             body += "<tr><th>\(escape(name))</th><td>\(value ?? "—")</td></tr>"
         }
         fact("Time left", timeLeft(view, budget: service.thresholds.budget.secondsValue, now: now))
+        if let labels = view.labels, !labels.isEmpty {
+            fact("Labels", labels.sorted { $0.key < $1.key }.map { "<a href='/?selector=\(escape(Query.encode("\($0.key)=\($0.value)")))'><code>\(escape($0.key))=\(escape($0.value))</code></a>" }.joined(separator: " "))
+        }
         fact("Deadline", view.deadline.map { escape(timestamp($0)) + (view.deadlineReason.map { " (\($0.rawValue))" } ?? "") })
         fact("Mode since", view.modeSince.map { escape(timestamp($0)) })
         fact("Last Azure contact", view.lastAzureContactAt.map { escape(timestamp($0)) })
@@ -285,7 +323,9 @@ extension OperatorAPI {
     }
 
     func queuePage(query: Query, signedIn: Bool) throws(APIError) -> String {
-        let filter = OperationFilter(site: try query.site(), kind: try query.kind(), states: try query.states())
+        var filter = OperationFilter(site: try query.site(), kind: try query.kind(), states: try query.states())
+        let selector = try query.selector()
+        if !selector.isEmpty { filter.sites = service.sites(matching: selector) }
         let cursor = query["cursor"].flatMap { Int64($0) }
         let page: OperationPage
         do {

@@ -123,6 +123,19 @@ struct Query {
         return String(decoding: bytes, as: UTF8.self)
     }
 
+    /// Percent-encodes a query value (everything but unreserved characters).
+    static func encode(_ text: String) -> String {
+        var out = ""
+        for byte in text.utf8 {
+            if SiteLabels.alnum(byte) || byte == UInt8(ascii: "-") || byte == UInt8(ascii: "_") || byte == UInt8(ascii: ".") || byte == UInt8(ascii: "~") {
+                out.append(Character(UnicodeScalar(byte)))
+            } else {
+                out += "%" + (byte < 16 ? "0" : "") + String(byte, radix: 16, uppercase: true)
+            }
+        }
+        return out
+    }
+
     func limit(default fallback: Int = 100, maximum: Int = 1000) throws(APIError) -> Int {
         guard let text = self["limit"] else { return fallback }
         guard let n = Int(text), (1...maximum).contains(n) else { throw .badRequest("limit: expected a number from 1 to \(maximum), got '\(text)'") }
@@ -132,6 +145,12 @@ struct Query {
     func site() throws(APIError) -> SiteID? {
         guard let text = self["site"] else { return nil }
         do { return try SiteID(text) } catch { throw .badRequest("site: \(error.description)") }
+    }
+
+    /// `selector`: an equality-based label selector (`region=north,tier!=lab`); empty when absent.
+    func selector() throws(APIError) -> LabelSelector {
+        guard let text = self["selector"] else { return LabelSelector() }
+        do { return try LabelSelector(parsing: text) } catch { throw .badRequest(error.description) }
     }
 
     func mode() throws(APIError) -> ConnectivityMode? {

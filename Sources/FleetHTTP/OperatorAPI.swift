@@ -3,7 +3,7 @@ import FleetCore
 import FleetQueue
 public import Hummingbird
 import NIOCore
-public import Principals
+import Principals
 public import Prometheus
 
 #if canImport(FoundationEssentials)
@@ -90,6 +90,7 @@ public struct OperatorAPI: Sendable {
     /// where one is needed, an unknown or malformed one), 403 (a principal without the right,
     /// or no principals configured at all). `cookie`: the dashboard's routes also accept the
     /// session cookie.
+    @discardableResult
     func authorize(_ request: Request, _ context: FleetRequestContext, _ access: Access, cookie: Bool = false) throws(APIError) -> Caller {
         let caller = try identify(request, context, access, cookie: cookie)
         try permit(caller, access)
@@ -254,7 +255,8 @@ public struct OperatorAPI: Sendable {
         router.get("/metrics") { request, context in
             try authorize(request, context, .read)
             let head = scrape()
-            let deadlines = service.siteDeadlines()
+            // `selector`: only the per-site lines of the sites it matches (one scrape job per region, say).
+            let deadlines = service.siteDeadlines(selector: try Query(request, allowed: ["selector"]).selector())
             // Per-site lines rendered here, not through the registry (one metric object per label
             // set made a scrape quadratic in the fleet: 270 s for 100,000 sites), and written in
             // slices: a client that went away fails the next write, which ends the work.
@@ -281,9 +283,9 @@ public struct OperatorAPI: Sendable {
 
         router.get("/v1/sites") { request, context in
             try authorize(request, context, .read)
-            let query = try Query(request, allowed: ["mode", "liveness", "limit", "cursor"])
+            let query = try Query(request, allowed: ["mode", "liveness", "limit", "cursor", "selector"])
             let limit = try query.limit()
-            let views = service.views(mode: try query.mode(), liveness: try query.liveness())
+            let views = service.views(mode: try query.mode(), liveness: try query.liveness(), selector: try query.selector())
             var page = views[...]
             if let cursor = query["cursor"] {
                 guard SiteID.isValid(cursor) else { throw APIError.badRequest("cursor: not a cursor this API gave out") }
@@ -332,8 +334,10 @@ public struct OperatorAPI: Sendable {
 
         router.get("/v1/operations") { request, context in
             try authorize(request, context, .read)
-            let query = try Query(request, allowed: ["site", "state", "kind", "limit", "cursor", "order"])
-            let filter = OperationFilter(site: try query.site(), kind: try query.kind(), states: try query.states())
+            let query = try Query(request, allowed: ["site", "state", "kind", "limit", "cursor", "order", "selector"])
+            var filter = OperationFilter(site: try query.site(), kind: try query.kind(), states: try query.states())
+            let selector = try query.selector()
+            if !selector.isEmpty { filter.sites = service.sites(matching: selector) }
             var cursor: Int64?
             if let text = query["cursor"] {
                 guard let value = Int64(text), value >= 0 else { throw APIError.badRequest("cursor: not a cursor this API gave out") }

@@ -24,12 +24,14 @@ public protocol OperatorBackend: Sendable {
     func storeProblem(now: Date?) -> String?
 
     func summary() -> FleetSummary
-    func views(mode: ConnectivityMode?, liveness: Liveness?) -> [SiteView]
+    func views(mode: ConnectivityMode?, liveness: Liveness?, selector: LabelSelector) -> [SiteView]
+    /// The sites whose labels match `selector` (for listings of operations by selector).
+    func sites(matching selector: LabelSelector) -> Set<SiteID>
     func view(of site: SiteID) -> SiteView?
     func detail(of site: SiteID) -> SiteDetail?
     func capabilities(of site: SiteID) -> SiteCapabilities?
     /// Every site's deadline as last evaluated, ordered by site id (for `/metrics`).
-    func siteDeadlines() -> [(site: SiteID, deadline: Date)]
+    func siteDeadlines(selector: LabelSelector) -> [(site: SiteID, deadline: Date)]
 
     /// Operations matching `filter`, oldest first after `cursor`, or newest first before it.
     func operations(_ filter: OperationFilter, cursor: Int64?, limit: Int, newestFirst: Bool) throws -> OperationPage

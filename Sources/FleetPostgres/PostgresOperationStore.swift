@@ -281,6 +281,7 @@ public struct PostgresOperationStore: OperationStore {
         }
         if let site = filter.site { clauses.append("site = \(try parameter(site.rawValue))") }
         if let kind = filter.kind { clauses.append("kind = \(try parameter(kind.rawValue))") }
+        if let sites = filter.sites { clauses.append("site = ANY(\(try parameter(sites.map(\.rawValue).sorted())))") }
         if let states = filter.states { clauses.append("state = ANY(\(try parameter(states.map(\.rawValue).sorted())))") }
         if let cursor { clauses.append(newestFirst ? "sequence < \(try parameter(cursor))" : "sequence > \(try parameter(cursor))") }
         return (clauses.isEmpty ? "" : "WHERE " + clauses.joined(separator: " AND "), binds)

@@ -11,11 +11,14 @@ public struct OperationFilter: Sendable, Hashable {
     public var site: SiteID?
     public var kind: OperationKind?
     public var states: Set<OperationState>?
+    /// Only these sites' operations (the sites a label selector matches); empty: none.
+    public var sites: Set<SiteID>?
 
-    public init(site: SiteID? = nil, kind: OperationKind? = nil, states: Set<OperationState>? = nil) {
+    public init(site: SiteID? = nil, kind: OperationKind? = nil, states: Set<OperationState>? = nil, sites: Set<SiteID>? = nil) {
         self.site = site
         self.kind = kind
         self.states = states
+        self.sites = sites
     }
 }
 

@@ -217,6 +217,11 @@ public struct SQLiteOperationStore: OperationStore {
             clauses.append("kind = ?")
             arguments.append(kind.rawValue)
         }
+        if let sites = filter.sites {
+            // One argument however many sites (a selector may match 100,000): a JSON array.
+            clauses.append("site IN (SELECT value FROM json_each(?))")
+            arguments.append(String(decoding: (try? FleetJSON.encode(sites.map(\.rawValue).sorted())) ?? Array("[]".utf8), as: UTF8.self))
+        }
         if let states = filter.states {
             clauses.append("state IN (\(Array(repeating: "?", count: states.count).joined(separator: ", ")))")
             arguments += states.map(\.rawValue).sorted().map { $0 as (any DatabaseValueConvertible)? }

@@ -45,6 +45,7 @@ struct AgentCommand: AsyncParsableCommand {
     @Option(help: "Subscription id.") var subscription: String?
     @Option(help: "Custom location.") var customLocation: String?
     @Option(help: "Kubernetes version.") var kubernetesVersion: String?
+    @Option(help: "The site's labels, KEY=VALUE,... (Kubernetes' label syntax), e.g. region=north,tier=store.") var labels: String?
 
     var flagSettings: [String: Settings.Value] {
         var flags = service.flagSettings
@@ -55,7 +56,7 @@ struct AgentCommand: AsyncParsableCommand {
             ("probeCaFile", probeCaFile),
             ("checkConcurrency", checkConcurrency), ("spoolCapacity", spoolCapacity), ("kubeconfig", kubeconfig), ("clusterName", clusterName),
             ("resourceGroup", resourceGroup), ("subscription", subscription), ("customLocation", customLocation),
-            ("kubernetesVersion", kubernetesVersion),
+            ("kubernetesVersion", kubernetesVersion), ("labels", labels),
         ]
         for case let (key, value?) in scalars { flags[key] = .text(value) }
         if !certificate.isEmpty { flags["certificate"] = .list(certificate) }

@@ -49,11 +49,18 @@ struct SitesCommand: ClientCommand {
     @OptionGroup var options: ClientOptions
     @Option(help: "Only sites in this mode: connected, semi-connected, disconnected, unknown.") var mode: ConnectivityMode?
     @Option(help: "Only sites whose agent is online, stale or offline.") var liveness: Liveness?
+    @Option(help: "Only sites whose labels match: region=north,tier!=lab (Kubernetes' equality-based selectors).") var selector: String?
+
+    func validate() throws {
+        if let selector {
+            do { _ = try LabelSelector(parsing: selector) } catch { throw ValidationError("--selector: \(error.description)") }
+        }
+    }
 
     func execute(_ api: APIClient) async throws {
         let pages = try await api.all(
-            "/v1/sites", query: [("mode", mode?.rawValue), ("liveness", liveness?.rawValue)], as: SiteList.self, items: { $0.sites.count },
-            next: { $0.nextCursor })
+            "/v1/sites", query: [("mode", mode?.rawValue), ("liveness", liveness?.rawValue), ("selector", selector)], as: SiteList.self,
+            items: { $0.sites.count }, next: { $0.nextCursor })
         var sites = pages.flatMap(\.sites)
         sites.sort { a, b in
             switch (a.deadline, b.deadline) {
@@ -68,7 +75,7 @@ struct SitesCommand: ClientCommand {
             print(mode.map { "no site is \($0.rawValue)" } ?? "no site has reported yet")
             return
         }
-        var table = Table(["SITE", "MODE", "AGENT", "LEFT", "DEADLINE", "QUEUE", "CHECKS"])
+        var table = Table(["SITE", "MODE", "AGENT", "LEFT", "DEADLINE", "QUEUE", "CHECKS", "LABELS"])
         for view in sites {
             let depth = view.queue.queued + view.queue.blocked + view.queue.dispatching
             var queue = "\(depth)"
@@ -78,6 +85,7 @@ struct SitesCommand: ClientCommand {
             table.add([
                 view.site.rawValue, Terminal.mode(view.mode) + (view.projected ? "*" : ""), Terminal.liveness(view.liveness),
                 view.mode == .connected ? "—" : Out.left(view), Out.time(view.deadline), queue, checks,
+                Out.clean((view.labels ?? [:]).sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }.joined(separator: ",")),
             ])
         }
         print(table.render())

@@ -93,16 +93,20 @@ struct QueueList: ClientCommand {
     var state: [OperationState] = []
     @Option(help: "Only this kind.") var kind: OperationKind?
     @Option(help: "At most this many (default 1000).") var limit: Int = 1000
+    @Option(help: "Only operations at sites whose labels match: region=north,tier!=lab.") var selector: String?
 
     func validate() throws {
         if let site, let problem = SiteID.problem(with: site) { throw ValidationError("--site: \(problem)") }
         if limit < 1 { throw ValidationError("--limit: must be at least 1") }
+        if let selector {
+            do { _ = try LabelSelector(parsing: selector) } catch { throw ValidationError("--selector: \(error.description)") }
+        }
     }
 
     func execute(_ api: APIClient) async throws {
         let states = state.isEmpty ? nil : state.map(\.rawValue).joined(separator: ",")
         let pages = try await api.all(
-            "/v1/operations", query: [("site", site), ("state", states), ("kind", kind?.rawValue)], as: OperationList.self,
+            "/v1/operations", query: [("site", site), ("state", states), ("kind", kind?.rawValue), ("selector", selector)], as: OperationList.self,
             items: { $0.operations.count }, next: { $0.nextCursor }, max: limit)
         let operations = Array(pages.flatMap(\.operations).prefix(limit))
         if options.output == .json { return try Out.json(operations) }

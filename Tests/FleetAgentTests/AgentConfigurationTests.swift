@@ -41,6 +41,7 @@ struct AgentConfigurationTests {
         #expect(configuration.statusRefresh == .seconds(300))
         #expect(configuration.checks.map(\.name) == ["kube-api", "nodes-ready", "ssh-nodes", "log-collection", "metallb-speakers", "cluster-autoscaler"])
         #expect(configuration.checks.last?.capability == "clusterAutoscaler")
+        #expect(configuration.labels == ["region": "north", "tier": "store"])
         #expect(configuration.checks.first?.command.first == "kubectl")
         guard case .endpoints(let endpoints, _) = configuration.probe else {
             Issue.record("expected the endpoints probe")
@@ -101,6 +102,10 @@ struct AgentConfigurationTests {
         expectError("checks.0.command", containing: "required", "site: a\nchecks:\n  - name: x\n")
         expectError("checks", containing: "two checks", "site: a\nchecks:\n  - {name: x, command: [a]}\n  - {name: x, command: [b]}\n")
         expectError("checkConcurrency", containing: "between 1 and 16", "site: a\ncheckConcurrency: 99\n")
+        expectError("labels", containing: "label value", "site: a\nlabels:\n  region: no rth\n")
+        expectError("labels", containing: "label key", "site: a\nlabels:\n  -bad: x\n")
+        expectError("labels", containing: "KEY=VALUE", nil, flags: ["site": .text("a"), "labels": .text("region")])
+        expectError("labels", containing: "given twice", nil, flags: ["site": .text("a"), "labels": .text("a=1,a=2")])
         expectError("(file)", containing: "mapping", "- just\n- a list\n")
         expectError("(file)", containing: "YAML", "site: [unclosed\n")
     }

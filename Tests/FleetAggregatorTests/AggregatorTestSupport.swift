@@ -257,9 +257,10 @@ final class SimulatedSite: Sendable {
     func setCertificateExpiry(_ date: Date?) { state.withLock { $0.certificateExpiry = date } }
 
     /// Publishes a status with this site's cluster metadata (retained, as the agent does).
-    func status(cluster: ClusterInfo, checks: [CheckResult] = [], capabilities: [String: Bool] = [:]) async throws {
+    func status(cluster: ClusterInfo, checks: [CheckResult] = [], capabilities: [String: Bool] = [:], labels: [String: String]? = nil) async throws {
         let status = SiteStatus(
-            site: site, session: session, at: Date(), cluster: cluster, checks: checks, capabilities: capabilities, instance: instance)
+            site: site, session: session, at: Date(), cluster: cluster, checks: checks, capabilities: capabilities, instance: instance,
+            labels: labels)
         try await client.publish("edgefleet/v1/sites/\(site)/status", payload: try FleetJSON.encode(status), qos: .atLeastOnce, retain: true)
     }
 
