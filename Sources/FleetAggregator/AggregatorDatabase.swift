@@ -46,6 +46,7 @@ public final class AggregatorDatabase: Sendable {
             }
         }
         migrator.registerMigration("v5-audit", migrate: SQLiteAuditStore.create)
+        migrator.registerMigration("v6-rollouts", migrate: SQLiteRolloutStore.create)
         return migrator
     }
 }
@@ -57,13 +58,16 @@ public struct AggregatorStores: Sendable {
     public var operations: any OperationStore
     /// Every change asked of the API, by whom.
     public var audit: any AuditStore
+    /// Rollouts (waves of one operation kind over the sites a selector matches).
+    public var rollouts: any RolloutStore
     /// For logs: the file's path, or the URL without secrets.
     public var description: String
 
-    public init(sites: any SiteStore, operations: any OperationStore, audit: any AuditStore, description: String) {
+    public init(sites: any SiteStore, operations: any OperationStore, audit: any AuditStore, rollouts: any RolloutStore, description: String) {
         self.sites = sites
         self.operations = operations
         self.audit = audit
+        self.rollouts = rollouts
         self.description = description
     }
 
@@ -72,6 +76,7 @@ public struct AggregatorStores: Sendable {
         let database = try AggregatorDatabase(path: path)
         return AggregatorStores(
             sites: SQLiteSiteStore(database: database), operations: SQLiteOperationStore(database: database), audit: SQLiteAuditStore(database: database),
+            rollouts: SQLiteRolloutStore(database: database),
             description: path)
     }
 }

@@ -40,6 +40,8 @@ public final class AggregatorService: Service, Sendable {
     /// The deferred-operation queue (submission, operator actions, dispatch): a `Service` of its
     /// own in the same `ServiceGroup`, told of sites' situations through a lookup.
     public let queue: QueueService
+    /// Rollouts: waves of one operation kind over the sites a label selector matches.
+    public let rollouts: RolloutEngine
     /// The wall clock every evaluation reads.
     let clock: WallClock
     /// Batches from the clock loop to the publish loop, and whether one is on its way.
@@ -97,6 +99,7 @@ public final class AggregatorService: Service, Sendable {
                 clockWake.signal()  // views whose queue counts changed go out
             },
             eventAdded: { clockWake.signal() }, leadership: leadership)
+        rollouts = RolloutEngine(store: stores.rollouts, queue: queue, state: state, clock: clock, logger: logger)
 
         var mqtt = configuration.mqtt
         let topics = configuration.topics
@@ -244,6 +247,7 @@ public final class AggregatorService: Service, Sendable {
                 group.addTask { await self.storeLoop() }
                 group.addTask { try await self.presenceLoop() }
                 if leadership.isReplicated { group.addTask { await self.roleLoop() } }
+                group.addTask { await self.rolloutLoop() }
                 try await withGracefulShutdownHandler {
                     try await group.next()
                 } onGracefulShutdown: {
@@ -435,6 +439,21 @@ public final class AggregatorService: Service, Sendable {
     /// One operation, by id.
     public func operation(id: String) throws -> DeferredOperation? { try queue.store.operation(id: id) }
 
+    // MARK: - Rollouts
+
+    public func createRollout(_ request: RolloutRequest, by who: String) throws(QueueError) -> (Rollout, existing: Bool) {
+        try rollouts.create(request, by: who)
+    }
+
+    public func rollouts(limit: Int) throws(QueueError) -> [Rollout] { try rollouts.list(limit: limit) }
+
+    public func rollout(id: String) throws(QueueError) -> Rollout? { try rollouts.rollout(id: id) }
+
+    public func rollout(_ action: String, id: String, by who: String) throws(QueueError) -> Rollout {
+        guard let action = RolloutEngine.Action(rawValue: action) else { throw QueueError(.notFound, "no rollout action \(action)") }
+        return try rollouts.act(action, id: id, by: who)
+    }
+
     // MARK: - The audit log
 
     /// Records a change asked of the API.
@@ -542,6 +561,23 @@ public final class AggregatorService: Service, Sendable {
     }
 
     /// Replicas: this replica's presence again at every change of its role.
+    /// The leader moves its rollouts on about once a second (their waves follow operations that
+    /// take seconds to minutes); the store calls block, so each look runs on a thread of its own.
+    private func rolloutLoop() async {
+        let rollouts = rollouts
+        while !isStopping {
+            if leadership.isLeader {
+                await withCheckedContinuation { (done: CheckedContinuation<Void, Never>) in
+                    DispatchQueue.global().async {
+                        rollouts.tick()
+                        done.resume()
+                    }
+                }
+            }
+            try? await Task.sleep(for: .seconds(1))
+        }
+    }
+
     private func roleLoop() async {
         while !isStopping {
             await roleAnnounced.wait(until: nil)

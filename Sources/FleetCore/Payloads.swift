@@ -554,6 +554,14 @@ public enum FleetEventType: String, Codable, Sendable, Hashable, CaseIterable {
     /// Replicas on PostgreSQL: a replica took the lead; `to` is its replica id, `from` the
     /// previous leader's when known, `epoch` the new lead's.
     case leaderChanged = "leader-changed"
+    /// Rollouts: `rollout` names it, `kind` its operation kind, `note` says what.
+    case rolloutCreated = "rollout-created"
+    case rolloutWaveStarted = "rollout-wave-started"
+    case rolloutPaused = "rollout-paused"
+    case rolloutResumed = "rollout-resumed"
+    case rolloutCompleted = "rollout-completed"
+    case rolloutCancelled = "rollout-cancelled"
+    case rolloutExpired = "rollout-expired"
 }
 
 /// `edgefleet.event/1` on `{root}/fleet/events`.
@@ -577,11 +585,15 @@ public struct FleetEvent: Codable, Sendable, Hashable, SchemaIdentified {
     /// increases at every change of leader; an event never carries an older epoch than one
     /// published before it). Absent from a single aggregator.
     public var epoch: Int64?
+    /// `rollout-*`: which rollout.
+    public var rollout: String?
 
     public init(
         type: FleetEventType, site: SiteID?, at: Date, from: String? = nil, to: String? = nil, level: AlertLevel? = nil,
-        remainingS: Double? = nil, operationID: String? = nil, kind: OperationKind? = nil, note: String? = nil, epoch: Int64? = nil
+        remainingS: Double? = nil, operationID: String? = nil, kind: OperationKind? = nil, note: String? = nil, epoch: Int64? = nil,
+        rollout: String? = nil
     ) {
+        self.rollout = rollout
         self.epoch = epoch
         self.type = type
         self.site = site

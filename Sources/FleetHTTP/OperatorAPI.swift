@@ -405,6 +405,57 @@ public struct OperatorAPI: Sendable {
             return JSONBody.response(operation)
         }
 
+        router.get("/v1/rollouts") { request, context in
+            try authorize(request, context, .read)
+            let query = try Query(request, allowed: ["limit"])
+            let limit = try query.limit()
+            let list = try await offloaded { () throws(APIError) in
+                do throws(QueueError) { return try service.rollouts(limit: limit) } catch { throw APIError(error) }
+            }
+            return JSONBody.response(RolloutList(rollouts: list))
+        }
+
+        router.post("/v1/rollouts") { request, context in
+            try await change(request, context, .operate, action: "rollout.create", target: nil) { caller, target in
+                _ = try Query(request, allowed: [])
+                let body = try await JSONBody.decode(RolloutRequest.self, from: request)
+                target = body.selector
+                caller.behalf(body.createdBy)
+                let who = caller.who
+                // Selecting the sites and making the first wave: on a thread of its own.
+                let (rollout, existing) = try await offloaded { () throws(APIError) in
+                    do throws(QueueError) { return try service.createRollout(body, by: who) } catch { throw APIError(error) }
+                }
+                let response = JSONBody.response(RolloutCreated(rollout: rollout, existing: existing), status: existing ? .ok : .created)
+                return (response, "\(existing ? "existing " : "")\(rollout.id): \(rollout.sites.count) sites in \(rollout.waves) waves")
+            }
+        }
+
+        router.get("/v1/rollouts/{id}") { request, context in
+            try authorize(request, context, .read)
+            _ = try Query(request, allowed: [])
+            let id = try context.parameters.require("id")
+            let found = try await offloaded { () throws(APIError) in
+                do throws(QueueError) { return try service.rollout(id: id) } catch { throw APIError(error) }
+            }
+            guard let found else { throw APIError.notFound("no rollout \(id)") }
+            return JSONBody.response(found)
+        }
+
+        for action in ["pause", "resume", "cancel"] {
+            router.post("/v1/rollouts/{id}/\(action)") { request, context in
+                try await change(request, context, .operate, action: "rollout.\(action)", target: context.parameters.get("id")) { caller, _ in
+                    _ = try Query(request, allowed: [])
+                    let id = try context.parameters.require("id")
+                    let who = caller.who
+                    let rollout = try await offloaded { () throws(APIError) in
+                        do throws(QueueError) { return try service.rollout(action, id: id, by: who) } catch { throw APIError(error) }
+                    }
+                    return (JSONBody.response(rollout), "now \(rollout.state.rawValue)")
+                }
+            }
+        }
+
         router.get("/v1/audit") { request, context in
             // Never public: it names principals and their addresses.
             let caller = try identify(request, context, .read)

@@ -44,6 +44,13 @@ public protocol OperatorBackend: Sendable {
     func cancelAll(_ filter: OperationFilter, by who: String) throws(QueueError) -> [DeferredOperation]
     func forget(site text: String, force: Bool, by who: String) throws(QueueError) -> SiteForgotten
 
+    /// Rollouts: made (or the earlier one with the same idempotency key), listed newest first
+    /// without their sites, one with its sites, paused, resumed, cancelled.
+    func createRollout(_ request: RolloutRequest, by who: String) throws(QueueError) -> (Rollout, existing: Bool)
+    func rollouts(limit: Int) throws(QueueError) -> [Rollout]
+    func rollout(id: String) throws(QueueError) -> Rollout?
+    func rollout(_ action: String, id: String, by who: String) throws(QueueError) -> Rollout
+
     /// Records a change asked of the API (who, when, from where, what, the answer).
     func audit(_ entry: AuditEntry) throws
     /// The audit log, newest first, older than `before` (an entry's id), at most `limit`.

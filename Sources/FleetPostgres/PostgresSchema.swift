@@ -68,6 +68,17 @@ public enum PostgresSchema {
                 "CREATE INDEX audit_principal ON audit (principal, id)",
             ]
         ),
+        (
+            "v9-rollouts",
+            [
+                """
+                CREATE TABLE rollouts (
+                    id text PRIMARY KEY, idempotency_key text UNIQUE, created_at timestamptz NOT NULL, state text NOT NULL,
+                    version bigint NOT NULL, document text NOT NULL)
+                """,
+                "CREATE INDEX rollouts_state ON rollouts (state)",
+            ]
+        ),
     ]
 
     /// Applies what is missing, in one transaction, under an advisory lock: replicas that start

@@ -40,7 +40,7 @@ public enum PostgresStores {
             location: location, password: try password(file: passwordFile, environment: environment), size: poolSize, logger: logger)
         try PostgresSchema.migrate(pool)
         let stores = AggregatorStores(
-            sites: PostgresSiteStore(pool: pool), operations: PostgresOperationStore(pool: pool, fence: fence), audit: PostgresAuditStore(pool: pool),
+            sites: PostgresSiteStore(pool: pool), operations: PostgresOperationStore(pool: pool, fence: fence), audit: PostgresAuditStore(pool: pool), rollouts: PostgresRolloutStore(pool: pool),
             description: location.description)
         return (stores, pool)
     }

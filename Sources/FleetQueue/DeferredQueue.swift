@@ -111,18 +111,12 @@ public struct DeferredQueue: Sendable {
         return "op-" + hex
     }
 
-    /// Validates and stores a request. `situation` is nil for a site the aggregator has
-    /// never heard from (the operation waits for it).
-    public func submit(_ request: SubmissionRequest, situation: SiteSituation?, now: Date) throws(QueueError) -> SubmissionResult {
-        let site: SiteID
-        do {
-            site = try SiteID(request.site)
-        } catch {
-            throw QueueError(.invalid, "site: \(error.description)")
-        }
-        guard let kind = OperationKind(rawValue: request.kind) else {
+    /// Whether `text` names a kind that may wait in this queue, with an executor, and `params`
+    /// are safe arguments that fill its template (a rollout checks this before it makes anything).
+    public func check(kind text: String, params: [String: String], capabilities: [String: Bool] = [:]) throws(QueueError) -> (OperationKind, ExecutorTemplate) {
+        guard let kind = OperationKind(rawValue: text) else {
             throw QueueError(
-                .invalid, "kind: unknown '\(request.kind)'; known kinds: \(OperationKind.allCases.map(\.rawValue).joined(separator: ", "))")
+                .invalid, "kind: unknown '\(text)'; known kinds: \(OperationKind.allCases.map(\.rawValue).joined(separator: ", "))")
         }
         let entry = OperationCatalog.entry(kind)
         switch entry.queueability {
@@ -131,7 +125,7 @@ public struct DeferredQueue: Sendable {
         case .notQueueable:
             throw QueueError(
                 .notQueueable, "\(kind.rawValue) needs Azure and cannot wait in a queue",
-                workaround: OperationCatalog.workaround(for: kind, capabilities: situation?.capabilities ?? [:]) ?? entry.workaround?.text)
+                workaround: OperationCatalog.workaround(for: kind, capabilities: capabilities) ?? entry.workaround?.text)
         case .queueable:
             break
         }
@@ -142,7 +136,7 @@ public struct DeferredQueue: Sendable {
             throw QueueError(.notQueueable, "the executor for \(kind.rawValue) has a placeholder nothing can fill: {\(unknown)}")
         }
         // Every parameter, used by the template or not (a later template may use it).
-        for (name, value) in request.params.sorted(by: { $0.key < $1.key }) {
+        for (name, value) in params.sorted(by: { $0.key < $1.key }) {
             if let problem = ExecutorArgument.nameProblem(name) {
                 throw QueueError(.invalidParameter, "params: the name '\(name.debugDescription.dropFirst().dropLast())' \(problem)")
             }
@@ -150,9 +144,22 @@ public struct DeferredQueue: Sendable {
                 throw QueueError(.invalidParameter, "params.\(name) \(problem)")
             }
         }
-        for name in template.requiredParams where request.params[name] == nil {
+        for name in template.requiredParams where params[name] == nil {
             throw QueueError(.invalid, "params: missing '\(name)', which the executor's placeholder {params.\(name)} needs")
         }
+        return (kind, template)
+    }
+
+    /// Validates and stores a request. `situation` is nil for a site the aggregator has
+    /// never heard from (the operation waits for it).
+    public func submit(_ request: SubmissionRequest, situation: SiteSituation?, now: Date) throws(QueueError) -> SubmissionResult {
+        let site: SiteID
+        do {
+            site = try SiteID(request.site)
+        } catch {
+            throw QueueError(.invalid, "site: \(error.description)")
+        }
+        let (kind, template) = try check(kind: request.kind, params: request.params, capabilities: situation?.capabilities ?? [:])
         if let key = request.idempotencyKey, key.isEmpty { throw QueueError(.invalid, "idempotencyKey: must not be empty") }
         if let expiresAt = request.expiresAt, expiresAt <= now { throw QueueError(.invalid, "expiresAt: already passed") }
         if let notBefore = request.notBefore, let expiresAt = request.expiresAt, notBefore >= expiresAt {

@@ -259,7 +259,7 @@ public final class QueueService: Service, Sendable {
 
     /// An operator's change as an event: published by this replica when it leads; otherwise left
     /// in the database's outbox for the leader, which publishes it within a second.
-    private func announce(_ event: FleetEvent) {
+    public func announce(_ event: FleetEvent) {
         if leadership.isLeader || !leadership.isReplicated {
             events.add(event)
             return

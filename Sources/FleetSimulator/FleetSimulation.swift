@@ -207,7 +207,7 @@ public final class FleetSimulation: Sendable {
                 CheckResult(name: "arc-agents", state: up ? .pass : .warn, observedAt: now, durationMs: 30,
                             output: up ? "Arc agents connected" : "clusterconnect-agent cannot reach Azure"),
             ],
-            capabilities: ["clusterAutoscaler": number % 3 == 0], instance: instance)
+            capabilities: ["clusterAutoscaler": number % 3 == 0], instance: instance, labels: site.region.map { ["region": $0] })
         try await clients[site.connection].publish(
             .site(site.id, .status), in: settings.topics, payload: FleetJSON.encode(status))
     }

@@ -13,6 +13,8 @@ struct OpenAPITests {
         "GET /v1/fleet", "GET /v1/sites", "GET /v1/sites/{site}", "DELETE /v1/sites/{site}", "GET /v1/sites/{site}/capabilities", "GET /v1/operations",
         "POST /v1/operations", "GET /v1/operations/{id}", "POST /v1/operations/{id}/cancel", "POST /v1/operations/{id}/retry",
         "POST /v1/operations/{id}/release", "POST /v1/operations/cancel", "GET /metrics", "GET /healthz", "GET /", "GET /v1/audit",
+        "GET /v1/rollouts", "POST /v1/rollouts", "GET /v1/rollouts/{id}", "POST /v1/rollouts/{id}/pause", "POST /v1/rollouts/{id}/resume",
+        "POST /v1/rollouts/{id}/cancel",
     ]
 
     static func document() throws -> YAMLNode {
@@ -44,11 +46,24 @@ struct OpenAPITests {
         let failed = try await f.submit("site-connected", "extension.install", ["name": "exit=3"], extra: #", "maxAttempts": 1"#)
         try await f.waitForState(failed, "failed")
 
+        let rolloutBody = #"{"kind":"extension.install","selector":"tier=test","params":{"name":"r"},"waitFor":"1h"}"#
         let bodies = [
             "POST /v1/operations": #"{"site":"site-semi","kind":"nodepool.scale","params":{"nodepool":"np1","count":"4"}}"#,
             "POST /v1/operations/cancel": #"{"kind":"cluster.delete"}"#,
+            "POST /v1/rollouts": rolloutBody,
         ]
         let ids = ["cancel": queued, "retry": failed, "release": blocked]
+        // Rollouts to show, pause, resume (paused first) and cancel.
+        func rollout() async throws -> String {
+            let created = try await f.post("/v1/rollouts", rolloutBody)
+            return try #require((try created.json()["rollout"] as? [String: Any])?["id"] as? String, "\(created.text)")
+        }
+        let (shown, toResume, toCancel) = (try await rollout(), try await rollout(), try await rollout())
+        #expect(try await f.post("/v1/rollouts/\(toResume)/pause").status == 200)
+        let rolloutIDs = ["pause": shown, "resume": toResume, "cancel": toCancel]
+        func id(_ template: String, _ action: String) -> String {
+            template.hasPrefix("/v1/rollouts/") ? rolloutIDs[action] ?? shown : ids[action] ?? another
+        }
 
         var checked = 0
         for path in document["paths"]?.mapping ?? [] {
@@ -62,7 +77,7 @@ struct OpenAPITests {
                 // Forgetting a site is tried on one no other route reads, with force (it has operations).
                 let target = (method == "DELETE" ? template + "?force=true" : template)
                     .replacingOccurrences(of: "{site}", with: method == "DELETE" ? "site-new" : "site-semi")
-                    .replacingOccurrences(of: "{id}", with: ids[action] ?? another)
+                    .replacingOccurrences(of: "{id}", with: id(template, action))
                 let body = bodies[route].map { Array($0.utf8) } ?? (method == "POST" ? [] : nil)
 
                 // The good request.
@@ -90,7 +105,7 @@ struct OpenAPITests {
 
                 // An unknown query parameter, where the route documents 400.
                 if documented.contains(400) {
-                    let plain = template.replacingOccurrences(of: "{site}", with: "site-semi").replacingOccurrences(of: "{id}", with: ids[action] ?? another)
+                    let plain = template.replacingOccurrences(of: "{site}", with: "site-semi").replacingOccurrences(of: "{id}", with: id(template, action))
                     let response = try await HTTP.request(method, port: f.port, plain + "?bogus=1", token: OperatorFixture.token, body: body)
                     #expect(response.status == 400, "\(route)?bogus=1: \(response.status)")
                     try validator.check(response, against: operation, route: route)

@@ -106,7 +106,7 @@ struct OperatorFixture: @unchecked Sendable {  // immutable after start; its par
                         name: "arc-agents", state: mode == .connected ? .pass : .warn, observedAt: now, durationMs: 55,
                         output: mode == .connected ? "all Arc agents running" : "clusterconnect-agent cannot reach Azure"),
                 ],
-                capabilities: ["clusterAutoscaler": name == "site-semi"])
+                capabilities: ["clusterAutoscaler": name == "site-semi"], labels: ["tier": "test"])
             site.startBeating()
             sites.append(site)
         }

@@ -37,6 +37,10 @@ struct StandInAzure {
                   [ "$c" -le "${a#flaky=}" ] && code=75 ;;
               esac
             done
+            # A site whose cluster is listed in fail-sites fails (rollouts' failure threshold).
+            if [ -f '\(directory)/fail-sites' ]; then
+              for a in "$@"; do grep -qx -- "$a" '\(directory)/fail-sites' && code=1; done
+            fi
             sleep \(seconds)
             echo "stand-in az: $*"
             printf 'end %s %s %s\\n' "$id" "$(date +%s.%N)" "$code" >> "$log"
