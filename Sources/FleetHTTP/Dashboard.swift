@@ -40,6 +40,22 @@ extension OperatorAPI {
                 return html(try queuePage(query: try Query(request), signedIn: signedIn))
             }
         }
+        router.get("/rollouts") { request, context in
+            await htmlErrors {
+                let signedIn = try dashboardAccess(request, context)
+                _ = try Query(request, allowed: [])
+                return html(try rolloutsPage(signedIn: signedIn))
+            }
+        }
+        router.get("/rollouts/{id}") { request, context in
+            await htmlErrors {
+                let signedIn = try dashboardAccess(request, context)
+                _ = try Query(request, allowed: [])
+                let id = try context.parameters.require("id")
+                guard let page = try rolloutPage(id, signedIn: signedIn) else { throw APIError.notFound("no rollout \(id)") }
+                return html(page)
+            }
+        }
         router.post("/ui/operations/{id}/{action}") { request, context in
             var request = request
             let form = (try? await request.collectBody(upTo: 4096)).map { String(buffer: $0) } ?? ""
@@ -357,6 +373,70 @@ extension OperatorAPI {
         return self.page(title: "Queue", signedIn: signedIn, body: body)
     }
 
+    // MARK: - Rollouts
+
+    func rolloutsPage(signedIn: Bool) throws(APIError) -> String {
+        let rollouts: [Rollout]
+        do { rollouts = try service.rollouts(limit: 200) } catch { throw APIError(error) }
+        var body = "<h2>Rollouts</h2>"
+        if rollouts.isEmpty {
+            body += "<p class=small>No rollout yet: <code>edgefleet rollout create KIND --selector region=north --canary 2 --batch 10%</code>.</p>"
+            return page(title: "Rollouts", signedIn: signedIn, body: body)
+        }
+        body += "<table id=rollouts><thead><tr><th>Rollout</th><th>Kind</th><th>Selector</th><th>State</th><th>Wave</th><th>Progress</th>"
+        body += "<th>Created</th></tr></thead><tbody>"
+        for r in rollouts {
+            body += "<tr data-rollout='\(escape(r.id))' data-state='\(r.state.rawValue)'><td><a href='/rollouts/\(escape(r.id))'>\(escape(r.id))</a></td>"
+            body += "<td><code>\(escape(r.kind.rawValue))</code></td><td><code>\(escape(r.selector))</code></td>"
+            body += "<td class='rollout-\(r.state.rawValue)'>\(r.state.rawValue)</td><td>\(r.wave + 1) of \(r.waves)</td>"
+            body += "<td>\(rolloutProgress(r.counts))</td><td>\(escape(timestamp(r.createdAt))) by \(escape(r.createdBy))</td></tr>"
+        }
+        body += "</tbody></table>"
+        return page(title: "Rollouts", signedIn: signedIn, body: body)
+    }
+
+    func rolloutProgress(_ c: RolloutCounts) -> String {
+        var parts = ["\(c.succeeded) succeeded"]
+        if c.failed > 0 { parts.append("<span class='tag failed'>\(c.failed) failed</span>") }
+        if c.queued + c.dispatching > 0 { parts.append("\(c.queued + c.dispatching) running or waiting") }
+        if c.pending > 0 { parts.append("\(c.pending) in later waves") }
+        if c.other > 0 { parts.append("\(c.other) cancelled or expired") }
+        if c.skipped > 0 { parts.append("\(c.skipped) left out") }
+        return parts.joined(separator: " · ")
+    }
+
+    func rolloutPage(_ id: String, signedIn: Bool) throws(APIError) -> String? {
+        let found: Rollout?
+        do { found = try service.rollout(id: id) } catch { throw APIError(error) }
+        guard let r = found else { return nil }
+        var body = "<h2>Rollout \(escape(r.id)) <span class='rollout-\(r.state.rawValue)'>\(r.state.rawValue)</span></h2><table class=facts>"
+        func fact(_ name: String, _ value: String) { body += "<tr><th>\(escape(name))</th><td>\(value)</td></tr>" }
+        fact("Operation", "<code>\(escape(r.kind.rawValue))</code> " + r.params.sorted { $0.key < $1.key }.map { "<code>\(escape($0.key))=\(escape($0.value))</code>" }.joined(separator: " "))
+        fact("Sites", "<a href='/?selector=\(escape(Query.encode(r.selector)))'><code>\(escape(r.selector))</code></a>: \(r.sites.count) in \(r.waves) waves")
+        fact("Wave", "\(r.wave + 1) of \(r.waves)\(r.canary > 0 ? " (the first: a canary of \(r.canary))" : "")")
+        fact("Progress", rolloutProgress(r.counts))
+        if let reason = r.reason { fact("Why", escape(reason)) }
+        fact("Settings", "batch \(escape(r.batch.description)), pauses past \(escape(r.maxFailures.description)) failures, waits at most \(escape(DurationFormat.format(.seconds(r.waitS)))) on a site without its link")
+        fact("Created", "\(escape(timestamp(r.createdAt))) by \(escape(r.createdBy))")
+        body += "</table>"
+        if !r.skipped.isEmpty {
+            body += "<h3>Left out</h3><ul>" + r.skipped.map { "<li><a href='/sites/\(escape($0.site.rawValue))'>\(escape($0.site.rawValue))</a>: \(escape($0.reason))</li>" }.joined() + "</ul>"
+        }
+        for wave in 0..<r.waves {
+            let members = r.sites.filter { $0.wave == wave }
+            let title = wave == 0 && r.canary > 0 ? "Wave 1 (canary)" : "Wave \(wave + 1)"
+            body += "<h3>\(title)\(wave > r.wave ? " <span class=small>not started</span>" : "")</h3>"
+            body += "<table class=wave><thead><tr><th>Site</th><th>Operation</th><th>State</th></tr></thead><tbody>"
+            for site in members {
+                let state = site.skipped.map { "left out: \(escape($0))" } ?? site.state.map { "<span class='state-\($0.rawValue)'>\($0.rawValue)</span>" } ?? "pending"
+                let operation = site.operationID.map { "<a href='/queue?site=\(escape(site.site.rawValue))'>\(escape($0))</a>" } ?? "—"
+                body += "<tr data-site='\(escape(site.site.rawValue))'><td><a href='/sites/\(escape(site.site.rawValue))'>\(escape(site.site.rawValue))</a></td><td>\(operation)</td><td>\(state)</td></tr>"
+            }
+            body += "</tbody></table>"
+        }
+        return page(title: "Rollout \(r.id)", signedIn: signedIn, body: body)
+    }
+
     func operationsTable(_ operations: [DeferredOperation], signedIn: Bool, back: String) -> String {
         if operations.isEmpty { return "<p class=small>No operations.</p>" }
         var body = "<table id=operations><thead><tr><th>Operation</th><th>Site</th><th>Kind</th><th>State</th><th>Attempts</th>"
@@ -399,7 +479,7 @@ extension OperatorAPI {
         <!doctype html><html lang=en><head><meta charset=utf-8><title>\(escape(title)) · EdgeFleet</title>
         <meta name=viewport content='width=device-width, initial-scale=1'>\(refresh ? "<meta http-equiv=refresh content=10>" : "")
         <style>\(Self.style)</style></head><body>
-        <header><h1><a href='/'>EdgeFleet</a></h1><nav><a href='/'>Fleet</a><a href='/queue'>Queue</a></nav>
+        <header><h1><a href='/'>EdgeFleet</a></h1><nav><a href='/'>Fleet</a><a href='/queue'>Queue</a><a href='/rollouts'>Rollouts</a></nav>
         <span class=small>\(replicaLine)\(escape(timestamp(Date()))) · \(signedIn ? "signed in <form method=post action='/ui/logout' class=inline><button>sign out</button></form>" : "read only")</span></header>
         <main>\(body)</main></body></html>
         """

@@ -257,6 +257,7 @@ public struct OperatorAPI: Sendable {
             let head = scrape()
             // `selector`: only the per-site lines of the sites it matches (one scrape job per region, say).
             let deadlines = service.siteDeadlines(selector: try Query(request, allowed: ["selector"]).selector())
+            let rollouts = rolloutLines()
             // Per-site lines rendered here, not through the registry (one metric object per label
             // set made a scrape quadratic in the fleet: 270 s for 100,000 sites), and written in
             // slices: a client that went away fails the next write, which ends the work.
@@ -264,6 +265,7 @@ public struct OperatorAPI: Sendable {
                 status: .ok, headers: [.contentType: "text/plain; version=0.0.4; charset=utf-8"],
                 body: ResponseBody { writer in
                     try await writer.write(ByteBuffer(bytes: head))
+                    try await writer.write(ByteBuffer(string: rollouts))
                     var start = 0
                     while start < deadlines.count {
                         try Task.checkCancellation()
@@ -613,6 +615,25 @@ public struct OperatorAPI: Sendable {
 
     /// `edgefleet_site_deadline_seconds` for a slice of sites, in the text format (site ids need
     /// no escaping: `a-z`, `0-9`, `-`), with its HELP and TYPE lines before the first slice.
+    /// Rollouts at scrape time: how many in each state, and each unfinished one's sites by
+    /// state (a few rollouts at a time: their ids are a bounded label).
+    func rolloutLines() -> String {
+        guard let rollouts = try? service.rollouts(limit: 1000) else { return "" }
+        var byState: [RolloutState: Int] = [:]
+        for r in rollouts { byState[r.state, default: 0] += 1 }
+        var text = "# HELP edgefleet_rollouts Rollouts by state (the newest 1000).\n# TYPE edgefleet_rollouts gauge\n"
+        for state in RolloutState.allCases { text += "edgefleet_rollouts{state=\"\(state.rawValue)\"} \(byState[state] ?? 0)\n" }
+        text += "# HELP edgefleet_rollout_sites An unfinished rollout's sites by where their operation is.\n# TYPE edgefleet_rollout_sites gauge\n"
+        for r in rollouts where !r.state.isFinal {
+            let c = r.counts
+            for (state, n) in [("pending", c.pending), ("queued", c.queued), ("dispatching", c.dispatching), ("succeeded", c.succeeded),
+                               ("failed", c.failed), ("other", c.other), ("skipped", c.skipped)] {
+                text += "edgefleet_rollout_sites{rollout=\"\(r.id)\",state=\"\(state)\"} \(n)\n"
+            }
+        }
+        return text
+    }
+
     static func deadlineLines(_ entries: ArraySlice<(site: SiteID, deadline: Date)>, header: Bool) -> String {
         var text = ""
         text.reserveCapacity(entries.count * 64 + 300)

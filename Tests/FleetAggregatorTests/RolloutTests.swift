@@ -38,7 +38,7 @@ struct RolloutTests {
                 let fleet = try await f.get("/v1/fleet").json()
                 let modes = fleet["modes"] as? [String: Int] ?? [:]
                 let north = try await f.get("/v1/sites?selector=region%3Dnorth&limit=100").json()["sites"] as? [[String: Any]] ?? []
-                if fleet["sites"] as? Int == 200, modes["disconnected"] == 1, modes["semi-connected"] == 2, north.count == 70 { return }
+                if fleet["sites"] as? Int == 200, modes["connected"] == 197, modes["disconnected"] == 1, modes["semi-connected"] == 2, north.count == 70 { return }
                 try await Task.sleep(for: .milliseconds(250))
             }
         }
@@ -82,6 +82,16 @@ struct RolloutTests {
         #expect(paused.wave == 3)
         #expect(paused.counts.pending == 7)
         #expect(paused.counts.failed == 5)
+        // Progress on /metrics and on the dashboard (a page per rollout).
+        let metrics = try await f.get("/metrics").text
+        #expect(metrics.contains("edgefleet_rollouts{state=\"paused\"} 1"))
+        #expect(metrics.contains("edgefleet_rollout_sites{rollout=\"\(id)\",state=\"failed\"} 5"), "\(metrics.split(separator: "\n").filter { $0.contains("rollout") })")
+        let listPage = try await HTTP.get(port: f.port, "/rollouts", token: OperatorFixture.token)
+        #expect(listPage.status == 200 && listPage.text.contains("data-rollout='\(id)' data-state='paused'"))
+        let rolloutPage = try await HTTP.get(port: f.port, "/rollouts/\(id)", token: OperatorFixture.token)
+        #expect(rolloutPage.status == 200 && rolloutPage.text.contains("Wave 1 (canary)") && rolloutPage.text.contains("ro-005"))
+        #expect(rolloutPage.text.contains("Wave 5 <span class=small>not started</span>") && rolloutPage.text.contains("threshold"))
+        #expect(try await HTTP.get(port: f.port, "/rollouts/ro-none", token: OperatorFixture.token).status == 404)
 
         // The order of the runs: the canary's both ended before any other started; every wave's
         // operations started after the previous wave's ended, except those of the semi-connected
