@@ -42,6 +42,7 @@ bench:
 	python3 Benchmarks/aggregator.py --only scale --postgres --skip-build --write docs/benchmarks.md
 	python3 Benchmarks/failover.py --skip-build --write docs/benchmarks.md
 	python3 Benchmarks/queue_postgres.py --skip-build --write docs/benchmarks.md
+	python3 Benchmarks/rollout_create.py --skip-build --write docs/benchmarks.md
 
 clean:
 	rm -rf .build

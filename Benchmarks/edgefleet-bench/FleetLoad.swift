@@ -23,6 +23,7 @@ struct Heartbeats: AsyncParsableCommand {
     var marker: String?
     @Flag(help: "First announce every site with its presence (a site exists once it has announced itself).")
     var announce = false
+    @Option(help: "With --announce, also a status carrying these labels (KEY=VALUE,...).") var labels: String?
 
     func run() async throws {
         let client = try await connect(broker, "bench-heartbeats-\(getpid())")
@@ -36,6 +37,16 @@ struct Heartbeats: AsyncParsableCommand {
                 try await client.publish(
                     "\(root)/sites/\(name)/presence", payload: presenceJSON(site: name, session: session, at: RFC3339.format(Date())),
                     qos: .atLeastOnce, retain: true)
+                if let labels {
+                    let pairs = Dictionary(uniqueKeysWithValues: labels.split(separator: ",").map { item in
+                        let kv = item.split(separator: "=", maxSplits: 1)
+                        return (String(kv[0]), String(kv.count > 1 ? kv[1] : ""))
+                    })
+                    let status = SiteStatus(
+                        site: try SiteID(name), session: session, at: Date(),
+                        cluster: ClusterInfo(name: "aks-\(name)", resourceGroup: "rg-bench"), labels: pairs)
+                    try await client.publish("\(root)/sites/\(name)/status", payload: try FleetJSON.encode(status), qos: .atLeastOnce, retain: true)
+                }
             }
         }
         for round in 0..<rounds {

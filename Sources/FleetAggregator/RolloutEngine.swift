@@ -27,6 +27,9 @@ public final class RolloutEngine: Sendable {
     let logger: Logger
     /// One change at a time in this process (replicas are kept apart by the stored version).
     private let changing = Mutex(())
+    /// The unfinished rollouts as last read or written here, by id: a tick reads a document again
+    /// only when its stored version moved (a 100,000-site plan is megabytes of JSON).
+    private let cache = Mutex([String: Rollout]())
 
     init(store: any RolloutStore, queue: QueueService, state: SharedFleet, clock: WallClock, logger: Logger) {
         self.store = store
@@ -192,18 +195,23 @@ public final class RolloutEngine: Sendable {
     /// One look at every unfinished rollout (the leader's, about once a second): operations'
     /// states, the failure threshold, the next wave, the end.
     public func tick() {
-        let unfinished: [Rollout]
+        let unfinished: [(id: String, version: Int64)]
         do {
-            unfinished = try store.unfinished()
+            unfinished = try store.unfinishedVersions()
         } catch {
             logger.warning("rollouts cannot be read: \(error)")
             return
         }
-        for rollout in unfinished {
+        let cached = cache.withLock { cache in
+            cache = cache.filter { entry in unfinished.contains { $0.id == entry.key } }
+            return cache
+        }
+        for (id, version) in unfinished {
+            let known = cached[id].flatMap { $0.version == version ? $0 : nil }
             do {
-                _ = try change(rollout.id, known: rollout) { (rollout: inout Rollout, now: Date) throws(QueueError) in self.advance(&rollout, now: now) }
+                _ = try change(id, known: known) { (rollout: inout Rollout, now: Date) throws(QueueError) in self.advance(&rollout, now: now) }
             } catch {
-                logger.warning("rollout \(rollout.id) could not advance: \(error)")
+                logger.warning("rollout \(id) could not advance: \(error)")
             }
         }
     }
@@ -212,9 +220,16 @@ public final class RolloutEngine: Sendable {
     /// next wave when the current one is through, and ends the rollout when every site is.
     func advance(_ rollout: inout Rollout, now: Date) {
         guard !rollout.state.isFinal else { return }
+        // The states of the operations that may still move, in one read.
+        var following: [(index: Int, id: String)] = []
         for index in rollout.sites.indices {
             guard let id = rollout.sites[index].operationID, !(rollout.sites[index].state?.isTerminal ?? false) else { continue }
-            if let operation = try? queue.store.operation(id: id) { rollout.sites[index].state = operation.state }
+            following.append((index, id))
+        }
+        if !following.isEmpty, let states = try? queue.store.states(ids: following.map(\.id)) {
+            for (index, id) in following {
+                if let state = states[id] { rollout.sites[index].state = state }
+            }
         }
         let threshold = rollout.maxFailures.resolve(rollout.sites.count)
         let failures = rollout.failures - rollout.failuresAcknowledged
@@ -319,11 +334,16 @@ public final class RolloutEngine: Sendable {
                 guard var rollout = loaded else { throw QueueError(.notFound, "no rollout \(id)") }
                 let before = rollout
                 try body(&rollout, clock.now())
-                if rollout == before { return rollout }
+                if rollout == before {
+                    remember(rollout)
+                    return rollout
+                }
                 rollout.updatedAt = clock.now()
                 rollout.recount()
                 do {
-                    return try store.update(rollout)
+                    let written = try store.update(rollout)
+                    remember(written)
+                    return written
                 } catch RolloutStoreError.conflict {
                     current = nil
                     continue
@@ -332,6 +352,12 @@ public final class RolloutEngine: Sendable {
                 }
             }
             throw QueueError(.conflict, "rollout \(id) kept changing; try again")
+        }
+    }
+
+    private func remember(_ rollout: Rollout) {
+        cache.withLock { cache in
+            if rollout.state.isFinal { cache[rollout.id] = nil } else { cache[rollout.id] = rollout }
         }
     }
 

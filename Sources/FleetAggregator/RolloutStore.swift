@@ -27,6 +27,8 @@ public protocol RolloutStore: Sendable {
     func list(limit: Int) throws -> [Rollout]
     /// Those still running or paused.
     func unfinished() throws -> [Rollout]
+    /// The ids and versions of those still running or paused (a look that reads no document).
+    func unfinishedVersions() throws -> [(id: String, version: Int64)]
 }
 
 /// Rollouts in the SQLite file.
@@ -104,6 +106,14 @@ public struct SQLiteRolloutStore: RolloutStore {
         try database.writer.read { db in
             try String.fetchAll(db, sql: "SELECT document FROM rollouts ORDER BY createdAt DESC, id DESC LIMIT ?", arguments: [limit])
         }.map(Self.decode)
+    }
+
+    public func unfinishedVersions() throws -> [(id: String, version: Int64)] {
+        try database.writer.read { db in
+            try Row.fetchAll(db, sql: "SELECT id, version FROM rollouts WHERE state IN ('running', 'paused') ORDER BY createdAt, id").map {
+                (id: $0["id"] as String, version: $0["version"] as Int64)
+            }
+        }
     }
 
     public func unfinished() throws -> [Rollout] {

@@ -125,6 +125,18 @@ public struct PostgresOperationStore: OperationStore {
         }
     }
 
+    public func states(ids: [String]) throws -> [String: OperationState] {
+        guard !ids.isEmpty else { return [:] }
+        return try pool.withConnection { c in
+            var states: [String: OperationState] = [:]
+            for row in try c.query("SELECT id, state FROM operations WHERE id = ANY(\(ids))") {
+                let (id, state) = try row.decode((String, String).self)
+                if let value = OperationState(rawValue: state) { states[id] = value }
+            }
+            return states
+        }
+    }
+
     public func operation(idempotencyKey: String) throws -> DeferredOperation? {
         try pool.withConnection { c in
             try c.query("SELECT document FROM operations WHERE idempotency_key = \(idempotencyKey)").first.map {

@@ -67,6 +67,15 @@ public struct PostgresRolloutStore: RolloutStore {
         }.map(Self.decode)
     }
 
+    public func unfinishedVersions() throws -> [(id: String, version: Int64)] {
+        try pool.withConnection { c in
+            try c.query("SELECT id, version FROM rollouts WHERE state IN ('running', 'paused') ORDER BY created_at, id").map {
+                let (id, version) = try $0.decode((String, Int64).self)
+                return (id: id, version: version)
+            }
+        }
+    }
+
     public func unfinished() throws -> [Rollout] {
         try pool.withConnection { c in
             try c.query("SELECT document FROM rollouts WHERE state IN ('running', 'paused') ORDER BY created_at, id").map { try $0.decode(String.self) }

@@ -65,6 +65,9 @@ public protocol OperationStore: Sendable {
     func insert(_ operation: DeferredOperation) throws -> (operation: DeferredOperation, superseded: [String])
     func operation(id: String) throws -> DeferredOperation?
     func operation(idempotencyKey: String) throws -> DeferredOperation?
+    /// The states of these operations, in one read (a rollout follows thousands at a time);
+    /// an id the store does not hold is left out.
+    func states(ids: [String]) throws -> [String: OperationState]
     /// Moves an operation from one of `expected` to `to`, applying `update` and appending
     /// a history entry, atomically. Throws `conflict` if it is in another state. Moving out of
     /// `dispatching` forgets the operation's run record in the same transaction.

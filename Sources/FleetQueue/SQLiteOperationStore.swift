@@ -96,6 +96,19 @@ public struct SQLiteOperationStore: OperationStore {
         }
     }
 
+    public func states(ids: [String]) throws -> [String: OperationState] {
+        guard !ids.isEmpty else { return [:] }
+        let list = String(decoding: try FleetJSON.encode(ids), as: UTF8.self)
+        return try writer.read { db in
+            var states: [String: OperationState] = [:]
+            let rows = try Row.fetchCursor(db, sql: "SELECT id, state FROM operations WHERE id IN (SELECT value FROM json_each(?))", arguments: [list])
+            while let row = try rows.next() {
+                if let state = OperationState(rawValue: row["state"]) { states[row["id"]] = state }
+            }
+            return states
+        }
+    }
+
     public func operation(idempotencyKey: String) throws -> DeferredOperation? {
         try writer.read { db in
             try Self.decode(String.fetchOne(db, sql: "SELECT document FROM operations WHERE idempotencyKey = ?", arguments: [idempotencyKey]))

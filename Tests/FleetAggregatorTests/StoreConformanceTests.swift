@@ -79,6 +79,39 @@ struct StoreConformanceTests {
         #expect(ada.last?.onBehalfOf == "x@y" && ada.last?.address == "10.0.0.0" && ada.last?.at == Self.now)
     }
 
+    @Test("rollouts: stored whole, found by id and idempotency key (used once), written only over the version read, unfinished ones listed", arguments: StoreBackend.allCases)
+    func rollouts(_ backend: StoreBackend) throws {
+        let fresh = try FreshStores(backend)
+        defer { fresh.remove() }
+        let store = fresh.stores.rollouts
+        func make(_ id: String, key: String?, at offset: Double) throws -> Rollout {
+            Rollout(
+                id: id, kind: .extensionInstall, params: ["name": "m"], selector: "region=north", createdBy: "ada", createdAt: Self.now.addingTimeInterval(offset),
+                canary: 1, batch: .percent(25), maxFailures: .count(2), waitS: 60, expiresAt: nil, idempotencyKey: key, waves: 2,
+                sites: [RolloutSite(site: try SiteID("s-1"), wave: 0), RolloutSite(site: try SiteID("s-2"), wave: 1)],
+                skipped: [RolloutSkip(site: try SiteID("s-3"), reason: "past its deadline")])
+        }
+        let first = try store.insert(try make("ro-1", key: "k", at: 0))
+        #expect(first.version == 1)
+        #expect(throws: RolloutStoreError.duplicateIdempotencyKey) { try store.insert(try make("ro-2", key: "k", at: 1)) }
+        _ = try store.insert(try make("ro-3", key: nil, at: 2))
+        _ = try store.insert(try make("ro-4", key: nil, at: 3))
+        #expect(try store.rollout(idempotencyKey: "k")?.id == "ro-1")
+        #expect(try store.rollout(id: "ro-1") == first)
+        var changed = first
+        changed.state = .paused
+        changed.sites[0].operationID = "op-1"
+        let written = try store.update(changed)
+        #expect(try written.version == 2 && store.rollout(id: "ro-1") == written)
+        // A writer that read version 1 is refused: it must read again.
+        #expect(throws: RolloutStoreError.conflict) { try store.update(changed) }
+        var done = try #require(try store.rollout(id: "ro-3"))
+        done.state = .completed
+        _ = try store.update(done)
+        #expect(try store.unfinished().map(\.id) == ["ro-1", "ro-4"])
+        #expect(try store.list(limit: 2).map(\.id) == ["ro-4", "ro-3"])
+    }
+
     @Test("operations survive a reopen of the database; the run records too", arguments: StoreBackend.allCases)
     func operationsReopen(backend: StoreBackend) throws {
         let fresh = try FreshStores(backend)
