@@ -200,7 +200,7 @@ public final class QueueService: Service, Sendable {
         let now = clock.now()
         let situation = (try? SiteID(request.site)).flatMap { site in self.situation(site, now)?.submission }
         let result = try queue.submit(request, situation: situation, now: now)
-        dispatcher.invalidate()
+        if !result.existing { dispatcher.added(result.operation, superseded: result.superseded) }
         wake.signal()
         if !result.existing {
             for id in result.superseded {

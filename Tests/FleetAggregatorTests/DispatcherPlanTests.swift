@@ -52,6 +52,59 @@ struct DispatcherPlanTests {
         #expect(asked.withLock { $0.last } == [joining.site])
     }
 
+    @Test("a submission joins the plan without a full pass: the next pass looks nothing up and starts it; one that supersedes others brings a full pass")
+    func submissionJoins() throws {
+        let fresh = try FreshStores(.sqlite)
+        defer { fresh.remove() }
+        let store = fresh.stores.operations
+        let queue = DeferredQueue(store: store, executors: OperationQueueTests.executors)
+        let dispatcher = Dispatcher(store: store, executors: [:], settings: DispatchSettings(), logger: Logger(label: "test"), emit: { _ in })
+        let asked = Mutex(0)
+        let sizes = Mutex([Int]())
+        let lookup: (Set<SiteID>) -> [SiteID: DispatchSituation] = { sites in
+            asked.withLock { $0 += 1 }
+            sizes.withLock { $0.append(sites.count) }
+            return Dictionary(uniqueKeysWithValues: sites.map { ($0, DispatchSituation(mode: .connected, stable: true, cluster: nil)) })
+        }
+        func submit(_ site: String, _ name: String) throws -> SubmissionResult {
+            try queue.submit(
+                SubmissionRequest(site: site, kind: "extension.install", params: ["name": name], createdBy: "t"),
+                situation: OperationQueueTests.semi, now: OperationQueueTests.now)
+        }
+        // A plan with one connected site's operation, far in the future (it stays waiting).
+        _ = try queue.submit(
+            SubmissionRequest(site: "plan-a", kind: "extension.install", params: ["name": "later"], createdBy: "t", notBefore: Date().addingTimeInterval(3600)),
+            situation: OperationQueueTests.semi, now: OperationQueueTests.now)
+        try dispatcher.tick(now: Date(), situations: lookup)
+        #expect(asked.withLock { $0 } == 1)
+        // A new submission at the same site: added to the plan, the next pass a quick one; the site's older
+        // operation (scheduled later) goes first, so it waits.
+        let added = try submit("plan-a", "now")
+        dispatcher.added(added.operation, superseded: added.superseded)
+        try dispatcher.tick(now: Date(), situations: lookup)
+        #expect(asked.withLock { $0 } == 1, "a full pass ran after a submission")
+        #expect(try store.operation(id: added.operation.id)?.state == .queued, "it overtook its site's older operation")
+        // At a site the plan has not looked at: the next pass looks up that site alone, and starts it.
+        let elsewhere = try submit("plan-b", "now")
+        dispatcher.added(elsewhere.operation, superseded: elsewhere.superseded)
+        try dispatcher.tick(now: Date(), situations: lookup)
+        #expect(sizes.withLock { $0 } == [1, 1], "\(sizes.withLock { $0 })")
+        #expect(try store.operation(id: elsewhere.operation.id)?.state != .queued, "the connected site's new operation did not start")
+        // One that supersedes another (a scale of the same node pool): the next pass is a full one.
+        func scale(_ count: String) throws -> SubmissionResult {
+            try queue.submit(
+                SubmissionRequest(site: "plan-c", kind: "nodepool.scale", params: ["nodepool": "np1", "count": count], createdBy: "t",
+                                  notBefore: Date().addingTimeInterval(3600)),
+                situation: OperationQueueTests.semi, now: OperationQueueTests.now)
+        }
+        _ = try scale("3")
+        let again = try scale("4")
+        #expect(!again.superseded.isEmpty)
+        dispatcher.added(again.operation, superseded: again.superseded)
+        try dispatcher.tick(now: Date(), situations: lookup)
+        #expect(sizes.withLock { $0 }.count == 3 && sizes.withLock { $0 }.last ?? 0 >= 2, "no full pass after a superseding submission: \(sizes.withLock { $0 })")
+    }
+
     @Test("a site that passes its deadline is a full pass's work: its operations are blocked")
     func movedSiteExpires() throws {
         let fresh = try FreshStores(.sqlite)
