@@ -240,14 +240,16 @@ public final class RolloutEngine: Sendable {
             return
         }
         guard rollout.state == .running else { return }
+        // Past its expiry with waves not started: those never start (the operations made carry the
+        // expiry themselves, and the queue expires them).
+        if let expiresAt = rollout.expiresAt, expiresAt <= now, rollout.wave + 1 < rollout.waves {
+            rollout.state = .expired
+            rollout.reason = "expired at \(RFC3339.format(expiresAt)) before wave \(rollout.wave + 2) of \(rollout.waves) started"
+            queue.announce(FleetEvent(type: .rolloutExpired, site: nil, at: now, kind: rollout.kind, note: rollout.reason, rollout: rollout.id))
+            return
+        }
         if waveIsThrough(rollout, now: now) {
             if rollout.wave + 1 < rollout.waves {
-                if let expiresAt = rollout.expiresAt, expiresAt <= now {
-                    rollout.state = .expired
-                    rollout.reason = "expired at \(RFC3339.format(expiresAt)) before wave \(rollout.wave + 2) of \(rollout.waves) started"
-                    queue.announce(FleetEvent(type: .rolloutExpired, site: nil, at: now, kind: rollout.kind, note: rollout.reason, rollout: rollout.id))
-                    return
-                }
                 start(wave: rollout.wave + 1, of: &rollout, now: now)
             } else if rollout.sites.allSatisfy({ $0.skipped != nil || Self.ended($0.state) }) {
                 rollout.state = .completed

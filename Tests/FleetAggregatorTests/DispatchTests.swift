@@ -99,7 +99,7 @@ struct DispatchFixture {
 }
 
 /// Publishes heartbeats (and a status with cluster metadata) for many sites from one connection.
-func announce(_ sites: [String], broker: MosquittoBroker, age: Double = 0) async throws {
+func announce(_ sites: [String], broker: MosquittoBroker, age: Double = 0, labels: [String: String]? = nil) async throws {
     var logger = Logger(label: "sites")
     logger.logLevel = .critical
     let client = try MQTTClient(configuration: MQTTConfiguration(broker: try BrokerURL(parsing: broker.url), clientID: "sites-\(UUID().uuidString.prefix(6))"), logger: logger)
@@ -110,7 +110,7 @@ func announce(_ sites: [String], broker: MosquittoBroker, age: Double = 0) async
         // A site exists once it has announced itself.
         let presence = Presence(site: id, state: .online, session: session, heartbeatIntervalS: 10, at: Date())
         try await client.publish("edgefleet/v1/sites/\(site)/presence", payload: try FleetJSON.encode(presence), qos: .atLeastOnce, retain: true)
-        let status = SiteStatus(site: id, session: session, at: Date(), cluster: ClusterInfo(name: "aks-\(site)", resourceGroup: "rg"))
+        let status = SiteStatus(site: id, session: session, at: Date(), cluster: ClusterInfo(name: "aks-\(site)", resourceGroup: "rg"), labels: labels)
         try await client.publish("edgefleet/v1/sites/\(site)/status", payload: try FleetJSON.encode(status), qos: .atLeastOnce, retain: true)
         let heartbeat = Heartbeat(site: id, session: session, seq: 1, sentAt: Date(), azure: AzureReport(reachable: age == 0, lastContactAgeS: age, probe: "endpoints"))
         try await client.publish("edgefleet/v1/sites/\(site)/heartbeat", payload: try FleetJSON.encode(heartbeat), qos: .atLeastOnce)

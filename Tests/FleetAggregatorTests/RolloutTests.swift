@@ -168,3 +168,34 @@ struct RolloutTests {
         }
     }
 }
+
+@Suite("rollouts: expiry", .timeLimit(.minutes(2)))
+struct RolloutExpiryTests {
+    @Test("a rollout whose wave waits on sites without their link expires at expiresAt: the waves not started never start")
+    func expires() async throws {
+        let fleet = try await DispatchFixture.start()
+        defer { Task { await fleet.stop() } }
+        let sites = (1...4).map { "ex-\($0)" }
+        // Semi-connected (their last contact 30 s ago; connected within 2 s, a 120 s budget): the first wave's operations wait.
+        try await announce(sites, broker: fleet.broker, age: 30, labels: ["pool": "ex"])
+        try await withTimeout(.seconds(20), "the four sites") {
+            while fleet.service.views(mode: .semiConnected, selector: try LabelSelector(parsing: "pool=ex")).count < 4 { try await Task.sleep(for: .milliseconds(100)) }
+        }
+        let (created, _) = try fleet.service.createRollout(
+            RolloutRequest(kind: "extension.install", selector: "pool=ex", params: ["name": "m"], batch: "2", waitFor: "1h", expiresIn: "2s"), by: "test")
+        #expect(created.waves == 2 && created.wave == 0 && created.sites.filter { $0.operationID != nil }.count == 2)
+        let expired = try await withTimeout(.seconds(20), "the rollout to expire") { () -> Rollout in
+            while true {
+                if let r = try fleet.service.rollout(id: created.id), r.state == .expired { return r }
+                try await Task.sleep(for: .milliseconds(200))
+            }
+        }
+        #expect(expired.wave == 0 && expired.counts.pending == 2, "\(expired.counts)")
+        #expect(expired.reason?.contains("before wave 2 of 2") == true)
+        // Its first wave's operations expire in the queue by themselves (they carry the expiry).
+        for site in expired.sites where site.operationID != nil {
+            let operation = try #require(try fleet.service.operation(id: site.operationID!))
+            #expect(operation.expiresAt == created.expiresAt)
+        }
+    }
+}
