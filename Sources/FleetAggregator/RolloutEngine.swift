@@ -231,6 +231,14 @@ public final class RolloutEngine: Sendable {
                 if let state = states[id] { rollout.sites[index].state = state }
             }
         }
+        // Past its expiry with waves not started: those never start (the operations made carry the
+        // expiry themselves, and the queue expires them). A paused rollout expires too.
+        if let expiresAt = rollout.expiresAt, expiresAt <= now, rollout.wave + 1 < rollout.waves {
+            rollout.state = .expired
+            rollout.reason = "expired at \(RFC3339.format(expiresAt)) before wave \(rollout.wave + 2) of \(rollout.waves) started"
+            queue.announce(FleetEvent(type: .rolloutExpired, site: nil, at: now, kind: rollout.kind, note: rollout.reason, rollout: rollout.id))
+            return
+        }
         let threshold = rollout.maxFailures.resolve(rollout.sites.count)
         let failures = rollout.failures - rollout.failuresAcknowledged
         if rollout.state == .running, failures > threshold {
@@ -240,14 +248,6 @@ public final class RolloutEngine: Sendable {
             return
         }
         guard rollout.state == .running else { return }
-        // Past its expiry with waves not started: those never start (the operations made carry the
-        // expiry themselves, and the queue expires them).
-        if let expiresAt = rollout.expiresAt, expiresAt <= now, rollout.wave + 1 < rollout.waves {
-            rollout.state = .expired
-            rollout.reason = "expired at \(RFC3339.format(expiresAt)) before wave \(rollout.wave + 2) of \(rollout.waves) started"
-            queue.announce(FleetEvent(type: .rolloutExpired, site: nil, at: now, kind: rollout.kind, note: rollout.reason, rollout: rollout.id))
-            return
-        }
         if waveIsThrough(rollout, now: now) {
             if rollout.wave + 1 < rollout.waves {
                 start(wave: rollout.wave + 1, of: &rollout, now: now)
