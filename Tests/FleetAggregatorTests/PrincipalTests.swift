@@ -79,6 +79,12 @@ struct PrincipalTests {
         #expect(refused.status == 403 && refused.errorCode == "forbidden")
         #expect(refused.headers["www-authenticate"]?.contains(#"error="insufficient_scope""#) == true)
         #expect(refused.text.contains("vera") && refused.text.contains("operator"))
+        // Rollouts are an operator's: a viewer is refused; an operator gets past the role (this selector matches no site).
+        let rollout = #"{"kind": "extension.install", "selector": "tier=none", "params": {"name": "x"}}"#
+        #expect(try await post("/v1/rollouts", rollout, Self.viewer).status == 403)
+        let tried = try await post("/v1/rollouts", rollout, Self.operatorToken)
+        #expect(tried.status == 400 && tried.text.contains("no site matches"), "\(tried.text)")
+        #expect(try await post("/v1/rollouts/ro-none/pause", nil, Self.viewer).status == 403)
 
         // An operator submits (as itself, on behalf of the name the client gives), cancels and retries; not more.
         let submitted = try await post("/v1/operations", submit, Self.operatorToken, headers: ["X-EdgeFleet-Operator": "olga@laptop"])
