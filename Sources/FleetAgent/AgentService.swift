@@ -253,8 +253,28 @@ actor StatusOutbox {
         self.logger = logger
     }
 
+    /// The last submission or delivery: each waits for the one before it. The actor alone does
+    /// not keep them in order: it is reentrant at every `await`, so a status submitted while the
+    /// one before waited for its acknowledgement started its own publish first (seen under load:
+    /// 24 arrived before 23, and both carried the same drop count).
+    private var tail: Task<Void, Never>?
+
+    private func serially(_ body: @escaping @Sendable () async -> Void) async {
+        let previous = tail
+        let task = Task {
+            await previous?.value
+            await body()
+        }
+        tail = task
+        await task.value
+    }
+
     /// A new status: published now if possible, else spooled.
     func submit(_ status: SiteStatus, client: MQTTClient) async {
+        await serially { await self.submitNow(status, client: client) }
+    }
+
+    private func submitNow(_ status: SiteStatus, client: MQTTClient) async {
         var status = status
         if spool.dropped > 0 { status.spoolDropped = spool.dropped }
         guard let payload = try? FleetJSON.encode(status) else { return }
@@ -317,6 +337,10 @@ actor StatusOutbox {
     /// After a connect: deliver the spool in order, then the current status if
     /// nothing was spooled (the last spooled message is the newest status otherwise).
     func connected(_ client: MQTTClient, current status: SiteStatus) async {
+        await serially { await self.connectedNow(client, current: status) }
+    }
+
+    private func connectedNow(_ client: MQTTClient, current status: SiteStatus) async {
         var delivered = 0
         let current = spool.isEmpty || spool.currentPending
         while var payload = spool.first() {
@@ -346,7 +370,7 @@ actor StatusOutbox {
         // newest changes could not be spooled, the current status follows.
         if current || delivered == 0 {
             spool.deliveringCurrent()
-            await submit(status, client: client)
+            await submitNow(status, client: client)
         }
     }
 }
