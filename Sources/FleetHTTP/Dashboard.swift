@@ -143,9 +143,7 @@ extension OperatorAPI {
 
     func login(token: String, _ context: FleetRequestContext) -> Response {
         let address = context.clientAddress
-        if let wait = failures.wait(for: address) {
-            authFailures.increment()
-            let seconds = max(1, Int(wait.components.seconds) + 1)
+        if let seconds = guessingWait(from: address) {
             var response = html(
                 page(title: "Not signed in", refresh: false, body: "<p class=error>Too many unknown tokens from this address; try again in \(seconds) s.</p>"),
                 status: .tooManyRequests)
@@ -153,8 +151,7 @@ extension OperatorAPI {
             return response
         }
         guard principals.principal(forToken: token) != nil else {
-            failures.failed(address)
-            authFailures.increment()
+            unknownToken(from: address)
             var response = html(page(title: "Not signed in", refresh: false, body: "<p class=error>That token is not valid.</p>"), status: .unauthorized)
             for field in Self.challenge(error: "invalid_token") { response.headers.append(field) }
             return response

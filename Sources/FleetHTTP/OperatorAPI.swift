@@ -101,9 +101,7 @@ public struct OperatorAPI: Sendable {
     func identify(_ request: Request, _ context: FleetRequestContext, _ access: Access, cookie: Bool = false) throws(APIError) -> Caller {
         let address = context.clientAddress
         let behalf = Self.operatorName(request)
-        if let wait = failures.wait(for: address) {
-            authFailures.increment()
-            let seconds = max(1, Int(wait.components.seconds) + 1)
+        if let seconds = guessingWait(from: address) {
             throw APIError(
                 status: .tooManyRequests, code: "too-many-failures",
                 message: "too many requests with unknown tokens from \(address); try again in \(seconds) s", headers: [.retryAfter: "\(seconds)"])
@@ -134,8 +132,7 @@ public struct OperatorAPI: Sendable {
             }
             // An expired dashboard session still reads a public fleet (signed out).
             if fromCookie && access == .read && publicReads { return Caller(principal: nil, address: address) }
-            if !fromCookie { failures.failed(address) }
-            authFailures.increment()
+            if fromCookie { authFailures.increment() } else { unknownToken(from: address) }
             throw APIError(
                 status: .unauthorized, code: "unauthorized",
                 message: fromCookie ? "the dashboard session has ended; sign in again" : "the token is not valid",
@@ -144,6 +141,19 @@ public struct OperatorAPI: Sendable {
         if access == .read && publicReads { return Caller(principal: nil, address: address) }
         authFailures.increment()
         throw APIError(status: .unauthorized, code: "unauthorized", message: "a bearer token is required", headers: Self.challenge(error: nil))
+    }
+
+    /// Seconds an address that kept presenting unknown tokens must still wait (counted as a refusal), or nil.
+    func guessingWait(from address: String) -> Int? {
+        guard let wait = failures.wait(for: address) else { return nil }
+        authFailures.increment()
+        return max(1, Int(wait.components.seconds) + 1)
+    }
+
+    /// An unknown token from `address`: counted, and toward the address's wait.
+    func unknownToken(from address: String) {
+        failures.failed(address)
+        authFailures.increment()
     }
 
     /// 403 unless the caller's role allows `access` (an anonymous caller only reads, where reads are public).

@@ -277,14 +277,16 @@ public final class Dispatcher: Sendable {
     /// Forgets the operations the last pass read: the next pass reads the store again. For
     /// whoever changes the queue (submission, cancel, retry, release, another writer).
     public func invalidate() {
-        state.withLock {
-            $0.waiting = nil
-            $0.generation += 1
-            $0.situations = [:]
-            $0.situationsAt = ContinuousClock.now - .seconds(10)
-            $0.order = []
-            $0.heads = [:]
-        }
+        state.withLock { Self.forgetPlan(&$0) }
+    }
+
+    private static func forgetPlan(_ s: inout State) {
+        s.waiting = nil
+        s.generation += 1
+        s.situations = [:]
+        s.situationsAt = ContinuousClock.now - .seconds(10)
+        s.order = []
+        s.heads = [:]
     }
 
     /// Some site changed mode: the next pass evaluates every site it needs again.
@@ -387,12 +389,7 @@ public final class Dispatcher: Sendable {
     public func added(_ operation: DeferredOperation, superseded: [String]) {
         state.withLock { s in
             guard s.waiting != nil, superseded.isEmpty, operation.state == .queued || operation.state == .blocked else {
-                s.waiting = nil
-                s.generation += 1
-                s.situations = [:]
-                s.situationsAt = ContinuousClock.now - .seconds(10)
-                s.order = []
-                s.heads = [:]
+                Self.forgetPlan(&s)
                 return
             }
             // Already in the plan (a full pass read the store after the insert): nothing to add.
