@@ -67,6 +67,8 @@ public struct AggregatorConfiguration: Sendable {
     public var httpMaxConnections: Int?
     /// Unknown tokens one address may present in a minute before it waits (429) for the rest of it.
     public var authFailuresPerMinute = 10
+    /// Stored events (and the history worked out from them) older than this are removed.
+    public var eventRetention: Duration = .seconds(400 * 86_400)
     /// HTTPS: the certificate chain and the key (PEM, both or neither); re-read when they change.
     public var tlsCertificate: String?
     public var tlsKey: String?
@@ -101,7 +103,7 @@ public struct AggregatorConfiguration: Sendable {
         "http", "connectedWithin", "budget", "warnBefore", "criticalBefore", "stableFor", "staleAfter", "offlineAfter",
         "viewRefresh", "summaryInterval", "flushInterval", "maxPayloadBytes", "executors", "maxConcurrentDispatches", "maxAttempts",
         "retryBackoff", "retryBackoffMax", "dispatchInterval", "executorOutputBytes", "tokenFile", "principals", "publicReads", "dbPasswordFile", "replicaId", "leaderLease",
-        "maxSites", "storeGrace", "dashboardSession", "httpHeaderTimeout", "httpMaxConnections", "authFailuresPerMinute", "tlsCert", "tlsKey",
+        "maxSites", "storeGrace", "dashboardSession", "httpHeaderTimeout", "httpMaxConnections", "authFailuresPerMinute", "tlsCert", "tlsKey", "eventRetention",
     ]
 
     /// One executor as written in the file: `argv` and an optional `timeout`.
@@ -229,6 +231,10 @@ public struct AggregatorConfiguration: Sendable {
         let httpHeaderTimeout = try settings.duration("httpHeaderTimeout", default: .seconds(10))
         let httpMaxConnections = try settings.integer("httpMaxConnections", default: 0, range: 0...1_000_000)
         let authFailuresPerMinute = try settings.integer("authFailuresPerMinute", default: 10, range: 1...1_000_000)
+        let eventRetention = try settings.duration("eventRetention", default: .seconds(400 * 86_400))
+        if eventRetention < .seconds(3_600) {
+            throw ConfigurationError(key: "eventRetention", origin: nil, "must be at least 1h")
+        }
         let tlsCertificate = try settings.string("tlsCert")
         let tlsKey = try settings.string("tlsKey")
         if (tlsCertificate == nil) != (tlsKey == nil) {
@@ -263,6 +269,7 @@ public struct AggregatorConfiguration: Sendable {
         configuration.authFailuresPerMinute = authFailuresPerMinute
         configuration.tlsCertificate = tlsCertificate
         configuration.tlsKey = tlsKey
+        configuration.eventRetention = eventRetention
         return configuration
     }
 

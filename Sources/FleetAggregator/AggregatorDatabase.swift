@@ -47,6 +47,7 @@ public final class AggregatorDatabase: Sendable {
         }
         migrator.registerMigration("v5-audit", migrate: SQLiteAuditStore.create)
         migrator.registerMigration("v6-rollouts", migrate: SQLiteRolloutStore.create)
+        migrator.registerMigration("v7-events", migrate: SQLiteEventStore.create)
         return migrator
     }
 }
@@ -60,10 +61,16 @@ public struct AggregatorStores: Sendable {
     public var audit: any AuditStore
     /// Rollouts (waves of one operation kind over the sites a selector matches).
     public var rollouts: any RolloutStore
+    /// The fleet's published events and the mode spans its history is worked out from.
+    public var events: any EventStore
     /// For logs: the file's path, or the URL without secrets.
     public var description: String
 
-    public init(sites: any SiteStore, operations: any OperationStore, audit: any AuditStore, rollouts: any RolloutStore, description: String) {
+    public init(
+        sites: any SiteStore, operations: any OperationStore, audit: any AuditStore, rollouts: any RolloutStore, events: any EventStore,
+        description: String
+    ) {
+        self.events = events
         self.sites = sites
         self.operations = operations
         self.audit = audit
@@ -76,7 +83,7 @@ public struct AggregatorStores: Sendable {
         let database = try AggregatorDatabase(path: path)
         return AggregatorStores(
             sites: SQLiteSiteStore(database: database), operations: SQLiteOperationStore(database: database), audit: SQLiteAuditStore(database: database),
-            rollouts: SQLiteRolloutStore(database: database),
+            rollouts: SQLiteRolloutStore(database: database), events: SQLiteEventStore(database: database),
             description: path)
     }
 }

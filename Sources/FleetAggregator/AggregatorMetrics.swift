@@ -19,6 +19,9 @@ public struct AggregatorMetrics: Sendable {
     let storeFailures: Counter
     /// Events the state dropped because nobody took them for too long (the broker unreachable).
     let eventsDropped: Counter
+    /// Events stored for the history and `GET /v1/events`, and batches that could not be.
+    let eventsStored: Counter
+    let eventStoreFailures: Counter
     /// 1 while this replica leads (a sole aggregator always), and the epoch of the lead.
     let leader: Gauge
     let leaderEpoch: Gauge
@@ -37,6 +40,8 @@ public struct AggregatorMetrics: Sendable {
         "edgefleet_publish_failures_total": "Publications that failed (the broker was unreachable).",
         "edgefleet_store_write_failures_total": "Flushes of site records that failed (a full disk, a read-only or lost database).",
         "edgefleet_events_dropped_total": "Fleet events dropped unpublished: more than the state keeps piled up while the broker was unreachable.",
+        "edgefleet_events_stored_total": "Fleet events stored for GET /v1/events and the history.",
+        "edgefleet_event_store_failures_total": "Batches of fleet events that could not be stored (published without an id).",
         "edgefleet_leader": "1 while this aggregator replica leads (publishes and dispatches), 0 while it stands by.",
         "edgefleet_leader_epoch": "The epoch of the lead this replica last saw (it increases at every change of leader).",
     ].merging(QueueMetrics.help) { own, _ in own }
@@ -64,6 +69,8 @@ public struct AggregatorMetrics: Sendable {
         publishFailures = Counter(label: "edgefleet_publish_failures_total", factory: factory)
         storeFailures = Counter(label: "edgefleet_store_write_failures_total", factory: factory)
         eventsDropped = Counter(label: "edgefleet_events_dropped_total", factory: factory)
+        eventsStored = Counter(label: "edgefleet_events_stored_total", factory: factory)
+        eventStoreFailures = Counter(label: "edgefleet_event_store_failures_total", factory: factory)
         leader = Gauge(label: "edgefleet_leader", factory: factory)
         leaderEpoch = Gauge(label: "edgefleet_leader_epoch", factory: factory)
         queue = QueueMetrics(factory: factory)

@@ -32,6 +32,8 @@ public final class AggregatorService: Service, Sendable {
     let store: any SiteStore
     /// Every change asked of the API, by whom (in the same database).
     let auditStore: any AuditStore
+    /// Every published event, and the history worked out from them.
+    public let eventStore: any EventStore
     /// The database, for logs (a file path, or a PostgreSQL URL without secrets).
     let databaseDescription: String
     let state: SharedFleet
@@ -71,6 +73,7 @@ public final class AggregatorService: Service, Sendable {
         let stores = try stores ?? .sqlite(path: configuration.databasePath)
         store = stores.sites
         auditStore = stores.audit
+        eventStore = stores.events
         databaseDescription = stores.description
         let fleet = FleetState(thresholds: configuration.thresholds, viewRefresh: configuration.viewRefresh)
         fleet.siteLimit = configuration.maxSites
@@ -248,6 +251,7 @@ public final class AggregatorService: Service, Sendable {
                 group.addTask { try await self.presenceLoop() }
                 if leadership.isReplicated { group.addTask { await self.roleLoop() } }
                 group.addTask { await self.rolloutLoop() }
+                group.addTask { await self.retentionLoop() }
                 try await withGracefulShutdownHandler {
                     try await group.next()
                 } onGracefulShutdown: {
@@ -688,9 +692,67 @@ public final class AggregatorService: Service, Sendable {
                 logger.warning("cannot clear the retained view of forgotten site \(site): \(error)")
             }
         }
-        for event in output.events {
+        // Stored first, so that each event goes out with its id (a reader that replays the
+        // stored ones and then follows the topic skips by id what it has already seen).
+        var events = output.events
+        if !events.isEmpty, !leadership.isReplicated || leadership.isLeader {
+            let store = eventStore
+            let unstored = events
+            do {
+                events = try await offload { try store.append(unstored) }
+                metrics.eventsStored.increment(by: events.count)
+            } catch {
+                metrics.eventStoreFailures.increment()
+                logger.warning("\(unstored.count) event(s) could not be stored (published without an id): \(error)")
+            }
+        }
+        for event in events {
             await send(.fleetEvents, event)
         }
+    }
+
+    /// Runs blocking store work off the cooperative pool.
+    private func offload<T: Sendable>(_ work: @escaping @Sendable () throws -> T) async throws -> T {
+        try await withCheckedThrowingContinuation { continuation in
+            DispatchQueue.global().async { continuation.resume(with: Result { try work() }) }
+        }
+    }
+
+    /// Removes stored events past the retention: a minute after the start, then hourly (the
+    /// leader only, with replicas).
+    private func retentionLoop() async {
+        var wait: Duration = .seconds(60)
+        while !isStopping {
+            try? await Task.sleep(for: wait)
+            wait = .seconds(3_600)
+            if isStopping { return }
+            guard !leadership.isReplicated || leadership.isLeader else { continue }
+            let store = eventStore
+            let cutoff = clock.now().addingTimeInterval(-configuration.eventRetention.secondsValue)
+            do {
+                let removed = try await offload { try store.prune(before: cutoff) }
+                if removed > 0 { logger.info("removed \(removed) event(s) older than \(RFC3339.format(cutoff))") }
+            } catch {
+                logger.warning("old events could not be removed: \(error)")
+            }
+        }
+    }
+
+    // MARK: - The fleet's history
+
+    /// Stored events, oldest first.
+    public func storedEvents(_ query: EventQuery) throws -> [FleetEvent] { try eventStore.events(query) }
+
+    /// A site's history over the window of `length` ending now.
+    public func siteHistory(_ site: SiteID, length: Duration) throws -> SiteHistory {
+        let window = try HistoryWindow.ending(at: clock.now(), length: length, maximum: configuration.eventRetention)
+        return try eventStore.siteHistory(site, window: window)
+    }
+
+    /// The fleet over the window of `length` ending now.
+    public func fleetHistory(length: Duration, top: Int, buckets: Int) throws -> FleetHistory {
+        let window = try HistoryWindow.ending(at: clock.now(), length: length, maximum: configuration.eventRetention)
+        return try eventStore.fleetHistory(window: window, top: top, buckets: buckets)
     }
 
     /// Publishes with the contract's QoS and retain flag for the topic.

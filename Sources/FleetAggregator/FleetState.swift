@@ -458,11 +458,13 @@ public final class FleetState {
         let expiredChanged = record.expiredAt != e.expiredAt
         if record.mode != e.mode {
             modesMoved.insert(site)
-            if let old = record.mode {
-                modes[old] -= 1
-                output.events.append(
-                    FleetEvent(type: .modeChanged, site: site, at: now, from: old.rawValue, to: e.mode.rawValue))
-            }
+            if let old = record.mode { modes[old] -= 1 }
+            // A site's first mode is an event too (without `from`): the stored history of a
+            // site then starts when the aggregator first knew it.
+            output.events.append(
+                FleetEvent(
+                    type: .modeChanged, site: site, at: now, from: record.mode?.rawValue, to: e.mode.rawValue,
+                    contactAt: record.lastAzureContactAt, deadline: e.deadline))
             modes[e.mode] += 1
             publish = true
         }

@@ -587,12 +587,23 @@ public struct FleetEvent: Codable, Sendable, Hashable, SchemaIdentified {
     public var epoch: Int64?
     /// `rollout-*`: which rollout.
     public var rollout: String?
+    /// `mode-changed`: the site's last Azure contact and its deadline as the aggregator knew
+    /// them at the change (absent when it had none). A stretch without Azure runs from the
+    /// `contactAt` of the change away from `connected` to the `contactAt` of the change back.
+    public var contactAt: Date?
+    public var deadline: Date?
+    /// The stored event's id: increases in the order events are published, so a reader that
+    /// replays stored events (`GET /v1/events`) and then follows the topic skips what it has
+    /// seen by id. Absent when the event could not be stored.
+    public var id: Int64?
 
     public init(
         type: FleetEventType, site: SiteID?, at: Date, from: String? = nil, to: String? = nil, level: AlertLevel? = nil,
         remainingS: Double? = nil, operationID: String? = nil, kind: OperationKind? = nil, note: String? = nil, epoch: Int64? = nil,
-        rollout: String? = nil
+        rollout: String? = nil, contactAt: Date? = nil, deadline: Date? = nil
     ) {
+        self.contactAt = contactAt
+        self.deadline = deadline
         self.rollout = rollout
         self.epoch = epoch
         self.type = type

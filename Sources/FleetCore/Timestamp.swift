@@ -130,6 +130,8 @@ extension Date {
     /// Milliseconds since 1970, rounded as FleetCore's evaluator rounds them, for code that
     /// schedules by the evaluator's instants.
     public var millisecondsSince1970: Int64 { milliseconds(self) }
+
+    public init(millisecondsSince1970 ms: Int64) { self.init(timeIntervalSince1970: Double(ms) / 1000) }
 }
 
 @usableFromInline

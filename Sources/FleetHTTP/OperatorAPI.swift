@@ -179,6 +179,32 @@ public struct OperatorAPI: Sendable {
     static func article(_ role: Role) -> String { role == .viewer ? "a" : "an" }
 
     /// RFC 6750's challenge, with the error code when there is one.
+    /// A history window: a duration (`90d`, `36h`), longer than zero.
+    static func window(_ text: String?, default fallback: Duration) throws(APIError) -> Duration {
+        guard let text else { return fallback }
+        guard let length = try? DurationFormat.parse(text), length > .zero else {
+            throw APIError.badRequest("window: a duration such as 90d or 36h, got '\(text.prefix(64))'")
+        }
+        return length
+    }
+
+    /// A whole number in `range`.
+    static func count(_ text: String?, name: String, default fallback: Int, range: ClosedRange<Int>) throws(APIError) -> Int {
+        guard let text else { return fallback }
+        guard let value = Int(text), range.contains(value) else {
+            throw APIError.badRequest("\(name): a whole number from \(range.lowerBound) to \(range.upperBound), got '\(text.prefix(64))'")
+        }
+        return value
+    }
+
+    /// An instant: RFC 3339, or a duration meaning that long before `now` (`since=1h`).
+    static func instant(_ text: String?, name: String, now: Date) throws(APIError) -> Date? {
+        guard let text else { return nil }
+        if let date = RFC3339.parse(text) { return date }
+        if let ago = try? DurationFormat.parse(text) { return now.addingTimeInterval(-ago.secondsValue) }
+        throw APIError.badRequest("\(name): an RFC 3339 instant or a duration before now (1h, 7d), got '\(text.prefix(64))'")
+    }
+
     static func challenge(error: String?) -> HTTPFields {
         [.wwwAuthenticate: #"Bearer realm="edgefleet""# + (error.map { #", error="\#($0)""# } ?? "")]
     }
@@ -314,6 +340,78 @@ public struct OperatorAPI: Sendable {
             let site = try siteParameter(context)
             guard let detail = service.detail(of: site) else { throw APIError.notFound("no site \(site) has reported to this aggregator") }
             return JSONBody.response(detail)
+        }
+
+        router.get("/v1/sites/{site}/history") { request, context in
+            try authorize(request, context, .read)
+            let query = try Query(request, allowed: ["window"])
+            let site = try siteParameter(context)
+            let length = try Self.window(query["window"], default: .seconds(90 * 86_400))
+            let history = try await offloaded { () throws(APIError) in
+                do {
+                    return try service.siteHistory(site, length: length)
+                } catch let error as HistoryError {
+                    throw APIError.badRequest("window: \(error)")
+                } catch {
+                    throw APIError(status: .serviceUnavailable, code: "unavailable", message: "the history cannot be read: \(error)")
+                }
+            }
+            guard !history.spans.isEmpty || service.view(of: site) != nil else {
+                throw APIError.notFound("no site \(site) has a history on this aggregator")
+            }
+            return JSONBody.response(history)
+        }
+
+        router.get("/v1/history") { request, context in
+            try authorize(request, context, .read)
+            let query = try Query(request, allowed: ["window", "top", "buckets"])
+            let length = try Self.window(query["window"], default: .seconds(30 * 86_400))
+            let top = try Self.count(query["top"], name: "top", default: 20, range: 1...1000)
+            let buckets = try Self.count(query["buckets"], name: "buckets", default: 60, range: 1...1000)
+            let history = try await offloaded { () throws(APIError) in
+                do {
+                    return try service.fleetHistory(length: length, top: top, buckets: buckets)
+                } catch let error as HistoryError {
+                    throw APIError.badRequest("window: \(error)")
+                } catch {
+                    throw APIError(status: .serviceUnavailable, code: "unavailable", message: "the history cannot be read: \(error)")
+                }
+            }
+            return JSONBody.response(history)
+        }
+
+        router.get("/v1/events") { request, context in
+            try authorize(request, context, .read)
+            let query = try Query(request, allowed: ["site", "type", "since", "until", "cursor", "limit"])
+            var events = EventQuery(limit: try query.limit() + 1)
+            events.site = try query.site()
+            if let text = query["type"] {
+                for name in text.split(separator: ",") {
+                    guard let type = FleetEventType(rawValue: String(name)) else {
+                        throw APIError.badRequest("type: '\(String(name.prefix(64)))' is not an event type (\(FleetEventType.allCases.map(\.rawValue).joined(separator: ", ")))")
+                    }
+                    events.types.insert(type)
+                }
+            }
+            let now = Date()
+            events.since = try Self.instant(query["since"], name: "since", now: now)
+            events.until = try Self.instant(query["until"], name: "until", now: now)
+            if let text = query["cursor"] {
+                guard let value = Int64(text), value >= 0 else { throw APIError.badRequest("cursor: not a cursor this API gave out") }
+                events.after = value
+            }
+            let limit = events.limit - 1
+            let asked = events
+            let found = try await offloaded { () throws(APIError) in
+                do {
+                    return try service.storedEvents(asked)
+                } catch {
+                    throw APIError(status: .serviceUnavailable, code: "unavailable", message: "the events cannot be read: \(error)")
+                }
+            }
+            let page = Array(found.prefix(limit))
+            let next = found.count > limit ? page.last?.id.map(String.init) : nil
+            return JSONBody.response(EventPage(events: page, nextCursor: next))
         }
 
         router.delete("/v1/sites/{site}") { request, context in

@@ -55,4 +55,11 @@ public protocol OperatorBackend: Sendable {
     func audit(_ entry: AuditEntry) throws
     /// The audit log, newest first, older than `before` (an entry's id), at most `limit`.
     func auditLog(before: Int64?, limit: Int, principal: String?) throws -> [AuditEntry]
+
+    /// Stored events matching `query`, oldest first.
+    func storedEvents(_ query: EventQuery) throws -> [FleetEvent]
+    /// A site's history over the window of `length` ending now (`HistoryError` for a bad window).
+    func siteHistory(_ site: SiteID, length: Duration) throws -> SiteHistory
+    /// The fleet over the window of `length` ending now: time per mode, `buckets` slices, the `top` sites by budget used.
+    func fleetHistory(length: Duration, top: Int, buckets: Int) throws -> FleetHistory
 }

@@ -79,6 +79,22 @@ public enum PostgresSchema {
                 "CREATE INDEX rollouts_state ON rollouts (state)",
             ]
         ),
+        (
+            // The published events (ids in publishing order) and each site's spans in one mode.
+            "v10-events",
+            [
+                "CREATE TABLE events (id bigserial PRIMARY KEY, at_ms bigint NOT NULL, site text, type text NOT NULL, body text NOT NULL)",
+                "CREATE INDEX events_site ON events (site, id)",
+                "CREATE INDEX events_at ON events (at_ms, id)",
+                """
+                CREATE TABLE mode_spans (
+                    site text NOT NULL, mode text NOT NULL, start_ms bigint NOT NULL, end_ms bigint NOT NULL,
+                    contact_ms bigint, deadline_ms bigint)
+                """,
+                "CREATE INDEX mode_spans_site ON mode_spans (site, start_ms)",
+                "CREATE INDEX mode_spans_end ON mode_spans (end_ms)",
+            ]
+        ),
     ]
 
     /// Applies what is missing, in one transaction, under an advisory lock: replicas that start

@@ -41,6 +41,7 @@ public enum PostgresStores {
         try PostgresSchema.migrate(pool)
         let stores = AggregatorStores(
             sites: PostgresSiteStore(pool: pool), operations: PostgresOperationStore(pool: pool, fence: fence), audit: PostgresAuditStore(pool: pool), rollouts: PostgresRolloutStore(pool: pool),
+            events: PostgresEventStore(pool: pool),
             description: location.description)
         return (stores, pool)
     }

@@ -265,6 +265,7 @@ public final class FleetSimulation: Sendable {
             var statusChanged: [Int] = []
             var dying: [Int] = []
             var reviving: [Int] = []
+            var restored: [Int] = []
             sites.withLock { states in
                 for index in event.sites {
                     switch event.action {
@@ -277,9 +278,12 @@ public final class FleetSimulation: Sendable {
                         states[index].azureUp = false
                         states[index].flap = nil
                     case .lose:
+                        // Azure was reached up to this instant: the scripted time is the last contact.
+                        if Self.reachable(states[index], now: now) { states[index].contactAt = now }
                         states[index].azureUp = false
                         states[index].flap = nil
                     case .restore:
+                        if !Self.reachable(states[index], now: now) { restored.append(index) }
                         states[index].azureUp = true
                         states[index].flap = nil
                     case .certificateExpiresIn(let left):
@@ -298,6 +302,8 @@ public final class FleetSimulation: Sendable {
             }
             for index in dying { await die(index) }
             for index in reviving { try? await announce(index) }
+            // The aggregator hears of the contact now, not at the next heartbeat.
+            for index in restored { await heartbeat(index) }
             for index in statusChanged where !dying.contains(index) {
                 try? await publishStatus(sites.withLock { $0[index] })
             }

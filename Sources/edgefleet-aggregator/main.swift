@@ -65,6 +65,7 @@ struct AggregatorCommand: AsyncParsableCommand {
     @Option(help: "The HTTPS certificate chain (PEM); with --tls-key the API, dashboard and /metrics speak HTTPS only. Re-read when it changes.")
     var tlsCert: String?
     @Option(help: "The HTTPS private key (PEM), for --tls-cert.") var tlsKey: String?
+    @Option(help: "Stored events, and the history worked out from them, are kept this long (default 400d).") var eventRetention: String?
     @Option(help: "The principals file: who may use the API, by name and role (edgefleet token add writes it); without it every change is refused.")
     var principals: String?
     @Option(help: "The earlier name of --principals (a flat token list is still read: each token an admin).") var tokenFile: String?
@@ -79,7 +80,7 @@ struct AggregatorCommand: AsyncParsableCommand {
             ("maxConcurrentDispatches", maxConcurrentDispatches), ("maxAttempts", maxAttempts), ("retryBackoff", retryBackoff),
             ("retryBackoffMax", retryBackoffMax), ("dispatchInterval", dispatchInterval), ("executorOutputBytes", executorOutputBytes),
             ("maxSites", maxSites), ("storeGrace", storeGrace), ("dashboardSession", dashboardSession),
-            ("httpHeaderTimeout", httpHeaderTimeout), ("httpMaxConnections", httpMaxConnections), ("authFailuresPerMinute", authFailuresPerMinute), ("tlsCert", tlsCert), ("tlsKey", tlsKey),
+            ("httpHeaderTimeout", httpHeaderTimeout), ("httpMaxConnections", httpMaxConnections), ("authFailuresPerMinute", authFailuresPerMinute), ("tlsCert", tlsCert), ("tlsKey", tlsKey), ("eventRetention", eventRetention),
             ("tokenFile", tokenFile), ("principals", principals), ("publicReads", publicReads), ("dbPasswordFile", dbPasswordFile), ("replicaId", replicaId), ("leaderLease", leaderLease),
         ]
         var flags = service.flagSettings

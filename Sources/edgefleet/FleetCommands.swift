@@ -139,6 +139,8 @@ struct SiteShowCommand: ClientCommand {
     static let configuration = CommandConfiguration(commandName: "show", abstract: "One site: its mode and deadline, what works there now, its operations.")
     @OptionGroup var options: ClientOptions
     @Argument(help: "The site id.") var site: String
+    @Option(help: "Show the site's history over this window instead (90d: time in each mode, outages, most budget used).")
+    var history: String?
 
     struct Combined: Encodable {
         var detail: SiteDetail
@@ -162,6 +164,11 @@ struct SiteShowCommand: ClientCommand {
     }
 
     func execute(_ api: APIClient) async throws {
+        if let history {
+            let found = try await api.get("/v1/sites/\(site)/history", query: [("window", history)], as: SiteHistory.self)
+            if options.output == .json { return try Out.json(found) }
+            return SiteHistoryOutput.print(found)
+        }
         let detail = try await api.get("/v1/sites/\(site)", as: SiteDetail.self)
         let capabilities = try await api.get("/v1/sites/\(site)/capabilities", as: SiteCapabilities.self)
         // The newest 20, shown oldest first.

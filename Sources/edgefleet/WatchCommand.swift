@@ -13,11 +13,19 @@ import Glibc
 struct WatchCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "watch", abstract: "Follow the fleet's events live (mode changes, deadline alerts, operations), one line each.",
-        discussion: "Reads the broker, not the HTTP API. Ctrl-C stops it.")
+        discussion: """
+            Follows the broker. With --since it first prints the events stored since then (from the HTTP API: --server, \
+            --token-file, --ca-file as for the other commands), then follows live ones: it subscribes before it reads the \
+            stored ones and skips by id what it has printed, so nothing is missed or shown twice at the seam. Ctrl-C stops it.
+            """)
 
     @OptionGroup var brokerOptions: BrokerOptions
     @Option(help: "Only this site's events.") var site: String?
     @Option(help: "table (one line per event) or json (one JSON object per line).") var output: OutputFormat = .table
+    @Option(help: "First replay the stored events since then (RFC 3339, or a duration before now such as 1h).") var since: String?
+    @Option(help: "With --since: the aggregator's HTTP API (default $EDGEFLEET_SERVER or http://127.0.0.1:8080).") var server: String?
+    @Option(help: "With --since: file holding the API token (default $EDGEFLEET_TOKEN).") var tokenFile: String?
+    @Option(help: "With --since and an https:// server: the CA that signed its certificate.") var caFile: String?
 
     func validate() throws {
         if let site, let problem = SiteID.problem(with: site) { throw ValidationError("--site: \(problem)") }
@@ -35,20 +43,57 @@ struct WatchCommand: AsyncParsableCommand {
             throw ExitCode(EdgeFleetExit.failure)
         }
         let topic = FleetTopics(root: root).name(.fleetEvents)
+        // Subscribed (the broker granted it) before the stored events are read: an event published
+        // from now on is either among them or arrives live, and is skipped by id if both.
         try await client.subscribe(to: topic, qos: .atLeastOnce)
+        var replayedUpTo: Int64 = 0
+        if let since {
+            replayedUpTo = try await replay(since: since)
+        }
         printError("watching \(topic) on \(broker) (Ctrl-C stops)")
         for await message in client.messages where message.topic == topic {
             guard let event = try? FleetJSON.decode(FleetEvent.self, from: message.payload) else { continue }
             if let site, event.site?.rawValue != site { continue }
+            if let id = event.id, id <= replayedUpTo { continue }
             // Written at once (not buffered by stdio), so a pipe sees each event as it happens.
             let line = output == .json ? String(decoding: message.payload, as: UTF8.self) : Self.line(event)
             FileHandle.standardOutput.write(Data((line + "\n").utf8))
         }
     }
 
+    /// Prints the stored events since `since`; returns the highest id printed.
+    func replay(since: String) async throws -> Int64 {
+        var arguments: [String] = []
+        if let server { arguments += ["--server", server] }
+        if let tokenFile { arguments += ["--token-file", tokenFile] }
+        if let caFile { arguments += ["--ca-file", caFile] }
+        var last: Int64 = 0
+        do {
+            let api = try ClientOptions.parse(arguments).client()
+            var cursor: String?
+            repeat {
+                let page = try await api.get(
+                    "/v1/events", query: [("since", since), ("site", site), ("cursor", cursor), ("limit", "1000")], as: EventPage.self)
+                for event in page.events {
+                    let line = output == .json ? String(decoding: try FleetJSON.encode(event), as: UTF8.self) : Self.line(event)
+                    FileHandle.standardOutput.write(Data((line + "\n").utf8))
+                    last = max(last, event.id ?? 0)
+                }
+                cursor = page.nextCursor
+            } while cursor != nil
+        } catch let failure as CLIFailure {
+            printError("edgefleet: \(failure.description)")
+            throw ExitCode(failure.code)
+        }
+        return last
+    }
+
     /// `2026-11-26T19:34:12.870Z  store-0042  mode-changed  connected → semi-connected`.
     static func line(_ event: FleetEvent) -> String {
         var detail: [String] = []
+        if event.from == nil, event.type == .modeChanged, let to = event.to {
+            detail.append("first known \(ConnectivityMode(rawValue: to).map(Terminal.mode) ?? Out.clean(to))")
+        }
         if let from = event.from, let to = event.to {
             let paint: (String) -> String = { ConnectivityMode(rawValue: $0).map(Terminal.mode) ?? $0 }
             detail.append("\(paint(Out.clean(from))) → \(paint(Out.clean(to)))")

@@ -19,7 +19,7 @@ struct EdgeFleetCommand: AsyncParsableCommand {
         version: EdgeFleetVersion.current,
         subcommands: [
             StatusCommand.self, SitesCommand.self, SiteCommand.self, OpsCommand.self, QueueCommand.self, WatchCommand.self, SimulateCommand.self,
-            BrokerCommand.self, TokenCommand.self, AuditCommand.self, RolloutCommand.self,
+            BrokerCommand.self, TokenCommand.self, AuditCommand.self, RolloutCommand.self, EventsCommand.self, HistoryCommand.self,
         ])
 }
 

@@ -47,7 +47,7 @@ struct AggregatorProcessTests {
         let events = messages.events("store-0042")
         let modeChanges = events.filter { $0.type == .modeChanged }.map { "\($0.from ?? "-")->\($0.to ?? "-")" }
         // Presence comes before the first heartbeat, so the site is first known without a contact.
-        #expect(modeChanges == ["unknown->connected", "connected->semi-connected", "semi-connected->disconnected"])
+        #expect(modeChanges == ["-->unknown", "unknown->connected", "connected->semi-connected", "semi-connected->disconnected"])
         #expect(events.filter { $0.type == .deadlineAlert }.compactMap(\.level) == [.warning, .critical, .expired])
         await site.shutdown()
         #expect(aggregator.terminate() == 0, "\(aggregator.output)")

@@ -35,7 +35,12 @@ struct FleetStateTests {
         fleet.feed(Self.heartbeat(1, age: 0), now: Self.at(0))
         #expect(fleet.records[Self.site]?.mode == .connected)
         // The presence that announced the site made its first view (no contact yet), the heartbeat the next.
-        #expect(fleet.takeOutput().views.map(\.mode) == [.unknown, .connected])
+        let first = fleet.takeOutput()
+        #expect(first.views.map(\.mode) == [.unknown, .connected])
+        // The site's first mode is an event too (no `from`); a change carries the contact and deadline.
+        let firstModes = first.events.filter { $0.type == .modeChanged }
+        #expect(firstModes.map { "\($0.from ?? "first")->\($0.to ?? "-")" } == ["first->unknown", "unknown->connected"])
+        #expect(firstModes.last?.contactAt == Self.t0 && firstModes.last?.deadline == Self.at(100))
 
         // The agent keeps reporting a growing age (Azure gone, site still talking to us).
         var views: [SiteView] = []
