@@ -68,6 +68,13 @@ public struct Outage: Codable, Sendable, Hashable {
     public var seconds: Double
     /// It went past its deadline (the site turned disconnected).
     public var pastDeadline: Bool
+
+    public init(from: Date, to: Date?, seconds: Double, pastDeadline: Bool) {
+        self.from = from
+        self.to = to
+        self.seconds = seconds
+        self.pastDeadline = pastDeadline
+    }
 }
 
 /// The largest share of the budget a site used, and when.

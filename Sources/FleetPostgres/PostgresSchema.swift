@@ -121,7 +121,7 @@ public enum PostgresSchema {
     /// The migrations applied, in order (for tests and `/healthz`).
     public static func applied(_ pool: PostgresPool) throws -> [String] {
         try pool.withConnection { connection in
-            try connection.query("SELECT name FROM schema_migrations ORDER BY applied_at, name").map { try $0.decode(String.self) }
+            try connection.query("SELECT name FROM schema_migrations ORDER BY applied_at, substring(name from '^v([0-9]+)')::int, name").map { try $0.decode(String.self) }
         }
     }
 }
