@@ -15,7 +15,7 @@ struct WatchCommand: AsyncParsableCommand {
         commandName: "watch", abstract: "Follow the fleet's events live (mode changes, deadline alerts, operations), one line each.",
         discussion: """
             Follows the broker. With --since it first prints the events stored since then (from the HTTP API: --server, \
-            --token-file, --ca-file as for the other commands), then follows live ones: it subscribes before it reads the \
+            --token-file, and --api-ca-file for the other commands' --ca-file), then follows live ones: it subscribes before it reads the \
             stored ones and skips by id what it has printed, so nothing is missed or shown twice at the seam. Ctrl-C stops it.
             """)
 
@@ -25,7 +25,7 @@ struct WatchCommand: AsyncParsableCommand {
     @Option(help: "First replay the stored events since then (RFC 3339, or a duration before now such as 1h).") var since: String?
     @Option(help: "With --since: the aggregator's HTTP API (default $EDGEFLEET_SERVER or http://127.0.0.1:8080).") var server: String?
     @Option(help: "With --since: file holding the API token (default $EDGEFLEET_TOKEN).") var tokenFile: String?
-    @Option(help: "With --since and an https:// server: the CA that signed its certificate.") var caFile: String?
+    @Option(help: "With --since and an https:// server: the CA that signed its certificate (default $EDGEFLEET_CA_FILE).") var apiCaFile: String?
 
     func validate() throws {
         if let site, let problem = SiteID.problem(with: site) { throw ValidationError("--site: \(problem)") }
@@ -66,7 +66,7 @@ struct WatchCommand: AsyncParsableCommand {
         var arguments: [String] = []
         if let server { arguments += ["--server", server] }
         if let tokenFile { arguments += ["--token-file", tokenFile] }
-        if let caFile { arguments += ["--ca-file", caFile] }
+        if let apiCaFile { arguments += ["--ca-file", apiCaFile] }
         var last: Int64 = 0
         do {
             let api = try ClientOptions.parse(arguments).client()
