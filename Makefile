@@ -22,10 +22,12 @@ test: deps
 demo:
 	@scripts/demo.sh
 
-# Refreshes docs/dashboard.png: the dashboard with a site in each mode, in headless Chromium.
+# Refreshes docs/dashboard.png (a site in each mode), docs/dashboard-history.png (the fleet's
+# 30 days and budget ranking) and docs/site-history.png (a site's timeline), in headless Chromium.
 screenshot: deps
 	swift build --build-tests
 	EDGEFLEET_SCREENSHOT=$(CURDIR)/docs/dashboard.png swift test --skip-build --filter "DashboardTests/chromium"
+	EDGEFLEET_SCREENSHOT_DIR=$(CURDIR)/docs swift test --skip-build --filter "DashboardTests/historyPictures"
 
 # Runs every benchmark and rewrites docs/benchmarks.md.
 bench:

@@ -28,7 +28,8 @@ extension OperatorAPI {
             await htmlErrors {
                 let signedIn = try dashboardAccess(request, context)
                 let site = try siteParameter(context)
-                guard let page = sitePage(site, signedIn: signedIn) else {
+                let query = try Query(request, allowed: ["window"])
+                guard let page = try sitePage(site, window: query["window"], signedIn: signedIn) else {
                     throw APIError.notFound("no site \(site) has reported to this aggregator")
                 }
                 return html(page)
@@ -223,6 +224,7 @@ extension OperatorAPI {
             "queue", "\(queued)",
             "\(summary.queue.queued) queued · \(summary.queue.blocked) blocked · \(summary.queue.failed) failed")
         body += "</section>"
+        body += fleetHistorySection()
 
         // What the links keep of the current filter.
         var keep = mode.map { "&mode=\($0.rawValue)" } ?? ""
@@ -284,8 +286,15 @@ extension OperatorAPI {
         return page(title: "Fleet", signedIn: signedIn, body: body)
     }
 
-    func sitePage(_ site: SiteID, signedIn: Bool) -> String? {
-        guard let detail = service.detail(of: site), let capabilities = service.capabilities(of: site) else { return nil }
+    func sitePage(_ site: SiteID, window: String?, signedIn: Bool) throws(APIError) -> String? {
+        let length = try Self.window(window, default: .seconds(30 * 86_400))
+        guard let detail = service.detail(of: site), let capabilities = service.capabilities(of: site) else {
+            // A site that no longer reports (forgotten, or from before this database's sites) keeps its history.
+            guard let history = try? service.siteHistory(site, length: length), !history.spans.isEmpty else { return nil }
+            let body = "<h2>\(escape(site.rawValue)) <span class=small>does not report to this aggregator now</span></h2>"
+                + siteHistorySection(site, length: length, asked: window ?? "30d")
+            return page(title: site.rawValue, signedIn: signedIn, body: body)
+        }
         let view = detail.view
         let now = Date()
         var body = "<h2>\(escape(site.rawValue)) \(modeBadge(view.mode, projected: view.projected))</h2><table class=facts>"
@@ -308,6 +317,7 @@ extension OperatorAPI {
                 .compactMap { $0.map(escape) }.joined(separator: " · "))
         }
         body += "</table>"
+        body += siteHistorySection(site, length: length, asked: window ?? "30d")
 
         body += "<h3>What works here now</h3><table id=capabilities><thead><tr><th>Operation</th><th>Now</th><th>Why</th><th>Workaround</th></tr></thead><tbody>"
         for kind in capabilities.kinds {
@@ -469,6 +479,62 @@ extension OperatorAPI {
         return body + "</tbody></table>"
     }
 
+    // MARK: - History
+
+    /// A site's timeline over the window and what it adds up to.
+    func siteHistorySection(_ site: SiteID, length: Duration, asked: String) -> String {
+        var body = "<h3>History <span class=small>"
+        body += ["1d", "7d", "30d", "90d", "365d"].map { w in
+            w == asked ? "<b>\(w)</b>" : "<a href='/sites/\(escape(site.rawValue))?window=\(w)'>\(w)</a>"
+        }.joined(separator: " · ")
+        body += "</span></h3>"
+        let history: SiteHistory
+        do {
+            history = try service.siteHistory(site, length: length)
+        } catch {
+            return body + "<p class=error>\(escape("\(error)"))</p>"
+        }
+        body += Charts.definitions + Charts.legend(unrecorded: history.unrecordedS > 0) + Charts.timeline(history)
+        var parts = ConnectivityMode.allCases.compactMap { mode -> String? in
+            let seconds = history.modes[mode.rawValue] ?? 0
+            return seconds > 0 ? "\(mode.rawValue) \(DurationFormat.human(seconds: seconds))" : nil
+        }
+        parts.append("\(history.outages) outage\(history.outages == 1 ? "" : "s")" + (history.outagesPastDeadline > 0 ? " (\(history.outagesPastDeadline) past the deadline)" : ""))
+        if let longest = history.longestWithoutAzure {
+            parts.append("longest without Azure \(DurationFormat.human(seconds: longest.seconds))" + (longest.to == nil ? " (still going)" : ""))
+        }
+        if let peak = history.maxBudgetUsed {
+            parts.append("most budget used \(Int((peak.share * 100).rounded()))% at \(timestamp(peak.at))")
+        }
+        return body + "<p id=history-facts>\(escape(parts.joined(separator: " · ")))</p>"
+    }
+
+    /// The fleet over the last 30 days: sites per mode, and the sites that used most of their budget.
+    func fleetHistorySection() -> String {
+        var body = "<h3>The last 30 days</h3>"
+        let history: FleetHistory
+        do {
+            history = try fleetHistory.value { try service.fleetHistory(length: .seconds(30 * 86_400), top: 10, buckets: 60) }
+        } catch {
+            return body + "<p class=error>\(escape("\(error)"))</p>"
+        }
+        body += Charts.definitions + Charts.legend() + Charts.fleetChart(history)
+        let share = ConnectivityMode.allCases.map { "\($0.rawValue) \(String(format: "%.1f", (history.modeShare[$0.rawValue] ?? 0) * 100))%" }
+        body += "<p class=small id=mode-share>Share of site-hours: \(share.joined(separator: " · "))</p>"
+        body += "<h3>Most of their budget used</h3>"
+        if history.ranking.isEmpty { return body + "<p class=small>No site was without Azure in these 30 days.</p>" }
+        body += "<table id=budget-ranking><thead><tr><th>Site</th><th>Budget used</th><th></th><th>Without Azure</th><th>At</th></tr></thead><tbody>"
+        for peak in history.ranking {
+            let name = peak.site?.rawValue ?? "-"
+            let percent = Int((peak.share * 100).rounded())
+            let level = peak.share >= 1 ? "expired" : peak.share >= 0.75 ? "critical" : "warning"
+            body += "<tr><td><a href='/sites/\(escape(name))?window=30d'>\(escape(name))</a></td><td>\(percent)%</td>"
+            body += "<td><div class=bar><i class='alert-\(level)' style='width:\(min(100, percent))%'></i></div></td>"
+            body += "<td>\(escape(DurationFormat.human(seconds: peak.usedS)))</td><td>\(escape(timestamp(peak.at)))</td></tr>"
+        }
+        return body + "</tbody></table>"
+    }
+
     // MARK: - Pieces
 
     func page(title: String, signedIn: Bool = false, refresh: Bool = true, body: String) -> String {
@@ -540,6 +606,8 @@ extension OperatorAPI {
         .tag.succeeded{background:#dcf3e2}.tag.dispatching{background:#fff0c2}
         .actions form,.inline{display:inline}button{cursor:pointer}.history{margin:.3em 0;padding-left:1.2em}
         .filters{margin-bottom:.8em}.error{color:#c5221f}
+        .chart{width:100%;height:auto;background:#fff;margin-bottom:.6em}.chart text{font:12px system-ui,sans-serif;fill:#1d2330}
+        .chart text.muted{fill:#556}.legend .swatch{margin-right:1.2em;white-space:nowrap}.legend svg{vertical-align:middle}
         """
 }
 

@@ -37,6 +37,8 @@ public struct OperatorAPI: Sendable {
     let secure: Bool
     /// Each metric's `# HELP` text (swift-metrics carries none).
     let help: [String: String]
+    /// The fleet page's chart and ranking, worked out at most once a minute.
+    let fleetHistory = FleetHistoryCache()
 
     public init(
         service: any OperatorBackend, principals: PrincipalStore, publicReads: Bool, registry: PrometheusCollectorRegistry, help: [String: String] = [:],

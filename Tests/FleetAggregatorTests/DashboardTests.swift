@@ -1,4 +1,6 @@
+import FleetAggregator
 import FleetCore
+import FleetSimulator
 import Foundation
 import TestSupport
 import Testing
@@ -167,5 +169,66 @@ struct DashboardTests {
         if let target = ProcessInfo.processInfo.environment["EDGEFLEET_SCREENSHOT"] {
             try png.write(to: URL(fileURLWithPath: target))
         }
+    }
+
+    @Test("headless Chromium draws the history: the fleet's 30 days and budget ranking, a site's timeline; patterns and names besides colours, no script")
+    func historyPictures() async throws {
+        let browser = try #require(findExecutable("chromium"), "chromium is missing: .ci/run installs Debian's chromium package")
+        // 40 sites with 35 days of made-up past (the generator the history benchmark uses).
+        let now = Date()
+        let f = try await OperatorFixture.start(seed: { stores in
+            let generator = HistoryGenerator()
+            for index in 0..<40 {
+                let site = try SiteID("store-\(String(format: "%03d", index))")
+                _ = try stores.events.append(generator.events(site: site, index: index, from: now.addingTimeInterval(-35 * 86_400), to: now))
+            }
+        })
+        defer { f.stop() }
+        let sites = try await f.fourModes()
+        defer { Task { for site in sites { await site.shutdown() } } }
+
+        let fleetPage = try await HTTP.get(port: f.port, "/", token: OperatorFixture.token)
+        #expect(fleetPage.status == 200 && !fleetPage.text.contains("<script"))
+        #expect(fleetPage.headers["content-security-policy"]?.hasPrefix("default-src 'none'") == true)
+        #expect(fleetPage.text.contains("id=fleet-chart") && fleetPage.text.contains("id=budget-ranking"))
+        for mode in ConnectivityMode.allCases where mode != .unknown {
+            #expect(fleetPage.text.contains("data-mode='\(mode.rawValue)'"), "no \(mode.rawValue) bar")
+        }
+        // Every mode is told apart without colour: a pattern in the legend, a name in each shape's title.
+        for pattern in ["connected (solid)", "semi-connected (stripes)", "disconnected (cross-hatch)", "unknown (dots)"] {
+            #expect(fleetPage.text.contains(pattern), "the legend lacks \(pattern)")
+        }
+        let shapes = fleetPage.text.components(separatedBy: "<rect data-mode=").dropFirst()
+        #expect(!shapes.isEmpty && shapes.allSatisfy { $0.contains("<title>") })
+
+        let profile = f.directory + "/chromium"
+        let common = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run", "--user-data-dir=\(profile)"]
+        // The ranking's first site has the most to show.
+        let ranked = try #require(fleetPage.text.firstMatch(of: /id=budget-ranking.*?href='\/sites\/(store-[0-9]+)\?window=30d'/)?.1)
+        let pages = [("/?token=\(OperatorFixture.token)", "dashboard-history.png", "fleet-chart"), ("/sites/\(ranked)?window=30d", "site-history.png", "timeline")]
+        for (path, name, element) in pages {
+            let url = "http://127.0.0.1:\(f.port)\(path)"
+            let dom = try await runAsync(URL(fileURLWithPath: browser), common + ["--dump-dom", url])
+            #expect(dom.status == 0, "\(dom.stderr.suffix(500))")
+            #expect(dom.stdout.contains("id=\"\(element)\""), "Chromium's DOM has no \(element)")
+            // As Chromium parsed it: every shape closed where it was meant to (an unquoted attribute
+            // before "/>" swallows the slash, and the rest of the picture disappears inside one shape).
+            let shapes = dom.stdout.matches(of: /<rect[^>]*>/).count
+            let closed = dom.stdout.matches(of: /<rect[^>]*>(<title>[^<]*<\/title>)?<\/rect>/).count
+            #expect(shapes > 10 && closed == shapes, "\(closed) of \(shapes) shapes closed in \(name)")
+            #expect(dom.stdout.matches(of: /<text[^>]*>[^<]+<\/text>/).count >= 5, "the axis and labels of \(name)")
+            let screenshot = f.directory + "/" + name
+            let shot = try await runAsync(
+                URL(fileURLWithPath: browser), common + ["--window-size=1280,1100", "--hide-scrollbars", "--screenshot=\(screenshot)", url])
+            #expect(shot.status == 0, "\(shot.stderr.suffix(500))")
+            let png = try Data(contentsOf: URL(fileURLWithPath: screenshot))
+            #expect(png.starts(with: [0x89, 0x50, 0x4E, 0x47]) && png.count > 20_000, "\(png.count) bytes")
+            if let directory = ProcessInfo.processInfo.environment["EDGEFLEET_SCREENSHOT_DIR"] {
+                try png.write(to: URL(fileURLWithPath: directory + "/" + name))
+            }
+        }
+        let site = try await HTTP.get(port: f.port, "/sites/\(ranked)?window=30d", token: OperatorFixture.token)
+        #expect(site.status == 200 && site.text.contains("id=history-facts") && site.text.contains("outage"), "\(site.text.suffix(800))")
+        #expect(try await HTTP.get(port: f.port, "/sites/\(ranked)?window=never", token: OperatorFixture.token).status == 400)
     }
 }

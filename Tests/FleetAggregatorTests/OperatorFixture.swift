@@ -1,3 +1,4 @@
+import FleetAggregator
 import FleetCore
 import Foundation
 import TestSupport
@@ -25,7 +26,7 @@ struct OperatorFixture: @unchecked Sendable {  // immutable after start; its par
     /// `principals`: a principals file's text, given with `--principals` instead of the flat token list.
     static func start(
         publicReads: Bool = false, withTokens: Bool = true, principals: String? = nil, thresholds: [String] = defaultThresholds,
-        extra: [String] = []
+        extra: [String] = [], seed: ((AggregatorStores) throws -> Void)? = nil
     ) async throws -> OperatorFixture {
         let az = try StandInAzure()
         let directory = try temporaryDirectory("edgefleet-operator")
@@ -58,7 +59,13 @@ struct OperatorFixture: @unchecked Sendable {  // immutable after start; its par
         // Tests ask from one address: wrong tokens on purpose must not make the rest wait.
         if !extra.contains("--auth-failures-per-minute") { flags += ["--auth-failures-per-minute", "1000"] }
         if publicReads { flags += ["--public-reads", "true"] }
-        let fleet = try await AggregatorFixture.start(flags: flags + extra, environment: environment)
+        // A database with a past, written before the aggregator opens it.
+        var database: String?
+        if let seed {
+            database = directory + "/seeded.sqlite"
+            try seed(try AggregatorStores.sqlite(path: database!))
+        }
+        let fleet = try await AggregatorFixture.start(flags: flags + extra, environment: environment, database: database)
         do {
             let port = try await Self.listeningPort(fleet.aggregator)
             return OperatorFixture(fleet: fleet, az: az, port: port, directory: directory, flags: flags + extra, environment: environment)
