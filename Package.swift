@@ -204,7 +204,7 @@ let package = Package(
         .executableTarget(
             name: "edgefleet-bench",
             dependencies: [
-                "MQTT", "FleetCore", "FleetAggregator", "FleetQueue", "FleetPostgres",
+                "MQTT", "FleetCore", "FleetAggregator", "FleetQueue", "FleetPostgres", "FleetSimulator",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ],
