@@ -63,7 +63,7 @@ public struct SQLiteEventStore: EventStore {
                     deadline_ms INTEGER
                 );
                 CREATE INDEX mode_spans_site ON mode_spans (site, start_ms);
-                CREATE INDEX mode_spans_end ON mode_spans (end_ms);
+                CREATE INDEX mode_spans_end ON mode_spans (end_ms, start_ms, mode, contact_ms, deadline_ms, site);
                 """)
     }
 
@@ -73,12 +73,13 @@ public struct SQLiteEventStore: EventStore {
             var stored: [FleetEvent] = []
             stored.reserveCapacity(events.count)
             let insert = try db.cachedStatement(sql: "INSERT INTO events (at_ms, site, type, body) VALUES (?, ?, ?, ?)")
-            let close = try db.cachedStatement(sql: "UPDATE mode_spans SET end_ms = ? WHERE site = ? AND end_ms = \(openSpanEnd)")
+            // `+end_ms`: by the site index (the one on end_ms would walk every open span).
+            let close = try db.cachedStatement(sql: "UPDATE mode_spans SET end_ms = ? WHERE site = ? AND +end_ms = \(openSpanEnd)")
             let open = try db.cachedStatement(
                 sql: "INSERT INTO mode_spans (site, mode, start_ms, end_ms, contact_ms, deadline_ms) VALUES (?, ?, ?, \(openSpanEnd), ?, ?)")
             for var event in events {
                 event.id = nil
-                let body = String(decoding: try FleetJSON.encode(event), as: UTF8.self)
+                let body = try StoredEventBody.encode(event)
                 let atMs = event.at.millisecondsSince1970
                 try insert.execute(arguments: [atMs, event.site?.rawValue, event.type.rawValue, body])
                 event.id = db.lastInsertedRowID
@@ -112,7 +113,7 @@ public struct SQLiteEventStore: EventStore {
                 let first = try Int64.fetchOne(db, sql: "SELECT MIN(id) FROM events WHERE at_ms >= ?", arguments: [since.millisecondsSince1970])
                 after = max(after, (first ?? Int64.max) - 1)
             }
-            var sql = "SELECT id, body FROM events WHERE id > ?"
+            var sql = "SELECT id, at_ms, site, type, body FROM events WHERE id > ?"
             var arguments: StatementArguments = [after]
             if let site = query.site {
                 sql += " AND site = ?"
@@ -134,10 +135,7 @@ public struct SQLiteEventStore: EventStore {
             sql += " ORDER BY id LIMIT ?"
             arguments += [query.limit]
             return try Row.fetchAll(db, sql: sql, arguments: arguments).compactMap { row -> FleetEvent? in
-                let body: String = row["body"]
-                guard var event = try? FleetJSON.decode(FleetEvent.self, from: Array(body.utf8)) else { return nil }
-                event.id = row["id"]
-                return event
+                StoredEventBody.event(id: row[0], atMs: row[1], site: row[2], type: row[3], body: row[4])
             }
         }
     }
@@ -170,37 +168,22 @@ public struct SQLiteEventStore: EventStore {
         let fromMs = window.from.millisecondsSince1970
         let toMs = window.to.millisecondsSince1970
         return try database.writer.read { db in
+            // One pass over the spans that overlap the window, from the covering index on end_ms.
             var builder = FleetSeriesBuilder(window: window, buckets: buckets)
+            var ranking = BudgetRanking(window: window)
             let cursor = try Row.fetchCursor(
-                db, sql: "SELECT mode, start_ms, end_ms FROM mode_spans WHERE end_ms > ? AND start_ms < ?", arguments: [fromMs, toMs])
-            var modes: [String: ConnectivityMode] = [:]
-            for mode in ConnectivityMode.allCases { modes[mode.rawValue] = mode }
+                db, sql: "SELECT mode, start_ms, end_ms, contact_ms, deadline_ms, site FROM mode_spans WHERE end_ms > ? AND start_ms < ?",
+                arguments: [fromMs, toMs])
+            let modes = Dictionary(uniqueKeysWithValues: ConnectivityMode.allCases.map { ($0.rawValue, $0) })
             while let row = try cursor.next() {
                 guard let mode = modes[row[0] as String] else { continue }
-                builder.add(mode, startMs: row[1], endMs: row[2])
+                let end: Int64 = row[2]
+                builder.add(mode, startMs: row[1], endMs: end)
+                if mode == .semiConnected || mode == .disconnected, let contact = row[3] as Int64?, let deadline = row[4] as Int64? {
+                    ranking.add(site: row[5], endMs: end, contactMs: contact, deadlineMs: deadline)
+                }
             }
-            // SQLite takes the other columns from the row that has the MAX.
-            let ranking = try Row.fetchAll(
-                db,
-                sql: """
-                    SELECT site, MAX((MIN(end_ms, ?1) - contact_ms) * 1.0 / (deadline_ms - contact_ms)) AS share,
-                        MIN(end_ms, ?1) AS at_ms, contact_ms, deadline_ms
-                    FROM mode_spans
-                    WHERE end_ms > ?2 AND start_ms < ?1 AND mode IN ('semi-connected', 'disconnected')
-                        AND contact_ms IS NOT NULL AND deadline_ms > contact_ms
-                    GROUP BY site ORDER BY share DESC, site LIMIT ?3
-                    """,
-                arguments: [toMs, fromMs, top]
-            ).compactMap { row -> BudgetPeak? in
-                guard let site = try? SiteID(row["site"] as String) else { return nil }
-                let at: Int64 = row["at_ms"]
-                let contact: Int64 = row["contact_ms"]
-                let deadline: Int64 = row["deadline_ms"]
-                return BudgetPeak(
-                    site: site, share: row["share"], at: Date(millisecondsSince1970: at), usedS: Double(at - contact) / 1000,
-                    budgetS: Double(deadline - contact) / 1000)
-            }
-            return builder.finish(ranking: ranking)
+            return builder.finish(ranking: ranking.top(top))
         }
     }
 

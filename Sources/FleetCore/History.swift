@@ -284,3 +284,75 @@ public struct EventPage: Codable, Sendable, Hashable {
         self.nextCursor = nextCursor
     }
 }
+
+/// What an event store keeps of an event besides its indexed columns (id, instant, site, type):
+/// the optional fields, with instants as milliseconds. About half the size of the event's JSON.
+public struct StoredEventBody: Codable, Sendable, Hashable {
+    var from: String?
+    var to: String?
+    var level: AlertLevel?
+    var remainingS: Double?
+    var operationID: String?
+    var kind: OperationKind?
+    var note: String?
+    var epoch: Int64?
+    var rollout: String?
+    var contactMs: Int64?
+    var deadlineMs: Int64?
+
+    public init(_ e: FleetEvent) {
+        (from, to, level, remainingS, operationID, kind, note, epoch, rollout) =
+            (e.from, e.to, e.level, e.remainingS, e.operationID, e.kind, e.note, e.epoch, e.rollout)
+        contactMs = e.contactAt?.millisecondsSince1970
+        deadlineMs = e.deadline?.millisecondsSince1970
+    }
+
+    /// The JSON text stored.
+    public static func encode(_ event: FleetEvent) throws -> String {
+        String(decoding: try FleetJSON.encode(StoredEventBody(event)), as: UTF8.self)
+    }
+
+    /// The event back from its columns and stored text (nil when the type or site is not valid).
+    public static func event(id: Int64, atMs: Int64, site: String?, type: String, body: String) -> FleetEvent? {
+        guard let type = FleetEventType(rawValue: type), let b = try? FleetJSON.decode(StoredEventBody.self, from: Array(body.utf8)) else { return nil }
+        var siteID: SiteID?
+        if let site {
+            guard let valid = try? SiteID(site) else { return nil }
+            siteID = valid
+        }
+        var event = FleetEvent(
+            type: type, site: siteID, at: Date(millisecondsSince1970: atMs), from: b.from, to: b.to, level: b.level, remainingS: b.remainingS,
+            operationID: b.operationID, kind: b.kind, note: b.note, epoch: b.epoch, rollout: b.rollout,
+            contactAt: b.contactMs.map(Date.init(millisecondsSince1970:)), deadline: b.deadlineMs.map(Date.init(millisecondsSince1970:)))
+        event.id = id
+        return event
+    }
+}
+
+/// The fleet's per-site peak of budget used, gathered span by span (the top N at the end).
+public struct BudgetRanking: Sendable {
+    private var best: [String: (share: Double, atMs: Int64, contactMs: Int64, deadlineMs: Int64)] = [:]
+    let toMs: Int64
+
+    public init(window: HistoryWindow) {
+        toMs = window.to.millisecondsSince1970
+    }
+
+    /// A span away from Azure (semi-connected or disconnected) with its contact and deadline.
+    public mutating func add(site: String, endMs: Int64, contactMs: Int64, deadlineMs: Int64) {
+        guard deadlineMs > contactMs else { return }
+        let atMs = min(endMs, toMs)
+        let share = Double(atMs - contactMs) / Double(deadlineMs - contactMs)
+        if let known = best[site], known.share >= share { return }
+        best[site] = (share, atMs, contactMs, deadlineMs)
+    }
+
+    public func top(_ n: Int) -> [BudgetPeak] {
+        best.sorted { $0.value.share != $1.value.share ? $0.value.share > $1.value.share : $0.key < $1.key }.prefix(n).compactMap { site, peak in
+            guard let id = try? SiteID(site) else { return nil }
+            return BudgetPeak(
+                site: id, share: peak.share, at: Date(millisecondsSince1970: peak.atMs), usedS: Double(peak.atMs - peak.contactMs) / 1000,
+                budgetS: Double(peak.deadlineMs - peak.contactMs) / 1000)
+        }
+    }
+}

@@ -28,7 +28,7 @@ public struct PostgresEventStore: EventStore {
         var bodies: [String] = []
         for index in stored.indices {
             stored[index].id = nil
-            bodies.append(String(decoding: try FleetJSON.encode(stored[index]), as: UTF8.self))
+            bodies.append(try StoredEventBody.encode(stored[index]))
             ats.append(stored[index].at.millisecondsSince1970)
             sites.append(stored[index].site?.rawValue ?? "")
             types.append(stored[index].type.rawValue)
@@ -113,15 +113,11 @@ public struct PostgresEventStore: EventStore {
             }
         }
         if let until = query.until { clauses.append("at_ms < \(try parameter(until.millisecondsSince1970))") }
-        let sql = "SELECT id, body FROM events WHERE \(clauses.joined(separator: " AND ")) ORDER BY id LIMIT \(max(1, query.limit))"
+        let sql = "SELECT id, at_ms, site, type, body FROM events WHERE \(clauses.joined(separator: " AND ")) ORDER BY id LIMIT \(max(1, query.limit))"
         let rows = try pool.withConnection { c in
-            try c.query(PostgresQuery(unsafeSQL: sql, binds: binds)).map { try $0.decode((Int64, String).self) }
+            try c.query(PostgresQuery(unsafeSQL: sql, binds: binds)).map { try $0.decode((Int64, Int64, String?, String, String).self) }
         }
-        return rows.compactMap { id, body in
-            guard var event = try? FleetJSON.decode(FleetEvent.self, from: Array(body.utf8)) else { return nil }
-            event.id = id
-            return event
-        }
+        return rows.compactMap { id, at, site, type, body in StoredEventBody.event(id: id, atMs: at, site: site, type: type, body: body) }
     }
 
     public func spans(site: SiteID, window: HistoryWindow) throws -> [ModeSpan] {
@@ -149,33 +145,21 @@ public struct PostgresEventStore: EventStore {
         let to = window.to.millisecondsSince1970
         let limit = Int64(top)
         var builder = FleetSeriesBuilder(window: window, buckets: buckets)
-        let ranking = try pool.withConnection { c -> [BudgetPeak] in
-            var modes: [String: ConnectivityMode] = [:]
-            for mode in ConnectivityMode.allCases { modes[mode.rawValue] = mode }
-            for row in try c.query("SELECT mode, start_ms, end_ms FROM mode_spans WHERE end_ms > \(from) AND start_ms < \(to)") {
-                let (mode, start, end) = try row.decode((String, Int64, Int64).self)
-                if let mode = modes[mode] { builder.add(mode, startMs: start, endMs: end) }
-            }
-            return try c.query(
-                """
-                SELECT site, share, at_ms, contact_ms, deadline_ms FROM (
-                    SELECT DISTINCT ON (site) site, (LEAST(end_ms, \(to)) - contact_ms)::float8 / (deadline_ms - contact_ms) AS share,
-                        LEAST(end_ms, \(to)) AS at_ms, contact_ms, deadline_ms
-                    FROM mode_spans
-                    WHERE end_ms > \(from) AND start_ms < \(to) AND mode IN ('semi-connected', 'disconnected')
-                        AND contact_ms IS NOT NULL AND deadline_ms > contact_ms
-                    ORDER BY site, share DESC
-                ) AS peaks ORDER BY share DESC, site LIMIT \(limit)
-                """
-            ).compactMap { row -> BudgetPeak? in
-                let (site, share, at, contact, deadline) = try row.decode((String, Double, Int64, Int64, Int64).self)
-                guard let id = try? SiteID(site) else { return nil }
-                return BudgetPeak(
-                    site: id, share: share, at: Date(millisecondsSince1970: at), usedS: Double(at - contact) / 1000,
-                    budgetS: Double(deadline - contact) / 1000)
+        var ranking = BudgetRanking(window: window)
+        let modes = Dictionary(uniqueKeysWithValues: ConnectivityMode.allCases.map { ($0.rawValue, $0) })
+        try pool.withConnection { c in
+            let rows = try c.query(
+                "SELECT mode, start_ms, end_ms, contact_ms, deadline_ms, site FROM mode_spans WHERE end_ms > \(from) AND start_ms < \(to)")
+            for row in rows {
+                let (name, start, end, contact, deadline, site) = try row.decode((String, Int64, Int64, Int64?, Int64?, String).self)
+                guard let mode = modes[name] else { continue }
+                builder.add(mode, startMs: start, endMs: end)
+                if mode == .semiConnected || mode == .disconnected, let contact, let deadline {
+                    ranking.add(site: site, endMs: end, contactMs: contact, deadlineMs: deadline)
+                }
             }
         }
-        return builder.finish(ranking: ranking)
+        return builder.finish(ranking: ranking.top(top))
     }
 
     @discardableResult

@@ -92,7 +92,7 @@ public enum PostgresSchema {
                     contact_ms bigint, deadline_ms bigint)
                 """,
                 "CREATE INDEX mode_spans_site ON mode_spans (site, start_ms)",
-                "CREATE INDEX mode_spans_end ON mode_spans (end_ms)",
+                "CREATE INDEX mode_spans_end ON mode_spans (end_ms, start_ms, mode, contact_ms, deadline_ms, site)",
             ]
         ),
     ]
