@@ -236,6 +236,29 @@ public struct FleetSeriesBuilder: Sendable {
         }
     }
 
+    /// Adds `count` spans of `mode` that the database grouped by the slice they start in and the
+    /// slice they end in (PostgreSQL's `width_bucket` over the window: 0 before it, `buckets + 1`
+    /// after it), with the sums of their starts and ends in milliseconds. Exact, like `add` span
+    /// by span: a slice inside the group's range is covered by all of them, the first and last
+    /// slices by what the sums say.
+    public mutating func addGroup(_ mode: ConnectivityMode, startBucket: Int, endBucket: Int, count: Int, startSumMs: Double, endSumMs: Double) {
+        guard count > 0, let m = ConnectivityMode.allCases.firstIndex(of: mode) else { return }
+        let n = Double(count)
+        let first = max(0, min(buckets - 1, startBucket - 1))
+        let last = max(0, min(buckets - 1, endBucket - 1))
+        let starts = startBucket <= 0 ? n * Double(fromMs) : startSumMs
+        let ends = endBucket > buckets ? n * Double(toMs) : endSumMs
+        totals[m] += (ends - starts) / 1000
+        func sliceStart(_ k: Int) -> Double { Double(fromMs) + Double(k) * sliceMs }
+        if first >= last {
+            slices[first][m] += (ends - starts) / sliceMs
+            return
+        }
+        slices[first][m] += (n * sliceStart(first + 1) - starts) / sliceMs
+        if last > first + 1 { for k in (first + 1)..<last { slices[k][m] += n } }
+        slices[last][m] += (ends - n * sliceStart(last)) / sliceMs
+    }
+
     public func finish(ranking: [BudgetPeak]) -> FleetHistory {
         var seconds: [String: Double] = [:]
         var share: [String: Double] = [:]

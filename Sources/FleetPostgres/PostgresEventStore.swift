@@ -144,22 +144,50 @@ public struct PostgresEventStore: EventStore {
         let from = window.from.millisecondsSince1970
         let to = window.to.millisecondsSince1970
         let limit = Int64(top)
+        let slices = Int64(max(1, buckets))
         var builder = FleetSeriesBuilder(window: window, buckets: buckets)
-        var ranking = BudgetRanking(window: window)
         let modes = Dictionary(uniqueKeysWithValues: ConnectivityMode.allCases.map { ($0.rawValue, $0) })
-        try pool.withConnection { c in
-            let rows = try c.query(
-                "SELECT mode, start_ms, end_ms, contact_ms, deadline_ms, site FROM mode_spans WHERE end_ms > \(from) AND start_ms < \(to)")
-            for row in rows {
-                let (name, start, end, contact, deadline, site) = try row.decode((String, Int64, Int64, Int64?, Int64?, String).self)
+        // The server does the pass: spans grouped by mode and the slices they start and end in
+        // (at most 4 × 62 × 62 rows back, whatever the fleet), with the sums of their starts and
+        // ends; the ranking's candidates by share, most first. Decoding the spans themselves
+        // here took 3 s for 30 days of 100,000 sites, 19 s for 90.
+        let ranking = try pool.withConnection { c -> [BudgetPeak] in
+            let groups = try c.query(
+                """
+                SELECT mode, width_bucket(start_ms::float8, \(from)::float8, \(to)::float8, \(slices)::int) AS sb,
+                    width_bucket(end_ms::float8, \(from)::float8, \(to)::float8, \(slices)::int) AS eb,
+                    COUNT(*), SUM(start_ms)::float8, SUM(LEAST(end_ms, \(to)))::float8
+                FROM mode_spans WHERE end_ms > \(from) AND start_ms < \(to) GROUP BY 1, 2, 3
+                """)
+            for row in groups {
+                let (name, sb, eb, count, starts, ends) = try row.decode((String, Int32, Int32, Int64, Double, Double).self)
                 guard let mode = modes[name] else { continue }
-                builder.add(mode, startMs: start, endMs: end)
-                if mode == .semiConnected || mode == .disconnected, let contact, let deadline {
-                    ranking.add(site: site, endMs: end, contactMs: contact, deadlineMs: deadline)
+                builder.addGroup(mode, startBucket: Int(sb), endBucket: Int(eb), count: Int(count), startSumMs: starts, endSumMs: ends)
+            }
+            // The best spans first; a site may have several among them, so ask for more until
+            // `top` sites are found or there are no more.
+            var candidates = Int64(max(1, top) * 10)
+            while true {
+                var found = BudgetRanking(window: window)
+                var rows = 0
+                for row in try c.query(
+                    """
+                    SELECT site, LEAST(end_ms, \(to)), contact_ms, deadline_ms FROM mode_spans
+                    WHERE end_ms > \(from) AND start_ms < \(to) AND mode IN ('semi-connected', 'disconnected')
+                        AND contact_ms IS NOT NULL AND deadline_ms > contact_ms
+                    ORDER BY (LEAST(end_ms, \(to)) - contact_ms)::float8 / (deadline_ms - contact_ms) DESC, site LIMIT \(candidates)
+                    """)
+                {
+                    let (site, end, contact, deadline) = try row.decode((String, Int64, Int64, Int64).self)
+                    found.add(site: site, endMs: end, contactMs: contact, deadlineMs: deadline)
+                    rows += 1
                 }
+                let best = found.top(top)
+                if best.count >= top || Int64(rows) < candidates { return best }
+                candidates *= 4
             }
         }
-        return builder.finish(ranking: ranking.top(top))
+        return builder.finish(ranking: ranking)
     }
 
     @discardableResult

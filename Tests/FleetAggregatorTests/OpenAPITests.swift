@@ -14,7 +14,7 @@ struct OpenAPITests {
         "POST /v1/operations", "GET /v1/operations/{id}", "POST /v1/operations/{id}/cancel", "POST /v1/operations/{id}/retry",
         "POST /v1/operations/{id}/release", "POST /v1/operations/cancel", "GET /metrics", "GET /healthz", "GET /", "GET /v1/audit",
         "GET /v1/rollouts", "POST /v1/rollouts", "GET /v1/rollouts/{id}", "POST /v1/rollouts/{id}/pause", "POST /v1/rollouts/{id}/resume",
-        "POST /v1/rollouts/{id}/cancel",
+        "POST /v1/rollouts/{id}/cancel", "GET /v1/events", "GET /v1/history", "GET /v1/sites/{site}/history",
     ]
 
     static func document() throws -> YAMLNode {
