@@ -47,7 +47,7 @@ public struct ServiceOptions: ParsableArguments {
 /// How a program reaches the broker: the URL, credentials, TLS files and the topic root
 /// (the services' and the CLI's `watch` and `simulate`).
 public struct BrokerFlags: ParsableArguments {
-    @Option(help: "Broker URL, mqtt:// or mqtts://.") var broker: String?
+    @Option(help: "Broker URL, mqtt:// or mqtts:// (repeatable: the others are tried in order when one fails).") var broker: [String] = []
     @Option(help: "Broker username.") var username: String?
     @Option(help: "File holding the broker password.") var passwordFile: String?
     @Option(help: "CA certificate (PEM) for mqtts://.") var caFile: String?
@@ -60,11 +60,12 @@ public struct BrokerFlags: ParsableArguments {
     /// The settings given as flags, by file key.
     public var flagSettings: [String: Settings.Value] {
         let scalars: [(String, String?)] = [
-            ("broker", broker), ("username", username), ("passwordFile", passwordFile), ("caFile", caFile), ("certFile", certFile),
+            ("username", username), ("passwordFile", passwordFile), ("caFile", caFile), ("certFile", certFile),
             ("keyFile", keyFile), ("topicRoot", topicRoot),
         ]
         var flags: [String: Settings.Value] = [:]
         for case let (key, value?) in scalars { flags[key] = .text(value) }
+        if broker.count == 1 { flags["broker"] = .text(broker[0]) } else if broker.count > 1 { flags["broker"] = .list(broker) }
         return flags
     }
 }

@@ -51,21 +51,36 @@ public enum AzureProbeConfiguration: Sendable, Hashable {
 
 /// One local check: a command run every `interval`, killed at `timeout`.
 public struct CheckConfiguration: Sendable, Hashable, Decodable {
+    /// What a check runs: its own command (Nagios exit codes), or a built-in probe.
+    public enum Kind: String, Sendable, Hashable, Decodable {
+        case command
+        /// Asks the cluster (`kubectl` with the agent's `kubeconfig`) whether the Azure Arc agent
+        /// deployments in the `azure-arc` namespace are ready.
+        case arcAgents = "arc-agents"
+    }
+
     public var name: String
+    public var kind: Kind = .command
     public var command: [String]
     public var interval: Duration
     public var timeout: Duration
     /// A capability this check reports (true when it passes), e.g. `clusterAutoscaler`.
     public var capability: String?
 
-    enum CodingKeys: String, CodingKey { case name, command, interval, timeout, capability }
+    enum CodingKeys: String, CodingKey { case name, kind, command, interval, timeout, capability }
 
-    public init(name: String, command: [String], interval: Duration, timeout: Duration, capability: String? = nil) {
+    public init(name: String, kind: Kind = .command, command: [String], interval: Duration, timeout: Duration, capability: String? = nil) {
         self.name = name
+        self.kind = kind
         self.command = command
         self.interval = interval
         self.timeout = timeout
         self.capability = capability
+    }
+
+    /// The command of the built-in `arc-agents` probe.
+    public static func arcAgentsCommand(kubeconfig: String?) -> [String] {
+        ["kubectl"] + (kubeconfig.map { ["--kubeconfig", $0] } ?? []) + ["get", "deployments", "--namespace", "azure-arc", "--output", "json"]
     }
 
     public init(from decoder: any Decoder) throws {
@@ -74,8 +89,18 @@ public struct CheckConfiguration: Sendable, Hashable, Decodable {
         guard !name.isEmpty, name.count <= 63, name.allSatisfy({ $0.isASCII && ($0.isLetter || $0.isNumber || $0 == "-" || $0 == "_") }) else {
             throw ConfigurationError(key: "name", origin: nil, "'\(name)' must be 1-63 letters, digits, '-' or '_'")
         }
-        command = try c.decode([String].self, forKey: .command)
-        guard !command.isEmpty, !command[0].isEmpty else { throw ConfigurationError(key: "command", origin: nil, "must not be empty") }
+        kind = try c.decodeIfPresent(Kind.self, forKey: .kind) ?? .command
+        switch kind {
+        case .command:
+            command = try c.decode([String].self, forKey: .command)
+            guard !command.isEmpty, !command[0].isEmpty else { throw ConfigurationError(key: "command", origin: nil, "must not be empty") }
+        case .arcAgents:
+            // Filled in with the agent's kubeconfig once the whole configuration is read.
+            guard try c.decodeIfPresent([String].self, forKey: .command) == nil else {
+                throw ConfigurationError(key: "command", origin: nil, "a check of kind arc-agents runs kubectl itself: give no command")
+            }
+            command = Self.arcAgentsCommand(kubeconfig: nil)
+        }
         func duration(_ key: CodingKeys, _ fallback: Duration) throws -> Duration {
             guard let text = try c.decodeIfPresent(String.self, forKey: key) else { return fallback }
             do {
@@ -172,7 +197,7 @@ public struct AgentConfiguration: Sendable {
             probe = .endpoints(AzureProbeConfiguration.arcEndpoints(region: region), timeout: probeTimeout)
         }
 
-        let checks = try settings.decode([CheckConfiguration].self, "checks") ?? []
+        var checks = try settings.decode([CheckConfiguration].self, "checks") ?? []
         if let duplicate = Dictionary(grouping: checks, by: \.name).first(where: { $0.value.count > 1 })?.key {
             throw ConfigurationError(key: "checks", origin: settings.raw("checks")?.1, "two checks are named '\(duplicate)'")
         }
@@ -180,6 +205,9 @@ public struct AgentConfiguration: Sendable {
         let spoolCapacity = try settings.integer("spoolCapacity", default: 10_000, range: 1...1_000_000)
         let certificateFiles = try settings.list("certificate")
         let kubeconfig = try settings.string("kubeconfig")
+        for index in checks.indices where checks[index].kind == .arcAgents {
+            checks[index].command = CheckConfiguration.arcAgentsCommand(kubeconfig: kubeconfig)
+        }
         let cluster = ClusterInfo(
             name: try settings.string("clusterName"), resourceGroup: try settings.string("resourceGroup"),
             subscription: try settings.string("subscription"), customLocation: try settings.string("customLocation"),
@@ -193,6 +221,7 @@ public struct AgentConfiguration: Sendable {
             password: connection.password, tls: connection.tls,
             keepAlive: .seconds(max(30, Int64(heartbeatInterval.secondsValue * 3))))
         mqtt.reconnect = ReconnectPolicy(initialDelay: .milliseconds(500), maximumDelay: .seconds(60))
+        mqtt.fallbackBrokers = connection.fallbacks
         do {
             try mqtt.validate()
         } catch {
@@ -225,7 +254,7 @@ public struct AgentConfiguration: Sendable {
 
     /// Every file key the agent understands, for documentation and `--help`.
     public static let fileKeys = [
-        "site", "broker", "username", "passwordFile", "caFile", "certFile", "keyFile", "topicRoot", "heartbeatInterval",
+        "site", "broker", "brokers", "username", "passwordFile", "caFile", "certFile", "keyFile", "topicRoot", "heartbeatInterval",
         "probeInterval", "statusRefresh", "stateDir", "probeEndpoints", "region", "probeCommand", "probeTimeout", "probeCaFile", "checks",
         "checkConcurrency", "spoolCapacity", "certificate", "kubeconfig", "clusterName", "resourceGroup", "subscription", "customLocation",
         "kubernetesVersion", "labels",

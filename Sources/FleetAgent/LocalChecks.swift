@@ -36,6 +36,7 @@ public enum LocalChecks {
 
     static func runOne(_ check: CheckConfiguration, now: @Sendable () -> Date) async -> CheckResult {
         let observedAt = now()
+        if check.kind == .arcAgents { return await arcAgents(check, observedAt: observedAt) }
         do {
             let outcome = try await CommandRunner.run(check.command, timeout: check.timeout)
             var output = outcome.firstLine
@@ -50,6 +51,27 @@ public enum LocalChecks {
         } catch {
             return CheckResult(name: check.name, state: .unknown, observedAt: observedAt, durationMs: 0, output: error.description)
         }
+    }
+
+    /// The `arc-agents` probe: every deployment in `azure-arc` has all its replicas ready (pass),
+    /// some have not (fail, naming them), none is there (fail), kubectl cannot answer (unknown).
+    static func arcAgents(_ check: CheckConfiguration, observedAt: Date) async -> CheckResult {
+        func result(_ state: CheckState, _ output: String, _ ms: Int = 0) -> CheckResult {
+            CheckResult(name: check.name, state: state, observedAt: observedAt, durationMs: ms, output: String(output.prefix(256)))
+        }
+        let outcome: CommandOutcome
+        do {
+            outcome = try await CommandRunner.run(check.command, timeout: check.timeout, capture: .head(bytes: 1 << 20))
+        } catch {
+            return result(.unknown, "kubectl: \(error.description)")
+        }
+        let ms = Int(outcome.duration.milliseconds)
+        if outcome.timedOut { return result(.unknown, "kubectl timed out after \(DurationFormat.format(check.timeout))", ms) }
+        guard outcome.exitCode == 0 else {
+            let said = outcome.output.split(whereSeparator: \.isNewline).first.map(String.init) ?? ""
+            return result(.unknown, "kubectl failed (exit \(outcome.exitCode.map(String.init) ?? "-")): \(said)", ms)
+        }
+        return ArcAgents.reading(outcome.output, name: check.name, observedAt: observedAt, durationMs: ms)
     }
 
     /// The capabilities the checks report: `true` when the check that sets one passed.

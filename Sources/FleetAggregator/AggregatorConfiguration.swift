@@ -99,7 +99,7 @@ public struct AggregatorConfiguration: Sendable {
 
     /// Every key the aggregator reads, for `--check-config` and the flags.
     public static let keys = [
-        "broker", "username", "passwordFile", "caFile", "certFile", "keyFile", "clientId", "topicRoot", "db",
+        "broker", "brokers", "username", "passwordFile", "caFile", "certFile", "keyFile", "clientId", "topicRoot", "db",
         "http", "connectedWithin", "budget", "warnBefore", "criticalBefore", "stableFor", "staleAfter", "offlineAfter",
         "viewRefresh", "summaryInterval", "flushInterval", "maxPayloadBytes", "executors", "maxConcurrentDispatches", "maxAttempts",
         "retryBackoff", "retryBackoffMax", "dispatchInterval", "executorOutputBytes", "tokenFile", "principals", "publicReads", "dbPasswordFile", "replicaId", "leaderLease",
@@ -247,6 +247,7 @@ public struct AggregatorConfiguration: Sendable {
             broker: connection.broker, clientID: clientID, username: connection.username, password: connection.password,
             tls: connection.tls, keepAlive: .seconds(30))
         mqtt.reconnect = ReconnectPolicy(initialDelay: .milliseconds(250), maximumDelay: .seconds(10))
+        mqtt.fallbackBrokers = connection.fallbacks
         do {
             try mqtt.validate()
         } catch {

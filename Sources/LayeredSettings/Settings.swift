@@ -123,6 +123,16 @@ public struct Settings: Sendable {
         "EDGEFLEET_" + String(flagName(key).uppercased().map { $0 == "-" ? "_" : $0 })
     }
 
+    /// A file path: one written in the configuration file relative to it is taken relative to the
+    /// file's directory (a bundle made by `edgefleet broker add-site --bundle` works wherever it is
+    /// copied); one from a flag or the environment relative to the working directory.
+    public mutating func path(_ key: String) throws(ConfigurationError) -> String? {
+        guard let text = try string(key) else { return nil }
+        guard !text.hasPrefix("/"), let (_, origin) = raw(key), case .file = origin, let filePath else { return text }
+        guard let slash = filePath.lastIndex(of: "/") else { return text }  // the file is in the working directory
+        return String(filePath[...slash]) + text
+    }
+
     /// The raw value and its origin, by precedence.
     public mutating func raw(_ key: String) -> (Value, SettingOrigin)? {
         known.insert(key)

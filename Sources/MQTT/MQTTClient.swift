@@ -229,18 +229,34 @@ private struct LoopDriver {
         var firstAttempt = true
         var failures = 0
         var streaming = false
+        // Several brokers: each attempt goes to `brokers[current]`; a failure moves to the next
+        // at once, and only a whole round of failures waits for the backoff.
+        let brokers = core.configuration.brokers
+        var current = 0
+        var switched = false
         while !core.stopRequested {
             core.setState(.connecting)
             if let provider = core.configuration.willProvider, let error = handle.replaceWill(provider()) {
                 core.logger.error("could not set the Last Will for this connection", metadata: ["error": "\(error)"])
             }
             let attemptStarted = ContinuousClock.now
-            let connectError = firstAttempt ? handle.connect() : handle.reconnect()
+            let connectError = brokers.count > 1 && (firstAttempt || switched) ? handle.connect(to: brokers[current])
+                : firstAttempt ? handle.connect() : handle.reconnect()
             firstAttempt = false
+            switched = false
             if let connectError {
                 failures += 1
                 core.attemptFailed(connectError)
-                backOff(failures: failures)
+                if brokers.count > 1 {
+                    current = (current + 1) % brokers.count
+                    switched = true
+                    core.logger.info("trying the next broker", metadata: ["broker": "\(brokers[current])", "error": "\(connectError)"])
+                    if current != 0 {
+                        core.sleepUnlessWoken(.milliseconds(100))
+                        continue
+                    }
+                }
+                backOff(failures: brokers.count > 1 ? failures / brokers.count : failures)
                 continue
             }
             var loopError: MQTTError?
@@ -277,7 +293,19 @@ private struct LoopDriver {
             // every few hundred milliseconds.
             let lasted = ContinuousClock.now - attemptStarted >= Self.stableConnection
             failures = outcome.wasConnected && lasted ? 1 : failures + 1
-            core.attemptFailed(outcome.refusal ?? outcome.reason ?? loopError ?? .connectionLost("socket closed"))
+            let ended = outcome.refusal ?? outcome.reason ?? loopError ?? .connectionLost("socket closed")
+            core.attemptFailed(ended)
+            if brokers.count > 1 {
+                current = (current + 1) % brokers.count
+                switched = true
+                core.logger.info("the broker connection ended; trying the next broker", metadata: ["broker": "\(brokers[current])", "error": "\(ended)"])
+                if outcome.wasConnected || current != 0 {
+                    core.sleepUnlessWoken(.milliseconds(100))
+                    continue
+                }
+                backOff(failures: max(1, failures / brokers.count))
+                continue
+            }
             backOff(failures: failures)
         }
         finishShutdown()

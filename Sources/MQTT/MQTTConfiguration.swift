@@ -158,6 +158,11 @@ public struct ReconnectPolicy: Sendable, Hashable {
 /// Everything needed to talk to one broker.
 public struct MQTTConfiguration: Sendable {
     public var broker: BrokerURL
+    /// Brokers tried in order after `broker` when the one in use fails (the same scheme, TLS
+    /// settings and credentials); after a whole round fails, the reconnect backoff applies.
+    public var fallbackBrokers: [BrokerURL] = []
+    /// `broker` and then `fallbackBrokers`.
+    public var brokers: [BrokerURL] { [broker] + fallbackBrokers }
     /// Client identifier; empty lets the broker (clean start only) or the library choose one.
     public var clientID: String
     public var protocolVersion: MQTTProtocolVersion

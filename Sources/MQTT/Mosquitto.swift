@@ -174,10 +174,15 @@ final class MosquittoHandle: @unchecked Sendable {
     /// First connection: stores host, port and CONNECT properties in the handle
     /// (kept for every `reconnect`), then connects (blocking TCP connect, CONNECT sent).
     func connect() -> MQTTError? {
-        withLive { mosq in connect(mosq) } ?? .shutdown
+        withLive { mosq in connect(mosq, to: configuration.broker) } ?? .shutdown
     }
 
-    private func connect(_ mosq: OpaquePointer) -> MQTTError? {
+    /// A connection to `broker` (one of the configuration's brokers), stored for later `reconnect`s.
+    func connect(to broker: BrokerURL) -> MQTTError? {
+        withLive { mosq in connect(mosq, to: broker) } ?? .shutdown
+    }
+
+    private func connect(_ mosq: OpaquePointer, to broker: BrokerURL) -> MQTTError? {
         var properties: OpaquePointer? = nil
         defer { mosquitto_property_free_all(&properties) }
         if protocolVersion == .v5, case .persistent(let expiry) = configuration.session {
@@ -188,7 +193,7 @@ final class MosquittoHandle: @unchecked Sendable {
         }
         let keepAlive = Int32(configuration.keepAlive.seconds)
         return code(
-            mosquitto_connect_bind_v5(mosq, configuration.broker.host, Int32(configuration.broker.port), keepAlive, nil, properties))
+            mosquitto_connect_bind_v5(mosq, broker.host, Int32(broker.port), keepAlive, nil, properties))
     }
 
     /// Every later connection, with the settings of the first.

@@ -2,6 +2,7 @@ import ArgumentParser
 import CommandSupport
 import Subprocesses
 import FleetCore
+import MQTT
 import Foundation
 
 #if canImport(Glibc)
@@ -114,15 +115,51 @@ enum BrokerTool {
 
 struct BrokerAddSite: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
-        commandName: "add-site", abstract: "Give a site a broker account (username = the site id) with a new random password.")
+        commandName: "add-site", abstract: "Give a site a broker account (username = the site id) with a new random password; with --bundle, everything the site needs.",
+        discussion: """
+            With --bundle DIR it writes, readable by its owner only: the site's agent.yaml (paths relative to it), its \
+            credentials (a password, or with --ca-dir a client certificate whose CN is the site id), the broker's CA \
+            (--ca-file), a Kubernetes Secret and manifest (kubernetes/, for kubectl apply), a systemd drop-in, and a \
+            README with the commands to run at the site. Nothing secret is printed.
+            """)
     @Argument(help: "The site id.") var site: String
     @OptionGroup var files: BrokerFiles
     @Flag(help: "Replace the password if the site already has an account.") var force = false
+    @Option(help: "Write the site's bundle into this directory (created; must be empty or absent).") var bundle: String?
+    @Option(help: "With --bundle: a broker URL for the agent (repeatable: the agent fails over in order).") var broker: [String] = []
+    @Option(help: "With --bundle: the broker's CA certificate (PEM) to put in the bundle.") var caFile: String?
+    @Option(help: "With --bundle: a client certificate from this CA directory (init-ca) instead of a password.") var caDir: String?
+    @Option(help: "With --bundle: the site's labels, k=v,... (Kubernetes' syntax).") var labels: String?
+    @Option(help: "With --bundle: the topic root (default edgefleet/v1).") var topicRoot = "edgefleet/v1"
 
-    func validate() throws { _ = try BrokerTool.siteID(site) }
+    func validate() throws {
+        _ = try BrokerTool.siteID(site)
+        if bundle == nil, !broker.isEmpty || caFile != nil || caDir != nil || labels != nil {
+            throw ValidationError("--broker, --ca-file, --ca-dir and --labels go with --bundle")
+        }
+        if bundle != nil {
+            if broker.isEmpty { throw ValidationError("--bundle needs at least one --broker URL") }
+            for url in broker {
+                do { _ = try BrokerURL(parsing: url) } catch { throw ValidationError("--broker \(url): \(error)") }
+            }
+            if broker.contains(where: { $0.hasPrefix("mqtts://") }), caFile == nil { throw ValidationError("an mqtts:// broker needs --ca-file (its CA)") }
+            if let labels {
+                do { _ = try SiteLabels.parse(labels) } catch { throw ValidationError("--labels: \(error)") }
+            }
+            if caDir != nil, files.passwordOut != nil { throw ValidationError("--ca-dir makes a certificate: there is no password to write") }
+        }
+    }
 
     func run() async throws {
         try cliFailures {
+            if let bundle {
+                try SiteBundle(
+                    site: site, directory: bundle, brokers: broker, caFile: caFile, caDir: caDir, labels: labels ?? "", topicRoot: topicRoot,
+                    passwd: files.passwd, force: force
+                ).write()
+                print("wrote the bundle of \(site) to \(bundle); see \(bundle)/README.md")
+                return
+            }
             if !force && BrokerTool.users(in: files.passwd).contains(site) {
                 throw CLIFailure(code: EdgeFleetExit.refused, description: "\(site) already has an account in \(files.passwd); use rotate-site to change its password")
             }

@@ -39,7 +39,7 @@ struct AgentConfigurationTests {
         #expect(configuration.mqtt.username == "store-0042" && configuration.mqtt.password == "secret")
         #expect(configuration.heartbeatInterval == .seconds(10))
         #expect(configuration.statusRefresh == .seconds(300))
-        #expect(configuration.checks.map(\.name) == ["kube-api", "nodes-ready", "ssh-nodes", "log-collection", "metallb-speakers", "cluster-autoscaler"])
+        #expect(configuration.checks.map(\.name) == ["arc-agents", "kube-api", "nodes-ready", "ssh-nodes", "log-collection", "metallb-speakers", "cluster-autoscaler"])
         #expect(configuration.checks.last?.capability == "clusterAutoscaler")
         #expect(configuration.labels == ["region": "north", "tier": "store"])
         #expect(configuration.checks.first?.command.first == "kubectl")
