@@ -711,10 +711,15 @@ public final class AggregatorService: Service, Sendable {
         }
     }
 
-    /// Runs blocking store work off the cooperative pool.
-    private func offload<T: Sendable>(_ work: @escaping @Sendable () throws -> T) async throws -> T {
+    /// Event storage and retention run on queues of their own: off the cooperative pool (the
+    /// calls block), and not on the global queue either, whose threads other blocking work (the
+    /// executors' waits) may all hold; a serial queue gets a thread of its own when it has work.
+    private static let eventQueue = DispatchQueue(label: "edgefleet.event-store")
+    private static let retentionQueue = DispatchQueue(label: "edgefleet.event-retention")
+
+    private func offload<T: Sendable>(on queue: DispatchQueue = eventQueue, _ work: @escaping @Sendable () throws -> T) async throws -> T {
         try await withCheckedThrowingContinuation { continuation in
-            DispatchQueue.global().async { continuation.resume(with: Result { try work() }) }
+            queue.async { continuation.resume(with: Result { try work() }) }
         }
     }
 
@@ -730,7 +735,7 @@ public final class AggregatorService: Service, Sendable {
             let store = eventStore
             let cutoff = clock.now().addingTimeInterval(-configuration.eventRetention.secondsValue)
             do {
-                let removed = try await offload { try store.prune(before: cutoff) }
+                let removed = try await offload(on: Self.retentionQueue) { try store.prune(before: cutoff) }
                 if removed > 0 { logger.info("removed \(removed) event(s) older than \(RFC3339.format(cutoff))") }
             } catch {
                 logger.warning("old events could not be removed: \(error)")

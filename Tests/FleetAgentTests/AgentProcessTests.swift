@@ -331,7 +331,7 @@ final class CountingAgentSite {
                 interval: 300ms
             """.write(toFile: config, atomically: true, encoding: .utf8)
         (client, messages) = try await observer(broker)
-        agent = try AgentProcess(site: site, broker: broker, stateDir: stateDir, extra: ["--config", config, "--broker", proxy.url])
+        agent = try AgentProcess(site: site, broker: broker, brokerURL: proxy.url, stateDir: stateDir, extra: ["--config", config])
     }
 
     /// Status changes waiting in the on-disk spool of the agent whose state is in `stateDir`.

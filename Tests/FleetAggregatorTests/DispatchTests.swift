@@ -166,6 +166,13 @@ struct DispatchTests {
         let firstStart = try #require(firstOperation.history.first { $0.to == .dispatching }).at.timeIntervalSince1970
         let logged = try #require(calls.first).start
         #expect(firstStart <= logged + 0.001, "claimed after the stand-in started")
+        // Events are stored before they are published: on a loaded machine the change to connected
+        // may reach the observer after the operations ran. Wait for it (it must come).
+        try await withTimeout(.seconds(20), "the mode change to connected") {
+            while !messages.events("store-7").contains(where: { $0.type == .modeChanged && $0.to == "connected" }) {
+                try await Task.sleep(for: .milliseconds(50))
+            }
+        }
         let spell = messages.events("store-7").filter { $0.type == .modeChanged && $0.at.timeIntervalSince1970 <= firstStart }.last
         #expect(spell?.to == "connected", "ran while the site was \(spell?.to ?? "not yet connected")")
         #expect(spell.map { firstStart >= $0.at.timeIntervalSince1970 + 1.5 - 0.05 } == true, "ran before stableFor had passed")

@@ -39,14 +39,30 @@ struct EventStoreTests {
         ]
     }
 
+    /// The store's calls off the cooperative pool: they block (PostgreSQL's pool waits on a
+    /// semaphore), and two tests blocking both of the pool's threads stall every other test.
+    struct Offloaded: Sendable {
+        let store: any EventStore
+        func append(_ events: [FleetEvent]) async throws -> [FleetEvent] { try await offload { try store.append(events) } }
+        func events(_ query: EventQuery) async throws -> [FleetEvent] { try await offload { try store.events(query) } }
+        func siteHistory(_ site: SiteID, window: HistoryWindow) async throws -> SiteHistory {
+            try await offload { try store.siteHistory(site, window: window) }
+        }
+        func fleetHistory(window: HistoryWindow, top: Int, buckets: Int) async throws -> FleetHistory {
+            try await offload { try store.fleetHistory(window: window, top: top, buckets: buckets) }
+        }
+        func prune(before: Date) async throws -> Int { try await offload { try store.prune(before: before) } }
+    }
+
     @Test("ids increase in order; pages by cursor; filters by site, type, since and until", arguments: StoreBackend.allCases)
-    func paging(_ backend: StoreBackend) throws {
-        let fresh = try FreshStores(backend)
+    func paging(_ backend: StoreBackend) async throws {
+        let fresh = try await offload { try FreshStores(backend) }
         defer { fresh.remove() }
-        let store = fresh.stores.events
+        let store = Offloaded(store: fresh.stores.events)
         let story = try Self.story()
         // Two batches, as two publishing passes would store them.
-        let stored = try store.append(Array(story.prefix(5))) + store.append(Array(story.dropFirst(5)))
+        let first = try await store.append(Array(story.prefix(5)))
+        let stored = first + (try await store.append(Array(story.dropFirst(5))))
         let ids = stored.compactMap(\.id)
         #expect(ids.count == story.count && ids == ids.sorted() && Set(ids).count == ids.count)
         #expect(stored.map { var e = $0; e.id = nil; return e } == story)
@@ -54,27 +70,27 @@ struct EventStoreTests {
         var seen: [FleetEvent] = []
         var after: Int64?
         repeat {
-            let page = try store.events(EventQuery(after: after, limit: 5))
+            let page = try await store.events(EventQuery(after: after, limit: 5))
             seen += page
             after = page.count == 5 ? page.last?.id : nil
         } while after != nil
         #expect(seen == stored)
-        let a = try store.events(EventQuery(site: try SiteID("a"), limit: 100))
+        let a = try await store.events(EventQuery(site: try SiteID("a"), limit: 100))
         #expect(a.count == 9 && a.allSatisfy { $0.site?.rawValue == "a" })
-        let changes = try store.events(EventQuery(types: [.modeChanged], since: Self.at(100), until: Self.at(1_400), limit: 100))
+        let changes = try await store.events(EventQuery(types: [.modeChanged], since: Self.at(100), until: Self.at(1_400), limit: 100))
         #expect(changes.map(\.at) == [Self.at(115), Self.at(300), Self.at(415)])
-        #expect(try store.events(EventQuery(since: Self.at(1_650), limit: 100)).map(\.type) == [.leaderChanged])
-        #expect(try store.events(EventQuery(types: [.deadlineAlert, .operationQueued], limit: 100)).count == 2)
+        #expect(try await store.events(EventQuery(since: Self.at(1_650), limit: 100)).map(\.type) == [.leaderChanged])
+        #expect(try await store.events(EventQuery(types: [.deadlineAlert, .operationQueued], limit: 100)).count == 2)
     }
 
     @Test("a site's history: time in each mode, outages, the longest stretch without Azure, the most budget used, exact", arguments: StoreBackend.allCases)
-    func siteHistory(_ backend: StoreBackend) throws {
-        let fresh = try FreshStores(backend)
+    func siteHistory(_ backend: StoreBackend) async throws {
+        let fresh = try await offload { try FreshStores(backend) }
         defer { fresh.remove() }
-        let store = fresh.stores.events
-        _ = try store.append(try Self.story())
+        let store = Offloaded(store: fresh.stores.events)
+        _ = try await store.append(try Self.story())
         // The window [-100, 2,000): 100 s before the site was known.
-        let history = try store.siteHistory(try SiteID("a"), window: HistoryWindow(from: Self.at(-100), to: Self.at(2_000)))
+        let history = try await store.siteHistory(try SiteID("a"), window: HistoryWindow(from: Self.at(-100), to: Self.at(2_000)))
         #expect(history.unrecordedS == 100)
         #expect(history.modes["connected"] == 630.0)  // 115 + 115 + 400
         #expect(history.modes["semi-connected"] == 1_170.0)  // 185 + 985
@@ -87,25 +103,25 @@ struct EventStoreTests {
 
         // A window that starts inside the second outage still measures it from its contact; at
         // the window's end (now, for the API) it is still going.
-        let late = try store.siteHistory(try SiteID("a"), window: HistoryWindow(from: Self.at(1_000), to: Self.at(1_500)))
+        let late = try await store.siteHistory(try SiteID("a"), window: HistoryWindow(from: Self.at(1_000), to: Self.at(1_500)))
         #expect(late.unrecordedS == 0 && late.modes["semi-connected"] == 400 && late.modes["disconnected"] == 100)
         #expect(late.outages == 1 && late.longestWithoutAzure == Outage(from: Self.at(400), to: nil, seconds: 1_100, pastDeadline: true))
         #expect(late.maxBudgetUsed?.share == 1.1 && late.maxBudgetUsed?.at == Self.at(1_500))
 
         // Site b is still out: the stretch runs to the end of the window.
-        let b = try store.siteHistory(try SiteID("b"), window: HistoryWindow(from: Self.at(0), to: Self.at(560)))
+        let b = try await store.siteHistory(try SiteID("b"), window: HistoryWindow(from: Self.at(0), to: Self.at(560)))
         #expect(b.longestWithoutAzure == Outage(from: Self.at(60), to: nil, seconds: 500, pastDeadline: false))
         #expect(b.maxBudgetUsed?.share == 0.5)
     }
 
     @Test("the fleet: site-seconds per mode, slices, and the ranking by budget used", arguments: StoreBackend.allCases)
-    func fleetHistory(_ backend: StoreBackend) throws {
-        let fresh = try FreshStores(backend)
+    func fleetHistory(_ backend: StoreBackend) async throws {
+        let fresh = try await offload { try FreshStores(backend) }
         defer { fresh.remove() }
-        let store = fresh.stores.events
-        _ = try store.append(try Self.story())
+        let store = Offloaded(store: fresh.stores.events)
+        _ = try await store.append(try Self.story())
         let window = HistoryWindow(from: Self.at(0), to: Self.at(2_000))
-        let fleet = try store.fleetHistory(window: window, top: 10, buckets: 4)
+        let fleet = try await store.fleetHistory(window: window, top: 10, buckets: 4)
         // a: connected 115+115+400, semi 1,170, disconnected 200; b: connected 25, semi 1,925.
         #expect(fleet.modeSeconds["connected"] == 655)
         #expect(fleet.modeSeconds["semi-connected"] == 3_095.0)  // 1,170 + 1,925
@@ -122,17 +138,17 @@ struct EventStoreTests {
     }
 
     @Test("retention removes events and ended spans older than the cutoff, and nothing newer", arguments: StoreBackend.allCases)
-    func retention(_ backend: StoreBackend) throws {
-        let fresh = try FreshStores(backend)
+    func retention(_ backend: StoreBackend) async throws {
+        let fresh = try await offload { try FreshStores(backend) }
         defer { fresh.remove() }
-        let store = fresh.stores.events
+        let store = Offloaded(store: fresh.stores.events)
         // Enough for several slices of the removal.
         var many: [FleetEvent] = []
         for n in 0..<12_000 {
             many.append(FleetEvent(type: .livenessChanged, site: try SiteID("s-\(n % 50)"), at: Self.at(Double(n) / 10), from: "online", to: "stale"))
         }
-        _ = try store.append(many)
-        _ = try store.append(
+        _ = try await store.append(many)
+        _ = try await store.append(
             try Self.story().map {
                 var e = $0
                 e.at = e.at.addingTimeInterval(10_000)
@@ -140,11 +156,11 @@ struct EventStoreTests {
                 e.deadline = e.deadline?.addingTimeInterval(10_000)
                 return e
             })
-        #expect(try store.prune(before: Self.at(1_000)) == 10_000)
-        let left = try store.events(EventQuery(limit: 5_000))
+        #expect(try await store.prune(before: Self.at(1_000)) == 10_000)
+        let left = try await store.events(EventQuery(limit: 5_000))
         #expect(left.count == 2_000 + 12 && left.allSatisfy { $0.at >= Self.at(1_000) })
         // The spans of the moved story are still there.
-        let history = try store.siteHistory(try SiteID("a"), window: HistoryWindow(from: Self.at(9_000), to: Self.at(12_000)))
+        let history = try await store.siteHistory(try SiteID("a"), window: HistoryWindow(from: Self.at(9_000), to: Self.at(12_000)))
         #expect(history.outages == 2)
     }
 }

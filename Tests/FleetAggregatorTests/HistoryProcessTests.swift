@@ -102,7 +102,7 @@ struct HistoryProcessTests {
         try await withThrowingTaskGroup(of: Void.self) { group in
             for worker in 0..<4 {
                 group.addTask {
-                    for n in 0..<300 { _ = try await f.submit("seam-\(worker)", "extension.install", ["name": "before-\(n)"]) }
+                    for n in 0..<100 { _ = try await f.submit("seam-\(worker)", "extension.install", ["name": "before-\(n)"]) }
                 }
             }
             try await group.waitForAll()
@@ -115,6 +115,7 @@ struct HistoryProcessTests {
                         while !Task.isCancelled {
                             _ = try? await f.submit("seam-\(worker)", "extension.install", ["name": "during-\(n)"])
                             n += 1
+                            try? await Task.sleep(for: .milliseconds(5))  // fast, not flat out: other tests share the machine
                         }
                         return n
                     }
@@ -161,8 +162,11 @@ struct HistoryProcessTests {
         #expect(ids.count == printed.count, "every event printed has an id")
         #expect(Set(ids).count == ids.count, "an event printed twice: \(ids)")
         #expect(ids == ids.sorted(), "out of order: \(ids)")
-        #expect(ids == stored.compactMap(\.id), "missed: \(Set(stored.compactMap(\.id)).subtracting(ids).sorted())")
-        #expect(printed.filter { $0.type == .operationQueued }.count >= 1_200 + during)
+        // Up to the last one stored when the test looked (the last submissions' events may be
+        // stored and printed after it).
+        let upToLast = ids.filter { $0 <= last }
+        #expect(upToLast == stored.compactMap(\.id), "missed: \(Set(stored.compactMap(\.id)).subtracting(ids).sorted())")
+        #expect(printed.filter { $0.type == .operationQueued }.count >= 400 + during)
     }
 
     @Test("a scripted site's history (two outages, one past a short budget) matches the script to the second")

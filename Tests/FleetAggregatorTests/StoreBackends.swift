@@ -16,7 +16,7 @@ enum StoreBackend: String, CaseIterable, Sendable, CustomTestStringConvertible {
 
 /// Fresh, empty stores: an SQLite file in a new directory, or a new database on the test
 /// process's real PostgreSQL server (started once, as the postgres user, on a free port).
-struct FreshStores {
+struct FreshStores: @unchecked Sendable {  // immutable; its stores are Sendable
     let stores: AggregatorStores
     /// What `--db` takes for the same database: the file's path, or the postgres:// URL.
     let database: String

@@ -42,11 +42,16 @@ public final class AgentProcess: @unchecked Sendable {
     public let process: ChildProcess
     public let log: String
 
-    public init(site: String, broker: MosquittoBroker, stateDir: String, probe: [String] = ["--probe-command", "true"], extra: [String] = []) throws {
+    /// `brokerURL`: instead of the broker's own URL (a proxy in front of it). `--broker` in `extra`
+    /// adds a broker to fail over to; it does not replace this one.
+    public init(
+        site: String, broker: MosquittoBroker, brokerURL: String? = nil, stateDir: String, probe: [String] = ["--probe-command", "true"],
+        extra: [String] = []
+    ) throws {
         log = stateDir + "/agent-\(UUID().uuidString.prefix(6)).log"
         process = try ChildProcess(
             try builtProduct("edgefleet-agent").path,
-            ["--site", site, "--broker", broker.url, "--state-dir", stateDir, "--heartbeat-interval", "1s", "--probe-interval", "1s",
+            ["--site", site, "--broker", brokerURL ?? broker.url, "--state-dir", stateDir, "--heartbeat-interval", "1s", "--probe-interval", "1s",
              "--log-level", "debug"] + probe + extra,
             outputPath: log)
     }
