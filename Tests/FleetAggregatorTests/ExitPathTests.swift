@@ -84,6 +84,8 @@ struct ExitPathTests {
             try await site.connect()
             site.startBeating()
         }
+        let (observer, messages) = try await fleetObserver(broker)
+        defer { Task { await observer.shutdown() } }
         try disk.fill()
         let unhealthy = try await withTimeout(.seconds(30), "/healthz to say 503") { () -> String in
             while true {
@@ -93,6 +95,17 @@ struct ExitPathTests {
             }
         }
         #expect(unhealthy.contains("store"), "\(unhealthy)")
+        // Events are stored before they are published: a store that cannot write must not hold
+        // them back (they go out without an id, counted, when the write fails).
+        sites[0].stopBeating()
+        let stale = try await messages.event("disk-0", "disk-0's liveness event while the disk is full") {
+            $0.type == .livenessChanged && $0.to == "stale"
+        }
+        if stale.id == nil {
+            let counted = try await HTTP.get(port: port, "/metrics").text.split(separator: "\n")
+                .first { $0.hasPrefix("edgefleet_event_store_failures_total") }
+            #expect(counted.flatMap { Double($0.split(separator: " ").last ?? "") }.map { $0 >= 1 } == true, "\(counted ?? "no counter")")
+        }
         let metrics = try await HTTP.get(port: port, "/metrics").text
         let failures = metrics.split(separator: "\n").first { $0.hasPrefix("edgefleet_store_write_failures_total") }
         #expect(failures.flatMap { Double($0.split(separator: " ").last ?? "") }.map { $0 >= 1 } == true, "\(failures ?? "no counter")")
