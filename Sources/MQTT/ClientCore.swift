@@ -85,6 +85,13 @@ final class ClientCore: MosquittoEventSink, Sendable {
     var currentState: MQTTConnectionState { state.withLock { $0.connection } }
     var stopRequested: Bool { state.withLock { $0.stopRequested } }
 
+    /// The loop thread is inside libmosquitto's (blocking) TCP connect: an address that drops
+    /// packets holds it there for the kernel's connect timeout, about two minutes.
+    private let connecting = Mutex(false)
+    var isInConnectCall: Bool { connecting.withLock { $0 } }
+    func setInConnectCall(_ value: Bool) { connecting.withLock { $0 = value } }
+    var isFinished: Bool { state.withLock { $0.finished } }
+
     /// Returns true the first time, when the loop thread should be started.
     func markStarted() -> Bool {
         state.withLock { s in

@@ -183,7 +183,18 @@ public final class MQTTClient: Sendable {
             // Wakes mosquitto_loop through its internal socket pair when connected;
             // the loop thread notices the stop request and finishes the sequence.
             core.wakeLoop()
+            // A loop thread inside a TCP connect to an address that never answers would hold the
+            // stop for the kernel's connect timeout (about two minutes): after 2 s it is left to
+            // end by itself (its handle stays alive until it does; nothing was connected to close).
+            let core = self.core
+            let watchdog = Task.detached {
+                try? await Task.sleep(for: .seconds(2))
+                guard !Task.isCancelled, !core.isFinished, core.isInConnectCall else { return }
+                core.logger.warning("a connection attempt is still waiting for the broker to answer; stopping without it")
+                core.finish()
+            }
             await core.waitUntilFinished()
+            watchdog.cancel()
         case .alreadyStopping:
             await core.waitUntilFinished()
         }
@@ -240,8 +251,10 @@ private struct LoopDriver {
                 core.logger.error("could not set the Last Will for this connection", metadata: ["error": "\(error)"])
             }
             let attemptStarted = ContinuousClock.now
+            core.setInConnectCall(true)
             let connectError = brokers.count > 1 && (firstAttempt || switched) ? handle.connect(to: brokers[current])
                 : firstAttempt ? handle.connect() : handle.reconnect()
+            core.setInConnectCall(false)
             firstAttempt = false
             switched = false
             if let connectError {
