@@ -1,3 +1,4 @@
+import FleetCore
 import Subprocesses
 internal import CTLSProbe
 import Dispatch
@@ -57,7 +58,7 @@ public enum AzureProbe {
         let milliseconds = Int32(clamping: timeout.milliseconds)
         // The handshake blocks (poll with a deadline): run it off the cooperative pool.
         return await withCheckedContinuation { continuation in
-            DispatchQueue.global().async {
+            onOwnThread {
                 var error = [CChar](repeating: 0, count: 512)
                 let rc = edgefleet_tls_probe(endpoint.host, Int32(endpoint.port), milliseconds, caFile, &error, error.count)
                 continuation.resume(returning: rc == 0 ? nil : String(decoding: error.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self))

@@ -515,7 +515,7 @@ public final class AggregatorService: Service, Sendable {
             if !leadership.isLeader { continue }
             // SQLite blocks: on a thread of its own, not on the cooperative pool ingest runs on.
             await withCheckedContinuation { (done: CheckedContinuation<Void, Never>) in
-                DispatchQueue.global().async {
+                onOwnThread {
                     self.flush()
                     done.resume()
                 }
@@ -572,7 +572,7 @@ public final class AggregatorService: Service, Sendable {
         while !isStopping {
             if leadership.isLeader {
                 await withCheckedContinuation { (done: CheckedContinuation<Void, Never>) in
-                    DispatchQueue.global().async {
+                    onOwnThread {
                         rollouts.tick()
                         done.resume()
                     }

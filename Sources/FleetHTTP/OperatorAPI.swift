@@ -788,7 +788,7 @@ extension OperatorAPI {
 /// threads that ingest and the dispatcher run on stay free.
 func offloaded<T: Sendable>(_ body: @escaping @Sendable () throws(APIError) -> T) async throws(APIError) -> T {
     let result: Result<T, APIError> = await withCheckedContinuation { continuation in
-        DispatchQueue.global().async {
+        onOwnThread {
             continuation.resume(returning: Result { () throws(APIError) -> T in try body() })
         }
     }

@@ -636,7 +636,7 @@ public final class Dispatcher: Sendable {
         }
         // The executor runs on a thread of its own from here (no hop through the cooperative pool
         // before it starts); its outcome is recorded from a task.
-        DispatchQueue.global().async {
+        onOwnThread {
             // The thread is free once the executor exited; the outcome is recorded once what it
             // may have left behind is ended too (the site stays busy until then).
             self.run(dispatched, argv: argv, exited: release) { result in

@@ -115,7 +115,7 @@ public final class QueueService: Service, Sendable {
         let dispatcher = dispatcher
         let now = clock.now()
         try await withCheckedThrowingContinuation { (done: CheckedContinuation<Void, any Error>) in
-            DispatchQueue.global().async { done.resume(with: Result { try dispatcher.recover(now: now, periodic: periodic) }) }
+            onOwnThread { done.resume(with: Result { try dispatcher.recover(now: now, periodic: periodic) }) }
         }
     }
 

@@ -73,7 +73,7 @@ public enum CommandRunner {
             // Blocking waits (poll, waitpid) run on a thread of their own, not on the cooperative
             // pool; that thread is free again once the command exited (the search for what it left
             // behind happens on the sweeper's thread).
-            DispatchQueue.global().async {
+            onOwnThread {
                 runThenTidy(
                     arguments, timeout: timeout, outputLimit: outputLimit, capture: capture, environment: environment,
                     maximumOutput: maximumOutput, exited: exited, started: started
