@@ -247,16 +247,24 @@ private struct LoopDriver {
         var switched = false
         while !core.stopRequested {
             core.setState(.connecting)
-            if let provider = core.configuration.willProvider, let error = handle.replaceWill(provider()) {
-                core.logger.error("could not set the Last Will for this connection", metadata: ["error": "\(error)"])
-            }
             let attemptStarted = ContinuousClock.now
-            core.setInConnectCall(true)
-            let connectError = brokers.count > 1 && (firstAttempt || switched) ? handle.connect(to: brokers[current])
-                : firstAttempt ? handle.connect() : handle.reconnect()
-            core.setInConnectCall(false)
-            firstAttempt = false
-            switched = false
+            // Reached without blocking first (see ConnectCheck): libmosquitto's TCP connect blocks.
+            let target = brokers[current]
+            var connectError = ConnectCheck.reach(
+                host: target.host, port: target.port, timeout: core.configuration.connectTimeout, stopRequested: { core.stopRequested })
+            if connectError == nil {
+                // The will (a new session, for the agent) only for a connection that goes ahead.
+                if let provider = core.configuration.willProvider, let error = handle.replaceWill(provider()) {
+                    core.logger.error("could not set the Last Will for this connection", metadata: ["error": "\(error)"])
+                }
+                core.setInConnectCall(true)
+                connectError = brokers.count > 1 && (firstAttempt || switched) ? handle.connect(to: target)
+                    : firstAttempt ? handle.connect() : handle.reconnect()
+                core.setInConnectCall(false)
+                firstAttempt = false
+                switched = false
+            }
+            if core.stopRequested { break }
             if let connectError {
                 failures += 1
                 core.attemptFailed(connectError)

@@ -170,6 +170,9 @@ public struct MQTTConfiguration: Sendable {
     public var password: String?
     /// TLS settings; used when the broker URL is `mqtts://` (an empty value then trusts the OS CAs).
     public var tls: MQTTTLSConfiguration?
+    /// How long one connection attempt waits for the broker's TCP answer before it counts as
+    /// failed (and the next broker, if any, is tried).
+    public var connectTimeout: Duration = .seconds(10)
     public var keepAlive: Duration
     public var will: LastWill?
     /// Called on the loop thread before every connection attempt; its Last Will

@@ -1,4 +1,7 @@
+import FleetCore
 import Foundation
+import Logging
+import MQTT
 import TestSupport
 import Testing
 
@@ -71,7 +74,7 @@ struct BlackHoleTests {
         let stopping = ContinuousClock.now
         agent.process.signal(SIGTERM)
         let status = await withCheckedContinuation { continuation in
-            DispatchQueue.global().async { continuation.resume(returning: agent.process.wait(timeout: .seconds(30))) }
+            onOwnThread { continuation.resume(returning: agent.process.wait(timeout: .seconds(30))) }
         }
         return (status, ContinuousClock.now - stopping)
     }
@@ -82,7 +85,7 @@ struct BlackHoleTests {
     @Test("while the broker address drops every packet: startup as quick as with a broker that answers, shutdown within 3 s of it")
     func startAndStop() async throws {
         let hole = try BlackHole()
-        let broker = try MosquittoBroker()
+        let broker = try await MosquittoBroker.start()
         defer { broker.stop() }
         let stateDir = try temporaryDirectory()
         defer { try? FileManager.default.removeItem(atPath: stateDir) }
@@ -108,5 +111,43 @@ struct BlackHoleTests {
         let ((controlStatus, controlTook), (holeStatus, holeTook)) = await (controlStop, holeStop)
         #expect(controlStatus == 0 && holeStatus == 0, "exits \(String(describing: controlStatus)), \(String(describing: holeStatus))")
         #expect(holeTook < controlTook + .seconds(3), "shutdown \(holeTook), with a broker that answers \(controlTook): \((try? String(contentsOfFile: holed.log, encoding: .utf8))?.suffix(1500) ?? "")")
+    }
+
+    @Test("a first broker that never answers and a second that does: the agent gives up on the first after its connect timeout (10 s) and is on the second within 15 s of starting")
+    func failoverPastAHole() async throws {
+        let hole = try BlackHole()
+        let broker = try await MosquittoBroker.start()
+        defer { broker.stop() }
+        let stateDir = try temporaryDirectory()
+        defer { try? FileManager.default.removeItem(atPath: stateDir) }
+        var logger = Logger(label: "test")
+        logger.logLevel = .critical
+        let observer = try MQTTClient(configuration: MQTTConfiguration(broker: try BrokerURL(parsing: broker.url)), logger: logger)
+        let messages = MessageCollector(observer)
+        try await observer.connect(timeout: .seconds(20))
+        try await observer.subscribe(to: "edgefleet/v1/sites/s-past-hole/presence", qos: .atLeastOnce)
+        let log = stateDir + "/agent.log"
+        let agent = try ChildProcess(
+            try builtProduct("edgefleet-agent").path,
+            ["--site", "s-past-hole", "--broker", "mqtt://127.0.0.1:\(hole.port)", "--broker", broker.url, "--state-dir", stateDir + "/state",
+             "--probe-command", "true", "--log-level", "debug"],
+            outputPath: log)
+        defer {
+            if agent.isRunning {
+                agent.signal(SIGKILL)
+                _ = agent.wait()
+            }
+        }
+        _ = try await Self.startup(Started(process: agent, log: log, at: ContinuousClock.now))
+        let startedAt = ContinuousClock.now
+        let online = try await messages.next(timeout: .seconds(60), "online on the second broker") {
+            (try? FleetJSON.decode(Presence.self, from: $0.payload))?.state == .online
+        }
+        let took = ContinuousClock.now - startedAt
+        let text = (try? String(contentsOfFile: log, encoding: .utf8)) ?? ""
+        #expect(took < .seconds(15), "on the second broker \(took) after starting: \(text.suffix(1500))")
+        #expect(text.contains("no answer from 127.0.0.1:\(hole.port)"), "\(text.suffix(1500))")
+        #expect(online.topic == "edgefleet/v1/sites/s-past-hole/presence")
+        await observer.shutdown()
     }
 }
