@@ -706,8 +706,34 @@ public final class AggregatorService: Service, Sendable {
                 logger.warning("\(unstored.count) event(s) could not be stored (published without an id): \(error)")
             }
         }
-        for event in events {
-            await send(.fleetEvents, event)
+        await sendEvents(events)
+    }
+
+    /// Events in order, their acknowledgements awaited together a slice at a time: a burst (a
+    /// fleet's first modes as it comes online) costs a round trip per slice, not per event.
+    private func sendEvents(_ events: [FleetEvent]) async {
+        var start = 0
+        while start < events.count {
+            if leadership.isReplicated, !leadership.isLeader { return }
+            let slice = events[start..<min(events.count, start + 256)]
+            start += slice.count
+            let began = ContinuousClock.now
+            var messages: [(topic: FleetTopic, payload: [UInt8])] = []
+            for event in slice {
+                guard let payload = try? FleetJSON.encode(event) else {
+                    metrics.publishFailures.increment()
+                    continue
+                }
+                messages.append((.fleetEvents, payload))
+            }
+            let outcomes = await client.publishInOrder(messages, in: configuration.topics)
+            let failed = outcomes.compactMap { $0 }
+            if failed.isEmpty {
+                metrics.publishLatency.record(duration: ContinuousClock.now - began)
+            } else {
+                metrics.publishFailures.increment(by: failed.count)
+                logger.debug("\(failed.count) event(s) not published: \(failed[0])")
+            }
         }
     }
 

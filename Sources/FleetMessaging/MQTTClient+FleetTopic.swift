@@ -16,6 +16,12 @@ extension MQTTClient {
         try await publish(topics.name(topic), payload: payload, qos: delivery.mqttQoS, retain: delivery.retained)
     }
 
+    /// Publishes QoS 1 topics' payloads in the order given, waiting for the acknowledgements
+    /// together (see `publishInOrder`); each outcome in the same order.
+    public func publishInOrder(_ messages: [(topic: FleetTopic, payload: [UInt8])], in topics: FleetTopics) async -> [(any Error)?] {
+        await publishInOrder(messages.map { (topics.name($0.topic), $0.payload, $0.topic.delivery.retained) })
+    }
+
     /// Clears a retained topic (an empty retained message).
     public func clear(_ topic: FleetTopic, in topics: FleetTopics) async throws {
         try await publish(topics.name(topic), payload: [], qos: topic.delivery.mqttQoS, retain: true)
