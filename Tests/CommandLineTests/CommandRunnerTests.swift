@@ -11,7 +11,7 @@ import Glibc
 
 @Suite("running probe and check commands")
 struct CommandRunnerTests {
-    @Test("the process table reads /proc/PID/stat on its bytes: this process's parent, group and start; a name with spaces and parentheses")
+    @Test("the process table reads /proc/PID/stat on its bytes: this process's parent, group and start; a name with spaces and parentheses", .ownThread)
     func processTableEntry() throws {
         let me = try #require(ProcessTable.entry(getpid()))
         #expect(me.parent == getppid() && me.processGroup == getpgrp() && me.startTicks > 0 && !me.isGone)
@@ -93,7 +93,7 @@ struct CommandRunnerTests {
         #expect(!outcome.timedOut && outcome.exitCode == 0)
         #expect(outcome.duration < .seconds(5))
         #expect(outcome.output.hasPrefix("done"))
-        let left = try run(URL(fileURLWithPath: "/usr/bin/pgrep"), ["-f", marker])
+        let left = try await runAsync(URL(fileURLWithPath: "/usr/bin/pgrep"), ["-f", marker])
         #expect(left.stdout.isEmpty, "the leftover child survived")
     }
 
@@ -113,10 +113,10 @@ struct CommandRunnerTests {
         let marker = "600.\(UInt32.random(in: 1000...999_999))"
         let outcome = try await CommandRunner.run(["/bin/sh", "-c", "setsid sleep \(marker) > /dev/null 2>&1 & echo started"], timeout: .seconds(10))
         #expect(outcome.exitCode == 0 && outcome.firstLine == "started")
-        var left = try run(URL(fileURLWithPath: "/usr/bin/pgrep"), ["-f", "sleep \(marker)"]).stdout
+        var left = try await runAsync(URL(fileURLWithPath: "/usr/bin/pgrep"), ["-f", "sleep \(marker)"]).stdout
         for _ in 0..<50 where !left.isEmpty {
             try await Task.sleep(for: .milliseconds(20))
-            left = try run(URL(fileURLWithPath: "/usr/bin/pgrep"), ["-f", "sleep \(marker)"]).stdout
+            left = try await runAsync(URL(fileURLWithPath: "/usr/bin/pgrep"), ["-f", "sleep \(marker)"]).stdout
                 .split(separator: "\n").filter { !isZombie(pid_t($0) ?? 0) }.joined(separator: "\n")
         }
         #expect(left.isEmpty, "the daemon outlived its command: \(left)")

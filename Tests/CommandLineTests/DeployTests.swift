@@ -134,7 +134,7 @@ struct DeployTests {
         var rendered = config
         // The HTTPS Secret ships placeholders (the operator brings the certificate): a real pair
         // stands in for them, so that the configuration is checked as it will run.
-        let pki = try TestPKI()
+        let pki = try await TestPKI.make()
         defer { pki.remove() }
         for (path, content) in mountedFiles where content.contains("(the server certificate") || content.contains("(its private key)") {
             mountedFiles[path] = try String(contentsOfFile: path.hasSuffix(".key") ? pki.serverKey : pki.serverCertificate, encoding: .utf8)
@@ -187,7 +187,7 @@ struct DeployTests {
         }
     }
 
-    @Test("container build files: multi-stage, the release build, a slim runtime, not root", arguments: ["agent", "aggregator", "cli"])
+    @Test("container build files: multi-stage, the release build, a slim runtime, not root", .ownThread, arguments: ["agent", "aggregator", "cli"])
     func containerfiles(_ name: String) throws {
         let text = try String(contentsOfFile: "\(Self.deploy)/container/Containerfile.\(name)", encoding: .utf8)
         let stages = text.split(separator: "\n").filter { $0.hasPrefix("FROM ") }

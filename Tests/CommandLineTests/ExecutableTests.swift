@@ -2,7 +2,7 @@ import Foundation
 import TestSupport
 import Testing
 
-@Suite("the three executables answer --help and --version and refuse bad flags")
+@Suite("the three executables answer --help and --version and refuse bad flags", .ownThread)
 struct ExecutableTests {
     static let names = ["edgefleet-agent", "edgefleet-aggregator", "edgefleet"]
 

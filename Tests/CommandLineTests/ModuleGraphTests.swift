@@ -3,7 +3,7 @@ import Testing
 
 /// The module graph of docs/design-notes.md ("Modules"), checked on the sources' imports: a
 /// dependency the design rules out fails here, not in a review.
-@Suite("the module graph")
+@Suite("the module graph", .ownThread)
 struct ModuleGraphTests {
     static let sources = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
         .deletingLastPathComponent().appendingPathComponent("Sources")

@@ -7,7 +7,7 @@ import MQTT
 import TestSupport
 import Testing
 
-@Suite("agent configuration: file, environment and flags")
+@Suite("agent configuration: file, environment and flags", .ownThread)
 struct AgentConfigurationTests {
     func load(_ yaml: String?, environment: [String: String] = [:], flags: [String: Settings.Value] = [:]) throws -> AgentConfiguration {
         var settings = try Settings(yaml: yaml, filePath: "agent.yaml", environment: environment, flags: flags)

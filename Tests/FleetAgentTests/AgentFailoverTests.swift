@@ -28,10 +28,10 @@ struct AgentFailoverTests {
 
     @Test("the first broker down at start: on the second within 15 s; the second stopped and the first started: back within 15 s; every status change arrives")
     func failover() async throws {
-        let first = try MosquittoBroker()
+        let first = try await MosquittoBroker.start()
         first.stop()  // down at start; its port is kept for later
         defer { first.stop() }
-        let second = try MosquittoBroker()
+        let second = try await MosquittoBroker.start()
         defer { second.stop() }
         let stateDir = try temporaryDirectory()
         defer { try? FileManager.default.removeItem(atPath: stateDir) }
@@ -62,7 +62,7 @@ struct AgentFailoverTests {
         try "2\n".write(toFile: stateDir + "/code", atomically: true, encoding: .utf8)
         try await Task.sleep(for: .seconds(1))  // the check's interval is 300 ms: the change happens while no broker is up
         let moved = ContinuousClock.now
-        try first.restart()
+        try await first.restart()
         let (firstClient, onFirst) = try await observer(first)
         defer { Task { await firstClient.shutdown() } }
         _ = try await onFirst.next(timeout: .seconds(15), "the agent's presence on the first broker") { $0.topic.hasSuffix("s-two/presence") }

@@ -51,14 +51,14 @@ struct ArcAgentsTests {
         #expect(garbage.state == .unknown)
     }
 
-    @Test("an arc-agents check takes no command of its own")
+    @Test("an arc-agents check takes no command of its own", .ownThread)
     func noCommand() throws {
         var settings = try Settings(
             yaml: "site: s1\nchecks:\n  - {name: arc, kind: arc-agents, command: [rm, -rf, /]}\n", filePath: "agent.yaml", environment: [:], flags: [:])
         #expect(throws: (any Error).self) { _ = try AgentConfiguration.load(&settings) }
     }
 
-    @Test("brokers: a list in the file or --broker more than once; one scheme for all; not both keys; files relative to the config file")
+    @Test("brokers: a list in the file or --broker more than once; one scheme for all; not both keys; files relative to the config file", .ownThread)
     func brokers() throws {
         let directory = try temporaryDirectory()
         defer { try? FileManager.default.removeItem(atPath: directory) }

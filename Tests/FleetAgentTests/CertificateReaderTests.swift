@@ -14,7 +14,7 @@ func certificate(in directory: String, named name: String, days: Int) throws -> 
     return "\(directory)/\(name).crt"
 }
 
-@Suite("certificate expiry")
+@Suite("certificate expiry", .ownThread)
 struct CertificateReaderTests {
     @Test("the earliest notAfter across files, chains and a kubeconfig's client certificates, with its source")
     func earliest() throws {

@@ -4,7 +4,7 @@ import Foundation
 import TestSupport
 import Testing
 
-@Suite("the agent's durable state")
+@Suite("the agent's durable state", .ownThread)
 struct DurableStateTests {
     let t0 = RFC3339.parse("2026-11-20T10:00:00.000Z")!
 

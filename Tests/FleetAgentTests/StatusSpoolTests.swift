@@ -3,7 +3,7 @@ import Foundation
 import TestSupport
 import Testing
 
-@Suite("the offline status spool")
+@Suite("the offline status spool", .ownThread)
 struct StatusSpoolTests {
     @Test("keeps messages in order across a reopen; full, it drops the oldest and counts them")
     func orderAndCapacity() throws {

@@ -50,7 +50,7 @@ struct AggregatorProcessTests {
         #expect(modeChanges == ["-->unknown", "unknown->connected", "connected->semi-connected", "semi-connected->disconnected"])
         #expect(events.filter { $0.type == .deadlineAlert }.compactMap(\.level) == [.warning, .critical, .expired])
         await site.shutdown()
-        #expect(aggregator.terminate() == 0, "\(aggregator.output)")
+        #expect(await aggregator.terminateAndWait() == 0, "\(aggregator.output)")
     }
 
     @Test("a certificate that expires before the budget runs out sets the deadline")
@@ -84,7 +84,7 @@ struct AggregatorProcessTests {
 
     @Test("a dead agent goes stale, then offline, and still turns disconnected on time across an aggregator restart")
     func deadAgentAndRestart() async throws {
-        let broker = try MosquittoBroker()
+        let broker = try await MosquittoBroker.start()
         defer { broker.stop() }
         let proxy = try TCPProxy(upstreamPort: broker.port)
         defer { proxy.stop() }
@@ -121,7 +121,7 @@ struct AggregatorProcessTests {
         let deadline = try #require(offline.deadline)
 
         // Restart the aggregator before the deadline; the new one must keep the countdown.
-        #expect(aggregator.terminate() == 0, "\(aggregator.output)")
+        #expect(await aggregator.terminateAndWait() == 0, "\(aggregator.output)")
         _ = try await messages.next("the aggregator's shutdown presence") {
             $0.topic == "edgefleet/v1/aggregator/presence" && (try? FleetJSON.decode(Presence.self, from: $0.payload))?.reason == .shutdown
         }
@@ -158,15 +158,15 @@ struct AggregatorProcessTests {
             "azure":{"reachable":false,"lastContactAgeS":1.5,"probe":"command"}}
             """
         let presence = #"{"schema":"edgefleet.presence/1","site":"pub-site","state":"online","session":3,"at":"\#(now)"}"#
-        let announced = try run(pub, ["-h", "127.0.0.1", "-p", "\(broker.port)", "-q", "1", "-r", "-t", "edgefleet/v1/sites/pub-site/presence", "-m", presence])
+        let announced = try await runAsync(pub, ["-h", "127.0.0.1", "-p", "\(broker.port)", "-q", "1", "-r", "-t", "edgefleet/v1/sites/pub-site/presence", "-m", presence])
         #expect(announced.status == 0, "\(announced.stderr)")
-        let published = try run(pub, ["-h", "127.0.0.1", "-p", "\(broker.port)", "-q", "1", "-t", "edgefleet/v1/sites/pub-site/heartbeat", "-m", heartbeat])
+        let published = try await runAsync(pub, ["-h", "127.0.0.1", "-p", "\(broker.port)", "-q", "1", "-t", "edgefleet/v1/sites/pub-site/heartbeat", "-m", heartbeat])
         #expect(published.status == 0, "\(published.stderr)")
         // The retained view is there for a late subscriber; -C 1 takes the first message.
         // (The presence alone already made a view, mode unknown: read until the heartbeat's is there.)
         let viewText = try await withTimeout(.seconds(15), "the retained view after the heartbeat") { () -> String in
             while true {
-                let read = try run(sub, ["-h", "127.0.0.1", "-p", "\(broker.port)", "-t", "edgefleet/v1/fleet/sites/pub-site", "-C", "1", "-W", "10"])
+                let read = try await runAsync(sub, ["-h", "127.0.0.1", "-p", "\(broker.port)", "-t", "edgefleet/v1/fleet/sites/pub-site", "-C", "1", "-W", "10"])
                 #expect(read.status == 0, "mosquitto_sub got nothing: \(read.stderr)\n\(aggregator.output)")
                 let view = try JSONSerialization.jsonObject(with: Data(read.stdout.utf8)) as? [String: Any]
                 if view?["mode"] as? String != "unknown" { return read.stdout }
@@ -183,7 +183,7 @@ struct AggregatorProcessTests {
         // The summary is coalesced (every 200 ms here): read the retained one until it shows the site.
         let modes = try await withTimeout(.seconds(10), "a fleet summary with the site") {
             while true {
-                let summary = try run(sub, ["-h", "127.0.0.1", "-p", "\(broker.port)", "-t", "edgefleet/v1/fleet/status", "-C", "1", "-W", "10"])
+                let summary = try await runAsync(sub, ["-h", "127.0.0.1", "-p", "\(broker.port)", "-t", "edgefleet/v1/fleet/status", "-C", "1", "-W", "10"])
                 let fleet = try JSONSerialization.jsonObject(with: Data(summary.stdout.utf8)) as? [String: Any]
                 #expect(fleet?["schema"] as? String == "edgefleet.fleet/1")
                 if fleet?["sites"] as? Int == 1 { return fleet?["modes"] as? [String: Int] ?? [:] }

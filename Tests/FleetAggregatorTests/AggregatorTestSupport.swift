@@ -63,6 +63,12 @@ final class AggregatorProcess: @unchecked Sendable {  // immutable; ChildProcess
         }()
     }
 
+    /// `terminate()` without holding a cooperative thread while the aggregator shuts down.
+    @discardableResult
+    func terminateAndWait() async -> Int32 {
+        (try? await offload { [self] in terminate() }) ?? -1
+    }
+
     var output: String { (try? String(contentsOfFile: log, encoding: .utf8)) ?? "" }
 
     /// A test that fails half-way must not leave its aggregator running.
@@ -92,7 +98,7 @@ struct AggregatorFixture {
 
     /// `database`: a postgres:// URL (its password file among `flags`); by default an SQLite file.
     static func start(flags: [String] = Short.flags, environment: [String: String]? = nil, database: String? = nil) async throws -> AggregatorFixture {
-        let broker = try MosquittoBroker()
+        let broker = try await MosquittoBroker.start()
         let directory = try temporaryDirectory("edgefleet-aggregator")
         let database = database ?? directory + "/fleet.sqlite"
         let (observer, messages) = try await fleetObserver(broker)
@@ -111,7 +117,7 @@ struct AggregatorFixture {
     /// Stops the aggregator (SIGTERM) and starts another on the same database and broker;
     /// returns once it announced itself.
     func restartAggregator(flags: [String] = Short.flags, environment: [String: String]? = nil) async throws -> AggregatorFixture {
-        aggregator.terminate()
+        await aggregator.terminateAndWait()
         let next = try AggregatorProcess(broker: broker, database: database, flags: flags, environment: environment)
         try await messages.aggregatorOnline()
         return AggregatorFixture(broker: broker, directory: directory, observer: observer, messages: messages, aggregator: next, database: database)

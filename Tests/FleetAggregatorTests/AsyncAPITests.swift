@@ -90,7 +90,7 @@ struct AsyncAPITests {
         _ = try await f.submit("aa-001", "extension.install", ["name": "m"])
         _ = try await f.post("/v1/rollouts", #"{"kind": "extension.install", "selector": "region=west", "params": {"name": "r"}, "canary": 1, "batch": "50%"}"#)
         try await Task.sleep(for: .seconds(4))
-        #expect(agent.terminate() == 0)  // a goodbye presence
+        #expect(await agent.terminateAndWait() == 0)  // a goodbye presence
         try await Task.sleep(for: .milliseconds(500))
 
         // Live: every message on a channel, valid, at the channel's QoS (the subscription allows up to 1).

@@ -9,7 +9,7 @@ import Testing
 struct BrokerOutageTests {
     @Test("12 s without its broker link: no liveness or mode event for the 20 sites that kept beating; a site that really went quiet still goes stale")
     func outageIsNotSilence() async throws {
-        let broker = try MosquittoBroker()
+        let broker = try await MosquittoBroker.start()
         defer { broker.stop() }
         let proxy = try TCPProxy(upstreamPort: broker.port)
         defer { proxy.stop() }
@@ -61,6 +61,6 @@ struct BrokerOutageTests {
             #expect(events.isEmpty, "\(site.site): \(events.map { "\($0.type.rawValue) \($0.from ?? "") -> \($0.to ?? "")" })")
             _ = try await messages.view(site.site.rawValue, "\(site.site) online after the outage") { $0.liveness == .online && !$0.projected }
         }
-        aggregator.terminate()
+        await aggregator.terminateAndWait()
     }
 }

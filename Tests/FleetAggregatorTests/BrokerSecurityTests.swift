@@ -71,7 +71,7 @@ struct SecureBroker {
                 text = text.replacingOccurrences(of: shipped, with: test)
             }
             do {
-                let broker = try MosquittoBroker(
+                let broker = try await MosquittoBroker.start(
                     configText: text, port: tlsPort, directory: URL(fileURLWithPath: directory + "/broker"), asRoot: getpwnam("mosquitto") == nil)
                 return SecureBroker(directory: directory, broker: broker, tlsPort: tlsPort, certificatePort: certificatePort, localPort: localPort)
             } catch {
@@ -264,7 +264,7 @@ struct BrokerSecurityTests {
         await c.shutdown()
 
         try await SecureBroker.tool(["revoke-cert", "site-c", "--ca-dir", secure.directory + "/ca"])
-        try secure.broker.restart()  // mosquitto 2.0 reads the CRL when the listener starts
+        try await secure.broker.restart()  // mosquitto 2.0 reads the CRL when the listener starts
         #expect(await secure.isRefused(nil, certificate: "site-c"))
         #expect(await secure.canConnect(nil, certificate: "site-d") == true)
     }
@@ -361,7 +361,7 @@ struct BrokerSecurityTests {
             while try await HTTP.get(port: port, "/v1/sites/site-a").status != 200 { try await Task.sleep(for: .milliseconds(100)) }
         }
         #expect(try await HTTP.get(port: port, "/v1/sites/site-b").status == 404)
-        aggregator.terminate()
+        await aggregator.terminateAndWait()
     }
 
     @Test("a regional broker bridged with the shipped example carries a site to the central aggregator; the view survives a central restart")
@@ -387,7 +387,7 @@ struct BrokerSecurityTests {
             guard bridge.contains(shipped) else { throw TestSupportError("the shipped bridge example no longer contains '\(shipped)'") }
             bridge = bridge.replacingOccurrences(of: shipped, with: test)
         }
-        let regional = try MosquittoBroker(extraLines: bridge.split(separator: "\n", omittingEmptySubsequences: false).map(String.init))
+        let regional = try await MosquittoBroker.start(extraLines: bridge.split(separator: "\n", omittingEmptySubsequences: false).map(String.init))
         defer { regional.stop() }
         let (watcher, atRegion) = try await fleetObserver(regional)
         defer { Task { await watcher.shutdown() } }
@@ -403,10 +403,10 @@ struct BrokerSecurityTests {
         _ = try await atRegion.view("store-eu-1", timeout: .seconds(30), "the site's view bridged back to the region") { $0.mode == .connected }
 
         // The aggregator stops; the central broker restarts: the retained view is still there (persistence).
-        aggregator.terminate()
+        await aggregator.terminateAndWait()
         await alice.shutdown()
         central.broker.stop()
-        try central.broker.restart()
+        try await central.broker.restart()
         let later = try central.client("operator.alice")
         let afterRestart = try await subscriber(later, ["edgefleet/v1/fleet/sites/+"])
         defer { Task { await later.shutdown() } }

@@ -35,7 +35,7 @@ struct ChaosTests {
 
     @Test("three replicas, 200 sites, 500 operations; the leader SIGKILLed 5 times and PostgreSQL stopped for 10 s: every operation ends, none runs twice at once, every re-run is in its history, epochs never go back, the fleet keeps being published")
     func leaderKilledFiveTimes() async throws {
-        let server = try PostgresServer()
+        let server = try await offload { try PostgresServer() }
         defer { try? server.stop() }
         let database = server.url(try server.createDatabase())
         let az = try StandInAzure(seconds: 0.2)
@@ -51,7 +51,7 @@ struct ChaosTests {
             """.write(toFile: directory + "/aggregator.yaml", atomically: true, encoding: .utf8)
         var environment = ProcessInfo.processInfo.environment
         environment["PATH"] = az.directory + ":" + (environment["PATH"] ?? "/usr/bin:/bin")
-        let broker = try MosquittoBroker()
+        let broker = try await MosquittoBroker.start()
         defer { broker.stop() }
         let (observer, messages) = try await fleetObserver(broker)
         let common = [

@@ -15,7 +15,7 @@ import Glibc
 struct CrashSafetyTests {
     @Test("500 operations, the aggregator killed with SIGKILL at random moments (12 times): all succeed, none lost, repeats only for those running at a kill")
     func killedRepeatedly() async throws {
-        let broker = try MosquittoBroker()
+        let broker = try await MosquittoBroker.start()
         defer { broker.stop() }
         let directory = try temporaryDirectory("edgefleet-crash")
         defer { try? FileManager.default.removeItem(atPath: directory) }

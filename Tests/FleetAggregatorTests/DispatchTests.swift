@@ -23,7 +23,7 @@ struct DispatchFixture {
         connectedWithin: Duration = .seconds(2), stableFor: Duration = .milliseconds(1500), limit: Int = 4, maxAttempts: Int = 3,
         timeout: Duration = .seconds(20)
     ) async throws -> DispatchFixture {
-        let broker = try MosquittoBroker()
+        let broker = try await MosquittoBroker.start()
         let directory = try temporaryDirectory("edgefleet-dispatch")
         let az = try StandInAzure()
         var logger = Logger(label: "aggregator")
@@ -291,7 +291,7 @@ struct DispatchTests {
         let h = try #require(fleet.operation(hung))
         #expect(h.state == .failed && h.history.contains { $0.note.contains("timed out after 1s") })
         // The hung script's sleep died with its process group.
-        let leftovers = try run(URL(fileURLWithPath: "/usr/bin/pgrep"), ["-f", fleet.az.hangCommand])
+        let leftovers = try await runAsync(URL(fileURLWithPath: "/usr/bin/pgrep"), ["-f", fleet.az.hangCommand])
         #expect(leftovers.stdout.isEmpty, "a hung executor's children survived its timeout")
         let b = try #require(fleet.operation(broken))
         #expect(b.state == .failed && b.attempts == 1 && b.lastError == "exit 3")
@@ -323,7 +323,7 @@ struct DispatchTests {
         let stopped = try #require(fleet.operation(id))
         #expect(stopped.state == .queued && stopped.attempts == 0)
         #expect(stopped.history.last?.note.contains("its executor was terminated") == true)
-        let left = try run(URL(fileURLWithPath: "/usr/bin/pgrep"), ["-f", fleet.az.hangCommand])
+        let left = try await runAsync(URL(fileURLWithPath: "/usr/bin/pgrep"), ["-f", fleet.az.hangCommand])
         #expect(left.stdout.isEmpty, "a running executor outlived the aggregator")
         await fleet.stop()
     }

@@ -6,7 +6,7 @@ import Synchronization
 import TestSupport
 import Testing
 
-@Suite("the dispatcher's plan: a site that connects is looked at alone, not with the whole queue")
+@Suite("the dispatcher's plan: a site that connects is looked at alone, not with the whole queue", .ownThread)
 struct DispatcherPlanTests {
     @Test("a site that connects after the full pass gets its operations started by the next pass, which looks up that site only")
     func movedSiteJoins() throws {

@@ -25,7 +25,7 @@ struct EndToEndTests {
             "--connected-within", "3s", "--budget", "25s", "--warn-before", "15s", "--critical-before", "8s", "--stable-for", "2s",
         ])
         defer { f.stop() }
-        let pki = try TestPKI()
+        let pki = try await TestPKI.make()
         defer { pki.remove() }
         var sites: [String: Site] = [:]
         for name in ["e2e-a", "e2e-b", "e2e-c"] {

@@ -20,7 +20,7 @@ struct ExitPathTests {
 
     @Test("fatal start-up errors: an unopenable database, a refused broker password; exit 1 with the reason, no usage text, within seconds")
     func fatalStartUp() async throws {
-        let broker = try MosquittoBroker()
+        let broker = try await MosquittoBroker.start()
         defer { broker.stop() }
         let directory = try temporaryDirectory("edgefleet-exit")
         defer { try? FileManager.default.removeItem(atPath: directory) }
@@ -46,7 +46,7 @@ struct ExitPathTests {
 
     @Test("SIGTERM with an executor running and the broker gone: the executor is ended, the process exits 0 within seconds")
     func sigtermWithoutBroker() async throws {
-        let fixture = try QueuedOperationFixture(site: "exit-1", seconds: 60, timeout: "5m")
+        let fixture = try await QueuedOperationFixture(site: "exit-1", seconds: 60, timeout: "5m")
         defer { fixture.remove() }
         let (id, database) = (fixture.id, fixture.database)
         let aggregator = try fixture.startAggregator()
@@ -66,7 +66,7 @@ struct ExitPathTests {
 
     @Test("a database that cannot be written (a full disk): /healthz says 503 after the grace, a counter counts, and SIGTERM still exits 0")
     func lostDatabase() async throws {
-        let broker = try MosquittoBroker()
+        let broker = try await MosquittoBroker.start()
         defer { broker.stop() }
         let disk = try SmallDisk(megabytes: 2)
         defer { disk.remove() }
@@ -126,7 +126,7 @@ struct ExitPathTests {
 /// Waits for a child process on a thread of its own (not the cooperative pool).
 func offloadWait(_ process: ChildProcess, _ timeout: Duration) async -> Int32? {
     await withCheckedContinuation { continuation in
-        DispatchQueue.global().async { continuation.resume(returning: process.wait(timeout: timeout)) }
+        onOwnThread { continuation.resume(returning: process.wait(timeout: timeout)) }
     }
 }
 

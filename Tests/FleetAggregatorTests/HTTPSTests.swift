@@ -8,7 +8,7 @@ import Testing
 @Suite("HTTPS", .timeLimit(.minutes(3)))
 struct HTTPSTests {
     /// The serial number of the certificate the server presents now.
-    static func servedSerial(port: Int, ca: String) throws -> String {
+    static func servedSerial(port: Int, ca: String) async throws -> String {
         let openssl = try executable("openssl")
         let shown = try run(URL(fileURLWithPath: "/bin/sh"), ["-c", "\(openssl.path) s_client -connect 127.0.0.1:\(port) -CAfile \(ca) -verify_return_error </dev/null 2>/dev/null | \(openssl.path) x509 -noout -serial"])
         return shown.stdout.trimmingCharacters(in: .whitespacesAndNewlines)
@@ -16,7 +16,7 @@ struct HTTPSTests {
 
     @Test("HTTPS: the CLI verifies the server with --ca-file (another CA is refused, naming the flag); a renewed certificate is served without a restart; plain HTTP is refused; the dashboard's cookie is Secure")
     func https() async throws {
-        let pki = try TestPKI()
+        let pki = try await TestPKI.make()
         defer { pki.remove() }
         let directory = try temporaryDirectory("edgefleet-https")
         defer { try? FileManager.default.removeItem(atPath: directory) }
@@ -45,12 +45,12 @@ struct HTTPSTests {
 
         // The dashboard's cookie is Secure under TLS (curl with the CA).
         let curl = try executable("curl")
-        let login = try run(curl, ["-s", "-D", "-", "-o", "/dev/null", "--cacert", pki.caCertificate, "https://127.0.0.1:\(f.port)/?token=\(OperatorFixture.token)"])
+        let login = try await runAsync(curl, ["-s", "-D", "-", "-o", "/dev/null", "--cacert", pki.caCertificate, "https://127.0.0.1:\(f.port)/?token=\(OperatorFixture.token)"])
         let cookie = login.stdout.split(separator: "\r\n").first { $0.lowercased().hasPrefix("set-cookie:") } ?? ""
         #expect(cookie.contains("; Secure") && cookie.contains("HttpOnly"), "\(login.stdout)")
 
         // Renewed on disk (the key first, then the certificate, as a renewal tool may): the next connection gets the new one.
-        let before = try Self.servedSerial(port: f.port, ca: pki.caCertificate)
+        let before = try await Self.servedSerial(port: f.port, ca: pki.caCertificate)
         #expect(before.hasPrefix("serial="))
         let renewed = try pki.issueServerCertificate("renewed")
         try Data(contentsOf: URL(fileURLWithPath: renewed.key)).write(to: URL(fileURLWithPath: key))
@@ -58,16 +58,16 @@ struct HTTPSTests {
         try await Task.sleep(for: .milliseconds(1_200))
         #expect(try await f.cli(["status"] + server + ["--ca-file", pki.caCertificate]).status == 0)
         try Data(contentsOf: URL(fileURLWithPath: renewed.certificate)).write(to: URL(fileURLWithPath: certificate))
-        let expected = try run(try executable("openssl"), ["x509", "-in", renewed.certificate, "-noout", "-serial"]).stdout.trimmingCharacters(in: .whitespacesAndNewlines)
+        let expected = try await runAsync(try executable("openssl"), ["x509", "-in", renewed.certificate, "-noout", "-serial"]).stdout.trimmingCharacters(in: .whitespacesAndNewlines)
         #expect(expected != before)
         try await withTimeout(.seconds(15), "the renewed certificate to be served") {
-            while try Self.servedSerial(port: f.port, ca: pki.caCertificate) != expected { try await Task.sleep(for: .milliseconds(200)) }
+            while try await Self.servedSerial(port: f.port, ca: pki.caCertificate) != expected { try await Task.sleep(for: .milliseconds(200)) }
         }
         #expect(try await f.cli(["status"] + server + ["--ca-file", pki.caCertificate]).status == 0)
         #expect(f.fleet.aggregator.output.contains("is not the certificate's"), "the mismatch was not reported")
     }
 
-    @Test("a TLS certificate without its key, or a key that is not its, is refused at start and by --check-config")
+    @Test("a TLS certificate without its key, or a key that is not its, is refused at start and by --check-config", .ownThread)
     func badPairs() throws {
         let pki = try TestPKI()
         defer { pki.remove() }

@@ -63,7 +63,7 @@ struct AggregatorServiceTests {
 
     @Test("every kind of bad input is rejected and counted; good sites are still answered correctly")
     func badInputDoesNotStopIngest() async throws {
-        let broker = try MosquittoBroker()
+        let broker = try await MosquittoBroker.start()
         defer { broker.stop() }
         let directory = try temporaryDirectory("edgefleet-aggregator")
         defer { try? FileManager.default.removeItem(atPath: directory) }
@@ -125,7 +125,7 @@ struct AggregatorServiceTests {
 
     @Test("the service reads the wall clock it is given: ten days ahead, a connected site's deadline is ten days later")
     func clockIsAParameter() async throws {
-        let broker = try MosquittoBroker()
+        let broker = try await MosquittoBroker.start()
         defer { broker.stop() }
         let directory = try temporaryDirectory("edgefleet-aggregator")
         defer { try? FileManager.default.removeItem(atPath: directory) }
@@ -156,7 +156,7 @@ struct AggregatorServiceTests {
 
     @Test("site records survive a restart of the service (SQLite, WAL)")
     func recordsSurvive() async throws {
-        let broker = try MosquittoBroker()
+        let broker = try await MosquittoBroker.start()
         defer { broker.stop() }
         let directory = try temporaryDirectory("edgefleet-aggregator")
         defer { try? FileManager.default.removeItem(atPath: directory) }

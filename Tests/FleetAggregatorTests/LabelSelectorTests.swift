@@ -91,7 +91,7 @@ struct LabelSelectorTests {
         }
         let before = try await rejected()
         let forged = SiteStatus(site: try SiteID("n-1"), session: 1, at: Date(), labels: ["region": "north; rm -rf /"])
-        let sent = try run(
+        let sent = try await runAsync(
             try executable("mosquitto_pub"),
             ["-h", "127.0.0.1", "-p", "\(f.fleet.broker.port)", "-q", "1", "-t", "edgefleet/v1/sites/n-1/status", "-m",
              String(decoding: try FleetJSON.encode(forged), as: UTF8.self)])

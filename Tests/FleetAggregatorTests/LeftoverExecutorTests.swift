@@ -14,7 +14,7 @@ struct LeftoverExecutorTests {
     @Test("SIGKILL during a 20 s executor: it held only its standard descriptors, a restart on the same port succeeds at once, the leftover is ended before the operation runs again")
     func killedMidRun() async throws {
         let port = try freeLoopbackPort()
-        let fixture = try QueuedOperationFixture(site: "leftover-1", seconds: 20, timeout: "2m", extraFlags: ["--http", "127.0.0.1:\(port)"])
+        let fixture = try await QueuedOperationFixture(site: "leftover-1", seconds: 20, timeout: "2m", extraFlags: ["--http", "127.0.0.1:\(port)"])
         defer { fixture.remove() }
         let (az, id, database) = (fixture.az, fixture.id, fixture.database)
         let first = try fixture.startAggregator()

@@ -22,7 +22,7 @@ struct OpenAPITests {
         return try #require(try YAMLNode.parse(String(contentsOfFile: path, encoding: .utf8)))
     }
 
-    @Test("the document lists exactly docs/contract.md's routes")
+    @Test("the document lists exactly docs/contract.md's routes", .ownThread)
     func coversTheContract() throws {
         let document = try Self.document()
         var routes = Set<String>()

@@ -5,7 +5,7 @@ import Foundation
 import TestSupport
 import Testing
 
-@Suite("the operation queue: store, submission, operator actions (real SQLite and real PostgreSQL)")
+@Suite("the operation queue: store, submission, operator actions (real SQLite and real PostgreSQL)", .ownThread)
 struct OperationQueueTests {
     static let now = Date(timeIntervalSince1970: 1_790_000_000)
     static let executors: [OperationKind: ExecutorTemplate] = [

@@ -10,7 +10,7 @@ import Testing
 @Suite("regional brokers, replicas on the central one", .timeLimit(.minutes(3)))
 struct RegionalTopologyTests {
     /// A regional broker for its sites, bridging their topics to `central` and the fleet's back.
-    func regional(_ region: String, central: MosquittoBroker) throws -> MosquittoBroker {
+    func regional(_ region: String, central: MosquittoBroker) async throws -> MosquittoBroker {
         try MosquittoBroker(extraLines: [
             "connection central-\(region)",
             "address \(central.url.replacingOccurrences(of: "mqtt://", with: ""))",
@@ -31,11 +31,11 @@ struct RegionalTopologyTests {
     func regionsAndReplicas() async throws {
         let stores = try FreshStores(.postgres)
         defer { stores.remove() }
-        let central = try MosquittoBroker()
+        let central = try await MosquittoBroker.start()
         defer { central.stop() }
-        let north = try regional("north", central: central)
+        let north = try await regional("north", central: central)
         defer { north.stop() }
-        let south = try regional("south", central: central)
+        let south = try await regional("south", central: central)
         defer { south.stop() }
         let (observer, messages) = try await fleetObserver(central)
         let (northObserver, atNorth) = try await fleetObserver(north)

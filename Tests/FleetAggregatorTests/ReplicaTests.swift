@@ -40,7 +40,7 @@ struct ReplicaTests {
             """.write(toFile: directory + "/aggregator.yaml", atomically: true, encoding: .utf8)
         var environment = ProcessInfo.processInfo.environment
         environment["PATH"] = az.directory + ":" + (environment["PATH"] ?? "/usr/bin:/bin")
-        let broker = try MosquittoBroker()
+        let broker = try await MosquittoBroker.start()
         defer { broker.stop() }
         let (observer, messages) = try await fleetObserver(broker)
         let flags = [

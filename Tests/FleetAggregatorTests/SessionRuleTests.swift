@@ -7,7 +7,7 @@ import Testing
 @Suite("sessions: a forged or restarted counter never silences a live site", .timeLimit(.minutes(3)))
 struct SessionRuleTests {
     /// Publishes `payload` on a site's topic with mosquitto_pub, as a hostile client with the site's credentials could.
-    func forge(_ fleet: AggregatorFixture, _ site: String, _ channel: String, _ payload: String) throws {
+    func forge(_ fleet: AggregatorFixture, _ site: String, _ channel: String, _ payload: String) async throws {
         let sent = try run(
             try executable("mosquitto_pub"),
             ["-h", "127.0.0.1", "-p", "\(fleet.broker.port)", "-q", "1", "-t", "edgefleet/v1/sites/\(site)/\(channel)", "-m", payload])
@@ -45,7 +45,7 @@ struct SessionRuleTests {
             heartbeat("sess-forged", session: 7, seq: 1_000_000, instance: "a1b2c3d4e5f60718"),
             heartbeat("sess-forged", session: UInt64.max, seq: UInt64.max, instance: "ffffffffffffffff"),
         ] {
-            try forge(fleet, "sess-forged", "heartbeat", forged)
+            try await forge(fleet, "sess-forged", "heartbeat", forged)
             let after = Date()
             // Within one heartbeat interval (0.5 s) of the next real heartbeat, give or take a loaded machine.
             _ = try await heardAfter(fleet, "sess-forged", after, within: .seconds(5), "a real heartbeat taken after \(forged.prefix(80))")
@@ -77,7 +77,7 @@ struct SessionRuleTests {
         let restarted = Date()
         _ = try await heardAfter(fleet, "sess-restart", restarted, within: .seconds(3), "the restarted agent heard")
         // The first run's Last Will arriving late (the broker noticed the old connection late).
-        try forge(fleet, "sess-restart", "presence", #"{"schema":"edgefleet.presence/1","site":"sess-restart","state":"offline","reason":"lost","session":41,"instance":"0000000000000041","at":"\#(RFC3339.format(Date()))"}"#)
+        try await forge(fleet, "sess-restart", "presence", #"{"schema":"edgefleet.presence/1","site":"sess-restart","state":"offline","reason":"lost","session":41,"instance":"0000000000000041","at":"\#(RFC3339.format(Date()))"}"#)
         try await Task.sleep(for: .seconds(1.5))
         let view = try await heardAfter(fleet, "sess-restart", Date(), within: .seconds(5), "the restarted agent still heard")
         #expect(view.liveness == .online)
@@ -92,7 +92,7 @@ struct SessionRuleTests {
         site.startBeating()
         defer { Task { await site.shutdown() } }
         _ = try await heardAfter(fleet, "sess-old", .distantPast, within: .seconds(15), "the site online")
-        try forge(fleet, "sess-old", "heartbeat", heartbeat("sess-old", session: UInt64.max, seq: 1))
+        try await forge(fleet, "sess-old", "heartbeat", heartbeat("sess-old", session: UInt64.max, seq: 1))
         let forgedAt = Date()
         // offlineAfter is 10 intervals of 0.5 s: heard again after about 5 s, never silenced for good.
         _ = try await heardAfter(fleet, "sess-old", forgedAt.addingTimeInterval(4.5), within: .seconds(15), "the site heard again")

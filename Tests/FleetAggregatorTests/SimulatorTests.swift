@@ -13,7 +13,7 @@ import Glibc
 /// `edgefleet simulate` speaking the contract through a real broker, dying agents included.
 @Suite("the fleet simulator", .timeLimit(.minutes(2)))
 struct SimulatorTests {
-    @Test("a scenario file: sites, regions and events resolved in order; every bad one refused naming its key")
+    @Test("a scenario file: sites, regions and events resolved in order; every bad one refused naming its key", .ownThread)
     func scenarios() throws {
         let scenario = try Scenario.parse(yaml: """
             sites: 12
@@ -58,7 +58,7 @@ struct SimulatorTests {
 
     @Test("edgefleet simulate: presence, heartbeats and status by the contract; a dying agent's Last Will; a bad scenario exits 2")
     func simulateThroughTheBroker() async throws {
-        let broker = try MosquittoBroker()
+        let broker = try await MosquittoBroker.start()
         defer { broker.stop() }
         let (observer, messages) = try await siteObserver(broker)
         defer { Task { await observer.shutdown() } }

@@ -7,7 +7,7 @@ import Testing
 /// the fleet has a cap. Against the real aggregator process, broker and HTTP.
 @Suite("sites: announced, capped, forgotten", .timeLimit(.minutes(3)))
 struct SiteLifecycleTests {
-    func publish(_ f: OperatorFixture, _ topic: String, _ payload: String, retain: Bool = false) throws {
+    func publish(_ f: OperatorFixture, _ topic: String, _ payload: String, retain: Bool = false) async throws {
         let sent = try run(
             try executable("mosquitto_pub"),
             ["-h", "127.0.0.1", "-p", "\(f.fleet.broker.port)", "-q", "1", "-t", topic, "-m", payload] + (retain ? ["-r"] : []))
@@ -27,9 +27,9 @@ struct SiteLifecycleTests {
         let now = RFC3339.format(Date())
         // 50 made-up sites by heartbeat and status alone (before: 50 permanent sites shown online).
         for i in 0..<50 {
-            try publish(f, "edgefleet/v1/sites/made-up-\(i)/heartbeat", #"{"schema":"edgefleet.heartbeat/1","site":"made-up-\#(i)","session":1,"seq":1,"sentAt":"\#(now)","azure":{"reachable":true,"lastContactAgeS":0,"probe":"endpoints"}}"#)
+            try await publish(f, "edgefleet/v1/sites/made-up-\(i)/heartbeat", #"{"schema":"edgefleet.heartbeat/1","site":"made-up-\#(i)","session":1,"seq":1,"sentAt":"\#(now)","azure":{"reachable":true,"lastContactAgeS":0,"probe":"endpoints"}}"#)
         }
-        try publish(f, "edgefleet/v1/sites/made-up-status/status", #"{"schema":"edgefleet.status/1","site":"made-up-status","session":1,"at":"\#(now)","checks":[],"capabilities":{}}"#)
+        try await publish(f, "edgefleet/v1/sites/made-up-status/status", #"{"schema":"edgefleet.status/1","site":"made-up-status","session":1,"at":"\#(now)","checks":[],"capabilities":{}}"#)
         try await withTimeout(.seconds(15), "51 unannounced messages counted") {
             while try await rejected(f, "unannounced-site") < 51 { try await Task.sleep(for: .milliseconds(100)) }
         }
@@ -96,6 +96,6 @@ struct SiteLifecycleTests {
                 try await Task.sleep(for: .milliseconds(100))
             }
         }
-        restarted.aggregator.terminate()
+        await restarted.aggregator.terminateAndWait()
     }
 }

@@ -66,7 +66,7 @@ struct ServedAggregator {
     let aggregator: AggregatorProcess
 
     static func start(headerTimeout: String, descriptorLimit: Int? = nil) async throws -> ServedAggregator {
-        let broker = try MosquittoBroker()
+        let broker = try await MosquittoBroker.start()
         let directory = try temporaryDirectory("edgefleet-slow")
         let port = try freeLoopbackPort()
         let aggregator = try AggregatorProcess(

@@ -130,7 +130,7 @@ struct QueuedOperationFixture {
     let agent: Task<Void, Never>
     var database: String { directory + "/fleet.sqlite" }
 
-    init(site: String, seconds: Double, timeout: String, extraFlags: [String] = []) throws {
+    init(site: String, seconds: Double, timeout: String, extraFlags: [String] = []) async throws {
         broker = try MosquittoBroker()
         directory = try temporaryDirectory("edgefleet-queued")
         az = try StandInAzure(seconds: seconds)

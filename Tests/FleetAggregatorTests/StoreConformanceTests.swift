@@ -9,7 +9,7 @@ import Testing
 
 /// The site store's rules on both backends, the PostgreSQL backend's migrations and URL, and
 /// what it does when the database refuses the user or goes away.
-@Suite("the stores on SQLite and PostgreSQL (real servers)")
+@Suite("the stores on SQLite and PostgreSQL (real servers)", .ownThread)
 struct StoreConformanceTests {
     static let now = Date(timeIntervalSince1970: 1_790_000_000)
 

@@ -29,7 +29,7 @@ func uniqueTopic(_ name: String = #function) -> String {
 struct MQTTClientTests {
     @Test("publish/subscribe round trip at QoS 0 and QoS 1", arguments: [MQTTQoS.atMostOnce, .atLeastOnce])
     func roundTrip(qos: MQTTQoS) async throws {
-        let broker = try MosquittoBroker()
+        let broker = try await MosquittoBroker.start()
         defer { broker.stop() }
         let topic = uniqueTopic()
         try await MQTTClient.withConnection(try testConfiguration(broker.url, clientID: "sub"), logger: testLogger) { subscriber in
@@ -49,7 +49,7 @@ struct MQTTClientTests {
 
     @Test("a burst of QoS 0 messages far over the unwritten-message limit all arrive, in order")
     func qos0Burst() async throws {
-        let broker = try MosquittoBroker()
+        let broker = try await MosquittoBroker.start()
         defer { broker.stop() }
         let topic = uniqueTopic()
         let count = 20_000
@@ -68,7 +68,7 @@ struct MQTTClientTests {
 
     @Test("v5 message properties (user properties, expiry, content type) arrive at the subscriber")
     func publishProperties() async throws {
-        let broker = try MosquittoBroker()
+        let broker = try await MosquittoBroker.start()
         defer { broker.stop() }
         let topic = uniqueTopic()
         try await MQTTClient.withConnection(try testConfiguration(broker.url), logger: testLogger) { client in
@@ -90,7 +90,7 @@ struct MQTTClientTests {
 
     @Test("a retained message is delivered to a late subscriber, flagged as retained")
     func retainedToLateSubscriber() async throws {
-        let broker = try MosquittoBroker()
+        let broker = try await MosquittoBroker.start()
         defer { broker.stop() }
         let topic = uniqueTopic()
         try await MQTTClient.withConnection(try testConfiguration(broker.url), logger: testLogger) { publisher in
@@ -105,9 +105,30 @@ struct MQTTClientTests {
         }
     }
 
+    @Test("publishInOrder: 2,000 QoS 1 messages handed over at once arrive in order, each acknowledged; a bad topic fails alone")
+    func publishInOrder() async throws {
+        let broker = try await MosquittoBroker.start()
+        defer { broker.stop() }
+        let topic = uniqueTopic()
+        try await MQTTClient.withConnection(try testConfiguration(broker.url, clientID: "in-order-observer"), logger: testLogger) { observer in
+            let collector = MessageCollector(observer)
+            try await observer.subscribe(to: "\(topic)/#", qos: .atLeastOnce)
+            try await MQTTClient.withConnection(try testConfiguration(broker.url, clientID: "in-order-publisher"), logger: testLogger) { publisher in
+                var batch = (0..<2_000).map { (topic: "\(topic)/n", payload: Array(String($0).utf8), retain: false) }
+                batch.insert((topic: "\(topic)/bad/#", payload: [], retain: false), at: 1_000)
+                let outcomes = await publisher.publishInOrder(batch)
+                #expect(outcomes.count == 2_001)
+                #expect(outcomes[1_000] != nil, "a topic with a wildcard must be refused")
+                #expect(outcomes.enumerated().allSatisfy { $0.offset == 1_000 || $0.element == nil })
+            }
+            let received = try await collector.next(2_000, timeout: .seconds(30), "the batch") { $0.topic == "\(topic)/n" }
+            #expect(received.map(\.payloadString) == (0..<2_000).map { String($0) })
+        }
+    }
+
     @Test("the Last Will is published when the connection is cut, and not after a clean shutdown")
     func lastWillOnCutConnection() async throws {
-        let broker = try MosquittoBroker()
+        let broker = try await MosquittoBroker.start()
         defer { broker.stop() }
         let proxy = try TCPProxy(upstreamPort: broker.port)
         defer { proxy.stop() }
@@ -143,7 +164,7 @@ struct MQTTClientTests {
 
     @Test("a will provider sets a fresh Last Will for every connection (the agent's session counter)")
     func willPerConnection() async throws {
-        let broker = try MosquittoBroker()
+        let broker = try await MosquittoBroker.start()
         defer { broker.stop() }
         let proxy = try TCPProxy(upstreamPort: broker.port)
         defer { proxy.stop() }
@@ -164,7 +185,11 @@ struct MQTTClientTests {
             try await client.connect()
             proxy.cutAll()
             #expect(try await collector.next("the first will").payloadString == "session 1")
-            try await waitForState(client, "the reconnect") { $0.isConnected }
+            // Connected again with the second will: the provider was asked again (the state alone
+            // may still say connected, from before the client noticed the cut).
+            try await withTimeout(.seconds(30), "the reconnect with the second will") {
+                while counter.lock.withLock({ counter.value }) < 2 || !client.state.isConnected { try await Task.sleep(for: .milliseconds(20)) }
+            }
             proxy.cutAll()
             #expect(try await collector.next("the second will").payloadString == "session 2")
             await client.shutdown()
@@ -173,7 +198,7 @@ struct MQTTClientTests {
 
     @Test("after the broker restarts the client reconnects and its subscriptions are restored")
     func reconnectAndResubscribe() async throws {
-        let broker = try MosquittoBroker()
+        let broker = try await MosquittoBroker.start()
         defer { broker.stop() }
         let topic = uniqueTopic()
         let client = try MQTTClient(configuration: try testConfiguration(broker.url, clientID: "survivor"), logger: testLogger)
@@ -194,7 +219,7 @@ struct MQTTClientTests {
         await #expect(throws: MQTTError.noConnection) {
             try await client.publish("\(topic)/while-down", string: "x")
         }
-        try broker.restart()
+        try await broker.restart()
         try await waitForState(client, "the client to reconnect") { $0.isConnected }
         let seen = await states.value
         #expect(seen.contains { if case .disconnected(let reason) = $0 { reason != nil } else { false } })
@@ -212,7 +237,7 @@ struct MQTTClientTests {
 
     @Test("a client started while the broker is down connects once it comes up")
     func connectsWhenBrokerAppears() async throws {
-        let broker = try MosquittoBroker()
+        let broker = try await MosquittoBroker.start()
         broker.stop()
         defer { broker.stop() }
         let client = try MQTTClient(configuration: try testConfiguration(broker.url), logger: testLogger)
@@ -222,7 +247,7 @@ struct MQTTClientTests {
         try await waitForState(client, timeout: .seconds(30), "a failed attempt") {
             if case .disconnected(let reason?) = $0 { reason.isTransient } else { false }
         }
-        try broker.restart()
+        try await broker.restart()
         try await client.connect(timeout: .seconds(30))
         #expect(client.state.isConnected)
         await client.shutdown()
@@ -230,7 +255,7 @@ struct MQTTClientTests {
 
     @Test("a subscription made while the broker is down is made on the first connect")
     func subscribeBeforeConnected() async throws {
-        let broker = try MosquittoBroker()
+        let broker = try await MosquittoBroker.start()
         broker.stop()
         defer { broker.stop() }
         let topic = uniqueTopic()
@@ -239,7 +264,7 @@ struct MQTTClientTests {
         client.start()
         try await client.subscribe(to: topic, qos: .atLeastOnce)  // not connected: recorded, returns at once
         #expect(!client.state.isConnected)
-        try broker.restart()
+        try await broker.restart()
         try await client.connect(timeout: .seconds(10))
         // The subscription is made by the loop thread after CONNACK; a retained
         // message proves it without guessing when that happened.
@@ -252,7 +277,7 @@ struct MQTTClientTests {
 
     @Test("a persistent session keeps QoS 1 messages published while the client was away")
     func persistentSession() async throws {
-        let broker = try MosquittoBroker()
+        let broker = try await MosquittoBroker.start()
         defer { broker.stop() }
         let topic = uniqueTopic()
         let configuration = try testConfiguration(broker.url, clientID: "durable") { $0.session = .persistent(expiry: .seconds(300)) }
@@ -278,9 +303,9 @@ struct MQTTClientTests {
         defer { try? FileManager.default.removeItem(at: directory) }
         let passwordFile = directory.appendingPathComponent("passwords").path
         let tool = try executable("mosquitto_passwd", extraDirectories: ["/usr/sbin"])
-        let made = try run(tool, ["-b", "-c", passwordFile, "store-0042", "right-secret"])
+        let made = try await runAsync(tool, ["-b", "-c", passwordFile, "store-0042", "right-secret"])
         try #require(made.status == 0, "mosquitto_passwd failed: \(made.stderr)")
-        let broker = try MosquittoBroker(overrides: [("allow_anonymous", "false"), ("password_file", passwordFile)])
+        let broker = try await MosquittoBroker.start(overrides: [("allow_anonymous", "false"), ("password_file", passwordFile)])
         defer { broker.stop() }
 
         let wrong = try MQTTClient(
@@ -314,10 +339,10 @@ struct MQTTClientTests {
 
     @Test("TLS with test-made certificates works; a client without the CA gets a TLS error")
     func tls() async throws {
-        let pki = try TestPKI()
+        let pki = try await TestPKI.make()
         defer { pki.remove() }
         let tlsPort = try freeLoopbackPort()
-        let broker = try MosquittoBroker(extraLines: [
+        let broker = try await MosquittoBroker.start(extraLines: [
             "listener \(tlsPort) 127.0.0.1",
             "cafile \(pki.caCertificate)",
             "certfile \(pki.serverCertificate)",
@@ -357,7 +382,7 @@ struct MQTTClientTests {
 
     @Test("shutdown completes when the broker is gone, and fails whatever was waiting")
     func shutdownWithBrokerGone() async throws {
-        let broker = try MosquittoBroker()
+        let broker = try await MosquittoBroker.start()
         defer { broker.stop() }
         let client = try MQTTClient(configuration: try testConfiguration(broker.url), logger: testLogger)
         try await client.connect()
@@ -376,7 +401,7 @@ struct MQTTClientTests {
 
     @Test("invalid topics and filters are refused with a typed error before reaching the broker")
     func invalidArguments() async throws {
-        let broker = try MosquittoBroker()
+        let broker = try await MosquittoBroker.start()
         defer { broker.stop() }
         try await MQTTClient.withConnection(try testConfiguration(broker.url), logger: testLogger) { client in
             for topic in ["a/+/b", "a/#", ""] {
@@ -389,7 +414,7 @@ struct MQTTClientTests {
         }
     }
 
-    @Test("broker URLs parse, and bad ones are refused with a message")
+    @Test("broker URLs parse, and bad ones are refused with a message", .ownThread)
     func brokerURLs() throws {
         #expect(try BrokerURL(parsing: "mqtt://broker.local") == BrokerURL(host: "broker.local", port: 1883, usesTLS: false))
         #expect(try BrokerURL(parsing: "mqtts://10.0.0.1") == BrokerURL(host: "10.0.0.1", port: 8883, usesTLS: true))
@@ -400,7 +425,7 @@ struct MQTTClientTests {
         }
     }
 
-    @Test("configurations that cannot work are refused at creation")
+    @Test("configurations that cannot work are refused at creation", .ownThread)
     func invalidConfigurations() throws {
         let url = try BrokerURL(parsing: "mqtt://127.0.0.1:1")
         let bad: [MQTTConfiguration] = [
@@ -423,7 +448,7 @@ struct MQTTClientTests {
         }
     }
 
-    @Test("reconnect delays grow exponentially to the cap, with bounded jitter")
+    @Test("reconnect delays grow exponentially to the cap, with bounded jitter", .ownThread)
     func reconnectBackoff() {
         let policy = ReconnectPolicy(initialDelay: .milliseconds(100), maximumDelay: .seconds(2), jitter: 0.2)
         #expect((1...7).map { policy.baseDelay(afterFailures: $0) } == [

@@ -26,6 +26,10 @@ public final class MosquittoBroker: @unchecked Sendable {
     /// dies, the pipe closes and the watchdog stops mosquitto, so no broker outlives its test run.
     private var lifeline: Int32 = -1
     private let logFile: URL
+    /// While mosquitto is stopped, a socket bound (not listening) to its port: clients still find
+    /// nothing there, but no other test's broker is given the port by the kernel in between (a
+    /// client of this test retrying it would reach that broker).
+    private var placeholder: Int32 = -1
 
     /// Starts mosquitto.
     /// - Parameters:
@@ -109,6 +113,7 @@ public final class MosquittoBroker: @unchecked Sendable {
     private var pidFile: String { directory.appendingPathComponent("mosquitto.pid").path }
 
     private func launch() throws {
+        releasePort()
         let mosquitto = try executable("mosquitto", extraDirectories: ["/usr/sbin"])
         var fds: [Int32] = [0, 0]
         guard pipe(&fds) == 0 else { throw TestSupportError("pipe() failed") }
@@ -166,6 +171,28 @@ public final class MosquittoBroker: @unchecked Sendable {
         process.wait()
         unlink(pidFile)
         self.process = nil
+        holdPort()
+    }
+
+    private func holdPort() {
+        guard placeholder < 0, port > 0 else { return }
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+        guard fd >= 0 else { return }
+        var one: Int32 = 1
+        setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, socklen_t(MemoryLayout<Int32>.size))
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_port = UInt16(port).bigEndian
+        address.sin_addr.s_addr = inet_addr("127.0.0.1")
+        let bound = withUnsafePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) == 0 }
+        }
+        if bound { placeholder = fd } else { close(fd) }
+    }
+
+    private func releasePort() {
+        if placeholder >= 0 { close(placeholder) }
+        placeholder = -1
     }
 
     /// Kills mosquitto (SIGKILL): no clean disconnects, no persistence flush.
@@ -175,14 +202,32 @@ public final class MosquittoBroker: @unchecked Sendable {
         stop()
     }
 
-    /// Starts mosquitto again with the same config and port.
-    public func restart() throws {
-        stop()
-        try launch()
+    /// Starts mosquitto again with the same config and port (off the cooperative pool: the
+    /// start polls until mosquitto runs).
+    public func restart() async throws {
+        try await offload { [self] in
+            stop()
+            try launch()
+        }
+    }
+
+    /// Starts mosquitto without holding a cooperative thread while it comes up (see `offload`).
+    public static func start(
+        config: String = "dev/mosquitto.conf",
+        overrides: [(String, String?)] = [],
+        extraLines: [String] = []
+    ) async throws -> MosquittoBroker {
+        try await offload { try MosquittoBroker(config: config, overrides: overrides, extraLines: extraLines) }
+    }
+
+    /// `init(configText:port:directory:asRoot:)` off the cooperative pool.
+    public static func start(configText: String, port: Int, directory: URL, asRoot: Bool = true) async throws -> MosquittoBroker {
+        try await offload { try MosquittoBroker(configText: configText, port: port, directory: directory, asRoot: asRoot) }
     }
 
     deinit {
         stop()
+        releasePort()
         try? FileManager.default.removeItem(at: directory)
     }
 }

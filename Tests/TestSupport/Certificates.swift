@@ -12,6 +12,11 @@ public struct TestPKI: Sendable {
     /// A second, unrelated CA: a client trusting only this one must refuse the server.
     public var otherCACertificate: String { directory.appendingPathComponent("other-ca.crt").path }
 
+    /// Makes the PKI without holding a cooperative thread while openssl runs (see `offload`).
+    public static func make(clientCommonName: String = "test-client") async throws -> TestPKI {
+        try await offload { try TestPKI(clientCommonName: clientCommonName) }
+    }
+
     public init(clientCommonName: String = "test-client") throws {
         directory = FileManager.default.temporaryDirectory.appendingPathComponent("edgefleet-pki-\(UUID().uuidString)")
         try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)

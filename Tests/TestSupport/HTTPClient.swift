@@ -1,4 +1,5 @@
 public import Foundation
+import FleetCore
 
 #if canImport(Glibc)
 import Glibc
@@ -34,7 +35,21 @@ public enum HTTP {
         _ method: String, port: Int, _ target: String, token: String? = nil, headers: [String: String] = [:], body: [UInt8]? = nil,
         source: String? = nil
     ) async throws -> HTTPResponse {
-        try await offload { try requestBlocking(method, port: port, target, token: token, headers: headers, body: body, source: source) }
+        do {
+            return try await offload { try requestBlocking(method, port: port, target, token: token, headers: headers, body: body, source: source) }
+        } catch is ClosedWithoutAnswer where method == "GET" || method == "HEAD" {
+            // Under the whole suite on 2 cores the aggregator has, rarely, closed a connection
+            // without answering (cause not found; see the design notes, "known flake"). A read is
+            // tried once more, and says so; a change (POST) is never repeated here.
+            FileHandle.standardError.write(Data("note: 127.0.0.1:\(port) closed a connection without an answer to GET \(target); trying again\n".utf8))
+            try await Task.sleep(for: .milliseconds(200))
+            return try await offload { try requestBlocking(method, port: port, target, token: token, headers: headers, body: body, source: source) }
+        }
+    }
+
+    /// The server closed the connection without sending a byte.
+    struct ClosedWithoutAnswer: Error, CustomStringConvertible {
+        var description: String { "no HTTP head in 0 bytes (the server closed the connection without an answer)" }
     }
 
     static func requestBlocking(
@@ -88,6 +103,7 @@ public enum HTTP {
             if n == 0 { break }
             received += buffer[0..<n]
         }
+        if received.isEmpty { throw ClosedWithoutAnswer() }
         return try parse(received)
     }
 
@@ -137,13 +153,13 @@ public enum HTTP {
     }
 }
 
-private let blockingWork = DispatchQueue(label: "edgefleet.test.blocking", attributes: .concurrent)
-
-/// Runs blocking work (a socket, `waitpid`) on a dispatch thread and awaits it, so the
-/// cooperative threads stay free for the test's other tasks.
+/// Runs blocking work (a socket, `waitpid`, a process start that polls) on a thread of its
+/// own and awaits it. The cooperative pool has one thread per core (two here) and every test of
+/// the run shares it: one test blocking there stalls every in-process service of the others.
+/// A dispatch queue is no better (its threads grow only after a second of being blocked).
 public func offload<T: Sendable>(_ body: @escaping @Sendable () throws -> T) async throws -> T {
     try await withCheckedThrowingContinuation { continuation in
-        blockingWork.async { continuation.resume(with: Result { try body() }) }
+        onOwnThread { continuation.resume(with: Result { try body() }) }
     }
 }
 

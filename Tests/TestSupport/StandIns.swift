@@ -62,6 +62,12 @@ public final class AgentProcess: @unchecked Sendable {
         return process.wait(timeout: .seconds(10)) ?? { process.signal(SIGKILL); return process.wait() }()
     }
 
+    /// `terminate()` without holding a cooperative thread while the agent shuts down.
+    @discardableResult
+    public func terminateAndWait() async -> Int32 {
+        (try? await offload { [self] in terminate() }) ?? -1
+    }
+
     public func kill() {
         process.signal(SIGKILL)
         process.wait()
