@@ -259,19 +259,27 @@ actor StatusOutbox {
     /// 24 arrived before 23, and both carried the same drop count).
     private var tail: Task<Void, Never>?
 
-    private func serially(_ body: @escaping @Sendable () async -> Void) async {
+    @discardableResult
+    private func enqueue(_ body: @escaping @Sendable () async -> Void) -> Task<Void, Never> {
         let previous = tail
         let task = Task {
             await previous?.value
             await body()
         }
         tail = task
-        await task.value
+        return task
     }
 
-    /// A new status: published now if possible, else spooled.
-    func submit(_ status: SiteStatus, client: MQTTClient) async {
-        await serially { await self.submitNow(status, client: client) }
+    private func serially(_ body: @escaping @Sendable () async -> Void) async {
+        await enqueue(body).value
+    }
+
+    /// A new status: published as soon as the ones before it are through (now, if possible),
+    /// else spooled. Returns once it has its place in line, not once it is delivered: a stalled
+    /// link (the TCP connection up, nothing acknowledged until the keepalive gives up on it)
+    /// must not hold the check loop, whose checks keep running on time meanwhile.
+    func submit(_ status: SiteStatus, client: MQTTClient) {
+        enqueue { await self.submitNow(status, client: client) }
     }
 
     private func submitNow(_ status: SiteStatus, client: MQTTClient) async {

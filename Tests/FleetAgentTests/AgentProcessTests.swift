@@ -201,6 +201,36 @@ struct AgentProcessTests {
         await site.client.shutdown()
     }
 
+    @Test("a stalled link (TCP up, nothing acknowledged) does not hold the checks: they run on time; thawed, every change arrives in order, once")
+    func stalledLink() async throws {
+        let site = try await CountingAgentSite("s-stall", observer: observer)
+        defer { site.remove() }
+        let (proxy, messages, counter) = (site.proxy, site.messages, site.counter)
+        @Sendable func counterValue(_ m: MQTTMessage) -> Int? {
+            (try? FleetJSON.decode(SiteStatus.self, from: m.payload))?.checks.first { $0.name == "counter" }.flatMap { Int($0.output) }
+        }
+        @Sendable func runs() -> Int { Int((try? String(contentsOfFile: counter, encoding: .utf8))?.trimmingCharacters(in: .whitespacesAndNewlines) ?? "") ?? 0 }
+        _ = try await messages.next(timeout: .seconds(15), "a first status") { counterValue($0) != nil }
+        proxy.freeze()
+        let frozenAt = runs()
+        // Every 300 ms a run, each a change whose acknowledgement cannot come: ten more runs. Before
+        // the check loop waited for the first one's acknowledgement until the keepalive (30 s)
+        // declared the connection dead.
+        try await withTimeout(.seconds(20), "ten check runs while the link is stalled") {
+            while runs() < frozenAt + 10 { try await Task.sleep(for: .milliseconds(50)) }
+        }
+        let stalledRuns = runs()
+        proxy.thaw()
+        _ = try await messages.next(timeout: .seconds(30), "the changes made while stalled") { (counterValue($0) ?? 0) >= stalledRuns }
+        #expect(await site.agent.terminateAndWait() == 0)
+        let values = messages.received.filter { $0.topic.hasSuffix("/status") }.compactMap(counterValue)
+        var collapsed: [Int] = []
+        for v in values where collapsed.last != v { collapsed.append(v) }
+        #expect(collapsed == Array(collapsed[0]...collapsed[collapsed.count - 1]), "statuses lost, duplicated or out of order: \(values)")
+        #expect(Set(values).count == collapsed.count, "\(values)")
+        await site.client.shutdown()
+    }
+
     @Test("a full state disk during a broker outage: every change that cannot be spooled is counted in spoolDropped, none arrives twice")
     func fullDiskSpool() async throws {
         let disk = try SmallDisk(megabytes: 1)
@@ -334,7 +364,10 @@ final class CountingAgentSite {
                 interval: 300ms
             """.write(toFile: config, atomically: true, encoding: .utf8)
         (client, messages) = try await observer(broker, site)
-        agent = try AgentProcess(site: site, broker: broker, brokerURL: proxy.url, stateDir: stateDir, extra: ["--config", config])
+        // The log beside the counter, off the state disk (which a test may fill).
+        agent = try AgentProcess(
+            site: site, broker: broker, brokerURL: proxy.url, stateDir: stateDir, extra: ["--config", config],
+            logDirectory: (counter as NSString).deletingLastPathComponent)
     }
 
     /// Status changes waiting in the on-disk spool of the agent whose state is in `stateDir`.
@@ -346,5 +379,6 @@ final class CountingAgentSite {
         proxy.stop()
         broker.stop()
         try? FileManager.default.removeItem(atPath: stateDir)
+        try? FileManager.default.removeItem(atPath: (counter as NSString).deletingLastPathComponent)
     }
 }

@@ -43,12 +43,14 @@ public final class AgentProcess: @unchecked Sendable {
     public let log: String
 
     /// `brokerURL`: instead of the broker's own URL (a proxy in front of it). `--broker` in `extra`
-    /// adds a broker to fail over to; it does not replace this one.
+    /// adds a broker to fail over to; it does not replace this one. `logDirectory`: where the
+    /// agent's log goes (the state directory unless given: a test that fills that disk needs it
+    /// elsewhere, or the lines it waits for cannot be written).
     public init(
         site: String, broker: MosquittoBroker, brokerURL: String? = nil, stateDir: String, probe: [String] = ["--probe-command", "true"],
-        extra: [String] = []
+        extra: [String] = [], logDirectory: String? = nil
     ) throws {
-        log = stateDir + "/agent-\(UUID().uuidString.prefix(6)).log"
+        log = (logDirectory ?? stateDir) + "/agent-\(UUID().uuidString.prefix(6)).log"
         process = try ChildProcess(
             try builtProduct("edgefleet-agent").path,
             ["--site", site, "--broker", brokerURL ?? broker.url, "--state-dir", stateDir, "--heartbeat-interval", "1s", "--probe-interval", "1s",
