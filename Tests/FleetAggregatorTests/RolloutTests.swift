@@ -81,7 +81,17 @@ struct RolloutTests {
         #expect(paused.reason?.contains("threshold") == true, "\(paused.reason ?? "")")
         #expect(paused.wave == 3)
         #expect(paused.counts.pending == 7)
-        #expect(paused.counts.failed == 5)
+        #expect(paused.counts.failed >= 4, "it pauses at the fourth failure")
+        // A pause starts no new wave; the fourth wave's operations already queued still run.
+        let settled = try await withTimeout(.seconds(60), "the fourth wave's operations to end") { () -> Rollout in
+            while true {
+                let r = try await current()
+                if r.counts.queued == 0 && r.counts.dispatching == 0 { return r }
+                try await Task.sleep(for: .milliseconds(250))
+            }
+        }
+        #expect(settled.state == .paused && settled.wave == 3 && settled.counts.pending == 7)
+        #expect(settled.counts.failed == 5)
         // Progress on /metrics and on the dashboard (a page per rollout).
         let metrics = try await f.get("/metrics").text
         #expect(metrics.contains("edgefleet_rollouts{state=\"paused\"} 1"))
