@@ -35,7 +35,7 @@ struct HistorySeed: AsyncParsableCommand {
         var events = 0
         var batch: [FleetEvent] = []
         for index in 0..<sites {
-            let site = try SiteID("\(prefix)-\(String(format: "%06d", index))")
+            let site = try historySite(prefix, index)
             batch += generator.events(site: site, index: index, from: start, to: end)
             if batch.count >= 5_000 || index == sites - 1 {
                 // In time order within a batch, as the aggregator publishes them.
@@ -69,7 +69,7 @@ struct HistoryQuery: AsyncParsableCommand {
         var random = SystemRandomNumberGenerator()
         var times: [Double] = []
         for _ in 0..<samples {
-            let site = try SiteID("\(prefix)-\(String(format: "%06d", Int.random(in: 0..<sites, using: &random)))")
+            let site = try historySite(prefix, Int.random(in: 0..<sites, using: &random))
             let t0 = ContinuousClock.now
             let history = try stores.events.siteHistory(site, window: HistoryWindow(from: now.addingTimeInterval(-Double(siteWindow) * 86_400), to: now))
             times.append((ContinuousClock.now - t0).secondsValue * 1000)
@@ -91,4 +91,9 @@ struct HistoryQuery: AsyncParsableCommand {
     }
 
     func f(_ value: Double) -> String { String(format: "%.3f", value) }
+}
+
+/// The id `history-seed` gives its `index`th site, which `history-query` asks for.
+func historySite(_ prefix: String, _ index: Int) throws -> SiteID {
+    try SiteID("\(prefix)-\(String(format: "%06d", index))")
 }

@@ -287,7 +287,7 @@ extension OperatorAPI {
     }
 
     func sitePage(_ site: SiteID, window: String?, signedIn: Bool) throws(APIError) -> String? {
-        let length = try Self.window(window, default: .seconds(30 * 86_400))
+        let length = try Query.window(window, default: .seconds(30 * 86_400))
         guard let detail = service.detail(of: site), let capabilities = service.capabilities(of: site) else {
             // A site that no longer reports (forgotten, or from before this database's sites) keeps its history.
             guard let history = try? service.siteHistory(site, length: length), !history.spans.isEmpty else { return nil }

@@ -142,6 +142,36 @@ struct Query {
         return n
     }
 
+    /// `window`: a history window, a duration (`90d`, `36h`) longer than zero.
+    func window(default fallback: Duration) throws(APIError) -> Duration {
+        try Self.window(self["window"], default: fallback)
+    }
+
+    static func window(_ text: String?, default fallback: Duration) throws(APIError) -> Duration {
+        guard let text else { return fallback }
+        guard let length = try? DurationFormat.parse(text), length > .zero else {
+            throw APIError.badRequest("window: a duration such as 90d or 36h, got '\(text.prefix(64))'")
+        }
+        return length
+    }
+
+    /// `name`: a whole number in `range`.
+    func count(_ name: String, default fallback: Int, range: ClosedRange<Int>) throws(APIError) -> Int {
+        guard let text = self[name] else { return fallback }
+        guard let value = Int(text), range.contains(value) else {
+            throw APIError.badRequest("\(name): a whole number from \(range.lowerBound) to \(range.upperBound), got '\(text.prefix(64))'")
+        }
+        return value
+    }
+
+    /// `name`: an instant, RFC 3339 or a duration meaning that long before `now` (`since=1h`).
+    func instant(_ name: String, now: Date) throws(APIError) -> Date? {
+        guard let text = self[name] else { return nil }
+        if let date = RFC3339.parse(text) { return date }
+        if let ago = try? DurationFormat.parse(text) { return now.addingTimeInterval(-ago.secondsValue) }
+        throw APIError.badRequest("\(name): an RFC 3339 instant or a duration before now (1h, 7d), got '\(text.prefix(64))'")
+    }
+
     func site() throws(APIError) -> SiteID? {
         guard let text = self["site"] else { return nil }
         do { return try SiteID(text) } catch { throw .badRequest("site: \(error.description)") }

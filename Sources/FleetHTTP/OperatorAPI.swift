@@ -181,32 +181,6 @@ public struct OperatorAPI: Sendable {
     static func article(_ role: Role) -> String { role == .viewer ? "a" : "an" }
 
     /// RFC 6750's challenge, with the error code when there is one.
-    /// A history window: a duration (`90d`, `36h`), longer than zero.
-    static func window(_ text: String?, default fallback: Duration) throws(APIError) -> Duration {
-        guard let text else { return fallback }
-        guard let length = try? DurationFormat.parse(text), length > .zero else {
-            throw APIError.badRequest("window: a duration such as 90d or 36h, got '\(text.prefix(64))'")
-        }
-        return length
-    }
-
-    /// A whole number in `range`.
-    static func count(_ text: String?, name: String, default fallback: Int, range: ClosedRange<Int>) throws(APIError) -> Int {
-        guard let text else { return fallback }
-        guard let value = Int(text), range.contains(value) else {
-            throw APIError.badRequest("\(name): a whole number from \(range.lowerBound) to \(range.upperBound), got '\(text.prefix(64))'")
-        }
-        return value
-    }
-
-    /// An instant: RFC 3339, or a duration meaning that long before `now` (`since=1h`).
-    static func instant(_ text: String?, name: String, now: Date) throws(APIError) -> Date? {
-        guard let text else { return nil }
-        if let date = RFC3339.parse(text) { return date }
-        if let ago = try? DurationFormat.parse(text) { return now.addingTimeInterval(-ago.secondsValue) }
-        throw APIError.badRequest("\(name): an RFC 3339 instant or a duration before now (1h, 7d), got '\(text.prefix(64))'")
-    }
-
     static func challenge(error: String?) -> HTTPFields {
         [.wwwAuthenticate: #"Bearer realm="edgefleet""# + (error.map { #", error="\#($0)""# } ?? "")]
     }
@@ -348,7 +322,7 @@ public struct OperatorAPI: Sendable {
             try authorize(request, context, .read)
             let query = try Query(request, allowed: ["window"])
             let site = try siteParameter(context)
-            let length = try Self.window(query["window"], default: .seconds(90 * 86_400))
+            let length = try query.window(default: .seconds(90 * 86_400))
             let history = try await offloaded { () throws(APIError) in
                 do {
                     return try service.siteHistory(site, length: length)
@@ -367,9 +341,9 @@ public struct OperatorAPI: Sendable {
         router.get("/v1/history") { request, context in
             try authorize(request, context, .read)
             let query = try Query(request, allowed: ["window", "top", "buckets"])
-            let length = try Self.window(query["window"], default: .seconds(30 * 86_400))
-            let top = try Self.count(query["top"], name: "top", default: 20, range: 1...1000)
-            let buckets = try Self.count(query["buckets"], name: "buckets", default: 60, range: 1...1000)
+            let length = try query.window(default: .seconds(30 * 86_400))
+            let top = try query.count("top", default: 20, range: 1...1000)
+            let buckets = try query.count("buckets", default: 60, range: 1...1000)
             let history = try await offloaded { () throws(APIError) in
                 do {
                     return try service.fleetHistory(length: length, top: top, buckets: buckets)
@@ -396,8 +370,8 @@ public struct OperatorAPI: Sendable {
                 }
             }
             let now = Date()
-            events.since = try Self.instant(query["since"], name: "since", now: now)
-            events.until = try Self.instant(query["until"], name: "until", now: now)
+            events.since = try query.instant("since", now: now)
+            events.until = try query.instant("until", now: now)
             if let text = query["cursor"] {
                 guard let value = Int64(text), value >= 0 else { throw APIError.badRequest("cursor: not a cursor this API gave out") }
                 events.after = value

@@ -96,6 +96,24 @@ struct APIClient {
         try await send("GET", path, query: query, body: nil as String?, as: type)
     }
 
+    /// Pages through `/v1/events` oldest first, handing each page's events to `body`, until the
+    /// stored events end or `limit` were handed over; returns the cursor left (nil: none left).
+    @discardableResult
+    func storedEvents(
+        query: [(String, String?)], limit: Int = .max, _ body: ([FleetEvent]) throws -> Void
+    ) async throws -> String? {
+        var handed = 0
+        var cursor: String?
+        repeat {
+            let page = try await get(
+                "/v1/events", query: query + [("cursor", cursor), ("limit", "\(min(1000, limit - handed))")], as: EventPage.self)
+            try body(page.events)
+            handed += page.events.count
+            cursor = page.nextCursor
+        } while cursor != nil && handed < limit
+        return cursor
+    }
+
     func post<T: Decodable, B: Encodable>(_ path: String, body: B?, as type: T.Type) async throws -> T {
         try await send("POST", path, query: [], body: body, as: type)
     }

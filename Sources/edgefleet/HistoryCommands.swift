@@ -28,23 +28,16 @@ struct EventsCommand: ClientCommand {
 
     func execute(_ api: APIClient) async throws {
         var shown = 0
-        var cursor: String?
-        repeat {
-            let page = try await api.get(
-                "/v1/events",
-                query: [
-                    ("site", site), ("since", since), ("until", until), ("type", type), ("cursor", cursor), ("limit", "\(min(1000, limit - shown))"),
-                ], as: EventPage.self)
-            for event in page.events {
+        let cursor = try await api.storedEvents(query: [("site", site), ("since", since), ("until", until), ("type", type)], limit: limit) {
+            for event in $0 {
                 if options.output == .json {
                     print(String(decoding: try FleetJSON.encode(event), as: UTF8.self))
                 } else {
                     print(WatchCommand.line(event))
                 }
             }
-            shown += page.events.count
-            cursor = page.nextCursor
-        } while cursor != nil && shown < limit
+            shown += $0.count
+        }
         if shown == 0, options.output == .table { printError("no events stored\(since.map { " since \($0)" } ?? "")") }
         if cursor != nil { printError("(more: raise --limit, or narrow with --since/--until)") }
     }

@@ -70,17 +70,13 @@ struct WatchCommand: AsyncParsableCommand {
         var last: Int64 = 0
         do {
             let api = try ClientOptions.parse(arguments).client()
-            var cursor: String?
-            repeat {
-                let page = try await api.get(
-                    "/v1/events", query: [("since", since), ("site", site), ("cursor", cursor), ("limit", "1000")], as: EventPage.self)
-                for event in page.events {
+            try await api.storedEvents(query: [("since", since), ("site", site)]) {
+                for event in $0 {
                     let line = output == .json ? String(decoding: try FleetJSON.encode(event), as: UTF8.self) : Self.line(event)
                     FileHandle.standardOutput.write(Data((line + "\n").utf8))
                     last = max(last, event.id ?? 0)
                 }
-                cursor = page.nextCursor
-            } while cursor != nil
+            }
         } catch let failure as CLIFailure {
             printError("edgefleet: \(failure.description)")
             throw ExitCode(failure.code)

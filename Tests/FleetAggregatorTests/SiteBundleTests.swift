@@ -64,16 +64,8 @@ struct SiteBundleTests {
         let observer = try secure.client("edgefleet.aggregator")
         defer { Task { await observer.shutdown() } }
         let messages = try await subscriber(observer, ["edgefleet/v1/sites/store-north/#"])
-        let state = try temporaryDirectory("edgefleet-bundle-agent")
-        defer { try? FileManager.default.removeItem(atPath: state) }
-        let agent = try ChildProcess(
-            try builtProduct("edgefleet-agent").path,
-            ["--config", bundle + "/agent.yaml", "--state-dir", state, "--probe-command", "true", "--heartbeat-interval", "1s"],
-            outputPath: state + "/agent.log")
-        defer {
-            agent.signal(SIGTERM)
-            _ = agent.wait()
-        }
+        let agent = try BundleAgent(bundle: bundle)
+        defer { agent.stop() }
         // The bundle's arc-agents check reports (here without a cluster: kubectl cannot answer).
         let status = try await messages.next(timeout: .seconds(30), "the agent's status with its arc-agents check") {
             $0.topic == "edgefleet/v1/sites/store-north/status"
@@ -104,16 +96,29 @@ struct SiteBundleTests {
         let observer = try secure.client("edgefleet.aggregator")
         defer { Task { await observer.shutdown() } }
         let messages = try await subscriber(observer, ["edgefleet/v1/sites/store-cert/#"])
-        let state = try temporaryDirectory("edgefleet-bundle-agent")
-        defer { try? FileManager.default.removeItem(atPath: state) }
-        let agent = try ChildProcess(
+        let agent = try BundleAgent(bundle: bundle)
+        defer { agent.stop() }
+        _ = try await messages.next("a heartbeat of store-cert") { $0.topic == "edgefleet/v1/sites/store-cert/heartbeat" }
+    }
+}
+
+/// An agent started from a bundle's `agent.yaml`, with a state directory of the test's.
+final class BundleAgent {
+    let process: ChildProcess
+    let state: String
+
+    init(bundle: String) throws {
+        state = try temporaryDirectory("edgefleet-bundle-agent")
+        process = try ChildProcess(
             try builtProduct("edgefleet-agent").path,
             ["--config", bundle + "/agent.yaml", "--state-dir", state, "--probe-command", "true", "--heartbeat-interval", "1s"],
             outputPath: state + "/agent.log")
-        defer {
-            agent.signal(SIGTERM)
-            _ = agent.wait()
-        }
-        _ = try await messages.next("a heartbeat of store-cert") { $0.topic == "edgefleet/v1/sites/store-cert/heartbeat" }
+    }
+
+    /// SIGTERM, waits for the exit, removes the state directory.
+    func stop() {
+        process.signal(SIGTERM)
+        _ = process.wait()
+        try? FileManager.default.removeItem(atPath: state)
     }
 }
