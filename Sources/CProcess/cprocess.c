@@ -1,4 +1,5 @@
 #define _GNU_SOURCE
+#include <malloc.h>
 #include <spawn.h>
 #include <sys/prctl.h>
 #include "cprocess.h"
@@ -20,4 +21,8 @@ int edgefleet_pidfd_open(pid_t pid) {
 #else
     return -1;
 #endif
+}
+
+int edgefleet_limit_malloc_arenas(int arenas) {
+    return mallopt(M_ARENA_MAX, arenas);
 }

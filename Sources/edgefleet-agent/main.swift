@@ -1,4 +1,5 @@
 import ArgumentParser
+import CProcess
 import CommandSupport
 import Subprocesses
 import FleetAgent
@@ -80,5 +81,11 @@ struct AgentCommand: AsyncParsableCommand {
         try await ServiceGroup.runService([service], program: "edgefleet-agent", logger: logger)
     }
 }
+
+// One malloc arena for the whole process, set before any other thread starts: glibc gives each
+// thread that allocates an arena of its own (up to 8 per core), and the agent's handful of mostly
+// idle threads (the cooperative pool, the MQTT loop, one per probe handshake and check run) kept
+// some 0.2 MB of written memory in them (docs/design-notes.md, "Memory, stated honestly").
+_ = edgefleet_limit_malloc_arenas(1)
 
 await AgentCommand.runMain()

@@ -14,4 +14,8 @@ int edgefleet_become_subreaper(void);
 /// readable once the process has exited, so a wait for it can have a deadline without polling.
 int edgefleet_pidfd_open(pid_t pid);
 
+/// mallopt(M_ARENA_MAX, arenas): at most that many malloc arenas for the whole process; call it
+/// before other threads allocate. Returns mallopt's result (1 on success).
+int edgefleet_limit_malloc_arenas(int arenas);
+
 #endif
