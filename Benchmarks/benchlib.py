@@ -23,11 +23,12 @@ def which(name):
     return path
 
 
-def start_broker(directory):
+def start_broker(directory, extra_lines=()):
+    """mosquitto with the dev configuration on a free port; `extra_lines` are appended (more listeners)."""
     port = free_port()
     template = open(os.path.join(ROOT, "broker-config/dev/mosquitto.conf")).read().splitlines()
     lines = [f"listener {port} 127.0.0.1" if l.startswith("listener ") else l for l in template]
-    lines += ["log_type subscribe"]
+    lines += ["log_type subscribe"] + list(extra_lines)
     if os.geteuid() == 0:
         lines += ["user root"]
     config = os.path.join(directory, "mosquitto.conf")
