@@ -287,7 +287,9 @@ private struct LoopDriver {
             core.setState(.connecting)
             let attemptStarted = ContinuousClock.now
             // Reached without blocking first (see ConnectCheck): libmosquitto's TCP connect blocks.
+            // Both count as a connect call for a stop's watchdog: the check's name lookup blocks too.
             let target = brokers[current]
+            core.setInConnectCall(true)
             var connectError = ConnectCheck.reach(
                 host: target.host, port: target.port, timeout: core.configuration.connectTimeout, stopRequested: { core.stopRequested })
             if connectError == nil {
@@ -295,13 +297,12 @@ private struct LoopDriver {
                 if let provider = core.configuration.willProvider, let error = handle.replaceWill(provider()) {
                     core.logger.error("could not set the Last Will for this connection", metadata: ["error": "\(error)"])
                 }
-                core.setInConnectCall(true)
                 connectError = brokers.count > 1 && (firstAttempt || switched) ? handle.connect(to: target)
                     : firstAttempt ? handle.connect() : handle.reconnect()
-                core.setInConnectCall(false)
                 firstAttempt = false
                 switched = false
             }
+            core.setInConnectCall(false)
             if core.stopRequested { break }
             if let connectError {
                 failures += 1
