@@ -86,6 +86,12 @@ struct AzureProbeTests {
             .endpoints([azure.endpoint, .init(host: "localhost", port: closed)], timeout: .seconds(5)), caFile: pki.caCertificate)
         #expect(!result.reachable)
         #expect(result.detail.contains(":\(closed)"), "\(result.detail)")
+        // One at a time: the first failure decides, and the rest are not tried (one timeout at most).
+        let first = await AzureProbe.run(
+            .endpoints([.init(host: "localhost", port: closed), azure.endpoint], timeout: .seconds(5)), caFile: pki.caCertificate)
+        #expect(!first.reachable && first.detail.contains(":\(closed)") && first.detail.contains("1 more not tried"), "\(first.detail)")
+        let both = await AzureProbe.run(.endpoints([azure.endpoint, azure.endpoint], timeout: .seconds(5)), caFile: pki.caCertificate)
+        #expect(both.reachable && both.detail == "2 endpoint(s) answered", "\(both.detail)")
         let unresolvable = await AzureProbe.run(.endpoints([.init(host: "no-such-host.invalid", port: 443)], timeout: .seconds(5)))
         #expect(!unresolvable.reachable)
         #expect(unresolvable.detail.contains("resolve"), "\(unresolvable.detail)")
