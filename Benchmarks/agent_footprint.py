@@ -122,6 +122,7 @@ def main():
     parser.add_argument("--write", help="update this Markdown file's agent-footprint section")
     parser.add_argument("--skip-build", action="store_true")
     parser.add_argument("--env", action="append", default=[], help="NAME=VALUE for the agent's environment (a lever to try)")
+    parser.add_argument("--endpoints", type=int, default=4, help="stand-in Arc endpoints the probe checks (default 4)")
     parser.add_argument("--detail", action="store_true", help="print the agent's mappings by Private_Dirty at the end")
     parser.add_argument("--pub-arg", action="append", default=[], help="an extra mosquitto_pub argument (e.g. --tls-use-os-certs)")
     args = parser.parse_args()
@@ -138,7 +139,7 @@ def main():
         tls_port = free_port()
         broker, port, broker_log = start_broker(directory, [
             f"listener {tls_port} 127.0.0.1", f"cafile {pki['ca.crt']}", f"certfile {pki['server.crt']}", f"keyfile {pki['server.key']}"])
-        stand_ins, probe_ports = start_stand_ins(pki, 4)
+        stand_ins, probe_ports = start_stand_ins(pki, args.endpoints)
         received = os.path.join(directory, "received.txt")
         sub = subprocess.Popen([which("mosquitto_sub"), "-h", "127.0.0.1", "-p", str(port), "-v", "-q", "1",
                                 "-t", "edgefleet/v1/sites/+/heartbeat", "-t", "edgefleet/v1/sites/+/status"],
@@ -173,6 +174,9 @@ checks:
             name, _, value = pair.partition("=")
             environment[name] = value
 
+        # A binary just linked is still dirty in the page cache, and smaps counts its mapped pages as the
+        # process's Private_Dirty (15 MB of "private memory" seen right after a build): write it back first.
+        os.sync()
         agent = subprocess.Popen([agent_binary, "--config", config], stdout=subprocess.DEVNULL, stderr=open(agent_log, "w"),
                                  env=environment)
         # mosquitto_pub -l: one TLS connection held open, a message per line read from stdin.
