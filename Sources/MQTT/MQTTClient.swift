@@ -93,25 +93,36 @@ public final class MQTTClient: Sendable {
         properties: MQTTPublishProperties = MQTTPublishProperties()
     ) async throws {
         guard qos != .exactlyOnce else { throw MQTTError.notSupported("QoS 2 is not used by EdgeFleet") }
+        if qos == .atLeastOnce {
+            let mid = try handOverAtLeastOnce(topic, payload: payload, retain: retain, properties: properties)
+            core.loopWake.wake()
+            try await core.acknowledgement(mid: mid, kind: .publish)
+            return
+        }
         if let error = MosquittoHandle.checkTopicName(topic) { throw error }
         let epoch = try core.checkCanSend()
         let (mid, error) = payload.withUnsafeBytes {
             handle.publish(topic: topic, payload: $0, qos: qos, retain: retain, properties: properties)
         }
         core.loopWake.wake()
-        if qos == .atMostOnce {
-            if let error { throw error }
-            if mid != 0, core.recordUnsentQoS0(mid: mid, epoch: epoch) { await core.waitForRoom() }
-            return
+        if let error { throw error }
+        if mid != 0, core.recordUnsentQoS0(mid: mid, epoch: epoch) { await core.waitForRoom() }
+    }
+
+    /// Hands a QoS 1 message to libmosquitto (without waking the loop); returns its message id.
+    private func handOverAtLeastOnce(_ topic: String, payload: [UInt8], retain: Bool, properties: MQTTPublishProperties) throws -> Int32 {
+        if let error = MosquittoHandle.checkTopicName(topic) { throw error }
+        _ = try core.checkCanSend()
+        let (mid, error) = payload.withUnsafeBytes {
+            handle.publish(topic: topic, payload: $0, qos: .atLeastOnce, retain: retain, properties: properties)
         }
         switch error {
-        case nil: break
+        case nil: return mid
         case .noConnection? where mid != 0:
             // Lost the race with a disconnect: libmosquitto queued it and resends it after reconnecting.
-            break
+            return mid
         case let error?: throw error
         }
-        try await core.acknowledgement(mid: mid, kind: .publish)
     }
 
     /// Publishes several QoS 1 messages in the order given and then waits for all their
@@ -122,23 +133,10 @@ public final class MQTTClient: Sendable {
         var outcomes: [(any Error)?] = Array(repeating: nil, count: messages.count)
         var pending: [(index: Int, mid: Int32)] = []
         for (index, message) in messages.enumerated() {
-            if let error = MosquittoHandle.checkTopicName(message.topic) {
-                outcomes[index] = error
-                continue
-            }
             do {
-                _ = try core.checkCanSend()
+                pending.append((index, try handOverAtLeastOnce(message.topic, payload: message.payload, retain: message.retain, properties: MQTTPublishProperties())))
             } catch {
                 outcomes[index] = error
-                continue
-            }
-            let (mid, error) = message.payload.withUnsafeBytes {
-                handle.publish(topic: message.topic, payload: $0, qos: .atLeastOnce, retain: message.retain, properties: MQTTPublishProperties())
-            }
-            switch error {
-            case nil: pending.append((index, mid))
-            case .noConnection? where mid != 0: pending.append((index, mid))  // queued; resent after reconnecting
-            case let error?: outcomes[index] = error
             }
         }
         core.loopWake.wake()

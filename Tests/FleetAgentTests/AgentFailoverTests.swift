@@ -10,13 +10,7 @@ import Testing
 @Suite("the agent with more than one broker")
 struct AgentFailoverTests {
     func observer(_ broker: MosquittoBroker) async throws -> (MQTTClient, MessageCollector) {
-        var logger = Logger(label: "test")
-        logger.logLevel = .critical
-        let client = try MQTTClient(configuration: MQTTConfiguration(broker: try BrokerURL(parsing: broker.url)), logger: logger)
-        let collector = MessageCollector(client)
-        try await client.connect(timeout: .seconds(20))
-        try await client.subscribe(to: "edgefleet/v1/sites/#", qos: .atLeastOnce)
-        return (client, collector)
+        try await observe(broker, "edgefleet/v1/sites/#")
     }
 
     /// The state of check `flip` in every status the observer received, in order.

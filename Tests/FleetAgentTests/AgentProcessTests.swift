@@ -14,13 +14,7 @@ struct AgentProcessTests {
     /// Subscribes to `site`'s topics only: another test's agent that keeps retrying a port its
     /// broker gave up (and the kernel gave to this test's broker) must not be read as this one.
     func observer(_ broker: MosquittoBroker, site: String) async throws -> (MQTTClient, MessageCollector) {
-        var logger = Logger(label: "test")
-        logger.logLevel = .critical
-        let client = try MQTTClient(configuration: MQTTConfiguration(broker: try BrokerURL(parsing: broker.url)), logger: logger)
-        let collector = MessageCollector(client)
-        try await client.connect()
-        try await client.subscribe(to: "edgefleet/v1/sites/\(site)/#", qos: .atLeastOnce)
-        return (client, collector)
+        try await observe(broker, "edgefleet/v1/sites/\(site)/#", connectTimeout: .seconds(10))
     }
 
     @Test("presence, heartbeats and status match the contract; SIGTERM publishes a clean offline presence")

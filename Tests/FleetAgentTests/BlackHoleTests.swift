@@ -73,9 +73,7 @@ struct BlackHoleTests {
     static func stop(_ agent: Started) async -> (Int32?, Duration) {
         let stopping = ContinuousClock.now
         agent.process.signal(SIGTERM)
-        let status = await withCheckedContinuation { continuation in
-            onOwnThread { continuation.resume(returning: agent.process.wait(timeout: .seconds(30))) }
-        }
+        let status = (try? await offload { agent.process.wait(timeout: .seconds(30)) }) ?? nil
         return (status, ContinuousClock.now - stopping)
     }
 
@@ -120,12 +118,7 @@ struct BlackHoleTests {
         defer { broker.stop() }
         let stateDir = try temporaryDirectory()
         defer { try? FileManager.default.removeItem(atPath: stateDir) }
-        var logger = Logger(label: "test")
-        logger.logLevel = .critical
-        let observer = try MQTTClient(configuration: MQTTConfiguration(broker: try BrokerURL(parsing: broker.url)), logger: logger)
-        let messages = MessageCollector(observer)
-        try await observer.connect(timeout: .seconds(20))
-        try await observer.subscribe(to: "edgefleet/v1/sites/s-past-hole/presence", qos: .atLeastOnce)
+        let (observer, messages) = try await observe(broker, "edgefleet/v1/sites/s-past-hole/presence")
         let log = stateDir + "/agent.log"
         let agent = try ChildProcess(
             try builtProduct("edgefleet-agent").path,

@@ -125,8 +125,6 @@ struct ExitPathTests {
 
 /// Waits for a child process on a thread of its own (not the cooperative pool).
 func offloadWait(_ process: ChildProcess, _ timeout: Duration) async -> Int32? {
-    await withCheckedContinuation { continuation in
-        onOwnThread { continuation.resume(returning: process.wait(timeout: timeout)) }
-    }
+    (try? await offload { process.wait(timeout: timeout) }) ?? nil
 }
 
