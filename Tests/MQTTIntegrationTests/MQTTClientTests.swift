@@ -226,8 +226,10 @@ struct MQTTClientTests {
         #expect(seen.contains(.connecting))
 
         // The broker lost every session (persistence off): only a restored subscription delivers this.
+        // Retained, because the loop thread restores the subscription just after CONNACK, and a
+        // message published before the broker has it would otherwise be missed (seen on CI).
         try await MQTTClient.withConnection(try testConfiguration(broker.url, clientID: "publisher"), logger: testLogger) { publisher in
-            try await publisher.publish("\(topic)/after", string: "back", qos: .atLeastOnce)
+            try await publisher.publish("\(topic)/after", string: "back", qos: .atLeastOnce, retain: true)
         }
         let message = try await collector.next("a message on the restored subscription") { $0.topic == "\(topic)/after" }
         #expect(message.payloadString == "back")
