@@ -1,4 +1,5 @@
 import FleetCore
+import MQTT
 import Foundation
 import TestSupport
 import Testing
@@ -46,13 +47,32 @@ struct BrokerOutageTests {
         quiet.stopBeating()  // this one really goes quiet as the link goes
         try await Task.sleep(for: .seconds(12))
         proxy.restore()
-        try await messages.aggregatorOnline(timeout: .seconds(30))
-        let back = Date()
+        // The presence the aggregator announces once it is back (not one announced before the
+        // cut and still in the collector's buffer): its reconnect backoff may be several seconds.
+        let presence: MQTTMessage
+        do {
+            presence = try await messages.next(timeout: .seconds(40), "the aggregator's online presence after the outage") { message in
+                guard message.topic == "edgefleet/v1/aggregator/presence",
+                    let presence = try? FleetJSON.decode(Presence.self, from: message.payload)
+                else { return false }
+                return presence.state == .online && presence.at > cutAt
+            }
+        } catch {
+            let seen = messages.received.filter { $0.topic == "edgefleet/v1/aggregator/presence" }.map { String(decoding: $0.payload, as: UTF8.self) }
+            throw TestSupportError("\(error); cut at \(cutAt); the aggregator's presences: \(seen)\n\(aggregator.output)")
+        }
+        let back = try FleetJSON.decode(Presence.self, from: presence.payload).at
 
         // The quiet site goes stale after 9 s of silence it could be heard in (a second or so
-        // before the cut, the rest after the link came back): so not before `back`, and surely within 20 s of it.
-        let stale = try await messages.event("goes-quiet", timeout: .seconds(25), "the quiet site stale") {
-            $0.type == .livenessChanged && $0.to == "stale"
+        // before the cut, the rest after the link came back): so not before `back`, and surely within 25 s of it.
+        let stale: FleetEvent
+        do {
+            stale = try await messages.event("goes-quiet", timeout: .seconds(25), "the quiet site stale") {
+                $0.type == .livenessChanged && $0.to == "stale"
+            }
+        } catch {
+            let seen = messages.events("goes-quiet").map { "\($0.at) \($0.type.rawValue) \($0.from ?? "") -> \($0.to ?? "")" }
+            throw TestSupportError("\(error); link back at \(back); the quiet site's events: \(seen)\n\(aggregator.output)")
         }
         #expect(stale.at >= back.addingTimeInterval(-1), "the outage counted as silence: stale at \(stale.at), link back at \(back)")
         // The beating sites: not one liveness or mode event since the cut, and online views again.

@@ -59,12 +59,21 @@ public final class TCPProxy: @unchecked Sendable {
                 close(upstream)
                 continue
             }
-            Thread { [weak self] in self?.pump(from: client, to: upstream) }.start()
-            Thread { [weak self] in self?.pump(from: upstream, to: client) }.start()
+            let pair = Pair()
+            Thread { [weak self] in self?.pump(from: client, to: upstream, pair) }.start()
+            Thread { [weak self] in self?.pump(from: upstream, to: client, pair) }.start()
         }
     }
 
-    private func pump(from source: Int32, to destination: Int32) {
+    /// The two directions of one connection: its descriptors are closed only when both are
+    /// done. The next `accept` reuses a closed number at once, and a late `shutdown` or `recv`
+    /// on it by the other direction's thread cut the next connection (seen as a client whose
+    /// new connection was lost right after CONNACK, and its reconnect backoff doubled).
+    private final class Pair: @unchecked Sendable {
+        var finished = 0  // guarded by the proxy's lock
+    }
+
+    private func pump(from source: Int32, to destination: Int32, _ pair: Pair) {
         var buffer = [UInt8](repeating: 0, count: 64 * 1024)
         while true {
             let n = buffer.withUnsafeMutableBytes { recv(source, $0.baseAddress, $0.count, 0) }
@@ -79,11 +88,15 @@ public final class TCPProxy: @unchecked Sendable {
             }
             if sent < n { break }
         }
-        shutdown(source, Int32(SHUT_RDWR))
-        shutdown(destination, Int32(SHUT_RDWR))
         lock.withLock {
-            if sockets.remove(source) != nil { close(source) }
-            if sockets.remove(destination) != nil { close(destination) }
+            shutdown(source, Int32(SHUT_RDWR))
+            shutdown(destination, Int32(SHUT_RDWR))
+            pair.finished += 1
+            guard pair.finished == 2 else { return }
+            sockets.remove(source)
+            sockets.remove(destination)
+            close(source)
+            close(destination)
         }
     }
 
