@@ -310,7 +310,9 @@ public final class FleetState {
     /// disconnected.
     public func summary(now: Date) -> FleetSummary {
         var nearest: [(SiteID, Date)] = []
-        for (site, deadline) in deadlines where records[site]?.mode != .disconnected {
+        // `records[site]?.mode` would copy the whole record for each site (a summary is taken
+        // several times a second while an operator or a dashboard polls): the mode is read in place.
+        for (site, deadline) in deadlines where records.index(forKey: site).map({ records.values[$0].mode != .disconnected }) ?? true {
             if nearest.count < 5 {
                 nearest.append((site, deadline))
                 nearest.sort { $0.1 < $1.1 }
@@ -371,13 +373,15 @@ public final class FleetState {
                 queued: byState[.queued] ?? 0, dispatching: byState[.dispatching] ?? 0, failed: byState[.failed] ?? 0,
                 blocked: byState[.blocked] ?? 0)
         }
-        let changed = Set(next.keys).union(queueCounts.keys).filter { (next[$0] ?? QueueCounts()) != (queueCounts[$0] ?? QueueCounts()) }
+        var changed: [SiteID] = []
+        for (site, counts) in next where (queueCounts[site] ?? QueueCounts()) != counts { changed.append(site) }
+        for (site, counts) in queueCounts where next[site] == nil && counts != QueueCounts() { changed.append(site) }
         queueCounts = next
         if totals != queueTotals {
             queueTotals = totals
             summaryChanged = true
         }
-        for site in changed where records[site] != nil {
+        for site in changed where records.keys.contains(site) {
             evaluate(site, now: now, forceView: true)
         }
     }
