@@ -180,11 +180,15 @@ extension MessageCollector {
     }
 
     /// Waits for the aggregator's online presence.
-    func aggregatorOnline(timeout: Duration = .seconds(20)) async throws {
-        _ = try await next(timeout: timeout, "the aggregator's online presence") { message in
-            message.topic == "edgefleet/v1/aggregator/presence"
-                && (try? FleetJSON.decode(Presence.self, from: message.payload))?.state == .online
+    /// With `after`: one announced after that instant (not one still in the buffer from before).
+    @discardableResult
+    func aggregatorOnline(timeout: Duration = .seconds(20), after: Date? = nil) async throws -> Presence {
+        let message = try await next(timeout: timeout, "the aggregator's online presence" + (after.map { " after \($0)" } ?? "")) { message in
+            guard message.topic == "edgefleet/v1/aggregator/presence", let presence = try? FleetJSON.decode(Presence.self, from: message.payload)
+            else { return false }
+            return presence.state == .online && after.map { presence.at > $0 } ?? true
         }
+        return try FleetJSON.decode(Presence.self, from: message.payload)
     }
 }
 

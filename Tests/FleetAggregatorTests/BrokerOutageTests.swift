@@ -1,5 +1,4 @@
 import FleetCore
-import MQTT
 import Foundation
 import TestSupport
 import Testing
@@ -49,19 +48,13 @@ struct BrokerOutageTests {
         proxy.restore()
         // The presence the aggregator announces once it is back (not one announced before the
         // cut and still in the collector's buffer): its reconnect backoff may be several seconds.
-        let presence: MQTTMessage
+        let back: Date
         do {
-            presence = try await messages.next(timeout: .seconds(40), "the aggregator's online presence after the outage") { message in
-                guard message.topic == "edgefleet/v1/aggregator/presence",
-                    let presence = try? FleetJSON.decode(Presence.self, from: message.payload)
-                else { return false }
-                return presence.state == .online && presence.at > cutAt
-            }
+            back = try await messages.aggregatorOnline(timeout: .seconds(40), after: cutAt).at
         } catch {
             let seen = messages.received.filter { $0.topic == "edgefleet/v1/aggregator/presence" }.map { String(decoding: $0.payload, as: UTF8.self) }
             throw TestSupportError("\(error); cut at \(cutAt); the aggregator's presences: \(seen)\n\(aggregator.output)")
         }
-        let back = try FleetJSON.decode(Presence.self, from: presence.payload).at
 
         // The quiet site goes stale after 9 s of silence it could be heard in (a second or so
         // before the cut, the rest after the link came back): so not before `back`, and surely within 25 s of it.
