@@ -17,7 +17,7 @@ struct Bench: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "edgefleet-bench",
         abstract: "EdgeFleet benchmarks.",
-        subcommands: [MQTTThroughput.self, Heartbeats.self, ModeChangeLatency.self, QueueBench.self, HistorySeed.self, HistoryQuery.self])
+        subcommands: [MQTTThroughput.self, Heartbeats.self, ModeChangeLatency.self, QueueBench.self, HistorySeed.self, HistoryQuery.self, JSONEncodeBench.self])
 }
 
 struct MQTTThroughput: AsyncParsableCommand {

@@ -150,11 +150,10 @@ public struct SQLiteSiteStore: SiteStore {
     }
 
     private func saveBatch(_ records: ArraySlice<SiteRecord>, at now: Date) throws {
-        let encoder = FleetJSON.encoder()
         var rows: [(String, String)] = []
         rows.reserveCapacity(records.count)
         for record in records {
-            rows.append((record.site.rawValue, String(decoding: try encoder.encode(record), as: UTF8.self)))
+            rows.append((record.site.rawValue, try FleetJSON.text(record)))
         }
         let stamp = RFC3339.format(now)
         try database.writer.write { db in

@@ -10,7 +10,15 @@ public import Foundation
 public enum RFC3339 {
     /// Formats `date` in UTC with milliseconds (rounded to the nearest millisecond).
     public static func format(_ date: Date) -> String {
-        let totalMilliseconds = Int64((date.timeIntervalSince1970 * 1000).rounded())
+        var bytes: [UInt8] = []
+        bytes.reserveCapacity(24)
+        append(milliseconds: Int64((date.timeIntervalSince1970 * 1000).rounded()), into: &bytes)
+        return String(decoding: bytes, as: UTF8.self)
+    }
+
+    /// Appends the instant `totalMilliseconds` after 1970 as `format` writes it (the JSON
+    /// encoder writes dates straight into its output with this).
+    public static func append(milliseconds totalMilliseconds: Int64, into out: inout [UInt8]) {
         var days = totalMilliseconds / 86_400_000
         var msOfDay = totalMilliseconds % 86_400_000
         if msOfDay < 0 {
@@ -22,7 +30,20 @@ public enum RFC3339 {
         let minute = msOfDay / 60_000 % 60
         let second = msOfDay / 1000 % 60
         let millisecond = msOfDay % 1000
-        return "\(pad(year, 4))-\(pad(month, 2))-\(pad(day, 2))T\(pad(hour, 2)):\(pad(minute, 2)):\(pad(second, 2)).\(pad(millisecond, 3))Z"
+        pad(year, 4, into: &out)
+        out.append(UInt8(ascii: "-"))
+        pad(month, 2, into: &out)
+        out.append(UInt8(ascii: "-"))
+        pad(day, 2, into: &out)
+        out.append(UInt8(ascii: "T"))
+        pad(hour, 2, into: &out)
+        out.append(UInt8(ascii: ":"))
+        pad(minute, 2, into: &out)
+        out.append(UInt8(ascii: ":"))
+        pad(second, 2, into: &out)
+        out.append(UInt8(ascii: "."))
+        pad(millisecond, 3, into: &out)
+        out.append(UInt8(ascii: "Z"))
     }
 
     /// Parses an RFC 3339 date-time; `nil` when `text` is not one.
@@ -84,9 +105,26 @@ public enum RFC3339 {
         return Date(timeIntervalSince1970: Double(seconds) + fraction)
     }
 
-    private static func pad(_ value: Int64, _ width: Int) -> String {
+    /// `value` in decimal, zeros in front up to `width` characters (a year before 1 keeps its
+    /// sign after the zeros, as it always was written).
+    private static func pad(_ value: Int64, _ width: Int, into out: inout [UInt8]) {
+        if value >= 0 && value < 10_000 {
+            var divisor: Int64 = 1
+            for _ in 1..<max(width, 1) { divisor *= 10 }
+            var v = value
+            if v >= divisor * 10 {  // wider than `width`
+                while divisor * 10 <= v { divisor *= 10 }
+            }
+            while divisor > 0 {
+                out.append(UInt8(ascii: "0") + UInt8(v / divisor))
+                v %= divisor
+                divisor /= 10
+            }
+            return
+        }
         let s = String(value)
-        return s.count >= width ? s : String(repeating: "0", count: width - s.count) + s
+        if s.utf8.count < width { out.append(contentsOf: repeatElement(UInt8(ascii: "0"), count: width - s.utf8.count)) }
+        out.append(contentsOf: s.utf8)
     }
 
     private static func daysIn(month: Int64, year: Int64) -> Int64 {

@@ -35,7 +35,7 @@ public struct PostgresOperationStore: OperationStore {
     }
 
     private static func json(_ operation: DeferredOperation) throws -> String {
-        String(decoding: try FleetJSON.encoder().encode(operation), as: UTF8.self)
+        try FleetJSON.text(operation)
     }
 
     static func decodeOne(_ document: String) throws -> DeferredOperation {

@@ -40,7 +40,6 @@ public struct PostgresSiteStore: SiteStore {
     }
 
     public func save(_ records: [SiteRecord], at now: Date) throws {
-        let encoder = FleetJSON.encoder()
         let stamp = RFC3339.format(now)
         var start = records.startIndex
         while start < records.endIndex {
@@ -51,7 +50,7 @@ public struct PostgresSiteStore: SiteStore {
             documents.reserveCapacity(end - start)
             for record in records[start..<end] {
                 sites.append(record.site.rawValue)
-                documents.append(String(decoding: try encoder.encode(record), as: UTF8.self))
+                documents.append(try FleetJSON.text(record))
             }
             try pool.withConnection { c in
                 // A record taken for writing just before its site was forgotten is not written back.

@@ -50,8 +50,7 @@ public struct SQLiteOperationStore: OperationStore {
     }
 
     public func insert(_ operation: DeferredOperation) throws -> (operation: DeferredOperation, superseded: [String]) {
-        let encoder = FleetJSON.encoder()
-        func json(_ operation: DeferredOperation) throws -> String { String(decoding: try encoder.encode(operation), as: UTF8.self) }
+        func json(_ operation: DeferredOperation) throws -> String { try FleetJSON.text(operation) }
         return try writer.write { db in
             if let key = operation.idempotencyKey,
                 try Int.fetchOne(db, sql: "SELECT 1 FROM operations WHERE idempotencyKey = ?", arguments: [key]) != nil
@@ -120,7 +119,6 @@ public struct SQLiteOperationStore: OperationStore {
         id: String, expected: Set<OperationState>, to: OperationState, at: Date, note: String,
         update: @Sendable (inout DeferredOperation) -> Void
     ) throws -> DeferredOperation {
-        let encoder = FleetJSON.encoder()
         return try writer.write { db in
             guard var operation = try Self.decode(String.fetchOne(db.cachedStatement(sql: "SELECT document FROM operations WHERE id = ?"), arguments: [id]))
             else { throw OperationStoreError.notFound(id) }
@@ -132,7 +130,7 @@ public struct SQLiteOperationStore: OperationStore {
             operation.state = to
             operation.history.append(OperationHistoryEntry(at: at, from: from, to: to, note: note))
             try db.cachedStatement(sql: "UPDATE operations SET state = ?, document = ? WHERE id = ?").execute(
-                arguments: [to.rawValue, String(decoding: try encoder.encode(operation), as: UTF8.self), id])
+                arguments: [to.rawValue, try FleetJSON.text(operation), id])
             // A run is recorded only while its operation is dispatching: its end is written with
             // the outcome, in the same transaction (one commit per finished executor, not two).
             if from == .dispatching, to != .dispatching {
@@ -154,7 +152,7 @@ public struct SQLiteOperationStore: OperationStore {
         claimed.attempts += 1
         claimed.state = .dispatching
         claimed.history.append(OperationHistoryEntry(at: now, from: .queued, to: .dispatching, note: note))
-        let document = String(decoding: try FleetJSON.encoder().encode(claimed), as: UTF8.self)
+        let document = try FleetJSON.text(claimed)
         let changed = try writer.write { db in
             try db.cachedStatement(
                 sql: """
@@ -187,7 +185,7 @@ public struct SQLiteOperationStore: OperationStore {
         update(&completed)
         completed.state = to
         completed.history.append(OperationHistoryEntry(at: now, from: .dispatching, to: to, note: note))
-        let document = String(decoding: try FleetJSON.encoder().encode(completed), as: UTF8.self)
+        let document = try FleetJSON.text(completed)
         let changed = try writer.write { db -> Int in
             try db.cachedStatement(
                 sql: """
