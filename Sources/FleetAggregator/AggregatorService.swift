@@ -97,8 +97,8 @@ public final class AggregatorService: Service, Sendable {
                     return found
                 }
             },
-            countsChanged: { counts in
-                state.withLock { $0.setQueue(counts, now: clock.now()) }
+            countsChanged: { change in
+                state.withLock { $0.setQueue(change, now: clock.now()) }
                 clockWake.signal()  // views whose queue counts changed go out
             },
             eventAdded: { clockWake.signal() }, leadership: leadership)

@@ -363,20 +363,37 @@ public final class FleetState {
         )
     }
 
-    /// Takes the queue's counts by site and state; republishes the views whose counts changed.
-    public func setQueue(_ counts: [SiteID: [OperationState: Int]], now: Date) {
-        var totals = OperationCounts()
-        var next: [SiteID: QueueCounts] = [:]
-        for (site, byState) in counts {
-            for (state, n) in byState { totals[state] += n }
-            next[site] = QueueCounts(
+    /// Takes a change of the queue's counts (every site's, or some sites'); republishes the views
+    /// whose counts changed.
+    public func setQueue(_ change: QueueCountsChange, now: Date) {
+        func typed(_ byState: [OperationState: Int]?) -> QueueCounts {
+            guard let byState else { return QueueCounts() }
+            return QueueCounts(
                 queued: byState[.queued] ?? 0, dispatching: byState[.dispatching] ?? 0, failed: byState[.failed] ?? 0,
                 blocked: byState[.blocked] ?? 0)
         }
         var changed: [SiteID] = []
-        for (site, counts) in next where (queueCounts[site] ?? QueueCounts()) != counts { changed.append(site) }
-        for (site, counts) in queueCounts where next[site] == nil && counts != QueueCounts() { changed.append(site) }
-        queueCounts = next
+        if let sites = change.sites {
+            for site in sites {
+                let counts = typed(change.counts[site])
+                let before = queueCounts[site] ?? QueueCounts()
+                guard counts != before else { continue }
+                queueCounts[site] = counts == QueueCounts() ? nil : counts
+                changed.append(site)
+            }
+        } else {
+            var next: [SiteID: QueueCounts] = [:]
+            next.reserveCapacity(change.counts.count)
+            for (site, byState) in change.counts {
+                let counts = typed(byState)
+                if counts != QueueCounts() { next[site] = counts }
+            }
+            for (site, counts) in next where (queueCounts[site] ?? QueueCounts()) != counts { changed.append(site) }
+            for (site, counts) in queueCounts where next[site] == nil && counts != QueueCounts() { changed.append(site) }
+            queueCounts = next
+        }
+        var totals = OperationCounts()
+        for (state, n) in change.totals { totals[state] += n }
         if totals != queueTotals {
             queueTotals = totals
             summaryChanged = true

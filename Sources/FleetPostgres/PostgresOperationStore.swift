@@ -326,6 +326,20 @@ public struct PostgresOperationStore: OperationStore {
         }
     }
 
+    public func counts(sites: Set<SiteID>) throws -> [SiteID: [OperationState: Int]] {
+        guard !sites.isEmpty else { return [:] }
+        let names = sites.map(\.rawValue)
+        return try pool.withConnection { c in
+            var result: [SiteID: [OperationState: Int]] = [:]
+            for row in try c.query("SELECT site, state, COUNT(*) FROM operations WHERE site = ANY(\(names)) GROUP BY site, state") {
+                let (siteText, stateText, n) = try row.decode((String, String, Int64).self)
+                guard let site = try? SiteID(siteText), let state = OperationState(rawValue: stateText) else { continue }
+                result[site, default: [:]][state] = Int(n)
+            }
+            return result
+        }
+    }
+
     public func holdClaim(id: String, for duration: Duration) throws {
         let milliseconds = Int64(duration.components.seconds * 1000 + duration.components.attoseconds / 1_000_000_000_000_000)
         try pool.withConnection { c in

@@ -20,9 +20,7 @@ public struct QueueMetrics: Sendable {
         dispatchLatency = Timer(label: "edgefleet_dispatch_latency_seconds", preferredDisplayUnit: .seconds, factory: factory)
     }
 
-    func record(operations counts: [SiteID: [OperationState: Int]]) {
-        var totals: [OperationState: Int] = [:]
-        for byState in counts.values { for (state, n) in byState { totals[state, default: 0] += n } }
+    func record(totals: [OperationState: Int]) {
         for state in OperationState.allCases { operationsByState[state]?.record(totals[state] ?? 0) }
     }
 }

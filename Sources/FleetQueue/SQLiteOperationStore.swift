@@ -274,6 +274,24 @@ public struct SQLiteOperationStore: OperationStore {
         }
     }
 
+    public func counts(sites: Set<SiteID>) throws -> [SiteID: [OperationState: Int]] {
+        guard !sites.isEmpty else { return [:] }
+        return try writer.read { db in
+            var result: [SiteID: [OperationState: Int]] = [:]
+            // One indexed look per site (operations_by_site starts with the site).
+            let statement = try db.cachedStatement(sql: "SELECT state, COUNT(*) AS n FROM operations WHERE site = ? GROUP BY state")
+            for site in sites {
+                let rows = try Row.fetchCursor(statement, arguments: [site.rawValue])
+                while let row = try rows.next() {
+                    let stateText: String = row["state"]
+                    guard let state = OperationState(rawValue: stateText) else { continue }
+                    result[site, default: [:]][state] = row["n"]
+                }
+            }
+            return result
+        }
+    }
+
     public func recordRun(_ run: ExecutorRun) throws {
         try writer.write { db in
             try db.cachedStatement(

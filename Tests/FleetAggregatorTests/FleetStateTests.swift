@@ -146,6 +146,36 @@ struct FleetStateTests {
         #expect(fleet.modes.connected == 100)
     }
 
+    @Test("queue counts: a full count replaces every site's, a count of some sites only theirs; views go out for the sites whose counts moved")
+    func queueCounts() throws {
+        let fleet = FleetState(thresholds: Self.thresholds, viewRefresh: .seconds(600))
+        let a = try SiteID("a"), b = try SiteID("b"), c = try SiteID("c")
+        for site in [a, b, c] { fleet.feed(Self.heartbeat(1, age: 0, site: site), now: Self.at(0)) }
+        _ = fleet.takeOutput()
+        fleet.setQueue(
+            QueueCountsChange(sites: nil, counts: [a: [.queued: 2], b: [.failed: 1, .succeeded: 4]], totals: [.queued: 2, .failed: 1, .succeeded: 4]),
+            now: Self.at(1))
+        #expect(Set(fleet.takeOutput().views.map(\.site)) == [a, b])
+        #expect(fleet.view(of: a, now: Self.at(1))?.queue == QueueCounts(queued: 2))
+        #expect(fleet.summary(now: Self.at(1)).queue.queued == 2 && fleet.summary(now: Self.at(1)).queue.succeeded == 4)
+        // Some sites: a's first operation runs (a counted again), c was touched but has none, b not counted: b keeps its counts.
+        fleet.setQueue(
+            QueueCountsChange(sites: [a, c], counts: [a: [.queued: 1, .dispatching: 1]], totals: [.queued: 1, .dispatching: 1, .failed: 1, .succeeded: 4]),
+            now: Self.at(2))
+        #expect(fleet.takeOutput().views.map(\.site) == [a])
+        #expect(fleet.view(of: a, now: Self.at(2))?.queue == QueueCounts(queued: 1, dispatching: 1))
+        #expect(fleet.view(of: b, now: Self.at(2))?.queue == QueueCounts(failed: 1))
+        #expect(fleet.summary(now: Self.at(2)).queue.dispatching == 1)
+        // a's operations are done: its view shows none; a full count without b clears b's.
+        fleet.setQueue(QueueCountsChange(sites: [a], counts: [:], totals: [.failed: 1, .succeeded: 6]), now: Self.at(3))
+        #expect(fleet.takeOutput().views.map(\.site) == [a])
+        #expect(fleet.view(of: a, now: Self.at(3))?.queue == QueueCounts())
+        fleet.setQueue(QueueCountsChange(sites: nil, counts: [a: [.succeeded: 2]], totals: [.succeeded: 2]), now: Self.at(4))
+        #expect(fleet.takeOutput().views.map(\.site) == [b])
+        #expect(fleet.view(of: b, now: Self.at(4))?.queue == QueueCounts())
+        #expect(fleet.summary(now: Self.at(4)).queue.failed == 0)
+    }
+
     @Test("the summary counts modes and lists the nearest deadlines first")
     func summary() {
         let fleet = FleetState(thresholds: Self.thresholds, viewRefresh: .seconds(10))

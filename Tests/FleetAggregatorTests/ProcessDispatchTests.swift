@@ -104,6 +104,8 @@ struct ProcessDispatchTests {
         for id in ids {
             _ = try await q.fleet.messages.event("proc-site", "operation-succeeded of \(id)") { $0.type == .operationSucceeded && $0.operationID == id }
         }
+        // The view's counts followed the operations to the end.
+        _ = try await q.fleet.messages.view("proc-site", "nothing queued or running in the view") { $0.queue == QueueCounts() }
         await site.shutdown()
     }
 

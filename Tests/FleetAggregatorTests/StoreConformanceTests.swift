@@ -131,6 +131,29 @@ struct StoreConformanceTests {
         #expect(runs.count == 1 && runs.first?.processGroup == 4242 && runs.first?.startTicks == 123_456_789_012 && runs.first?.startedAt == Self.now)
     }
 
+    @Test("counts for some sites are the whole count's entries for those sites", arguments: StoreBackend.allCases)
+    func countsOfSites(_ backend: StoreBackend) throws {
+        let fresh = try FreshStores(backend)
+        defer { fresh.remove() }
+        let queue = DeferredQueue(store: fresh.stores.operations, executors: OperationQueueTests.executors)
+        var first: DeferredOperation?
+        for (n, site) in ["store-1", "store-1", "store-2", "store-3", "store-3", "store-3"].enumerated() {
+            let operation = try queue.submit(
+                SubmissionRequest(site: site, kind: "extension.install", params: ["name": "ext-\(n)"], createdBy: "alice"),
+                situation: OperationQueueTests.semi, now: Self.now.addingTimeInterval(Double(n))
+            ).operation
+            if first == nil { first = operation }
+        }
+        _ = try queue.cancel(id: try #require(first).id, by: "alice", now: Self.now)
+        let store = fresh.stores.operations
+        let all = try store.counts()
+        let one = try SiteID("store-1"), three = try SiteID("store-3"), none = try SiteID("store-9")
+        #expect(all[one]?[.cancelled] == 1 && all[one]?[.queued] == 1)
+        #expect(try store.counts(sites: [one, three, none]) == all.filter { [one, three].contains($0.key) })
+        #expect(try store.counts(sites: [none]).isEmpty)
+        #expect(try store.counts(sites: []).isEmpty)
+    }
+
     @Test("PostgreSQL: versioned migrations run once, by one replica at a time; a database migrated by a newer EdgeFleet is refused")
     func migrations() throws {
         let fresh = try FreshStores(.postgres)
