@@ -326,6 +326,9 @@ public struct PostgresOperationStore: OperationStore {
         }
     }
 
+    /// Replicas share the database: any of them may have written.
+    public func changedElsewhere() throws -> Bool { true }
+
     public func counts(sites: Set<SiteID>) throws -> [SiteID: [OperationState: Int]] {
         guard !sites.isEmpty else { return [:] }
         let names = sites.map(\.rawValue)

@@ -102,6 +102,10 @@ public protocol OperationStore: Sendable {
     func count(_ filter: OperationFilter, limit: Int) throws -> Int
     /// Operations matching `filter`, newest first, before `cursor` (a `sequence`).
     func listNewestFirst(_ filter: OperationFilter, before cursor: Int64?, limit: Int) throws -> OperationPage
+    /// Whether another process may have changed the database since the last call (true when the
+    /// store cannot tell). The dispatcher reads the waiting operations again every 2 s only when
+    /// some other process wrote; its own changes tell it themselves.
+    func changedElsewhere() throws -> Bool
     /// Counts by site and state, for views, the summary and metrics.
     func counts() throws -> [SiteID: [OperationState: Int]]
     /// `counts()` for these sites only (a site without operations is left out): what the

@@ -1,5 +1,6 @@
 public import FleetCore
 public import GRDB
+import Synchronization
 
 #if canImport(FoundationEssentials)
 public import FoundationEssentials
@@ -7,17 +8,33 @@ public import FoundationEssentials
 public import Foundation
 #endif
 
+private final class DataVersion: Sendable {
+    let value = Mutex<Int64?>(nil)
+}
+
 /// Operations in the aggregator's SQLite file: one row per operation with the columns the
 /// queue filters on, and the whole operation (params, times, attempts, history) as a JSON
 /// document. Each call is one transaction.
 public struct SQLiteOperationStore: OperationStore {
     /// Its database (WAL), and the one writer of it.
     let writer: any DatabaseWriter
+    /// The writer connection's `PRAGMA data_version` at the last `changedElsewhere()`.
+    private let dataVersion = DataVersion()
 
     /// Operations in the database `writer` writes, once `createOperations` and `createRuns`
     /// have run there (the owner of the file registers them in its migrator).
     public init(writer: any DatabaseWriter) {
         self.writer = writer
+    }
+
+    /// SQLite's `PRAGMA data_version` on the writer connection changes exactly when another
+    /// connection (another process: this one writes only through `writer`) committed.
+    public func changedElsewhere() throws -> Bool {
+        let version = try writer.writeWithoutTransaction { db in try Int64.fetchOne(db, sql: "PRAGMA data_version") ?? 0 }
+        return dataVersion.value.withLock { seen in
+            defer { seen = version }
+            return seen != version
+        }
     }
 
     /// Migration "v2-operations": one row per operation. Never edit a migration that has landed.

@@ -154,6 +154,26 @@ struct StoreConformanceTests {
         #expect(try store.counts(sites: []).isEmpty)
     }
 
+    @Test("a write by another process is a change elsewhere (SQLite tells by its data version; PostgreSQL cannot tell, so always); the store's own writes are not", arguments: StoreBackend.allCases)
+    func changedElsewhere(_ backend: StoreBackend) throws {
+        let fresh = try FreshStores(backend)
+        defer { fresh.remove() }
+        let store = fresh.stores.operations
+        func submit(_ store: any OperationStore, _ name: String) throws {
+            _ = try DeferredQueue(store: store, executors: OperationQueueTests.executors).submit(
+                SubmissionRequest(site: "store-1", kind: "extension.install", params: ["name": name], createdBy: "alice"),
+                situation: OperationQueueTests.semi, now: Self.now)
+        }
+        #expect(try store.changedElsewhere())  // the first look cannot know
+        try submit(store, "own")
+        #expect(try store.changedElsewhere() == (backend == .postgres))
+        let other = try fresh.reopen().operations  // another process's connection to the same database
+        try submit(other, "theirs")
+        #expect(try store.changedElsewhere())
+        #expect(try store.changedElsewhere() == (backend == .postgres))
+        #expect(try store.counts()[try SiteID("store-1")]?[.queued] == 2)
+    }
+
     @Test("PostgreSQL: versioned migrations run once, by one replica at a time; a database migrated by a newer EdgeFleet is refused")
     func migrations() throws {
         let fresh = try FreshStores(.postgres)
