@@ -123,6 +123,9 @@ public final class Dispatcher: Sendable {
         /// have changed it (`changedElsewhere`), or older than 30 s. With 10,000 operations queued, reading them all was most of a pass.
         var waiting: [DeferredOperation]?
         var waitingReadAt = ContinuousClock.now
+        /// When `waiting` was last found still good: read then, or no other process had written
+        /// the database since (it holds for `rereadEvery` from here).
+        var waitingCheckedAt = ContinuousClock.now
         /// How long `waiting` is trusted: 2 s, or 50 times what the last read took (reading
         /// 10,000 operations every 2 s was a tenth of the aggregator's CPU in a storm).
         var rereadEvery = Duration.seconds(2)
@@ -158,7 +161,7 @@ public final class Dispatcher: Sendable {
         /// Whether the last full pass's waiting list, situations and order may still be used (a
         /// quick pass); otherwise a full pass comes first.
         var planIsCurrent: Bool {
-            waiting != nil && ContinuousClock.now - waitingReadAt < rereadEvery && ContinuousClock.now - situationsAt < fullPassEvery
+            waiting != nil && ContinuousClock.now - waitingCheckedAt < rereadEvery && ContinuousClock.now - situationsAt < fullPassEvery
         }
     }
     private let state = Mutex(State())
@@ -419,18 +422,22 @@ public final class Dispatcher: Sendable {
     /// lays out the order in which sites are served.
     private func fullPass(now: Date, lookup: (Set<SiteID>) -> [SiteID: DispatchSituation]) throws {
         let passStarted = ContinuousClock.now
-        let (read, age, rereadEvery, generation) = state.withLock { s in
+        let (read, age, checkedAge, rereadEvery, generation) = state.withLock { s in
             s.moved = []  // this pass looks every site up (one that moves while it runs is looked at next time)
-            return (s.waiting, ContinuousClock.now - s.waitingReadAt, s.rereadEvery, s.generation)
+            return (s.waiting, ContinuousClock.now - s.waitingReadAt, ContinuousClock.now - s.waitingCheckedAt, s.rereadEvery, s.generation)
         }
         // What the last read found holds while it is younger than `rereadEvery`, and up to 30 s
         // as long as no other process wrote the database (this dispatcher's own changes, and the
         // queue's, invalidate it or are accounted for; reading and decoding 10,000 waiting
         // operations every 2 s was 3% of the aggregator's CPU in a reconnect storm).
         var cached = read
-        if cached != nil, age >= rereadEvery {
-            let elsewhere = try store.changedElsewhere()
-            if elsewhere || age >= .seconds(30) { cached = nil }
+        if cached != nil, checkedAge >= rereadEvery {
+            let checkedAt = ContinuousClock.now
+            if try store.changedElsewhere() || age >= .seconds(30) {
+                cached = nil
+            } else {
+                state.withLock { s in if s.generation == generation { s.waitingCheckedAt = checkedAt } }
+            }
         }
         let started = cached == nil ? [:] : state.withLock { $0.startedSinceRead }
         let readAt = ContinuousClock.now
@@ -473,6 +480,7 @@ public final class Dispatcher: Sendable {
             guard s.generation == generation else { return }  // the queue changed meanwhile: read it again
             if let readTook {
                 s.waitingReadAt = readAt
+                s.waitingCheckedAt = readAt
                 s.rereadEvery = max(.seconds(2), readTook * 50)
                 // Started before the read began: the read saw them dispatching. Started since
                 // (executors end and their slots are refilled while a pass runs): kept out below.

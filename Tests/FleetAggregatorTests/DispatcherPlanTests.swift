@@ -127,4 +127,44 @@ struct DispatcherPlanTests {
         try dispatcher.tick(now: Date(), situations: lookup)  // the full pass that follows blocks it
         #expect(try store.operation(id: operation.id)?.state == .blocked)
     }
+
+    @Test("without another writer the queue is read once and full passes come once a second, past the 2 s re-read too; another process's submission is picked up")
+    func noRereadWithoutOtherWriters() async throws {
+        let fresh = try FreshStores(.sqlite)
+        defer { fresh.remove() }
+        let store = fresh.stores.operations
+        let queue = DeferredQueue(store: store, executors: OperationQueueTests.executors)
+        for n in 0..<50 {
+            _ = try queue.submit(
+                SubmissionRequest(site: "wait-\(n)", kind: "extension.install", params: ["name": "ext"], createdBy: "t"),
+                situation: OperationQueueTests.semi, now: OperationQueueTests.now)
+        }
+        let dispatcher = Dispatcher(store: store, executors: [:], settings: DispatchSettings(), logger: Logger(label: "test"), emit: { _ in })
+        let fullLookups = Mutex(0)
+        let newcomer = try SiteID("newcomer")
+        let lookup: (Set<SiteID>) -> [SiteID: DispatchSituation] = { sites in
+            if sites.count >= 50 { fullLookups.withLock { $0 += 1 } }
+            return Dictionary(uniqueKeysWithValues: sites.map { ($0, DispatchSituation(mode: $0 == newcomer ? .connected : .semiConnected, stable: $0 == newcomer, cluster: nil)) })
+        }
+        let until = ContinuousClock.now + .milliseconds(3_500)
+        while ContinuousClock.now < until {
+            try dispatcher.tick(now: Date(), situations: lookup)
+            try await Task.sleep(for: .milliseconds(25))
+        }
+        // About one a second (3 or 4 in 3.5 s); a pass on every tick after 2 s would be dozens.
+        #expect((1...6).contains(fullLookups.withLock { $0 }), "\(fullLookups.withLock { $0 }) full passes in 3.5 s")
+
+        // Another process writes the database: the next look at the queue after rereadEvery reads it again.
+        let other = DeferredQueue(store: try fresh.reopen().operations, executors: OperationQueueTests.executors)
+        let id = try other.submit(
+            SubmissionRequest(site: "newcomer", kind: "extension.install", params: ["name": "ext"], createdBy: "t"),
+            situation: OperationQueueTests.semi, now: OperationQueueTests.now
+        ).operation.id
+        let deadline = ContinuousClock.now + .seconds(5)
+        while try store.operation(id: id)?.state == .queued, ContinuousClock.now < deadline {
+            try dispatcher.tick(now: Date(), situations: lookup)
+            try await Task.sleep(for: .milliseconds(25))
+        }
+        #expect(try store.operation(id: id)?.state != .queued, "another process's operation was not picked up within 5 s")
+    }
 }
