@@ -45,6 +45,7 @@ bench:
 	python3 Benchmarks/aggregator.py --write docs/benchmarks.md
 	python3 Benchmarks/queue.py --write docs/benchmarks.md
 	python3 Benchmarks/reconnect_storm.py --write docs/benchmarks.md
+	python3 Benchmarks/json_encode.py --write docs/benchmarks.md
 	python3 Benchmarks/slow_clients.py --skip-build --write docs/benchmarks.md
 	python3 Benchmarks/idle.py --skip-build --write docs/benchmarks.md
 	python3 Benchmarks/cpu_per_heartbeat.py --skip-build --write docs/benchmarks.md

@@ -24,7 +24,7 @@ import threading
 import time
 import urllib.request
 
-from benchlib import ROOT, free_port, machine, release_binaries, start_broker, write_section
+from benchlib import ROOT, cpu_seconds, free_port, machine, release_binaries, start_broker, write_section
 
 AZ = """#!/bin/sh
 s=$(date +%s.%N)
@@ -38,12 +38,6 @@ def http(port, path, body=None, token=None):
                                      headers={"Content-Type": "application/json", **({"Authorization": f"Bearer {token}"} if token else {})})
     with urllib.request.urlopen(request, timeout=30) as response:
         return json.loads(response.read())
-
-
-def cpu_seconds(pid):
-    """User + system CPU time of a live process so far, from /proc/PID/stat."""
-    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def peak_concurrency(lines):

@@ -311,14 +311,11 @@ enum JSONValueWriter {
         case .object(let object):
             out.append(UInt8(ascii: "{"))
             let pairs = object.pairs
-            // Sorted by key, ties by position: of a key given twice only the last is written.
-            let order = pairs.indices.sorted { a, b in
-                let c = compareUTF8(pairs[a].key, pairs[b].key)
-                return c != 0 ? c < 0 : a < b
-            }
+            let order = sortedOrder(pairs)
             var first = true
             for (n, index) in order.enumerated() {
-                if n + 1 < order.count, compareUTF8(pairs[order[n + 1]].key, pairs[index].key) == 0 { continue }
+                // Of a key given twice only the last is written (ties are in order of position).
+                if n + 1 < order.count, pairs[order[n + 1]].key == pairs[index].key { continue }
                 if !first { out.append(UInt8(ascii: ",")) }
                 first = false
                 appendString(pairs[index].key, into: &out)
@@ -327,6 +324,46 @@ enum JSONValueWriter {
             }
             out.append(UInt8(ascii: "}"))
         }
+    }
+
+    /// The pairs' positions sorted by key (by UTF-8 bytes, as Foundation sorts them), ties by
+    /// position. An insertion sort on each key's first 8 bytes as a number, the whole keys
+    /// compared only when those are equal: objects here have a few to a few dozen keys, and a
+    /// general sort comparing strings was a tenth of the encoder's time.
+    static func sortedOrder(_ pairs: [(key: String, value: JSONNode)]) -> [Int] {
+        let count = pairs.count
+        if count < 2 { return Array(0..<count) }
+        var prefixes = [UInt64](repeating: 0, count: count)
+        for i in 0..<count {
+            var prefix: UInt64 = 0
+            var taken = 0
+            for byte in pairs[i].key.utf8 {
+                prefix = prefix << 8 | UInt64(byte)
+                taken += 1
+                if taken == 8 { break }
+            }
+            prefixes[i] = prefix << (8 * UInt64(8 - taken))
+        }
+        func precedes(_ a: Int, _ b: Int) -> Bool {
+            if prefixes[a] != prefixes[b] { return prefixes[a] < prefixes[b] }
+            let c = compareUTF8(pairs[a].key, pairs[b].key)
+            return c != 0 ? c < 0 : a < b
+        }
+        var order = Array(0..<count)
+        if count > 32 {
+            order.sort(by: precedes)
+            return order
+        }
+        for i in 1..<count {
+            let current = order[i]
+            var j = i
+            while j > 0, precedes(current, order[j - 1]) {
+                order[j] = order[j - 1]
+                j -= 1
+            }
+            order[j] = current
+        }
+        return order
     }
 
     /// The keys' order: by their UTF-8 bytes, as Foundation sorts them.

@@ -527,11 +527,13 @@ public final class Dispatcher: Sendable {
         var position = 0
         while true {
             // Candidates under the lock; their starting (a store transaction) outside it.
-            let (candidates, free, finishedBefore, generation) = state.withLock {
-                s -> ([(site: SiteID, operation: DeferredOperation, situation: DispatchSituation)], Int, [SiteID: UInt64], UInt64) in
+            // (Each candidate with its site's count of finished operations: a copy of the whole
+            // per-site table held here made the next executor's end copy it again, 5,000 entries.)
+            let (candidates, free, generation) = state.withLock {
+                s -> ([(site: SiteID, operation: DeferredOperation, situation: DispatchSituation, finishedBefore: UInt64)], Int, UInt64) in
                 let free = settings.limit - s.slots
-                guard free > 0, !s.stopping else { return ([], 0, [:], s.generation) }
-                var found: [(site: SiteID, operation: DeferredOperation, situation: DispatchSituation)] = []
+                guard free > 0, !s.stopping else { return ([], 0, s.generation) }
+                var found: [(site: SiteID, operation: DeferredOperation, situation: DispatchSituation, finishedBefore: UInt64)] = []
                 // A few more than the free slots: some may wait for their cluster metadata.
                 while position < s.order.count, found.count < free + 8 {
                     let site = s.order[position]
@@ -543,14 +545,14 @@ public final class Dispatcher: Sendable {
                     if let notBefore = operation.notBefore, notBefore > now { continue }  // scheduled later
                     if let next = operation.nextAttemptAt, next > now { continue }  // backing off: the site waits, in order
                     if let expiresAt = operation.expiresAt, expiresAt <= now { continue }  // the full pass expires it
-                    found.append((site, operation, situation))
+                    found.append((site, operation, situation, s.finished[site] ?? 0))
                 }
-                return (found, free, s.finished, s.generation)
+                return (found, free, s.generation)
             }
             if candidates.isEmpty { return }
             var claimed = 0
             for candidate in candidates where claimed < free {
-                let (site, operation, planned) = candidate
+                let (site, operation, planned, finishedBefore) = candidate
                 var situation = planned
                 if let current {
                     guard let fresh = current(site), fresh.mode == .connected, fresh.stable || (fresh.readySince.map { $0 <= now } ?? false)
@@ -568,7 +570,7 @@ public final class Dispatcher: Sendable {
                     }
                 }  // no executor at all: claimed and failed with the reason
                 let could = [operation.createdAt, situation.readySince, operation.notBefore, operation.nextAttemptAt].compactMap { $0 }.max() ?? now
-                guard start(operation, argv: argv, finishedBefore: finishedBefore[site] ?? 0, now: now) else { continue }
+                guard start(operation, argv: argv, finishedBefore: finishedBefore, now: now) else { continue }
                 claimed += 1
                 dispatched(.milliseconds(Int64(max(0, now.timeIntervalSince(could)) * 1000)))
                 state.withLock { s in
