@@ -120,7 +120,7 @@ public final class Dispatcher: Sendable {
         /// The queued and blocked operations, oldest first, as the last full pass left them: a
         /// pass reads the store only when this is nil (a submission, an operator's action, a retry
         /// invalidates it), or older than `rereadEvery` when another writer of the database may
-        /// have changed it (`changedElsewhere`), or older than 30 s. With 10,000 operations queued, reading them all was most of a pass.
+        /// have changed it (`changedElsewhere`), or older than 5 minutes. With 10,000 operations queued, reading them all was most of a pass.
         var waiting: [DeferredOperation]?
         var waitingReadAt = ContinuousClock.now
         /// When `waiting` was last found still good: read then, or no other process had written
@@ -426,14 +426,15 @@ public final class Dispatcher: Sendable {
             s.moved = []  // this pass looks every site up (one that moves while it runs is looked at next time)
             return (s.waiting, ContinuousClock.now - s.waitingReadAt, ContinuousClock.now - s.waitingCheckedAt, s.rereadEvery, s.generation)
         }
-        // What the last read found holds while it is younger than `rereadEvery`, and up to 30 s
-        // as long as no other process wrote the database (this dispatcher's own changes, and the
-        // queue's, invalidate it or are accounted for; reading and decoding 10,000 waiting
-        // operations every 2 s was 3% of the aggregator's CPU in a reconnect storm).
+        // What the last read found holds while it is younger than `rereadEvery`, and up to 5
+        // minutes as long as no other process wrote the database (this dispatcher's own changes,
+        // and the queue's, invalidate it or are accounted for; reading and decoding 10,000 waiting
+        // operations every 2 s was 3% of the aggregator's CPU in a reconnect storm, and a read
+        // every 30 s still came once or twice within one). The 5 minutes are a safety net only.
         var cached = read
         if cached != nil, checkedAge >= rereadEvery {
             let checkedAt = ContinuousClock.now
-            if try store.changedElsewhere() || age >= .seconds(30) {
+            if try store.changedElsewhere() || age >= .seconds(300) {
                 cached = nil
             } else {
                 state.withLock { s in if s.generation == generation { s.waitingCheckedAt = checkedAt } }
