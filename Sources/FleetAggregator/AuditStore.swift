@@ -43,7 +43,7 @@ public struct SQLiteAuditStore: AuditStore {
     public func append(_ entry: AuditEntry) throws -> AuditEntry {
         var stored = entry
         stored.id = nil
-        let json = String(decoding: try FleetJSON.encode(stored), as: UTF8.self)
+        let json = try FleetJSON.text(stored)
         let id = try database.writer.write { db in
             try db.execute(
                 sql: "INSERT INTO audit (at, principal, entry) VALUES (?, ?, ?)", arguments: [RFC3339.format(entry.at), entry.principal, json])

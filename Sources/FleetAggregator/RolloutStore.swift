@@ -55,7 +55,7 @@ public struct SQLiteRolloutStore: RolloutStore {
     }
 
     static func encode(_ rollout: Rollout) throws -> String {
-        String(decoding: try FleetJSON.encode(rollout), as: UTF8.self)
+        try FleetJSON.text(rollout)
     }
 
     static func decode(_ text: String) throws -> Rollout {

@@ -332,7 +332,7 @@ public struct StoredEventBody: Codable, Sendable, Hashable {
 
     /// The JSON text stored.
     public static func encode(_ event: FleetEvent) throws -> String {
-        String(decoding: try FleetJSON.encode(StoredEventBody(event)), as: UTF8.self)
+        try FleetJSON.text(StoredEventBody(event))
     }
 
     /// The event back from its columns and stored text (nil when the type or site is not valid).

@@ -21,7 +21,7 @@ public struct PostgresAuditStore: AuditStore {
     public func append(_ entry: AuditEntry) throws -> AuditEntry {
         var stored = entry
         stored.id = nil
-        let json = String(decoding: try FleetJSON.encode(stored), as: UTF8.self)
+        let json = try FleetJSON.text(stored)
         let principal = entry.principal
         let at = entry.at
         let id = try pool.withConnection { c in

@@ -367,7 +367,7 @@ public struct PostgresOperationStore: OperationStore {
     }
 
     public func enqueueEvent(_ event: FleetEvent) throws {
-        let text = String(decoding: try FleetJSON.encode(event), as: UTF8.self)
+        let text = try FleetJSON.text(event)
         try pool.withConnection { c in
             try c.query("INSERT INTO event_outbox (event) VALUES (\(text))")
         }

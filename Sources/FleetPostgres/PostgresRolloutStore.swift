@@ -16,7 +16,7 @@ public struct PostgresRolloutStore: RolloutStore {
         self.pool = pool
     }
 
-    static func encode(_ rollout: Rollout) throws -> String { String(decoding: try FleetJSON.encode(rollout), as: UTF8.self) }
+    static func encode(_ rollout: Rollout) throws -> String { try FleetJSON.text(rollout) }
     static func decode(_ text: String) throws -> Rollout { try FleetJSON.decode(Rollout.self, from: Array(text.utf8)) }
 
     public func insert(_ rollout: Rollout) throws -> Rollout {

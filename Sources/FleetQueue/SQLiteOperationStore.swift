@@ -114,7 +114,7 @@ public struct SQLiteOperationStore: OperationStore {
 
     public func states(ids: [String]) throws -> [String: OperationState] {
         guard !ids.isEmpty else { return [:] }
-        let list = String(decoding: try FleetJSON.encode(ids), as: UTF8.self)
+        let list = try FleetJSON.text(ids)
         return try writer.read { db in
             var states: [String: OperationState] = [:]
             let rows = try Row.fetchCursor(db, sql: "SELECT id, state FROM operations WHERE id IN (SELECT value FROM json_each(?))", arguments: [list])
@@ -248,7 +248,7 @@ public struct SQLiteOperationStore: OperationStore {
         if let sites = filter.sites {
             // One argument however many sites (a selector may match 100,000): a JSON array.
             clauses.append("site IN (SELECT value FROM json_each(?))")
-            arguments.append(String(decoding: (try? FleetJSON.encode(sites.map(\.rawValue).sorted())) ?? Array("[]".utf8), as: UTF8.self))
+            arguments.append((try? FleetJSON.text(sites.map(\.rawValue).sorted())) ?? "[]")
         }
         if let states = filter.states {
             clauses.append("state IN (\(Array(repeating: "?", count: states.count).joined(separator: ", ")))")

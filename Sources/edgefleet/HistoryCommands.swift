@@ -31,7 +31,7 @@ struct EventsCommand: ClientCommand {
         let cursor = try await api.storedEvents(query: [("site", site), ("since", since), ("until", until), ("type", type)], limit: limit) {
             for event in $0 {
                 if options.output == .json {
-                    print(String(decoding: try FleetJSON.encode(event), as: UTF8.self))
+                    print(try FleetJSON.text(event))
                 } else {
                     print(WatchCommand.line(event))
                 }

@@ -72,7 +72,7 @@ struct WatchCommand: AsyncParsableCommand {
             let api = try ClientOptions.parse(arguments).client()
             try await api.storedEvents(query: [("since", since), ("site", site)]) {
                 for event in $0 {
-                    let line = output == .json ? String(decoding: try FleetJSON.encode(event), as: UTF8.self) : Self.line(event)
+                    let line = output == .json ? try FleetJSON.text(event) : Self.line(event)
                     FileHandle.standardOutput.write(Data((line + "\n").utf8))
                     last = max(last, event.id ?? 0)
                 }
