@@ -128,7 +128,7 @@ struct DispatcherPlanTests {
         #expect(try store.operation(id: operation.id)?.state == .blocked)
     }
 
-    @Test("without another writer the queue is read once and full passes come once a second, past the 2 s re-read too; another process's submission is picked up")
+    @Test("without another writer the queue is read once and no full pass follows the first for 10 s, past the 2 s re-read too; another process's submission is picked up")
     func noRereadWithoutOtherWriters() async throws {
         let fresh = try FreshStores(.sqlite)
         defer { fresh.remove() }
@@ -151,8 +151,8 @@ struct DispatcherPlanTests {
             try dispatcher.tick(now: Date(), situations: lookup)
             try await Task.sleep(for: .milliseconds(25))
         }
-        // About one a second (3 or 4 in 3.5 s); a pass on every tick after 2 s would be dozens.
-        #expect((1...6).contains(fullLookups.withLock { $0 }), "\(fullLookups.withLock { $0 }) full passes in 3.5 s")
+        // The first only (the safety net comes every 10 s); a pass on every tick after 2 s would be dozens.
+        #expect(fullLookups.withLock { $0 } == 1, "\(fullLookups.withLock { $0 }) full passes in 3.5 s")
 
         // Another process writes the database: the next look at the queue after rereadEvery reads it again.
         let other = DeferredQueue(store: try fresh.reopen().operations, executors: OperationQueueTests.executors)
@@ -166,5 +166,41 @@ struct DispatcherPlanTests {
             try await Task.sleep(for: .milliseconds(25))
         }
         #expect(try store.operation(id: id)?.state != .queued, "another process's operation was not picked up within 5 s")
+    }
+
+    @Test("an operation's expiry brings a full pass at its instant, not at the 10 s safety net")
+    func expiryBringsFullPass() async throws {
+        let fresh = try FreshStores(.sqlite)
+        defer { fresh.remove() }
+        let store = fresh.stores.operations
+        let queue = DeferredQueue(store: store, executors: OperationQueueTests.executors)
+        for n in 0..<20 {
+            _ = try queue.submit(
+                SubmissionRequest(site: "still-\(n)", kind: "extension.install", params: ["name": "ext"], createdBy: "t"),
+                situation: OperationQueueTests.semi, now: Date())
+        }
+        let dispatcher = Dispatcher(store: store, executors: [:], settings: DispatchSettings(), logger: Logger(label: "test"), emit: { _ in })
+        let fullLookups = Mutex(0)
+        let lookup: (Set<SiteID>) -> [SiteID: DispatchSituation] = { sites in
+            if sites.count >= 20 { fullLookups.withLock { $0 += 1 } }
+            return Dictionary(uniqueKeysWithValues: sites.map { ($0, DispatchSituation(mode: .semiConnected, stable: false, cluster: nil)) })
+        }
+        try dispatcher.tick(now: Date(), situations: lookup)
+        // Submitted after the first full pass: the plan takes it in, with its expiry.
+        let expiring = try queue.submit(
+            SubmissionRequest(
+                site: "still-0", kind: "extension.install", params: ["name": "other"], createdBy: "t", expiresAt: Date().addingTimeInterval(1)),
+            situation: OperationQueueTests.semi, now: Date())
+        dispatcher.added(expiring.operation, superseded: expiring.superseded)
+        let deadline = ContinuousClock.now + .seconds(4)
+        while try store.operation(id: expiring.operation.id)?.state != .expired, ContinuousClock.now < deadline {
+            try dispatcher.tick(now: Date(), situations: lookup)
+            try await Task.sleep(for: .milliseconds(25))
+        }
+        let stored = try store.operation(id: expiring.operation.id)
+        #expect(stored?.state == .expired, "not expired within 3 s of its expiry: \(stored?.state.rawValue ?? "gone")")
+        // The first pass and the one at the expiry (the submission alone is no full pass).
+        #expect(fullLookups.withLock { $0 } == 2, "\(fullLookups.withLock { $0 }) full passes")
+        #expect(try store.operation(id: expiring.operation.id)?.history.last?.note.hasPrefix("expired at") == true)
     }
 }
