@@ -338,6 +338,7 @@ public final class AggregatorService: Service, Sendable {
     /// broker link changed, the queue had news). An idle aggregator does nothing.
     private func clockLoop() async {
         var lastSummary = ContinuousClock.now - configuration.summaryInterval
+        var streaming = false  // the previous pass published too
         var droppedCounted = 0
         while !isStopping {
             let now = clock.now()
@@ -405,7 +406,11 @@ public final class AggregatorService: Service, Sendable {
             }
             if isStopping { return }
             // After publishing, a moment to let output gather (a burst of heartbeats is one batch).
-            if published { try? await Task.sleep(for: .milliseconds(5)) }
+            // While output keeps coming (a reconnect storm: two events and a view or two for
+            // every operation), 20 ms: each batch costs an event-store transaction, a hop to its
+            // queue and a round trip to the broker, whatever its size.
+            if published { try? await Task.sleep(for: .milliseconds(streaming ? 20 : 5)) }
+            streaming = published
             await clockWake.wait(until: planned.map { ContinuousClock.now + .milliseconds(max(0, Int64($0.timeIntervalSinceNow * 1000))) })
         }
     }
@@ -668,22 +673,22 @@ public final class AggregatorService: Service, Sendable {
         if leadership.isLeader && presenceState == .online { await send(.aggregatorPresence, presence) }
     }
 
-    /// Views go out concurrently (the newest per site only); events in order.
+    /// Views (the newest per site only), then events in order.
     private func publish(_ output: FleetOutput) async {
         var seen = Set<SiteID>()
-        var views: [SiteView] = []
-        for view in output.views.reversed() where seen.insert(view.site).inserted { views.append(view) }
-        await withTaskGroup(of: Void.self) { group in
-            var inFlight = 0
-            for view in views {
-                if inFlight == 64 {
-                    await group.next()
-                    inFlight -= 1
-                }
-                group.addTask { await self.send(.siteView(view.site), view) }
-                inFlight += 1
+        var views: [(topic: FleetTopic, payload: [UInt8])] = []
+        views.reserveCapacity(output.views.count)
+        for view in output.views.reversed() where seen.insert(view.site).inserted {
+            guard let payload = try? FleetJSON.encode(view) else {
+                metrics.publishFailures.increment()
+                continue
             }
+            views.append((.siteView(view.site), payload))
         }
+        // A slice at a time, acknowledgements awaited together (a task per view, 64 in flight,
+        // cost a task's creation and scheduling per view: in a reconnect storm each operation
+        // republishes its site's view about twice).
+        await sendInOrder(views)
         for site in output.cleared {
             do {
                 try await client.clear(.siteView(site), in: configuration.topics)
@@ -706,33 +711,34 @@ public final class AggregatorService: Service, Sendable {
                 logger.warning("\(unstored.count) event(s) could not be stored (published without an id): \(error)")
             }
         }
-        await sendEvents(events)
+        var messages: [(topic: FleetTopic, payload: [UInt8])] = []
+        messages.reserveCapacity(events.count)
+        for event in events {
+            guard let payload = try? FleetJSON.encode(event) else {
+                metrics.publishFailures.increment()
+                continue
+            }
+            messages.append((.fleetEvents, payload))
+        }
+        await sendInOrder(messages)
     }
 
-    /// Events in order, their acknowledgements awaited together a slice at a time: a burst (a
-    /// fleet's first modes as it comes online) costs a round trip per slice, not per event.
-    private func sendEvents(_ events: [FleetEvent]) async {
+    /// Messages in order, their acknowledgements awaited together a slice at a time: a burst (a
+    /// fleet's first modes as it comes online) costs a round trip per slice, not per message.
+    private func sendInOrder(_ messages: [(topic: FleetTopic, payload: [UInt8])]) async {
         var start = 0
-        while start < events.count {
+        while start < messages.count {
             if leadership.isReplicated, !leadership.isLeader { return }
-            let slice = events[start..<min(events.count, start + 256)]
+            let slice = Array(messages[start..<min(messages.count, start + 256)])
             start += slice.count
             let began = ContinuousClock.now
-            var messages: [(topic: FleetTopic, payload: [UInt8])] = []
-            for event in slice {
-                guard let payload = try? FleetJSON.encode(event) else {
-                    metrics.publishFailures.increment()
-                    continue
-                }
-                messages.append((.fleetEvents, payload))
-            }
-            let outcomes = await client.publishInOrder(messages, in: configuration.topics)
+            let outcomes = await client.publishInOrder(slice, in: configuration.topics)
             let failed = outcomes.compactMap { $0 }
             if failed.isEmpty {
                 metrics.publishLatency.record(duration: ContinuousClock.now - began)
             } else {
                 metrics.publishFailures.increment(by: failed.count)
-                logger.debug("\(failed.count) event(s) not published: \(failed[0])")
+                logger.debug("\(failed.count) message(s) not published: \(failed[0])")
             }
         }
     }

@@ -18,7 +18,39 @@ final class ClientCore: MosquittoEventSink, Sendable {
 
     private struct Waiter {
         var kind: AcknowledgementKind
-        var continuation: CheckedContinuation<Void, any Error>
+        var continuation: CheckedContinuation<Void, any Error>?
+        /// One of a batch's publishes (`acknowledgements(mids:)`): its place in the batch.
+        var batch: (AcknowledgementBatch, Int)?
+
+        /// The acknowledgement (or its failure) came: what to resume, outside the lock.
+        func settle(_ result: Result<Void, MQTTError>) -> (@Sendable () -> Void)? {
+            if let continuation { return { continuation.resume(with: result.mapError { $0 as any Error }) } }
+            guard let (batch, index) = batch else { return nil }
+            return batch.settle(index, result)
+        }
+    }
+
+    /// A batch of publishes waited for together: its waiter is resumed once, when the last
+    /// acknowledgement came (one wake-up per batch instead of one per message). Guarded by the
+    /// core's lock.
+    private final class AcknowledgementBatch: @unchecked Sendable {
+        var remaining: Int
+        var outcomes: [MQTTError?]
+        var continuation: CheckedContinuation<[MQTTError?], Never>?
+
+        init(count: Int) {
+            remaining = count
+            outcomes = Array(repeating: nil, count: count)
+        }
+
+        func settle(_ index: Int, _ result: Result<Void, MQTTError>) -> (@Sendable () -> Void)? {
+            if case .failure(let error) = result { outcomes[index] = error }
+            remaining -= 1
+            guard remaining == 0, let continuation else { return nil }
+            self.continuation = nil
+            let outcomes = outcomes
+            return { continuation.resume(returning: outcomes) }
+        }
     }
 
     enum StopRequest { case notStarted, running, alreadyStopping }
@@ -129,8 +161,8 @@ final class ClientCore: MosquittoEventSink, Sendable {
             s.stopRequested = true
             s.connection = .stopped
             let result = (
-                s.waiters.values.flatMap { $0 }, Array(s.connectWaiters.values), Array(s.stateObservers.values), s.finishWaiters,
-                s.roomWaiters
+                s.waiters.values.flatMap { $0 }.compactMap { $0.settle(.failure(.shutdown)) }, Array(s.connectWaiters.values),
+                Array(s.stateObservers.values), s.finishWaiters, s.roomWaiters
             )
             s.waiters = [:]
             s.unwaited = [:]
@@ -142,7 +174,7 @@ final class ClientCore: MosquittoEventSink, Sendable {
             s.unsentQoS0 = 0
             return result
         }
-        for waiter in waiters { waiter.continuation.resume(throwing: MQTTError.shutdown) }
+        for waiter in waiters { waiter() }
         for waiter in connectWaiters { waiter.resume(throwing: MQTTError.shutdown) }
         for observer in observers {
             observer.yield(.stopped)
@@ -319,6 +351,30 @@ final class ClientCore: MosquittoEventSink, Sendable {
         }
     }
 
+    /// Waits for the PUBACKs of several publishes (some may already have come); each one's
+    /// failure, in the same order. The caller is woken once, when the last has come.
+    func acknowledgements(mids: [Int32]) async -> [MQTTError?] {
+        guard !mids.isEmpty else { return [] }
+        return await withCheckedContinuation { (continuation: CheckedContinuation<[MQTTError?], Never>) in
+            let done = state.withLock { s -> [MQTTError?]? in
+                let batch = AcknowledgementBatch(count: mids.count)
+                for (index, mid) in mids.enumerated() {
+                    if let result = s.early.removeValue(forKey: mid) {
+                        _ = batch.settle(index, result)
+                    } else if s.finished {
+                        _ = batch.settle(index, .failure(.shutdown))
+                    } else {
+                        s.waiters[mid, default: []].append(Waiter(kind: .publish, batch: (batch, index)))
+                    }
+                }
+                if batch.remaining == 0 { return batch.outcomes }
+                batch.continuation = continuation
+                return nil
+            }
+            if let done { continuation.resume(returning: done) }
+        }
+    }
+
     /// Records a QoS 0 message handed to libmosquitto during connection `epoch`;
     /// libmosquitto's publish callback releases it once written. Returns whether
     /// the publisher should wait for room (too many still unwritten).
@@ -391,7 +447,7 @@ final class ClientCore: MosquittoEventSink, Sendable {
             var released: [CheckedContinuation<Void, any Error>] = []
             for (mid, queue) in s.waiters {
                 let keep = queue.filter { $0.kind == .publish }
-                released += queue.filter { $0.kind != .publish }.map(\.continuation)
+                released += queue.filter { $0.kind != .publish }.compactMap(\.continuation)
                 s.waiters[mid] = keep.isEmpty ? nil : keep
             }
             s.unwaited = [:]
@@ -408,7 +464,7 @@ final class ClientCore: MosquittoEventSink, Sendable {
     func mosquittoAcknowledged(mid: Int32, result: Result<Void, MQTTError>) {
         inbox.events &+= 1
         var room: [CheckedContinuation<Void, Never>] = []
-        let continuation = state.withLock { s -> CheckedContinuation<Void, any Error>? in
+        let resume = state.withLock { s -> (@Sendable () -> Void)? in
             // An id shared with an unwritten QoS 0 message: that message's write
             // callback comes promptly, so it takes this one first.
             if let count = s.unwaited[mid] {
@@ -423,13 +479,13 @@ final class ClientCore: MosquittoEventSink, Sendable {
             if var queue = s.waiters[mid], !queue.isEmpty {
                 let waiter = queue.removeFirst()
                 s.waiters[mid] = queue.isEmpty ? nil : queue
-                return waiter.continuation
+                return waiter.settle(result)
             }
             s.early[mid] = result
             return nil
         }
         for waiter in room { waiter.resume() }
-        continuation?.resume(with: result.mapError { $0 as any Error })
+        resume?()
     }
 
     func mosquittoMessage(_ message: MQTTMessage) {

@@ -140,13 +140,9 @@ public final class MQTTClient: Sendable {
             }
         }
         core.loopWake.wake()
-        for (index, mid) in pending {
-            do {
-                try await core.acknowledgement(mid: mid, kind: .publish)
-            } catch {
-                outcomes[index] = error
-            }
-        }
+        // Woken once for the batch, not once per acknowledgement.
+        let acknowledged = await core.acknowledgements(mids: pending.map(\.mid))
+        for ((index, _), failure) in zip(pending, acknowledged) where failure != nil { outcomes[index] = failure }
         return outcomes
     }
 
