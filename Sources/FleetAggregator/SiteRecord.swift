@@ -241,3 +241,41 @@ extension SiteRecord {
         }
     }
 }
+
+/// Written for every site whose record changed (5,000 at once when a fleet reconnects).
+extension SiteRecord: JSONWritable {
+    public func write(to json: inout JSONWriter) throws {
+        json.beginObject()
+        try json.field("agent", agent)
+        json.field("alert", alert)
+        json.field("alertAnnounced", alertAnnounced)
+        json.field("azureReachable", azureReachable)
+        json.field("capabilities", capabilities)
+        json.field("certificateSource", certificateSource)
+        try json.field("checkResults", checkResults)
+        try json.field("checks", checks)
+        try json.field("cluster", cluster)
+        json.field("duplicates", duplicates)
+        json.field("earliestCertificateExpiry", earliestCertificateExpiry)
+        json.field("expiredAt", expiredAt)
+        try json.field("heartbeatIntervalS", heartbeatIntervalS)
+        json.field("instance", instance)
+        json.field("labels", labels)
+        json.field("lastAzureContactAt", lastAzureContactAt)
+        json.field("lastHeartbeatAt", lastHeartbeatAt)
+        json.field("lastSeenAt", lastSeenAt)
+        json.field("lastSeq", lastSeq)
+        json.field("liveness", liveness)
+        json.field("mode", mode)
+        json.field("modeSince", modeSince)
+        json.field("offlineReason", offlineReason)
+        json.field("presence", presence)
+        json.field("presenceAt", presenceAt)
+        json.field("seqGaps", seqGaps)
+        json.field("session", session)
+        json.field("site", site)
+        json.field("statusAt", statusAt)
+        json.field("viewPublishedAt", viewPublishedAt)
+        json.endObject()
+    }
+}

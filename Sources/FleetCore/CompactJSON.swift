@@ -20,6 +20,11 @@ import Glibc
 /// when written, and a date is written straight from its milliseconds.
 public enum CompactJSON {
     public static func encode<T: Encodable>(_ value: T) throws -> [UInt8] {
+        if let writable = value as? any JSONWritable {  // the hot path's payloads write themselves
+            var json = JSONWriter()
+            try writable.write(to: &json)
+            return json.bytes
+        }
         var out: [UInt8] = []
         out.reserveCapacity(512)
         try JSONValueWriter.write(try node(of: value, parent: nil, key: nil), into: &out)
