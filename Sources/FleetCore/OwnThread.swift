@@ -24,6 +24,9 @@ public func onOwnThread(_ body: @escaping @Sendable () -> Void) {
     OwnThreads.start(body)
 }
 
+/// How many kept threads wait for work now.
+public var ownThreadsWaiting: Int { OwnThreads.idle.withLock { $0.count } }
+
 /// A kept thread: parked on its condition until it is handed work or its wait runs out.
 private final class OwnThread: @unchecked Sendable {
     private var mutex = pthread_mutex_t()
