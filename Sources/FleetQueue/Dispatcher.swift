@@ -177,7 +177,9 @@ public final class Dispatcher: Sendable {
         /// loop looks first.
         func planIsCurrent(at now: Date) -> Bool { planLaidOut(at: now) && !recheckDue }
     }
-    private let state = Mutex(State())
+    /// Taken several times per operation from the executors' threads, the dispatch loop and
+    /// the outcome's task: a `PlainLock` (a contended `Mutex` spins first).
+    private let state = PlainLock(State())
 
     public init(
         store: any OperationStore, executors: [OperationKind: ExecutorTemplate], settings: DispatchSettings, logger: Logger,
@@ -714,6 +716,11 @@ public final class Dispatcher: Sendable {
             $0.inFlight.remove(dispatched.id)
             _ = $0.running.remove(dispatched.site)
             $0.finished[dispatched.site, default: 0] += 1
+            // Its outcome is in the store: a plan read from now on sees where it stands, and one
+            // read before may hold a stale copy only until its claim is refused. Kept, the mark
+            // would hold back a retry of it until the next read of the whole queue (which, with
+            // no other writer, may be minutes away).
+            $0.startedSinceRead[dispatched.id] = nil
         }
         // The site is free: its next operation may go (the loop also recounts the queue).
         finished()

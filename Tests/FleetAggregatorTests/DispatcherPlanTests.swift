@@ -203,4 +203,34 @@ struct DispatcherPlanTests {
         #expect(fullLookups.withLock { $0 } == 2, "\(fullLookups.withLock { $0 }) full passes")
         #expect(try store.operation(id: expiring.operation.id)?.history.last?.note.hasPrefix("expired at") == true)
     }
+
+    @Test("an operation retried right after its failure runs again at once, not at the next read of the whole queue")
+    func retriedRunsAgain() async throws {
+        let fresh = try FreshStores(.sqlite)
+        defer { fresh.remove() }
+        let store = fresh.stores.operations
+        let queue = DeferredQueue(store: store, executors: OperationQueueTests.executors)
+        let id = try queue.submit(
+            SubmissionRequest(site: "again", kind: "extension.install", params: ["name": "ext"], createdBy: "t", maxAttempts: 1),
+            situation: OperationQueueTests.connected, now: Date()
+        ).operation.id
+        // No executor for the kind: each attempt is claimed and fails at once with the reason.
+        let dispatcher = Dispatcher(store: store, executors: [:], settings: DispatchSettings(), logger: Logger(label: "test"), emit: { _ in })
+        let lookup: (Set<SiteID>) -> [SiteID: DispatchSituation] = { sites in
+            Dictionary(uniqueKeysWithValues: sites.map { ($0, DispatchSituation(mode: .connected, stable: true, cluster: nil)) })
+        }
+        func attempts(until state: OperationState) async throws -> Int {
+            let deadline = ContinuousClock.now + .seconds(20)  // a loaded machine; the whole queue's next read is minutes away
+            while try store.operation(id: id)?.state != state, ContinuousClock.now < deadline {
+                try dispatcher.tick(now: Date(), situations: lookup)
+                try await Task.sleep(for: .milliseconds(10))
+            }
+            return try store.operation(id: id)?.history.filter { $0.to == .dispatching }.count ?? 0
+        }
+        #expect(try await attempts(until: .failed) == 1)
+        try #require(try store.operation(id: id)?.state == .failed)
+        _ = try queue.retry(id: id, by: "t", now: Date())
+        dispatcher.invalidate()  // as the queue service does after an operator's action
+        #expect(try await attempts(until: .failed) == 2, "the retried operation did not run again")
+    }
 }
