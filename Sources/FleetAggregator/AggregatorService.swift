@@ -832,10 +832,11 @@ struct RejectLog {
 }
 
 /// The fleet's state behind one lock, shared by the loops, the operator surfaces and the queue's lookup.
+/// (A `PlainLock`: the ingest, clock and dispatch paths and the executors' threads all take it.)
 final class SharedFleet: Sendable {
-    private let mutex: Mutex<FleetState>
+    private let lock: PlainLock<FleetState>
 
-    init(_ fleet: sending FleetState) { mutex = Mutex(fleet) }
+    init(_ fleet: FleetState) { lock = PlainLock(fleet) }
 
-    func withLock<Result>(_ body: (inout sending FleetState) -> sending Result) -> sending Result { mutex.withLock(body) }
+    func withLock<Result>(_ body: (inout FleetState) -> Result) -> Result { lock.withLock(body) }
 }
