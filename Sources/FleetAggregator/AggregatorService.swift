@@ -260,6 +260,7 @@ public final class AggregatorService: Service, Sendable {
                     self.clockWake.signal()
                     self.storeWake.signal()
                     self.roleAnnounced.signal()
+                    self.rollouts.changed.signal()
                 }
                 group.cancelAll()
             }
@@ -572,18 +573,23 @@ public final class AggregatorService: Service, Sendable {
     /// Replicas: this replica's presence again at every change of its role.
     /// The leader moves its rollouts on about once a second (their waves follow operations that
     /// take seconds to minutes); the store calls block, so each look runs on a thread of its own.
+    /// With none unfinished, a single aggregator waits for an operator's change here (and looks
+    /// every 30 s, for a database written by another process); replicas look every second, since
+    /// a rollout may be created through another replica.
     private func rolloutLoop() async {
         let rollouts = rollouts
         while !isStopping {
+            var unfinished = true
             if leadership.isLeader {
-                await withCheckedContinuation { (done: CheckedContinuation<Void, Never>) in
-                    onOwnThread {
-                        rollouts.tick()
-                        done.resume()
-                    }
+                unfinished = await withCheckedContinuation { (done: CheckedContinuation<Bool, Never>) in
+                    onOwnThread { done.resume(returning: rollouts.tick()) }
                 }
             }
-            try? await Task.sleep(for: .seconds(1))
+            if unfinished || leadership.isReplicated {
+                try? await Task.sleep(for: .seconds(1))
+            } else {
+                await rollouts.changed.wait(until: .now + .seconds(30))
+            }
         }
     }
 

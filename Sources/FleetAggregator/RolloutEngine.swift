@@ -30,6 +30,10 @@ public final class RolloutEngine: Sendable {
     /// The unfinished rollouts as last read or written here, by id: a tick reads a document again
     /// only when its stored version moved (a 100,000-site plan is megabytes of JSON).
     private let cache = Mutex([String: Rollout]())
+    /// Signalled when a rollout is created or acted on here: a loop that found none unfinished
+    /// waits on it instead of reading the store every second (that read was most of an idle
+    /// aggregator's CPU: 0.09% of a core against the 0.05% budget).
+    public let changed = Wakeup()
 
     init(store: any RolloutStore, queue: QueueService, state: SharedFleet, clock: WallClock, logger: Logger) {
         self.store = store
@@ -48,6 +52,7 @@ public final class RolloutEngine: Sendable {
 
     /// Plans a rollout and starts its first wave. With an idempotency key used before, the earlier rollout.
     public func create(_ request: RolloutRequest, by who: String) throws(QueueError) -> (Rollout, existing: Bool) {
+        defer { changed.signal() }  // the loop follows it from now on
         let now = clock.now()
         let selector: LabelSelector
         do { selector = try LabelSelector(parsing: request.selector) } catch { throw QueueError(.invalid, error.description) }
@@ -129,6 +134,7 @@ public final class RolloutEngine: Sendable {
     public enum Action: String, Sendable, CaseIterable { case pause, resume, cancel }
 
     public func act(_ action: Action, id: String, by who: String) throws(QueueError) -> Rollout {
+        defer { changed.signal() }
         let now = clock.now()
         var cancelled: [String] = []
         let after = try change(id) { (rollout: inout Rollout, now: Date) throws(QueueError) in
@@ -194,13 +200,16 @@ public final class RolloutEngine: Sendable {
 
     /// One look at every unfinished rollout (the leader's, about once a second): operations'
     /// states, the failure threshold, the next wave, the end.
-    public func tick() {
+    /// Returns whether unfinished rollouts were found (or the store could not be read): the
+    /// loop then looks again in a second; otherwise it waits for `changed`.
+    @discardableResult
+    public func tick() -> Bool {
         let unfinished: [(id: String, version: Int64)]
         do {
             unfinished = try store.unfinishedVersions()
         } catch {
             logger.warning("rollouts cannot be read: \(error)")
-            return
+            return true
         }
         let cached = cache.withLock { cache in
             cache = cache.filter { entry in unfinished.contains { $0.id == entry.key } }
@@ -214,6 +223,7 @@ public final class RolloutEngine: Sendable {
                 logger.warning("rollout \(id) could not advance: \(error)")
             }
         }
+        return !unfinished.isEmpty
     }
 
     /// Refreshes the states of started operations, pauses past the failure threshold, starts the
