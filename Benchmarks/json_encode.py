@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
-"""JSON encoding (issue 13): Foundation's JSONEncoder with the contract's options against FleetJSON.encode (the
-compact encoder every service writes through), on the documents the aggregator writes most, alternately in rounds
-in one process: CPU time per document, and a check that both wrote the same bytes.
+"""JSON encoding (issue 13): Foundation's JSONEncoder with the contract's options, the compact encoder through
+Codable, and FleetJSON.encode (for these documents, their hand-written writers), on the documents the aggregator
+writes most, alternately in rounds in one process: CPU time per document, and a check that all wrote the same bytes.
 
 Usage: python3 Benchmarks/json_encode.py [--count 20000] [--rounds 5] [--write docs/benchmarks.md] [--skip-build]
 """
@@ -28,9 +28,11 @@ def main():
 ## JSON encoding (issue 13)
 
 `python3 Benchmarks/json_encode.py` on {machine()}, {time.strftime('%Y-%m-%d')}: {args.count:,} documents of each kind per
-round, {args.rounds} rounds, both encoders alternately in one process; the median round's CPU time per document.
+round, {args.rounds} rounds, the three encoders alternately in one process; the median round's CPU time per document.
 Foundation's `JSONEncoder` is configured as the contract writes (sorted keys, slashes unescaped, RFC 3339 milliseconds);
-`FleetJSON.encode` is the compact encoder the services write through. The benchmark stops if they disagree on a byte.
+"compact, through Codable" is `CompactJSON` driven by the type's `Encodable` conformance (what every other payload
+goes through); `FleetJSON.encode` is what the services call, which for these types runs their hand-written
+`JSONWritable` writer. The benchmark stops if any two disagree on a byte.
 
 {table}
 <!-- json-encode:end -->"""
