@@ -118,17 +118,19 @@ public struct JSONWriter {
 
     /// An object of strings, its keys sorted by their UTF-8 bytes.
     public mutating func object(_ dictionary: [String: String]) {
+        object(dictionary) { json, value in json.string(value) }
+    }
+
+    /// An object, its keys sorted by their UTF-8 bytes (as Foundation sorts a dictionary's).
+    private mutating func object<Value>(_ dictionary: [String: Value], _ write: (inout JSONWriter, Value) -> Void) {
         beginObject()
         for key in dictionary.keys.sorted(by: { JSONValueWriter.compareUTF8($0, $1) < 0 }) {
             separate()
             JSONValueWriter.appendString(key, into: &bytes)
             bytes.append(UInt8(ascii: ":"))
-            JSONValueWriter.appendString(dictionary[key]!, into: &bytes)
+            write(&self, dictionary[key]!)
         }
-        bytes.append(UInt8(ascii: "}"))
-        #if DEBUG
-            keys.removeLast()
-        #endif
+        endObject()
     }
 
     // MARK: Fields (an optional left out when nil)
@@ -189,17 +191,7 @@ public struct JSONWriter {
 
     public mutating func field(_ name: StaticString, _ value: [String: Bool]) {
         key(name)
-        beginObject()
-        for key in value.keys.sorted(by: { JSONValueWriter.compareUTF8($0, $1) < 0 }) {
-            separate()
-            JSONValueWriter.appendString(key, into: &bytes)
-            bytes.append(UInt8(ascii: ":"))
-            bool(value[key]!)
-        }
-        bytes.append(UInt8(ascii: "}"))
-        #if DEBUG
-            keys.removeLast()
-        #endif
+        object(value) { json, value in json.bool(value) }
     }
 
     public mutating func field<W: JSONWritable>(_ name: StaticString, _ values: [W]) throws {
