@@ -112,10 +112,6 @@ public struct JSONWriter {
         bytes.append(UInt8(ascii: "\""))
     }
 
-    public mutating func value(_ value: some JSONWritable) throws {
-        try value.write(to: &self)
-    }
-
     /// An object of strings, its keys sorted by their UTF-8 bytes.
     public mutating func object(_ dictionary: [String: String]) {
         object(dictionary) { json, value in json.string(value) }

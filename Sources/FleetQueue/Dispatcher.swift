@@ -330,17 +330,10 @@ public final class Dispatcher: Sendable {
         var (quick, recheck, readAge, generation) = state.withLock { s in
             (s.planLaidOut(at: now), s.recheckDue, ContinuousClock.now - s.waitingReadAt, s.generation)
         }
-        if quick && recheck {
-            // The plan holds unless another process wrote the database since it was read (this
-            // dispatcher's own changes, and the queue's, invalidate it or are accounted for), or
-            // it is 5 minutes old (a safety net). Asked here, without laying the plan out again.
-            let checkedAt = ContinuousClock.now
-            if try store.changedElsewhere() || readAge >= .seconds(300) {
-                invalidate()
-                quick = false
-            } else {
-                state.withLock { s in if s.generation == generation { s.waitingCheckedAt = checkedAt } }
-            }
+        // Asked here, without laying the plan out again.
+        if quick && recheck, try !waitingStillGood(readAge: readAge, generation: generation) {
+            invalidate()
+            quick = false
         }
         if !quick {
             let started = ContinuousClock.now
@@ -353,6 +346,17 @@ public final class Dispatcher: Sendable {
             lookAgain(now: now, lookup: lookup)
         }
         startReady(now: now)
+    }
+
+    /// Whether the waiting list read `readAge` ago still holds: no other process wrote the
+    /// database since it was read (this dispatcher's own changes, and the queue's, invalidate it
+    /// or are accounted for), and it is younger than 5 minutes (a safety net). When it holds, it
+    /// is trusted for another `rereadEvery` (unless the plan changed meanwhile).
+    private func waitingStillGood(readAge: Duration, generation: UInt64) throws -> Bool {
+        let checkedAt = ContinuousClock.now
+        if try store.changedElsewhere() || readAge >= .seconds(300) { return false }
+        state.withLock { s in if s.generation == generation { s.waitingCheckedAt = checkedAt } }
+        return true
     }
 
     /// The sites that changed mode since the last pass, each evaluated again: one that connected
@@ -460,13 +464,8 @@ public final class Dispatcher: Sendable {
         // operations every 2 s was 3% of the aggregator's CPU in a reconnect storm, and a read
         // every 30 s still came once or twice within one). The 5 minutes are a safety net only.
         var cached = read
-        if cached != nil, checkedAge >= rereadEvery {
-            let checkedAt = ContinuousClock.now
-            if try store.changedElsewhere() || age >= .seconds(300) {
-                cached = nil
-            } else {
-                state.withLock { s in if s.generation == generation { s.waitingCheckedAt = checkedAt } }
-            }
+        if cached != nil, checkedAge >= rereadEvery, try !waitingStillGood(readAge: age, generation: generation) {
+            cached = nil
         }
         let started = cached == nil ? [:] : state.withLock { $0.startedSinceRead }
         let readAt = ContinuousClock.now
