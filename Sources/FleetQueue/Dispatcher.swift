@@ -129,10 +129,16 @@ public final class Dispatcher: Sendable {
         /// How long `waiting` is trusted: 2 s, or 50 times what the last read took (reading
         /// 10,000 operations every 2 s was a tenth of the aggregator's CPU in a storm).
         var rereadEvery = Duration.seconds(2)
-        /// Operations started since `waiting` was read (they are dispatching now, not waiting).
-        /// (With when: the ones started while a full pass ran, which that pass did not see
-        /// started, are taken out of what it lays out.)
-        var startedSinceRead: [String: (site: SiteID, at: ContinuousClock.Instant)] = [:]
+        /// Operations started since `waiting` was read: the copies the plan holds of them are
+        /// stale (they are dispatching, or done), and never started again from it. With when
+        /// each started (the ones started while a full pass ran, which that pass did not see
+        /// started, are taken out of what it lays out) and when its outcome was recorded: a read
+        /// that began after that sees where it stands, and drops the mark (a retry then runs at
+        /// once). Dropped at the outcome instead, the mark let the plan's stale copy of an
+        /// operation that started and ended between two reads be claimed again: refused, and
+        /// each refusal made the next pass read the whole queue (in a reconnect storm, 22
+        /// refusals and two reads of 5,000 operations).
+        var startedSinceRead: [String: StartedMark] = [:]
         var generation: UInt64 = 0
         /// Sites' situations as the last full pass found them. A quick pass reuses them
         /// (readiness is checked against `readySince`, so a cached one is never early; a site whose
@@ -180,6 +186,22 @@ public final class Dispatcher: Sendable {
     /// Taken several times per operation from the executors' threads, the dispatch loop and
     /// the outcome's task: a `PlainLock` (a contended `Mutex` spins first).
     private let state = PlainLock(State())
+
+    /// An operation started since the waiting list was read (`State.startedSinceRead`).
+    struct StartedMark {
+        var site: SiteID
+        var at: ContinuousClock.Instant
+        /// When its outcome was in the store (nil: still running, or not yet recorded).
+        var endedAt: ContinuousClock.Instant? = nil
+
+        /// Whether a read that began at `readAt` may have missed this start or outcome: it keeps
+        /// the mark. (A second's margin for a start: one marked just before the read began may
+        /// have reached the store only after the read's snapshot.)
+        func outlives(readAt: ContinuousClock.Instant) -> Bool {
+            if let endedAt { return endedAt >= readAt }
+            return at >= readAt - .seconds(1)
+        }
+    }
 
     public init(
         store: any OperationStore, executors: [OperationKind: ExecutorTemplate], settings: DispatchSettings, logger: Logger,
@@ -517,7 +539,7 @@ public final class Dispatcher: Sendable {
                 // (executors end and their slots are refilled while a pass runs): kept out below.
                 // (A second's margin: one marked just before the read began may have reached the
                 // store only after the read's snapshot.)
-                s.startedSinceRead = s.startedSinceRead.filter { $0.value.at >= readAt - .seconds(1) }
+                s.startedSinceRead = s.startedSinceRead.filter { $0.value.outlives(readAt: readAt) }
             }
             // What was started while this pass ran is not waiting any more: a stale head would be
             // claimed again, refused, and cost a full read of the queue. A site's operations start
@@ -570,7 +592,11 @@ public final class Dispatcher: Sendable {
                 while position < s.order.count, found.count < free + 8 {
                     let site = s.order[position]
                     position += 1
-                    guard !s.running.contains(site), let operation = s.heads[site]?.first, s.startedSinceRead[operation.id] == nil,
+                    guard !s.running.contains(site) else { continue }
+                    // A head started already (its removal skipped by a plan that changed meanwhile)
+                    // is a stale copy: the site's next operation is its head now.
+                    while let first = s.heads[site]?.first, s.startedSinceRead[first.id] != nil { s.heads[site]?.removeFirst() }
+                    guard let operation = s.heads[site]?.first,
                         let situation = s.situations[site],
                         situation.mode == .connected, situation.stable || (situation.readySince.map { $0 <= now } ?? false)
                     else { continue }
@@ -641,7 +667,7 @@ public final class Dispatcher: Sendable {
             s.servedAt[operation.site] = s.turns
             // Marked started now, before the store's claim: a full pass that lays out the queue
             // meanwhile leaves it out.
-            s.startedSinceRead[operation.id] = (operation.site, ContinuousClock.now)
+            s.startedSinceRead[operation.id] = StartedMark(site: operation.site, at: ContinuousClock.now)
             s.inFlight.insert(operation.id)
             return s.standDowns
         }
@@ -708,6 +734,11 @@ public final class Dispatcher: Sendable {
         return true
     }
 
+    /// The outcome of a started operation is in the store (the first call counts).
+    private static func markEnded(_ id: String, in s: inout State) {
+        if s.startedSinceRead[id]?.endedAt == nil { s.startedSinceRead[id]?.endedAt = ContinuousClock.now }
+    }
+
     /// After an attempt's outcome is recorded: the slot (if the executor never ran) and the site are free.
     private func ended(_ dispatched: DeferredOperation, release: @Sendable () -> Void) {
         release()
@@ -715,11 +746,8 @@ public final class Dispatcher: Sendable {
             $0.inFlight.remove(dispatched.id)
             _ = $0.running.remove(dispatched.site)
             $0.finished[dispatched.site, default: 0] += 1
-            // Its outcome is in the store: a plan read from now on sees where it stands, and one
-            // read before may hold a stale copy only until its claim is refused. Kept, the mark
-            // would hold back a retry of it until the next read of the whole queue (which, with
-            // no other writer, may be minutes away).
-            $0.startedSinceRead[dispatched.id] = nil
+            // Its outcome is in the store (if it has one): the next read sees where it stands.
+            Self.markEnded(dispatched.id, in: &$0)
         }
         // The site is free: its next operation may go (the loop also recounts the queue).
         finished()
@@ -816,6 +844,8 @@ public final class Dispatcher: Sendable {
             do {
                 // The run record goes with it (same transaction).
                 let done = try store.complete(operation, to: to, at: now, note: note, update: update)
+                // Before the read a retry brings, so that the read drops the mark.
+                state.withLock { Self.markEnded(operation.id, in: &$0) }
                 if to == .queued { invalidate() }  // a retry waits in the queue again
                 emit(FleetEvent(type: event, site: done.site, at: now, operationID: done.id, kind: done.kind, note: String(note.prefix(200))))
                 return

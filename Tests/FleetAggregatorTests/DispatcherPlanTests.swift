@@ -233,4 +233,53 @@ struct DispatcherPlanTests {
         dispatcher.invalidate()  // as the queue service does after an operator's action
         #expect(try await attempts(until: .failed) == 2, "the retried operation did not run again")
     }
+
+    @Test("operations that started and ended since the queue was read are not claimed again from the plan's copy: no refused claim, no extra read of the queue")
+    func endedSinceReadStaysOut() async throws {
+        let fresh = try FreshStores(.sqlite)
+        defer { fresh.remove() }
+        let store = fresh.stores.operations
+        let queue = DeferredQueue(store: store, executors: OperationQueueTests.executors)
+        func submit(_ site: String, _ name: String) throws -> DeferredOperation {
+            try queue.submit(
+                SubmissionRequest(site: site, kind: "extension.install", params: ["name": name], createdBy: "t", maxAttempts: 1),
+                situation: OperationQueueTests.semi, now: Date()
+            ).operation
+        }
+        let ours = [try submit("twice", "one"), try submit("twice", "two")]
+        _ = try submit("away", "ext")  // a site that stays away: every full pass looks it up, and only a full pass
+        // No executor for the kind: each attempt is claimed and fails at once with the reason.
+        let dispatcher = Dispatcher(store: store, executors: [:], settings: DispatchSettings(), logger: Logger(label: "test"), emit: { _ in })
+        let fullPasses = Mutex(0)
+        let lookup: (Set<SiteID>) -> [SiteID: DispatchSituation] = { sites in
+            if sites.contains(where: { $0.rawValue == "away" }) { fullPasses.withLock { $0 += 1 } }
+            return Dictionary(uniqueKeysWithValues: sites.map {
+                ($0, DispatchSituation(mode: $0.rawValue == "away" ? .semiConnected : .connected, stable: true, cluster: nil))
+            })
+        }
+        // The first full pass reads the queue; both of the connected site's operations run (one after
+        // the other) and end, without another read.
+        let deadline = ContinuousClock.now + .seconds(20)
+        func settled() throws -> Bool {
+            try ours.allSatisfy { try store.operation(id: $0.id)?.state == .failed } && dispatcher.runningCount == 0
+        }
+        while try !settled(), ContinuousClock.now < deadline {
+            try dispatcher.tick(now: Date(), situations: lookup)
+            try await Task.sleep(for: .milliseconds(10))
+        }
+        try #require(try settled(), "the connected site's operations did not run")
+        #expect(fullPasses.withLock { $0 } == 1)
+        // A full pass from the list that read (a mode change brings one; nothing else wrote, so the
+        // queue is not read again): the copies it holds of the two are stale, and stay out.
+        dispatcher.modesChanged()
+        for _ in 0..<5 {
+            try dispatcher.tick(now: Date(), situations: lookup)
+            try await Task.sleep(for: .milliseconds(20))
+        }
+        // A refused claim of a stale copy would have brought a third (reading the whole queue).
+        #expect(fullPasses.withLock { $0 } == 2, "\(fullPasses.withLock { $0 }) full passes")
+        for operation in ours {
+            #expect(try store.operation(id: operation.id)?.history.filter { $0.to == .dispatching }.count == 1)
+        }
+    }
 }
