@@ -500,6 +500,12 @@ final class ClientCore: MosquittoEventSink, Sendable {
     /// Batches handed to the consumer so far (read racily; for benchmarks).
     var deliveredBatches: Int { inbox.batches }
 
+    /// Passes of the loop thread over a connection so far (read racily; for tests and diagnostics).
+    var loopPasses: Int { inbox.passes }
+
+    /// Counts one pass of the loop thread (loop thread only).
+    func countPass() { inbox.passes &+= 1 }
+
     /// Messages received and not yet handed on (loop thread only).
     var pendingMessageCount: Int { inbox.messages.count }
 
@@ -519,5 +525,6 @@ private final class LoopThreadInbox: @unchecked Sendable {
     var messages: [MQTTMessage] = []
     var events = 0
     var batches = 0
+    var passes = 0
     init() { messages.reserveCapacity(64) }
 }

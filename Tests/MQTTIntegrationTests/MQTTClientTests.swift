@@ -2,6 +2,7 @@ import Foundation
 import Logging
 import MQTT
 import TestSupport
+import Synchronization
 import Testing
 
 let testLogger: Logger = {
@@ -380,6 +381,40 @@ struct MQTTClientTests {
             }
             await client.shutdown()
         }
+    }
+
+    @Test("an idle connection stays up on keepalive pings alone, and its loop wakes about four times a keepalive, not every second")
+    func idleKeepalive() async throws {
+        let broker = try await MosquittoBroker.start()
+        defer { broker.stop() }
+        let topic = uniqueTopic()
+        // Keepalive 5 s: the broker drops a client that sent nothing for 7.5 s, so an idle 8.5 s
+        // connection survives only on its pings (libmosquitto sends them from the loop's passes).
+        let short = try MQTTClient(configuration: try testConfiguration(broker.url, clientID: "ka-short") { $0.keepAlive = .seconds(5) }, logger: testLogger)
+        let long = try MQTTClient(configuration: try testConfiguration(broker.url, clientID: "ka-long") { $0.keepAlive = .seconds(60) }, logger: testLogger)
+        let updates = short.stateUpdates()
+        let seen = Mutex<[MQTTConnectionState]>([])
+        let watcher = Task { for await state in updates { seen.withLock { $0.append(state) } } }
+        try await short.connect()
+        try await long.connect()
+        let collector = MessageCollector(short)
+        try await short.subscribe(to: topic, qos: .atLeastOnce)
+        try await Task.sleep(for: .milliseconds(200))  // the subscription's own passes settle
+        let (shortBefore, longBefore) = (short.loopPasses, long.loopPasses)
+        try await Task.sleep(for: .seconds(8.5))
+        let (shortPasses, longPasses) = (short.loopPasses - shortBefore, long.loopPasses - longBefore)
+        // Still the same connection, and it still carries messages.
+        #expect(short.state.isConnected && long.state.isConnected)
+        #expect(!seen.withLock { $0 }.contains { if case .disconnected = $0 { true } else { false } }, "the idle connection was dropped")
+        try await short.publish(topic, payload: Array("after".utf8), qos: .atLeastOnce)
+        #expect(try await collector.next(1, "a message after the idle time").map(\.payloadString) == ["after"])
+        // Keepalive 60 s: a pass every 15 s at most (every second before: 8 or 9 here).
+        #expect(longPasses <= 2, "the idle 60 s-keepalive client woke \(longPasses) times in 8.5 s")
+        // Keepalive 5 s: a pass every 1.25 s, and a ping's round trip (at least one went out).
+        #expect(shortPasses >= 2 && shortPasses <= 12, "the idle 5 s-keepalive client woke \(shortPasses) times in 8.5 s")
+        await short.shutdown()
+        await long.shutdown()
+        watcher.cancel()
     }
 
     @Test("shutdown completes when the broker is gone, and fails whatever was waiting")
