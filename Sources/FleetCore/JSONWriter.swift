@@ -97,6 +97,12 @@ public struct JSONWriter {
         bytes.append(contentsOf: (value ? "true" : "false").utf8)
     }
 
+    /// An explicit `null` (a field the contract writes even when it has no value).
+    public mutating func null() {
+        separate()
+        bytes.append(contentsOf: "null".utf8)
+    }
+
     /// As Foundation writes a double (an integral one without ".0"); not a number is refused.
     public mutating func double(_ value: Double) throws {
         separate()
@@ -183,6 +189,12 @@ public struct JSONWriter {
         guard let value else { return }
         key(name)
         try value.write(to: &self)
+    }
+
+    /// A double, written `null` when nil (as `encode`, not `encodeIfPresent`, writes it).
+    public mutating func fieldOrNull(_ name: StaticString, _ value: Double?) throws {
+        key(name)
+        if let value { try double(value) } else { null() }
     }
 
     public mutating func field(_ name: StaticString, _ value: [String: Bool]) {
@@ -349,6 +361,82 @@ extension CheckResult: JSONWritable {
         json.field("name", name)
         json.field("observedAt", observedAt)
         json.field("output", output)
+        json.field("state", state)
+        json.endObject()
+    }
+}
+
+// MARK: - The payloads agents (and the simulated fleet) publish
+
+/// A heartbeat every interval from every site: through `Codable` its encoding was the largest
+/// part of the simulated fleet's own CPU.
+extension Heartbeat: JSONWritable {
+    public func write(to json: inout JSONWriter) throws {
+        json.beginObject()
+        json.key("azure")
+        try azure.write(to: &json)
+        try json.field("certificates", certificates)
+        json.field("instance", instance)
+        json.field("schema", schema.value)
+        json.field("sentAt", sentAt)
+        json.field("seq", seq)
+        json.field("session", session)
+        json.field("site", site)
+        json.endObject()
+    }
+}
+
+extension AzureReport: JSONWritable {
+    public func write(to json: inout JSONWriter) throws {
+        json.beginObject()
+        try json.fieldOrNull("lastContactAgeS", lastContactAgeS)
+        json.field("probe", probe)
+        json.field("reachable", reachable)
+        json.endObject()
+    }
+}
+
+extension CertificateReport: JSONWritable {
+    public func write(to json: inout JSONWriter) throws {
+        json.beginObject()
+        json.field("earliestNotAfter", earliestNotAfter)
+        json.field("error", error)
+        json.field("source", source)
+        json.endObject()
+    }
+}
+
+extension SiteStatus: JSONWritable {
+    public func write(to json: inout JSONWriter) throws {
+        json.beginObject()
+        json.field("at", at)
+        json.field("capabilities", capabilities)
+        try json.field("checks", checks)
+        try json.field("cluster", cluster)
+        json.field("instance", instance)
+        json.field("labels", labels)
+        json.field("schema", schema.value)
+        json.field("session", session)
+        json.field("site", site)
+        json.field("spoolDropped", spoolDropped)
+        json.endObject()
+    }
+}
+
+extension Presence: JSONWritable {
+    public func write(to json: inout JSONWriter) throws {
+        json.beginObject()
+        try json.field("agent", agent)
+        json.field("at", at)
+        json.field("epoch", epoch)
+        try json.field("heartbeatIntervalS", heartbeatIntervalS)
+        json.field("instance", instance)
+        json.field("reason", reason)
+        json.field("replica", replica)
+        json.field("role", role)
+        json.field("schema", schema.value)
+        json.field("session", session)
+        json.field("site", site)
         json.field("state", state)
         json.endObject()
     }

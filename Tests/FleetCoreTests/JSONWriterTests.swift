@@ -87,6 +87,35 @@ struct JSONWriterTests {
             complete: false)
     }
 
+    @Test("the agent's payloads (heartbeat, status, presence) write their Encodable bytes, every optional set and none")
+    func agentPayloads() throws {
+        let azure = AzureReport(reachable: true, lastContactAgeS: 0.25, probe: "endpoints")
+        try same(azure, complete: true)
+        // A site never in contact: the age is written as an explicit null.
+        try same(AzureReport(reachable: false, lastContactAgeS: nil, probe: "command"), complete: false)
+        try same(CertificateReport(earliestNotAfter: now, source: "/etc/kubernetes/pki", error: "unreadable: \"x\""), complete: true)
+        try same(CertificateReport(earliestNotAfter: nil, source: nil), complete: false)
+        try same(
+            Heartbeat(
+                site: site, session: .max, seq: 1_000_000, sentAt: now, azure: azure,
+                certificates: CertificateReport(earliestNotAfter: now, source: "s", error: "e"), instance: "i-1"),
+            complete: true)
+        try same(Heartbeat(site: site, session: 1, seq: 1, sentAt: now, azure: AzureReport(reachable: false, lastContactAgeS: nil, probe: "p")), complete: false)
+        try same(
+            SiteStatus(
+                site: site, session: 3, at: now, cluster: ClusterInfo(name: "aks"),
+                checks: [CheckResult(name: "kube-api", state: .pass, observedAt: now, durationMs: 12, output: "ok")],
+                capabilities: ["clusterAutoscaler": true, "Z": false], spoolDropped: 4, instance: "i-2", labels: ["region": "emea", "a": "é"]),
+            complete: true)
+        try same(SiteStatus(site: site, session: 3, at: now), complete: false)
+        try same(
+            Presence(
+                site: site, state: .offline, reason: .shutdown, session: 9, agent: AgentInfo(version: "1", host: "h"), heartbeatIntervalS: 7.5,
+                at: now, instance: "i-3", replica: "r-1", role: "leader", epoch: 4),
+            complete: true)
+        try same(Presence(site: site, state: .online, session: 1, at: now), complete: false)
+    }
+
     @Test("a writer refuses what Foundation refuses (a double that is not a number), and nothing partial is returned")
     func refusals() throws {
         var view = SiteView(
