@@ -40,6 +40,12 @@ def http(port, path, body=None, token=None):
         return json.loads(response.read())
 
 
+def machine_ticks():
+    """(idle, total) clock ticks of the whole machine so far (/proc/stat; idle includes I/O wait)."""
+    fields = [int(f) for f in open("/proc/stat").readline().split()[1:]]
+    return fields[3] + fields[4], sum(fields[:8])
+
+
 def peak_concurrency(lines):
     events = []
     for line in lines:
@@ -156,6 +162,8 @@ def main():
             # from the kernel's accounting: what the aggregator costs per operation, which the wall
             # clock ratio (the stand-ins get what the others leave of the 2 cores) only shows blurred.
             cpu_start = {name: cpu_seconds(proc.pid) for name, proc in (("aggregator", agg), ("fleet", sim), ("broker", broker))}
+            # Whether the machine was saturated over the storm: its idle share (both cores).
+            machine_start = machine_ticks()
             if args.perf or args.perf_aggregator:
                 what = ["-a", "-o", args.perf] if args.perf else ["-g", "-p", str(agg.pid), "-o", args.perf_aggregator]
                 recorder = subprocess.Popen(["perf", "record", "-F", "499"] + what, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -170,6 +178,8 @@ def main():
                 time.sleep(1.0)
             drained = time.time() - restore_instant
             cpu = {name: cpu_seconds(proc.pid) - cpu_start[name] for name, proc in (("aggregator", agg), ("fleet", sim), ("broker", broker))}
+            machine_end = machine_ticks()
+            idle_share = (machine_end[0] - machine_start[0]) / max(1, machine_end[1] - machine_start[1])
             if recorder:
                 recorder.send_signal(2)
                 recorder.wait()
@@ -208,6 +218,7 @@ def main():
         "peak_concurrent_az": peak, "mean_concurrent_az": round(mean_running, 2), "each_ran_once": ran_once, "aggregator_peak_rss_mb": round(hwm, 1),
         "aggregator_cpu_s": round(cpu["aggregator"], 2), "aggregator_cpu_ms_per_operation": round(cpu["aggregator"] * 1000 / total, 3),
         "aggregator_cores": round(cpu["aggregator"] / drained, 2), "fleet_cpu_s": round(cpu["fleet"], 2), "broker_cpu_s": round(cpu["broker"], 2),
+        "machine_idle_share": round(idle_share, 3),
         "baseline_xargs_s": round(baseline_seconds, 1), "baseline_before_s": round(baseline_before, 1), "baseline_after_s": round(baseline_after, 1),
     }
     print(json.dumps(result, indent=2))
