@@ -115,7 +115,7 @@ public struct IngestDecoder: Sendable {
             case .heartbeat:
                 // The canonical shape by a single scan; anything else by the full decoder (the definition).
                 input = .heartbeat(try HeartbeatScanner.scan(payload) ?? decoder.decode(Heartbeat.self, from: Data(payload)))
-            case .status: input = .status(try decoder.decode(SiteStatus.self, from: Data(payload)))
+            case .status: input = .status(try StatusScanner.scan(payload) ?? decoder.decode(SiteStatus.self, from: Data(payload)))
             }
         } catch {
             return .failure(classify(error, topic: topic, payload: payload))
