@@ -48,7 +48,8 @@ public struct CommandOutcome: Sendable, Hashable {
     }
 }
 
-/// Serializes pipe creation (until close-on-exec is set) with spawning.
+/// Serializes spawning with the reaping of orphans: a spawned command's pid is recorded as waited
+/// for (`beforeReturn`) before a reaper can see it.
 let spawnLock = Mutex(())
 /// The commands being waited for now: not orphans to reap.
 private let waitedFor = Mutex(Set<Int32>())

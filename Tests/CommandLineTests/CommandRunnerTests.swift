@@ -34,6 +34,18 @@ struct CommandRunnerTests {
         #expect(found.parent == getpid() && found.startTicks >= me.startTicks)
     }
 
+    @Test("a runner's pipe is close-on-exec at both ends from its creation, and a spawned command holds neither", .ownThread)
+    func pipesAreCloseOnExec() throws {
+        let (read, write) = try #require(closeOnExecPipe())
+        defer { close(read); close(write) }
+        #expect(fcntl(read, F_GETFD) & FD_CLOEXEC != 0)
+        #expect(fcntl(write, F_GETFD) & FD_CLOEXEC != 0)
+        // A command started now lists its descriptors: only 0, 1 and 2 (and the one ls opens to list them).
+        let outcome = try CommandRunner.runBlocking(["/bin/sh", "-c", "ls /proc/self/fd"], timeout: .seconds(10), capture: .head(bytes: 4096)).get()
+        let descriptors = Set(outcome.output.split(whereSeparator: \.isNewline).compactMap { Int32($0) })
+        #expect(descriptors.contains(0) && descriptors.subtracting([0, 1, 2]).count <= 1, "the command got \(descriptors.sorted())")
+    }
+
     @Test("exit codes map to check states as Nagios plugins do", arguments: [(0, CheckState.pass), (1, .warn), (2, .fail), (3, .unknown), (42, .unknown)] as [(Int32, CheckState)])
     func exitCodes(_ code: Int32, _ state: CheckState) async throws {
         let outcome = try await CommandRunner.run(["/bin/sh", "-c", "echo 'status line'; echo second; exit \(code)"], timeout: .seconds(10))

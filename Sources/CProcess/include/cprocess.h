@@ -7,6 +7,9 @@
 /// not import: the child closes every descriptor from `from` up before it execs.
 int edgefleet_spawn_closefrom(posix_spawn_file_actions_t *actions, int from);
 
+/// pipe2(fds, O_CLOEXEC): a pipe whose both ends are close-on-exec from the start, atomically.
+int edgefleet_pipe_cloexec(int fds[2]);
+
 /// prctl(PR_SET_CHILD_SUBREAPER, 1): orphaned descendants are reparented to this process.
 int edgefleet_become_subreaper(void);
 
