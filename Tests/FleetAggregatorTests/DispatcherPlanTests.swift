@@ -268,16 +268,17 @@ struct DispatcherPlanTests {
             try await Task.sleep(for: .milliseconds(10))
         }
         try #require(try settled(), "the connected site's operations did not run")
-        #expect(fullPasses.withLock { $0 } == 1)
         // A full pass from the list that read (a mode change brings one; nothing else wrote, so the
-        // queue is not read again): the copies it holds of the two are stale, and stay out.
+        // queue is not read again): the copies it holds of the two are stale, and stay out. (On a
+        // loaded machine the wait above may outlast 10 s, and the periodic full pass comes too.)
+        let before = fullPasses.withLock { $0 }
         dispatcher.modesChanged()
         for _ in 0..<5 {
             try dispatcher.tick(now: Date(), situations: lookup)
             try await Task.sleep(for: .milliseconds(20))
         }
-        // A refused claim of a stale copy would have brought a third (reading the whole queue).
-        #expect(fullPasses.withLock { $0 } == 2, "\(fullPasses.withLock { $0 }) full passes")
+        // A refused claim of a stale copy would have brought another (reading the whole queue).
+        #expect(fullPasses.withLock { $0 } - before == 1, "\(fullPasses.withLock { $0 } - before) full passes after the mode change")
         for operation in ours {
             #expect(try store.operation(id: operation.id)?.history.filter { $0.to == .dispatching }.count == 1)
         }
