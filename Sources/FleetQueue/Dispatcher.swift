@@ -132,12 +132,12 @@ public final class Dispatcher: Sendable {
         /// Operations started since `waiting` was read: the copies the plan holds of them are
         /// stale (they are dispatching, or done), and never started again from it. With when
         /// each started (the ones started while a full pass ran, which that pass did not see
-        /// started, are taken out of what it lays out) and when its outcome was recorded: a read
-        /// that began after that sees where it stands, and drops the mark (a retry then runs at
-        /// once). Dropped at the outcome instead, the mark let the plan's stale copy of an
-        /// operation that started and ended between two reads be claimed again: refused, and
-        /// each refusal made the next pass read the whole queue (in a reconnect storm, 22
-        /// refusals and two reads of 5,000 operations).
+        /// started, are taken out of what it lays out) and when its claim was in the store: a read
+        /// that began after that does not hold the queued copy, and drops the mark (a retry, which
+        /// brings a read, then runs at once). Dropped at the outcome instead, the mark let the
+        /// plan's stale copy of an operation that started and ended between two reads be claimed
+        /// again: refused, and each refusal made the next pass read the whole queue (in a
+        /// reconnect storm, 22 refusals and two reads of 5,000 operations).
         var startedSinceRead: [String: StartedMark] = [:]
         var generation: UInt64 = 0
         /// Sites' situations as the last full pass found them. A quick pass reuses them
@@ -190,16 +190,17 @@ public final class Dispatcher: Sendable {
     /// An operation started since the waiting list was read (`State.startedSinceRead`).
     struct StartedMark {
         var site: SiteID
+        /// When it was picked to start (before its claim).
         var at: ContinuousClock.Instant
-        /// When its outcome was in the store (nil: still running, or not yet recorded).
-        var endedAt: ContinuousClock.Instant? = nil
+        /// An instant after its claim was committed (nil: the claim is under way).
+        var claimedAt: ContinuousClock.Instant? = nil
 
-        /// Whether a read that began at `readAt` may have missed this start or outcome: it keeps
-        /// the mark. (A second's margin for a start: one marked just before the read began may
-        /// have reached the store only after the read's snapshot.)
+        /// Whether a read that began at `readAt` may still hold the operation's queued copy: it
+        /// keeps the mark. A read that began after the claim was committed sees it dispatching (or
+        /// later: done, or queued again by a retry, which is then a copy to run).
         func outlives(readAt: ContinuousClock.Instant) -> Bool {
-            if let endedAt { return endedAt >= readAt }
-            return at >= readAt - .seconds(1)
+            guard let claimedAt else { return true }
+            return claimedAt >= readAt
         }
     }
 
@@ -535,10 +536,9 @@ public final class Dispatcher: Sendable {
                 s.waitingReadAt = readAt
                 s.waitingCheckedAt = readAt
                 s.rereadEvery = max(.seconds(2), readTook * 50)
-                // Started before the read began: the read saw them dispatching. Started since
-                // (executors end and their slots are refilled while a pass runs): kept out below.
-                // (A second's margin: one marked just before the read began may have reached the
-                // store only after the read's snapshot.)
+                // Claimed before the read began: the read saw them dispatching (or done, or queued
+                // again by a retry). Started since (executors end and their slots are refilled while
+                // a pass runs), or claimed only meanwhile: their marks stay, and keep them out.
                 s.startedSinceRead = s.startedSinceRead.filter { $0.value.outlives(readAt: readAt) }
             }
             // What was started while this pass ran is not waiting any more: a stale head would be
@@ -675,6 +675,8 @@ public final class Dispatcher: Sendable {
         let dispatched: DeferredOperation
         do {
             dispatched = try store.claim(operation, at: now, note: "attempt \(operation.attempts + 1) of \(operation.maxAttempts)")
+            let claimedAt = ContinuousClock.now
+            state.withLock { $0.startedSinceRead[operation.id]?.claimedAt = claimedAt }
         } catch {
             state.withLock {
                 _ = $0.running.remove(operation.site)
@@ -734,11 +736,6 @@ public final class Dispatcher: Sendable {
         return true
     }
 
-    /// The outcome of a started operation is in the store (the first call counts).
-    private static func markEnded(_ id: String, in s: inout State) {
-        if s.startedSinceRead[id]?.endedAt == nil { s.startedSinceRead[id]?.endedAt = ContinuousClock.now }
-    }
-
     /// After an attempt's outcome is recorded: the slot (if the executor never ran) and the site are free.
     private func ended(_ dispatched: DeferredOperation, release: @Sendable () -> Void) {
         release()
@@ -746,8 +743,7 @@ public final class Dispatcher: Sendable {
             $0.inFlight.remove(dispatched.id)
             _ = $0.running.remove(dispatched.site)
             $0.finished[dispatched.site, default: 0] += 1
-            // Its outcome is in the store (if it has one): the next read sees where it stands.
-            Self.markEnded(dispatched.id, in: &$0)
+            // Its started mark stays until the next read of the queue (`StartedMark.outlives`).
         }
         // The site is free: its next operation may go (the loop also recounts the queue).
         finished()
@@ -844,8 +840,6 @@ public final class Dispatcher: Sendable {
             do {
                 // The run record goes with it (same transaction).
                 let done = try store.complete(operation, to: to, at: now, note: note, update: update)
-                // Before the read a retry brings, so that the read drops the mark.
-                state.withLock { Self.markEnded(operation.id, in: &$0) }
                 if to == .queued { invalidate() }  // a retry waits in the queue again
                 emit(FleetEvent(type: event, site: done.site, at: now, operationID: done.id, kind: done.kind, note: String(note.prefix(200))))
                 return
