@@ -93,6 +93,10 @@ struct JSONWriterTests {
         try same(azure, complete: true)
         // A site never in contact: the age is written as an explicit null.
         try same(AzureReport(reachable: false, lastContactAgeS: nil, probe: "command"), complete: false)
+        // Doubles as Foundation writes them: integral without ".0", small ones with an exponent.
+        for age in [3.0, 1e-05, 86_400.25, 0, 1e21] {
+            try same(AzureReport(reachable: true, lastContactAgeS: age, probe: "endpoints"), complete: true)
+        }
         try same(CertificateReport(earliestNotAfter: now, source: "/etc/kubernetes/pki", error: "unreadable: \"x\""), complete: true)
         try same(CertificateReport(earliestNotAfter: nil, source: nil), complete: false)
         try same(

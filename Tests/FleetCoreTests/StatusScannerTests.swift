@@ -84,6 +84,8 @@ struct StatusScannerTests {
     func acceptedVariants() throws {
         let accepted = [
             "{\(Self.base),\"checks\":[],\"capabilities\":{}}",
+            "  { \(Self.base) , \"checks\" : [ \(Self.check) , \(Self.check.replacingOccurrences(of: "dns", with: "ntp")) ] , \"capabilities\" : { \"a\" : true } } ",
+            "{\(Self.base),\"checks\":[],\"capabilities\":{},\"cluster\":null,\"labels\":null,\"spoolDropped\":null,\"instance\":null}",
             "{\(Self.base),\"checks\":[],\"capabilities\":{},\"cluster\":{},\"labels\":{\"a\":\"\"},\"spoolDropped\":-0}",
         ]
         for text in accepted {
