@@ -682,19 +682,12 @@ public final class AggregatorService: Service, Sendable {
     /// Views (the newest per site only), then events in order.
     private func publish(_ output: FleetOutput) async {
         var seen = Set<SiteID>()
-        var views: [(topic: FleetTopic, payload: [UInt8])] = []
-        views.reserveCapacity(output.views.count)
-        for view in output.views.reversed() where seen.insert(view.site).inserted {
-            guard let payload = try? FleetJSON.encode(view) else {
-                metrics.publishFailures.increment()
-                continue
-            }
-            views.append((.siteView(view.site), payload))
-        }
+        var views: [SiteView] = []
+        for view in output.views.reversed() where seen.insert(view.site).inserted { views.append(view) }
         // A slice at a time, acknowledgements awaited together (a task per view, 64 in flight,
         // cost a task's creation and scheduling per view: in a reconnect storm each operation
         // republishes its site's view about twice).
-        await sendInOrder(views)
+        await sendInOrder(views) { (.siteView($0.site), try FleetJSON.encode($0)) }
         for site in output.cleared {
             do {
                 try await client.clear(.siteView(site), in: configuration.topics)
@@ -717,26 +710,29 @@ public final class AggregatorService: Service, Sendable {
                 logger.warning("\(unstored.count) event(s) could not be stored (published without an id): \(error)")
             }
         }
-        var messages: [(topic: FleetTopic, payload: [UInt8])] = []
-        messages.reserveCapacity(events.count)
-        for event in events {
-            guard let payload = try? FleetJSON.encode(event) else {
-                metrics.publishFailures.increment()
-                continue
-            }
-            messages.append((.fleetEvents, payload))
-        }
-        await sendInOrder(messages)
+        await sendInOrder(events) { (.fleetEvents, try FleetJSON.encode($0)) }
     }
 
-    /// Messages in order, their acknowledgements awaited together a slice at a time: a burst (a
+    /// Items in order, their acknowledgements awaited together a slice at a time: a burst (a
     /// fleet's first modes as it comes online) costs a round trip per slice, not per message.
-    private func sendInOrder(_ messages: [(topic: FleetTopic, payload: [UInt8])]) async {
+    /// Each slice is encoded just before it goes: encoded all at once, the first views and events
+    /// of 100,000 sites held about 65 MB of payloads at the aggregator's peak (the 100,000-site
+    /// benchmark went from 253 MB to 318 MB, over its 300 MB target).
+    private func sendInOrder<Item>(_ items: [Item], _ message: (Item) throws -> (topic: FleetTopic, payload: [UInt8])) async {
         var start = 0
-        while start < messages.count {
+        while start < items.count {
             if leadership.isReplicated, !leadership.isLeader { return }
-            let slice = Array(messages[start..<min(messages.count, start + 256)])
-            start += slice.count
+            let end = min(items.count, start + 256)
+            var slice: [(topic: FleetTopic, payload: [UInt8])] = []
+            slice.reserveCapacity(end - start)
+            for item in items[start..<end] {
+                guard let encoded = try? message(item) else {
+                    metrics.publishFailures.increment()
+                    continue
+                }
+                slice.append(encoded)
+            }
+            start = end
             let began = ContinuousClock.now
             let outcomes = await client.publishInOrder(slice, in: configuration.topics)
             let failed = outcomes.compactMap { $0 }
