@@ -52,6 +52,49 @@ struct DispatcherPlanTests {
         #expect(asked.withLock { $0.last } == [joining.site])
     }
 
+    @Test("a fleet's first modes are not looked up for sites with nothing waiting: the pass asks for the moved sites the plan holds operations for")
+    func movedSitesWithoutOperations() throws {
+        let fresh = try FreshStores(.sqlite)
+        defer { fresh.remove() }
+        let store = fresh.stores.operations
+        let queue = DeferredQueue(store: store, executors: OperationQueueTests.executors)
+        let operation = try queue.submit(
+            SubmissionRequest(site: "first-modes-1", kind: "extension.install", params: ["name": "ext"], createdBy: "t"),
+            situation: OperationQueueTests.semi, now: OperationQueueTests.now
+        ).operation
+        let dispatcher = Dispatcher(store: store, executors: [:], settings: DispatchSettings(), logger: Logger(label: "test"), emit: { _ in })
+        let asked = Mutex([Set<SiteID>]())
+        let connected = Mutex(false)
+        let lookup: (Set<SiteID>) -> [SiteID: DispatchSituation] = { sites in
+            asked.withLock { $0.append(sites) }
+            let mode: ConnectivityMode = connected.withLock { $0 } ? .connected : .semiConnected
+            return Dictionary(uniqueKeysWithValues: sites.map { ($0, DispatchSituation(mode: mode, stable: mode == .connected, cluster: nil)) })
+        }
+        try dispatcher.tick(now: Date(), situations: lookup)  // the full pass
+        #expect(asked.withLock { $0.last } == [operation.site])
+
+        // 10,000 sites get their first mode at once (a fleet coming up), the one with an operation among them.
+        connected.withLock { $0 = true }
+        var moved = Set((0..<10_000).map { try! SiteID("first-modes-idle-\($0)") })
+        moved.insert(operation.site)
+        dispatcher.sitesMoved(moved)
+        try dispatcher.tick(now: Date(), situations: lookup)
+        #expect(asked.withLock { $0.count } == 2)
+        #expect(asked.withLock { $0.last } == [operation.site], "the pass looked up \(asked.withLock { $0.last?.count ?? 0 }) sites")
+        #expect(dispatcher.heldSituations == 1)
+        #expect(try store.operation(id: operation.id)?.state != .queued, "the connected site's operation did not start")
+
+        // A site of those gets an operation later: it is looked up then, alone.
+        let later = try queue.submit(
+            SubmissionRequest(site: "first-modes-idle-7", kind: "extension.install", params: ["name": "ext"], createdBy: "t"),
+            situation: OperationQueueTests.semi, now: OperationQueueTests.now
+        ).operation
+        dispatcher.added(later, superseded: [])
+        try dispatcher.tick(now: Date(), situations: lookup)
+        #expect(asked.withLock { $0.last } == [later.site])
+        #expect(try store.operation(id: later.id)?.state != .queued, "the later operation did not start")
+    }
+
     @Test("a submission joins the plan without a full pass: the next pass looks nothing up and starts it; one that supersedes others brings a full pass")
     func submissionJoins() throws {
         let fresh = try FreshStores(.sqlite)
