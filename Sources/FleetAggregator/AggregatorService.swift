@@ -152,7 +152,7 @@ public final class AggregatorService: Service, Sendable {
 
     /// The sites whose labels match `selector`.
     public func sites(matching selector: LabelSelector) -> Set<SiteID> {
-        state.withLock { fleet in Set(fleet.records.lazy.filter { selector.matches($0.value.labels) }.map(\.key)) }
+        state.withLock { fleet in Set(fleet.records.values.lazy.filter { selector.matches($0.labels) }.map(\.site)) }
     }
 
     /// Every site's deadline as last evaluated, ordered by site id (for `/metrics`), of the sites `selector` matches.
@@ -679,15 +679,12 @@ public final class AggregatorService: Service, Sendable {
         if leadership.isLeader && presenceState == .online { await send(.aggregatorPresence, presence) }
     }
 
-    /// Views (the newest per site only), then events in order.
+    /// Views (one per site: the state makes each site's newest when it is taken), then events in order.
     private func publish(_ output: FleetOutput) async {
-        var seen = Set<SiteID>()
-        var views: [SiteView] = []
-        for view in output.views.reversed() where seen.insert(view.site).inserted { views.append(view) }
         // A slice at a time, acknowledgements awaited together (a task per view, 64 in flight,
         // cost a task's creation and scheduling per view: in a reconnect storm each operation
         // republishes its site's view about twice).
-        await sendInOrder(views) { (.siteView($0.site), try FleetJSON.encode($0)) }
+        await sendInOrder(output.views) { (.siteView($0.site), try FleetJSON.encode($0)) }
         for site in output.cleared {
             do {
                 try await client.clear(.siteView(site), in: configuration.topics)

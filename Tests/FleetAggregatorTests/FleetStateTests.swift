@@ -29,14 +29,40 @@ struct FleetStateTests {
 
     static func at(_ seconds: Double) -> Date { t0.addingTimeInterval(seconds) }
 
+    @Test("views are made when taken, a slice at a time, each site's once, as it stands at its newest evaluation; a forgotten site's is not taken")
+    func viewsTakenInSlices() {
+        let fleet = FleetState(thresholds: Self.thresholds, viewRefresh: .seconds(10))
+        let sites = (0..<1_000).map { try! SiteID("slice-\($0)") }
+        for site in sites { fleet.feed(Self.heartbeat(1, age: 0, site: site), now: Self.at(0)) }
+        // A second heartbeat 30 s later reporting a 30 s old contact: every site semi-connected, a second view asked for.
+        for site in sites { fleet.feed(Self.heartbeat(2, age: 30, site: site), now: Self.at(30)) }
+        #expect(fleet.pendingViews == 1_000)
+        #expect(fleet.forget(sites[500], now: Self.at(30), note: "by test"))
+        var taken: [SiteView] = []
+        var slices = 0
+        while true {
+            let output = fleet.takeOutput(limit: 300)
+            if output.views.isEmpty { break }
+            #expect(output.views.count <= 300)
+            taken += output.views
+            slices += 1
+        }
+        #expect(slices == 4)
+        #expect(taken.map(\.site) == sites.filter { $0 != sites[500] }, "oldest first, each site once")
+        #expect(taken.allSatisfy { $0.mode == .semiConnected && $0.lastHeartbeatAt == Self.at(30) })
+        #expect(fleet.pendingViews == 0)
+    }
+
     @Test("connected, then semi-connected with a countdown, then disconnected at the deadline; each event once")
     func countdown() {
         let fleet = FleetState(thresholds: Self.thresholds, viewRefresh: .seconds(10))
         fleet.feed(Self.heartbeat(1, age: 0), now: Self.at(0))
         #expect(fleet.records[Self.site]?.mode == .connected)
-        // The presence that announced the site made its first view (no contact yet), the heartbeat the next.
+        // The presence that announced the site asked for its first view (no contact yet), the heartbeat
+        // for the next: one view per site is taken, made as the site stands at its newest evaluation.
         let first = fleet.takeOutput()
-        #expect(first.views.map(\.mode) == [.unknown, .connected])
+        #expect(first.views.map(\.mode) == [.connected])
+        #expect(fleet.pendingViews == 0)
         // The site's first mode is an event too (no `from`); a change carries the contact and deadline.
         let firstModes = first.events.filter { $0.type == .modeChanged }
         #expect(firstModes.map { "\($0.from ?? "first")->\($0.to ?? "-")" } == ["first->unknown", "unknown->connected"])
