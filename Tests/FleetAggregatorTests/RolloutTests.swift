@@ -147,7 +147,12 @@ struct RolloutTests {
         let counts = done.counts
         #expect(counts.succeeded == 64 && counts.failed == 5 && counts.pending == 0 && counts.skipped == 1, "\(counts)")
 
-        // Events: created, every wave, paused by itself, resumed, completed.
+        // Events: created, every wave, paused by itself, resumed, completed. The API may tell of the
+        // completion before its event has come through the broker: wait for the event first.
+        _ = try await f.fleet.messages.next(timeout: .seconds(30), "the rollout's completed event") { message in
+            guard message.topic == "edgefleet/v1/fleet/events", let event = try? FleetJSON.decode(FleetEvent.self, from: message.payload) else { return false }
+            return event.rollout == id && event.type == .rolloutCompleted
+        }
         let events = f.fleet.messages.received.filter { $0.topic == "edgefleet/v1/fleet/events" }
             .compactMap { try? FleetJSON.decode(FleetEvent.self, from: $0.payload) }.filter { $0.rollout == id }
         let types = events.map(\.type)
