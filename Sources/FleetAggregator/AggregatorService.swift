@@ -361,7 +361,7 @@ public final class AggregatorService: Service, Sendable {
                 let (_, lateness) = fleet.runDue(now: now, limit: 2_000)
                 _ = fleet.takeClockNeeded()  // this pass takes care of it
                 if fleet.takeStoreNeeded() { storeWake.signal() }
-                if !leading { _ = fleet.takeOutput() }
+                if !leading { fleet.dropOutput() }
                 let output = take ? fleet.takeOutput(limit: 5_000) : FleetOutput()
                 return (output, lateness, (fleet.modes, fleet.liveness), fleet.takeModesMoved(), fleet.droppedEvents)
             }

@@ -228,6 +228,14 @@ public final class FleetState {
         return taken
     }
 
+    /// Lets the output go unmade (a standby publishes nothing; it republishes the whole fleet
+    /// when it takes the lead).
+    public func dropOutput() {
+        output = FleetOutput()
+        viewOrder.removeAll()
+        viewDue.removeAll()
+    }
+
     /// Views waiting to be taken (`takeOutput`).
     public var pendingViews: Int { viewDue.count }
 

@@ -51,6 +51,12 @@ struct FleetStateTests {
         #expect(taken.map(\.site) == sites.filter { $0 != sites[500] }, "oldest first, each site once")
         #expect(taken.allSatisfy { $0.mode == .semiConnected && $0.lastHeartbeatAt == Self.at(30) })
         #expect(fleet.pendingViews == 0)
+
+        // A standby lets its output go unmade.
+        for site in sites.prefix(10) { fleet.feed(Self.heartbeat(3, age: 0, site: site), now: Self.at(31)) }
+        #expect(fleet.pendingViews == 10)
+        fleet.dropOutput()
+        #expect(fleet.pendingViews == 0 && fleet.takeOutput().isEmpty)
     }
 
     @Test("connected, then semi-connected with a countdown, then disconnected at the deadline; each event once")
