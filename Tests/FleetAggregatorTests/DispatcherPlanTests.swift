@@ -54,15 +54,10 @@ struct DispatcherPlanTests {
 
     @Test("a fleet's first modes are not looked up for sites with nothing waiting: the pass asks for the moved sites the plan holds operations for")
     func movedSitesWithoutOperations() throws {
-        let fresh = try FreshStores(.sqlite)
-        defer { fresh.remove() }
-        let store = fresh.stores.operations
-        let queue = DeferredQueue(store: store, executors: OperationQueueTests.executors)
-        let operation = try queue.submit(
-            SubmissionRequest(site: "first-modes-1", kind: "extension.install", params: ["name": "ext"], createdBy: "t"),
-            situation: OperationQueueTests.semi, now: OperationQueueTests.now
-        ).operation
-        let dispatcher = Dispatcher(store: store, executors: [:], settings: DispatchSettings(), logger: Logger(label: "test"), emit: { _ in })
+        let plan = try Plan()
+        defer { plan.fresh.remove() }
+        let (store, dispatcher) = (plan.store, plan.dispatcher)
+        let operation = try plan.submit("first-modes-1")
         let asked = Mutex([Set<SiteID>]())
         let connected = Mutex(false)
         let lookup: (Set<SiteID>) -> [SiteID: DispatchSituation] = { sites in
@@ -85,10 +80,7 @@ struct DispatcherPlanTests {
         #expect(try store.operation(id: operation.id)?.state != .queued, "the connected site's operation did not start")
 
         // A site of those gets an operation later: it is looked up then, alone.
-        let later = try queue.submit(
-            SubmissionRequest(site: "first-modes-idle-7", kind: "extension.install", params: ["name": "ext"], createdBy: "t"),
-            situation: OperationQueueTests.semi, now: OperationQueueTests.now
-        ).operation
+        let later = try plan.submit("first-modes-idle-7")
         dispatcher.added(later, superseded: [])
         try dispatcher.tick(now: Date(), situations: lookup)
         #expect(asked.withLock { $0.last } == [later.site])
@@ -150,15 +142,10 @@ struct DispatcherPlanTests {
 
     @Test("a site that passes its deadline is a full pass's work: its operations are blocked")
     func movedSiteExpires() throws {
-        let fresh = try FreshStores(.sqlite)
-        defer { fresh.remove() }
-        let store = fresh.stores.operations
-        let queue = DeferredQueue(store: store, executors: OperationQueueTests.executors)
-        let operation = try queue.submit(
-            SubmissionRequest(site: "plan-expiring", kind: "extension.install", params: ["name": "ext"], createdBy: "t"),
-            situation: OperationQueueTests.semi, now: OperationQueueTests.now
-        ).operation
-        let dispatcher = Dispatcher(store: store, executors: [:], settings: DispatchSettings(), logger: Logger(label: "test"), emit: { _ in })
+        let plan = try Plan()
+        defer { plan.fresh.remove() }
+        let (store, dispatcher) = (plan.store, plan.dispatcher)
+        let operation = try plan.submit("plan-expiring")
         let situation = Mutex(DispatchSituation(mode: .semiConnected, stable: false, cluster: nil))
         let lookup: (Set<SiteID>) -> [SiteID: DispatchSituation] = { sites in
             Dictionary(uniqueKeysWithValues: sites.map { ($0, situation.withLock { $0 }) })
@@ -324,6 +311,30 @@ struct DispatcherPlanTests {
         #expect(fullPasses.withLock { $0 } - before == 1, "\(fullPasses.withLock { $0 } - before) full passes after the mode change")
         for operation in ours {
             #expect(try store.operation(id: operation.id)?.history.filter { $0.to == .dispatching }.count == 1)
+        }
+    }
+
+    /// A fresh SQLite store, a queue on it and a dispatcher without executors (a started operation is
+    /// claimed, then failed with the reason).
+    struct Plan {
+        let fresh: FreshStores
+        let store: any OperationStore
+        let queue: DeferredQueue
+        let dispatcher: Dispatcher
+
+        init() throws {
+            fresh = try FreshStores(.sqlite)
+            store = fresh.stores.operations
+            queue = DeferredQueue(store: store, executors: OperationQueueTests.executors)
+            dispatcher = Dispatcher(store: store, executors: [:], settings: DispatchSettings(), logger: Logger(label: "test"), emit: { _ in })
+        }
+
+        /// An `extension.install` submitted while the site is semi-connected.
+        func submit(_ site: String, _ name: String = "ext") throws -> DeferredOperation {
+            try queue.submit(
+                SubmissionRequest(site: site, kind: "extension.install", params: ["name": name], createdBy: "t"),
+                situation: OperationQueueTests.semi, now: OperationQueueTests.now
+            ).operation
         }
     }
 }
