@@ -197,12 +197,20 @@ public final class AggregatorService: Service, Sendable {
     /// Whether the aggregator's broker connection is up now.
     public var brokerConnected: Bool { client.state.isConnected }
 
+    /// Set once `run()` has restored the fleet's state from the store.
+    private let restoredState = Atomic<Bool>(false)
+
+    /// True until the fleet's state has been restored from the store (the operator surfaces
+    /// answer 503 `restoring` meanwhile, not from an empty fleet).
+    public var restoring: Bool { !restoredState.load(ordering: .acquiring) }
+
     public func run() async throws {
         let (restored, problems) = try store.loadAll()
         for problem in problems { logger.error("\(problem)") }
         let start = clock.now()
         let forgotten = try store.forgotten()
         state.withLock { $0.restore(restored, forgotten: forgotten, now: start) }
+        restoredState.store(true, ordering: .releasing)
         queue.modesChanged()  // the restored fleet: every site's situation is new to the dispatcher
         logger.info("aggregator started", metadata: ["sites": "\(restored.count)", "database": "\(databaseDescription)"])
 

@@ -192,7 +192,7 @@ public struct BulkCancelResponse: Codable, Sendable, Hashable {
 /// `GET /healthz`: always 200 while the process serves; the broker link is reported,
 /// not judged (a broker outage must not get the aggregator restarted).
 public struct HealthStatus: Codable, Sendable, Hashable {
-    /// `ok`, or `unhealthy` (answered with 503) when the store has not been written for longer than the grace.
+    /// `ok`; `unhealthy` (answered with 503) when the store has not been written for longer than the grace; `restoring` (503) while the fleet's state is read back after a start.
     public var status: String
     public var version: String
     public var broker: String

@@ -18,6 +18,9 @@ public protocol OperatorBackend: Sendable {
     var brokerConnected: Bool { get }
     /// This replica's id, role (`leader`, `standby`) and the lead's epoch; `replicated` false for a sole aggregator.
     var role: (replica: String, role: String, epoch: Int64, replicated: Bool) { get }
+    /// True until the fleet's state has been restored from the store after the start: the API
+    /// answers 503 `restoring` meanwhile instead of showing an empty fleet.
+    var restoring: Bool { get }
     /// How many sites the fleet holds (cheap: for /healthz).
     var siteCount: Int { get }
     /// Why the store is unhealthy, or nil.
