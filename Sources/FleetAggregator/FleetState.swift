@@ -54,12 +54,19 @@ public final class FleetState {
     /// Events and cleared views to publish; views are `viewOrder`'s.
     private var output = FleetOutput()
     /// Sites whose view is to be published, oldest first, each once however often it was
-    /// evaluated meanwhile, with the instant of its newest evaluation (`viewDue`). A view is made
+    /// evaluated meanwhile, with its newest evaluation's instant (`viewDue`). A view is made
     /// when it is taken, a slice at a time: held as views, a fleet's first ones (100,000 sites
     /// coming up at once) were 46 MB at the 100,000-site benchmark's peak, and every one but
     /// the newest of a site was thrown away before publishing anyway.
     private var viewOrder = Deque<SiteID>()
-    private var viewDue: [SiteID: Date] = [:]
+    private var viewDue: [SiteID: PendingView] = [:]
+
+    /// A view to make: the instant of the site's newest evaluation, and whether that evaluation
+    /// was projected (made while the aggregator could not hear).
+    private struct PendingView {
+        var at: Date
+        var projected: Bool
+    }
     private var queueCounts: [SiteID: QueueCounts] = [:]
     /// Sites whose next evaluation publishes a view whatever changed.
     private var forceView: Set<SiteID> = []
@@ -152,6 +159,8 @@ public final class FleetState {
                 guard live else { return .ignored("retained presence of a forgotten site") }
                 forgotten.remove(site)
                 revived.insert(site)
+                // A clear of its retained view not yet taken would go after (and erase) its new view.
+                output.cleared.removeAll { $0 == site }
                 storeNeeded = true
             }
             guard records.count < siteLimit else { return .overLimit }
@@ -222,7 +231,7 @@ public final class FleetState {
         output = FleetOutput()
         taken.views.reserveCapacity(min(limit, viewDue.count))
         while taken.views.count < limit, let site = viewOrder.popFirst() {
-            guard let at = viewDue.removeValue(forKey: site), let view = view(of: site, now: at) else { continue }
+            guard let due = viewDue.removeValue(forKey: site), let view = view(of: site, as: due) else { continue }
             taken.views.append(view)
         }
         return taken
@@ -360,6 +369,25 @@ public final class FleetState {
         let evaluation = evaluation(of: record, now: now)
         return SiteView(
             site: site, evaluation: evaluation, lastHeartbeatAt: record.lastHeartbeatAt,
+            lastAzureContactAt: record.lastAzureContactAt, queue: queueCounts[site] ?? QueueCounts(), checks: record.checks,
+            labels: record.labels)
+    }
+
+    /// A waiting view as the site's newest evaluation left it: evaluated again at that instant,
+    /// with the mode, liveness and alert that evaluation stored (and the events announced).
+    /// Evaluated again alone it could differ: after a broker outage `setListening` has moved
+    /// `lastSeenAt` forward, and a site that went stale just before the outage would show online.
+    private func view(of site: SiteID, as due: PendingView) -> SiteView? {
+        guard let record = records[site] else { return nil }
+        var e = evaluation(of: record, now: due.at)
+        if let mode = record.mode { e.mode = mode }
+        if let since = record.modeSince { e.modeSince = since }
+        if let liveness = record.liveness { e.liveness = liveness }
+        if let alert = record.alert { e.alert = alert }
+        e.expiredAt = record.expiredAt
+        e.projected = due.projected
+        return SiteView(
+            site: site, evaluation: e, lastHeartbeatAt: record.lastHeartbeatAt,
             lastAzureContactAt: record.lastAzureContactAt, queue: queueCounts[site] ?? QueueCounts(), checks: record.checks,
             labels: record.labels)
     }
@@ -551,11 +579,14 @@ public final class FleetState {
             summaryChanged = true  // the nearest deadlines may have moved
         }
         if publish {
-            // Made when taken, from the record as it is then, at this instant (`takeOutput`).
-            if viewDue.updateValue(now, forKey: site) == nil { viewOrder.append(site) }
+            // Made when taken, as this evaluation leaves the site (`takeOutput`).
+            if viewDue.updateValue(PendingView(at: now, projected: e.projected), forKey: site) == nil { viewOrder.append(site) }
             viewMarked = true
             record.viewPublishedAt = now
             summaryChanged = true
+        } else if viewDue[site] != nil {
+            // A view still waiting shows the newest evaluation, not the one that asked for it.
+            viewDue[site] = PendingView(at: now, projected: e.projected)
         }
         let changed = persist || modeOrLivenessChanged || alertChanged || expiredChanged
         records[site] = record

@@ -59,6 +59,32 @@ struct FleetStateTests {
         #expect(fleet.pendingViews == 0 && fleet.takeOutput().isEmpty)
     }
 
+    @Test("a waiting view shows the site as its newest evaluation left it: a later heartbeat's evaluation, and the liveness an outage's catch-up would hide")
+    func waitingViewIsNewest() {
+        // A contact 20 s old: semi-connected (connected within 15 s), a view asked for at 0.
+        let fleet = FleetState(thresholds: Self.thresholds, viewRefresh: .seconds(1000))
+        fleet.feed(Self.heartbeat(1, age: 20), now: Self.at(0))
+        #expect(fleet.records[Self.site]?.mode == .semiConnected)
+        // 10 s later a heartbeat reports a newer contact, 24 s old: still semi-connected, no new view asked for.
+        // Made at the first evaluation's instant, the view would see a contact 14 s old: connected.
+        fleet.feed(Self.heartbeat(2, age: 24), now: Self.at(10))
+        let first = fleet.takeOutput().views
+        #expect(first.count == 1 && first.first?.mode == .semiConnected && first.first?.lastHeartbeatAt == Self.at(10), "\(first)")
+
+        // Silent: stale at 40 s (interval 10 s), its view waits; the broker link drops at 41 and is back at 200.
+        let quiet = FleetState(thresholds: Self.thresholds, viewRefresh: .seconds(1000))
+        quiet.feed(Self.heartbeat(1, age: 0), now: Self.at(10))
+        _ = quiet.takeOutput()
+        quiet.runDue(now: Self.at(41))
+        #expect(quiet.records[Self.site]?.liveness == .stale)
+        quiet.setListening(false, now: Self.at(41))
+        quiet.setListening(true, now: Self.at(200))
+        // The catch-up moved its last contact forward by the outage; the view still says stale, as the event did.
+        let output = quiet.takeOutput()
+        #expect(output.events.contains { $0.type == .livenessChanged && $0.to == "stale" })
+        #expect(output.views.map(\.liveness) == [.stale], "\(output.views)")
+    }
+
     @Test("connected, then semi-connected with a countdown, then disconnected at the deadline; each event once")
     func countdown() {
         let fleet = FleetState(thresholds: Self.thresholds, viewRefresh: .seconds(10))
@@ -330,6 +356,13 @@ struct SiteMembershipTests {
         #expect(fleet.ingest(.presence(Presence(site: a, state: .online, session: 1, at: now)), now: now, live: false) != .applied)
         #expect(fleet.ingest(.presence(Presence(site: a, state: .online, session: 2, at: now)), now: now) == .applied)
         #expect(fleet.takeRevived() == [a] && fleet.records[a] != nil)
+
+        // Forgotten and back before the output was taken: its clear is dropped (sent after the new
+        // view, it would erase it) and its new view goes out.
+        #expect(fleet.forget(a, now: now, note: "by test"))
+        #expect(fleet.ingest(.presence(Presence(site: a, state: .online, session: 3, at: now)), now: now) == .applied)
+        let again = fleet.takeOutput()
+        #expect(!again.cleared.contains(a) && again.views.filter { $0.site == a }.count == 1, "\(again.cleared) \(again.views.map(\.site))")
     }
 }
 
