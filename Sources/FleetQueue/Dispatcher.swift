@@ -338,6 +338,8 @@ public final class Dispatcher: Sendable {
         state.withLock {
             $0.situations = [:]
             $0.situationsAt = ContinuousClock.now - .seconds(86_400)
+            // A full pass under way looked its sites up before: it must not lay out its plan.
+            $0.generation += 1
         }
     }
 
@@ -400,7 +402,12 @@ public final class Dispatcher: Sendable {
         guard !moved.isEmpty else { return }
         let found = lookup(moved)
         state.withLock { s in
-            guard s.generation == generation, s.waiting != nil else { return }
+            guard s.waiting != nil else { return }  // the next pass is a full one: it looks every site up
+            guard s.generation == generation else {
+                // The plan changed meanwhile (a submission joined it): look at these again next pass.
+                s.moved.formUnion(moved)
+                return
+            }
             if found.values.contains(where: { $0.mode == .disconnected }) {
                 s.situationsAt = ContinuousClock.now - .seconds(86_400)  // the next pass is a full one
                 return

@@ -87,6 +87,35 @@ struct DispatcherPlanTests {
         #expect(try store.operation(id: later.id)?.state != .queued, "the later operation did not start")
     }
 
+    @Test("a site that moved is looked at again when a submission changed the plan while it was being looked up")
+    func movedDuringSubmission() throws {
+        let plan = try Plan()
+        defer { plan.fresh.remove() }
+        let (store, dispatcher) = (plan.store, plan.dispatcher)
+        let waiting = try plan.submit("race-moving")
+        let connected = Mutex(Set<SiteID>())
+        let submitDuringLookup = Mutex(false)
+        let lookup: (Set<SiteID>) -> [SiteID: DispatchSituation] = { sites in
+            if submitDuringLookup.withLock({ $0 }) {
+                submitDuringLookup.withLock { $0 = false }
+                // An operator's submission lands while the pass looks the moved site up.
+                let other = try! plan.submit("race-other")
+                dispatcher.added(other, superseded: [])
+            }
+            let up = connected.withLock { $0 }
+            return Dictionary(uniqueKeysWithValues: sites.map {
+                ($0, DispatchSituation(mode: up.contains($0) ? .connected : .semiConnected, stable: up.contains($0), cluster: nil))
+            })
+        }
+        try dispatcher.tick(now: Date(), situations: lookup)  // the full pass
+        connected.withLock { $0.insert(waiting.site) }
+        dispatcher.sitesMoved([waiting.site])
+        submitDuringLookup.withLock { $0 = true }
+        try dispatcher.tick(now: Date(), situations: lookup)  // its look is overtaken by the submission
+        try dispatcher.tick(now: Date(), situations: lookup)  // looks again: the site is connected
+        #expect(try store.operation(id: waiting.id)?.state != .queued, "the connected site's operation waited for the next full pass")
+    }
+
     @Test("a submission joins the plan without a full pass: the next pass looks nothing up and starts it; one that supersedes others brings a full pass")
     func submissionJoins() throws {
         let fresh = try FreshStores(.sqlite)
