@@ -362,16 +362,20 @@ public final class AggregatorService: Service, Sendable {
             // link came back), and nothing is taken from the state while a batch is on its way.
             // A standby publishes nothing: what it would have published is dropped (it republishes
             // the whole fleet when it takes the lead).
-            let leading = leadership.isLeader
-            let take = connected && leading && !publisherBusy.withLock { $0 }
-            let (output, lag, counts, modeChanged, dropped) = state.withLock { fleet in
+            let busy = publisherBusy.withLock { $0 }
+            let (output, lag, counts, modeChanged, dropped, leading, take) = state.withLock { fleet in
+                // The role is read under the state's lock: a lead taken just before would otherwise
+                // see its whole-fleet republication (`republishAll`, under this lock) run due here
+                // and dropped as a standby's output.
+                let leading = leadership.isLeader
+                let take = connected && leading && !busy
                 fleet.setListening(connected, now: now)
                 let (_, lateness) = fleet.runDue(now: now, limit: 2_000)
                 _ = fleet.takeClockNeeded()  // this pass takes care of it
                 if fleet.takeStoreNeeded() { storeWake.signal() }
                 if !leading { fleet.dropOutput() }
                 let output = take ? fleet.takeOutput(limit: 5_000) : FleetOutput()
-                return (output, lateness, (fleet.modes, fleet.liveness), fleet.takeModesMoved(), fleet.droppedEvents)
+                return (output, lateness, (fleet.modes, fleet.liveness), fleet.takeModesMoved(), fleet.droppedEvents, leading, take)
             }
             if dropped > droppedCounted {
                 metrics.eventsDropped.increment(by: dropped - droppedCounted)
