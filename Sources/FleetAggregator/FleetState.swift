@@ -365,11 +365,14 @@ public final class FleetState {
 
     /// The view of one site as last evaluated.
     public func view(of site: SiteID, now: Date) -> SiteView? {
-        guard let record = records[site] else { return nil }
-        let evaluation = evaluation(of: record, now: now)
-        return SiteView(
-            site: site, evaluation: evaluation, lastHeartbeatAt: record.lastHeartbeatAt,
-            lastAzureContactAt: record.lastAzureContactAt, queue: queueCounts[site] ?? QueueCounts(), checks: record.checks,
+        records.read(site) { record in view(of: record, evaluation(of: record, now: now)) }
+    }
+
+    /// A record's view with an evaluation of it.
+    private func view(of record: SiteRecord, _ evaluation: SiteEvaluation) -> SiteView {
+        SiteView(
+            site: record.site, evaluation: evaluation, lastHeartbeatAt: record.lastHeartbeatAt,
+            lastAzureContactAt: record.lastAzureContactAt, queue: queueCounts[record.site] ?? QueueCounts(), checks: record.checks,
             labels: record.labels)
     }
 
@@ -378,18 +381,16 @@ public final class FleetState {
     /// Evaluated again alone it could differ: after a broker outage `setListening` has moved
     /// `lastSeenAt` forward, and a site that went stale just before the outage would show online.
     private func view(of site: SiteID, as due: PendingView) -> SiteView? {
-        guard let record = records[site] else { return nil }
-        var e = evaluation(of: record, now: due.at)
-        if let mode = record.mode { e.mode = mode }
-        if let since = record.modeSince { e.modeSince = since }
-        if let liveness = record.liveness { e.liveness = liveness }
-        if let alert = record.alert { e.alert = alert }
-        e.expiredAt = record.expiredAt
-        e.projected = due.projected
-        return SiteView(
-            site: site, evaluation: e, lastHeartbeatAt: record.lastHeartbeatAt,
-            lastAzureContactAt: record.lastAzureContactAt, queue: queueCounts[site] ?? QueueCounts(), checks: record.checks,
-            labels: record.labels)
+        records.read(site) { record in
+            var e = evaluation(of: record, now: due.at)
+            if let mode = record.mode { e.mode = mode }
+            if let since = record.modeSince { e.modeSince = since }
+            if let liveness = record.liveness { e.liveness = liveness }
+            if let alert = record.alert { e.alert = alert }
+            e.expiredAt = record.expiredAt
+            e.projected = due.projected
+            return view(of: record, e)
+        }
     }
 
     /// Every site's view now, ordered by site id (for the operator surfaces).

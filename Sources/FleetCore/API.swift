@@ -189,8 +189,9 @@ public struct BulkCancelResponse: Codable, Sendable, Hashable {
     }
 }
 
-/// `GET /healthz`: always 200 while the process serves; the broker link is reported,
-/// not judged (a broker outage must not get the aggregator restarted).
+/// `GET /healthz`: 200 while the process serves (503 when the store cannot be written, or while
+/// the fleet's state is restored); the broker link is reported, not judged (a broker outage
+/// must not get the aggregator restarted).
 public struct HealthStatus: Codable, Sendable, Hashable {
     /// `ok`; `unhealthy` (answered with 503) when the store has not been written for longer than the grace; `restoring` (503) while the fleet's state is read back after a start.
     public var status: String
